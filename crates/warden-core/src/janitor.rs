@@ -1,0 +1,116 @@
+//! The janitor: a small actor that asks the supervisor to reap stuck sessions periodically.
+
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::Deserialize;
+use tokio::task::JoinHandle;
+
+use crate::supervisor::messages::SupervisorMsg;
+
+/// The knobs of the janitor (`[janitor]` in `daemon.toml`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JanitorConfig {
+    /// How often to look for stuck sessions.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// A session connecting for longer than this is reaped.
+    #[serde(with = "humantime_serde")]
+    pub max_connecting: Duration,
+    /// A session showing a QR code for longer than this is reaped.
+    #[serde(with = "humantime_serde")]
+    pub max_qr: Duration,
+}
+
+impl Default for JanitorConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(5 * 60),
+            max_connecting: Duration::from_secs(10 * 60),
+            max_qr: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+impl JanitorConfig {
+    /// Checks the values make sense.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.interval.is_zero() {
+            return Err("interval must be more than 0s".into());
+        }
+        Ok(())
+    }
+}
+
+/// Messages the janitor handles.
+pub(crate) enum JanitorMsg {
+    /// Time to ask for a reap.
+    Tick,
+    /// Use a new interval from the next tick on.
+    SetInterval(Duration),
+}
+
+/// The janitor actor.
+pub(crate) struct JanitorActor;
+
+/// The janitor's state: who to ask, how often, and the pending timer.
+pub(crate) struct JanitorState {
+    supervisor: ActorRef<SupervisorMsg>,
+    interval: Duration,
+    /// The next tick; aborted when the janitor goes (a timer must not outlive its actor).
+    timer: Option<JoinHandle<Result<(), ractor::MessagingErr<JanitorMsg>>>>,
+}
+
+impl Drop for JanitorState {
+    fn drop(&mut self) {
+        if let Some(timer) = self.timer.take() {
+            timer.abort();
+        }
+    }
+}
+
+impl JanitorState {
+    fn schedule(&mut self, myself: &ActorRef<JanitorMsg>) {
+        if let Some(old) = self.timer.take() {
+            old.abort();
+        }
+        self.timer = Some(myself.send_after(self.interval, || JanitorMsg::Tick));
+    }
+}
+
+impl Actor for JanitorActor {
+    type Msg = JanitorMsg;
+    type State = JanitorState;
+    type Arguments = (ActorRef<SupervisorMsg>, Duration);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<JanitorMsg>,
+        (supervisor, interval): Self::Arguments,
+    ) -> Result<JanitorState, ActorProcessingErr> {
+        let mut state = JanitorState {
+            supervisor,
+            interval,
+            timer: None,
+        };
+        state.schedule(&myself);
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<JanitorMsg>,
+        message: JanitorMsg,
+        state: &mut JanitorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            JanitorMsg::Tick => {
+                let _ = state.supervisor.cast(SupervisorMsg::Reap { reply: None });
+            }
+            JanitorMsg::SetInterval(interval) => state.interval = interval,
+        }
+        state.schedule(&myself);
+        Ok(())
+    }
+}

@@ -1,0 +1,144 @@
+//! What a connection reports while it lives: the lifecycle messages and the disconnect reasons.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+/// One lifecycle message from a live connection, in the order the connection saw them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LifecycleEvent {
+    /// A QR code to scan; it stops being valid after `expires_in`. The code is a pairing secret:
+    /// it is published to subscribers but never logged.
+    QrIssued {
+        /// The text to encode in the QR image.
+        code: String,
+        /// How long this code stays valid.
+        expires_in: Duration,
+    },
+    /// A pairing code for linking by phone number (also a secret: never logged).
+    PairCode {
+        /// The code the user types on the phone.
+        code: String,
+    },
+    /// The phone accepted the pairing; the connection will end with
+    /// [`DisconnectReason::RestartRequired`] and the next one logs in.
+    Paired {
+        /// The account's id (JID).
+        jid: String,
+    },
+    /// Logged in and ready.
+    Connected {
+        /// The account's id (JID).
+        jid: String,
+        /// The account's display name, when known.
+        name: Option<String>,
+    },
+    /// A message arrived for this account.
+    Message(IncomingMessage),
+    /// The connection ended. Always the last event of a connection.
+    Disconnected {
+        /// Why it ended.
+        reason: DisconnectReason,
+    },
+}
+
+/// An incoming message, as surfaced to subscribers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncomingMessage {
+    /// The message id.
+    pub id: String,
+    /// The chat it belongs to (a JID).
+    pub chat: String,
+    /// Who sent it (a JID).
+    pub sender: String,
+    /// When it was sent.
+    pub timestamp: SystemTime,
+    /// Its text, when it has one.
+    pub text: Option<String>,
+}
+
+/// Why a connection ended. The restart policy decides from this alone.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DisconnectReason {
+    /// The network dropped (no close from the server).
+    ConnectionLost,
+    /// The server closed the connection.
+    ConnectionClosed,
+    /// Nothing came back in time (handshake, liveness).
+    TimedOut,
+    /// The connection could not be established (dial, TLS, WebSocket, handshake).
+    ConnectFailed(String),
+    /// The server said it is unavailable (HTTP-like 500/503).
+    ServerUnavailable,
+    /// An unknown stream error from the server.
+    StreamError(String),
+    /// The session actor or its connection crashed (a bug).
+    SessionCrashed(String),
+    /// The server asked for a restart after pairing (stream error 515).
+    RestartRequired,
+    /// The account was logged out (401, device removed, main device gone).
+    LoggedOut,
+    /// Another client took over this account.
+    Replaced,
+    /// The account is banned for a while.
+    TemporarilyBanned {
+        /// How long the ban lasts from now.
+        expires_in: Duration,
+        /// The server's ban code, when given.
+        code: Option<String>,
+    },
+    /// The server refuses this client version.
+    ClientOutdated,
+    /// The stored credentials were refused (not a logout).
+    BadCredentials(String),
+    /// Every QR code expired without a scan.
+    QrExpired,
+    /// The connection was closed on request.
+    Stopped,
+}
+
+impl DisconnectReason {
+    /// A stable snake_case code for the reason, for logs, metrics and the wire.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::ConnectionLost => "connection_lost",
+            Self::ConnectionClosed => "connection_closed",
+            Self::TimedOut => "timed_out",
+            Self::ConnectFailed(_) => "connect_failed",
+            Self::ServerUnavailable => "server_unavailable",
+            Self::StreamError(_) => "stream_error",
+            Self::SessionCrashed(_) => "session_crashed",
+            Self::RestartRequired => "restart_required",
+            Self::LoggedOut => "logged_out",
+            Self::Replaced => "replaced",
+            Self::TemporarilyBanned { .. } => "temporarily_banned",
+            Self::ClientOutdated => "client_outdated",
+            Self::BadCredentials(_) => "bad_credentials",
+            Self::QrExpired => "qr_expired",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+impl fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ConnectFailed(detail)
+            | Self::StreamError(detail)
+            | Self::SessionCrashed(detail)
+            | Self::BadCredentials(detail) => write!(f, "{}: {detail}", self.code()),
+            Self::TemporarilyBanned { expires_in, code } => {
+                write!(
+                    f,
+                    "{} for {}",
+                    self.code(),
+                    humantime::format_duration(*expires_in)
+                )?;
+                if let Some(code) = code {
+                    write!(f, " (code {code})")?;
+                }
+                Ok(())
+            }
+            _ => f.write_str(self.code()),
+        }
+    }
+}

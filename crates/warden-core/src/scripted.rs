@@ -1,0 +1,291 @@
+//! A scripted [`Link`]: a test double that plays a given lifecycle per connection attempt.
+//!
+//! For tests and examples only (feature `scripted-link`); the daemon never uses it. It counts
+//! live connections per token, so tests can assert there were never two at once.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::lifecycle::{DisconnectReason, IncomingMessage, LifecycleEvent};
+use crate::link::{Connection, LifecycleSink, Link, LinkError, OpenOptions, SendFuture};
+use crate::token::Token;
+
+/// One step of a scripted connection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Report a lifecycle event.
+    Emit(LifecycleEvent),
+    /// Wait this long (on tokio's clock, so paused-clock tests run instantly).
+    Wait(Duration),
+    /// Panic inside `open`, i.e. inside the session actor (a crashing session).
+    PanicOnOpen,
+    /// Refuse to open.
+    FailOpen(String),
+}
+
+/// The steps of one connection. After the last step the connection stays open until closed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Script(pub Vec<Step>);
+
+impl Script {
+    /// An empty script: a connection that opens and then just stays there ("connecting").
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a step.
+    pub fn then(mut self, step: Step) -> Self {
+        self.0.push(step);
+        self
+    }
+
+    /// Waits `duration`.
+    pub fn wait(self, duration: Duration) -> Self {
+        self.then(Step::Wait(duration))
+    }
+
+    /// Shows a QR code valid for `expires_in`.
+    pub fn qr(self, code: &str, expires_in: Duration) -> Self {
+        self.then(Step::Emit(LifecycleEvent::QrIssued {
+            code: code.into(),
+            expires_in,
+        }))
+    }
+
+    /// Reports a pairing code.
+    pub fn pair_code(self, code: &str) -> Self {
+        self.then(Step::Emit(LifecycleEvent::PairCode { code: code.into() }))
+    }
+
+    /// Reports a successful pairing.
+    pub fn paired(self, jid: &str) -> Self {
+        self.then(Step::Emit(LifecycleEvent::Paired { jid: jid.into() }))
+    }
+
+    /// Reports a login.
+    pub fn connected(self, jid: &str) -> Self {
+        self.then(Step::Emit(LifecycleEvent::Connected {
+            jid: jid.into(),
+            name: Some("Scripted".into()),
+        }))
+    }
+
+    /// Reports an incoming message.
+    pub fn message(self, message: IncomingMessage) -> Self {
+        self.then(Step::Emit(LifecycleEvent::Message(message)))
+    }
+
+    /// Ends the connection with `reason`.
+    pub fn disconnect(self, reason: DisconnectReason) -> Self {
+        self.then(Step::Emit(LifecycleEvent::Disconnected { reason }))
+    }
+
+    /// A connection that logs in at once and stays up.
+    pub fn login(jid: &str) -> Self {
+        Self::new().connected(jid)
+    }
+
+    /// A connection that fails to connect after `after`.
+    pub fn fail(after: Duration, reason: DisconnectReason) -> Self {
+        Self::new().wait(after).disconnect(reason)
+    }
+}
+
+/// What the scripted link saw for one token.
+#[derive(Debug, Clone, Default)]
+pub struct TokenStats {
+    /// When each connection was opened (tokio's clock).
+    pub opens: Vec<Instant>,
+    /// Connections alive right now.
+    pub live: usize,
+    /// The most connections ever alive at once.
+    pub max_live: usize,
+    /// How often the credentials were deleted.
+    pub credentials_deleted: u32,
+    /// How often the token was forgotten (deleted).
+    pub forgotten: u32,
+    /// Messages sent: (to, text).
+    pub sent: Vec<(String, String)>,
+}
+
+#[derive(Default)]
+struct Inner {
+    scripts: HashMap<Token, VecDeque<Script>>,
+    stats: HashMap<Token, TokenStats>,
+    default: Script,
+}
+
+/// The scripted link. Cheap to clone; clones share scripts and statistics.
+#[derive(Clone, Default)]
+pub struct ScriptedLink {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl ScriptedLink {
+    /// A link that plays `default` for every connection without a queued script.
+    pub fn new(default: Script) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                default,
+                ..Inner::default()
+            })),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `scripts` for the next connections of `token`, in order.
+    pub fn script(&self, token: &str, scripts: impl IntoIterator<Item = Script>) {
+        let token = Token::parse(token).expect("a valid token in a test script");
+        self.lock()
+            .scripts
+            .entry(token)
+            .or_default()
+            .extend(scripts);
+    }
+
+    /// What was seen for `token`.
+    pub fn stats(&self, token: &str) -> TokenStats {
+        let token = Token::parse(token).expect("a valid token");
+        self.lock().stats.get(&token).cloned().unwrap_or_default()
+    }
+
+    /// The most connections ever alive at once for any single token.
+    pub fn max_live_any(&self) -> usize {
+        self.lock().stats.values().map(|s| s.max_live).max().unwrap_or(0)
+    }
+
+    /// Connections alive right now, over all tokens.
+    pub fn live_total(&self) -> usize {
+        self.lock().stats.values().map(|s| s.live).sum()
+    }
+}
+
+/// Decrements the live count when the connection is dropped.
+struct LiveGuard {
+    link: ScriptedLink,
+    token: Token,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        if let Some(stats) = self.link.lock().stats.get_mut(&self.token) {
+            stats.live -= 1;
+        }
+    }
+}
+
+struct ScriptedConnection {
+    /// Plays the script; aborted when the connection is dropped.
+    player: JoinHandle<()>,
+    link: ScriptedLink,
+    token: Token,
+    // Dropped after `player` is aborted (field order), so the count falls only once the
+    // player can no longer emit.
+    _guard: LiveGuard,
+}
+
+impl Drop for ScriptedConnection {
+    fn drop(&mut self) {
+        self.player.abort();
+    }
+}
+
+#[async_trait::async_trait]
+impl Connection for ScriptedConnection {
+    async fn close(&mut self) {
+        self.player.abort();
+    }
+
+    fn send_text(&self, to: &str, text: &str) -> SendFuture<Result<String, LinkError>> {
+        let mut inner = self.link.lock();
+        let stats = inner.stats.entry(self.token.clone()).or_default();
+        stats.sent.push((to.to_owned(), text.to_owned()));
+        let id = format!("scripted-{}", stats.sent.len());
+        Box::pin(async move { Ok(id) })
+    }
+}
+
+#[async_trait::async_trait]
+impl Link for ScriptedLink {
+    async fn open(
+        &self,
+        token: &Token,
+        _options: OpenOptions,
+        sink: LifecycleSink,
+    ) -> Result<Box<dyn Connection>, LinkError> {
+        let script = {
+            let mut inner = self.lock();
+            let script = match inner.scripts.get_mut(token).and_then(|q| q.pop_front()) {
+                Some(script) => script,
+                None => inner.default.clone(),
+            };
+            let stats = inner.stats.entry(token.clone()).or_default();
+            stats.opens.push(Instant::now());
+            script
+        };
+        match script.0.first() {
+            Some(Step::PanicOnOpen) => panic!("scripted panic while opening {token}"),
+            Some(Step::FailOpen(why)) => return Err(LinkError::Open(why.clone())),
+            _ => {}
+        }
+        {
+            let mut inner = self.lock();
+            let stats = inner.stats.entry(token.clone()).or_default();
+            stats.live += 1;
+            stats.max_live = stats.max_live.max(stats.live);
+        }
+        let guard = LiveGuard {
+            link: self.clone(),
+            token: token.clone(),
+        };
+        let player = tokio::spawn(async move {
+            for step in script.0 {
+                match step {
+                    Step::Emit(event) => sink.emit(event),
+                    Step::Wait(duration) => tokio::time::sleep(duration).await,
+                    Step::PanicOnOpen | Step::FailOpen(_) => {}
+                }
+            }
+            // Stay open until closed; the sink lives as long as the connection.
+            std::future::pending::<()>().await;
+            drop(sink);
+        });
+        Ok(Box::new(ScriptedConnection {
+            player,
+            link: self.clone(),
+            token: token.clone(),
+            _guard: guard,
+        }))
+    }
+
+    async fn delete_credentials(&self, token: &Token) -> Result<(), LinkError> {
+        let mut inner = self.lock();
+        let stats = inner.stats.entry(token.clone()).or_default();
+        if stats.live > 0 {
+            return Err(LinkError::Storage(
+                "credentials deleted while a connection is alive".into(),
+            ));
+        }
+        stats.credentials_deleted += 1;
+        Ok(())
+    }
+
+    async fn forget(&self, token: &Token) -> Result<(), LinkError> {
+        let mut inner = self.lock();
+        let stats = inner.stats.entry(token.clone()).or_default();
+        if stats.live > 0 {
+            return Err(LinkError::Storage(
+                "forgotten while a connection is alive".into(),
+            ));
+        }
+        stats.forgotten += 1;
+        Ok(())
+    }
+}

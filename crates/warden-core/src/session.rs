@@ -1,0 +1,164 @@
+//! The session actor: lives for exactly one connection of one token.
+//!
+//! It waits for the token's connection slot (so the previous connection is really gone), opens
+//! the link, forwards the lifecycle to the supervisor, and stops when the connection ends,
+//! carrying the disconnect reason in its final state. It never decides about reconnects: the
+//! supervisor does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::lifecycle::{DisconnectReason, LifecycleEvent};
+use crate::link::{Connection, LifecycleSink, Link, LinkError, OpenOptions};
+use crate::supervisor::messages::SupervisorMsg;
+use crate::token::Token;
+
+/// Messages a session actor handles.
+pub(crate) enum SessionMsg {
+    /// A lifecycle message from the connection.
+    Lifecycle(LifecycleEvent),
+    /// Send a text message over the connection.
+    SendText {
+        to: String,
+        text: String,
+        reply: RpcReplyPort<Result<String, LinkError>>,
+    },
+}
+
+/// The session actor (stateless; everything is in [`SessionState`]).
+pub(crate) struct SessionActor;
+
+/// What a session actor is started with.
+pub(crate) struct SessionArgs {
+    pub token: Token,
+    /// Which connection of this token this is; lets the supervisor ignore stale messages.
+    pub generation: u64,
+    pub link: Arc<dyn Link>,
+    pub supervisor: ActorRef<SupervisorMsg>,
+    /// The token's single connection slot: held for as long as a connection exists.
+    pub slot: Arc<Semaphore>,
+    pub options: OpenOptions,
+    /// The bound on a graceful close.
+    pub close_timeout: Duration,
+}
+
+/// The session actor's state. Dropping it (even after a panic, where `post_stop` is skipped)
+/// drops the connection, which aborts its work, and then frees the slot.
+pub(crate) struct SessionState {
+    token: Token,
+    generation: u64,
+    supervisor: ActorRef<SupervisorMsg>,
+    /// The live connection. Declared before `slot_permit`, so it is dropped first.
+    connection: Option<Box<dyn Connection>>,
+    /// Proof that no other connection of this token exists.
+    slot_permit: Option<OwnedSemaphorePermit>,
+    /// Why the connection ended; read by the supervisor from the final state.
+    pub(crate) outcome: Option<DisconnectReason>,
+    // Only needed until the connection is opened.
+    pending_open: Option<(Arc<dyn Link>, Arc<Semaphore>, OpenOptions)>,
+    close_timeout: Duration,
+}
+
+impl Actor for SessionActor {
+    type Msg = SessionMsg;
+    type State = SessionState;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<SessionMsg>,
+        args: SessionArgs,
+    ) -> Result<SessionState, ActorProcessingErr> {
+        // Cheap on purpose: a failure here produces no supervision event.
+        Ok(SessionState {
+            token: args.token,
+            generation: args.generation,
+            supervisor: args.supervisor,
+            connection: None,
+            slot_permit: None,
+            outcome: None,
+            pending_open: Some((args.link, args.slot, args.options)),
+            close_timeout: args.close_timeout,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some((link, slot, options)) = state.pending_open.take() else {
+            return Ok(());
+        };
+        // Wait until the previous connection of this token has really been dropped.
+        let permit = slot.acquire_owned().await?;
+        state.slot_permit = Some(permit);
+        let me = myself.clone();
+        let sink = LifecycleSink::new(move |event| {
+            let _ = me.cast(SessionMsg::Lifecycle(event));
+        });
+        match link.open(&state.token, options, sink).await {
+            Ok(connection) => state.connection = Some(connection),
+            Err(err) => {
+                state.outcome = Some(DisconnectReason::ConnectFailed(err.to_string()));
+                myself.stop(None);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        message: SessionMsg,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SessionMsg::Lifecycle(LifecycleEvent::Disconnected { reason }) => {
+                if state.outcome.is_none() {
+                    state.outcome = Some(reason);
+                }
+                myself.stop(None);
+            }
+            SessionMsg::Lifecycle(event) => {
+                let _ = state.supervisor.cast(SupervisorMsg::Lifecycle {
+                    token: state.token.clone(),
+                    generation: state.generation,
+                    event,
+                });
+            }
+            SessionMsg::SendText { to, text, reply } => match &state.connection {
+                Some(connection) => {
+                    let sending = connection.send_text(&to, &text);
+                    tokio::spawn(async move {
+                        let _ = reply.send(sending.await);
+                    });
+                }
+                None => {
+                    let _ = reply.send(Err(LinkError::NotConnected));
+                }
+            },
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<SessionMsg>,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(mut connection) = state.connection.take() {
+            if tokio::time::timeout(state.close_timeout, connection.close())
+                .await
+                .is_err()
+            {
+                tracing::warn!(token = %state.token, "connection did not close in time; dropped");
+            }
+        }
+        state.slot_permit = None;
+        Ok(())
+    }
+}

@@ -1,0 +1,219 @@
+//! The supervisor's record of one session: persisted fields plus what only lives in memory.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ractor::{ActorRef, RpcReplyPort};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::error::Error;
+use crate::link::OpenOptions;
+use crate::session::SessionMsg;
+use crate::state::{QrCode, SessionInfo, SessionState};
+use crate::store::SessionRecord;
+use crate::token::Token;
+
+use super::messages::InfoReply;
+
+/// The live session actor of a token.
+pub(crate) struct Live {
+    pub actor: ActorRef<SessionMsg>,
+    pub generation: u64,
+}
+
+/// Why the supervisor itself stopped a session's connection; decides what follows instead of
+/// the restart policy.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Intent {
+    /// Stop (or force-cleanup): leave it `stopped` with this reason.
+    Stop { reason: String },
+    /// Restart or refresh the QR: start a fresh connection once this one is gone.
+    Reconnect,
+    /// Log out: delete the credentials once the connection is gone.
+    Logout,
+    /// Delete: remove everything once the connection is gone.
+    Delete,
+    /// The janitor reaped it: leave it in `state` with `reason`.
+    Reap { state: SessionState, reason: String },
+}
+
+/// Someone waiting for an operation that completes after the connection has gone.
+pub(crate) enum Waiter {
+    Info(InfoReply),
+    Unit(RpcReplyPort<Result<(), Error>>),
+}
+
+/// A pending timer with its id, so a stale timer's message is ignored.
+pub(crate) struct Timer {
+    pub id: u64,
+    pub handle: JoinHandle<Result<(), ractor::MessagingErr<super::messages::SupervisorMsg>>>,
+}
+
+/// Everything the supervisor knows about one session.
+pub(crate) struct Entry {
+    pub token: Token,
+    /// The persisted part; `record.state` is the session's state.
+    pub record: SessionRecord,
+    /// The record as last queued for writing, to skip writes that change nothing.
+    pub persisted: Option<SessionRecord>,
+    /// When the current state began (monotonic, for the janitor).
+    pub since: Instant,
+    /// When the current state began (wall clock, for people).
+    pub since_wall: SystemTime,
+    /// The live session actor, if any. At most one, and a new one is only spawned once the
+    /// previous one's termination has been handled.
+    pub live: Option<Live>,
+    /// Counts the connections of this token; the live one carries the latest.
+    pub generation: u64,
+    /// Set when the supervisor stopped the live connection itself.
+    pub intent: Option<Intent>,
+    /// Waiting in the admission queue.
+    pub queued: bool,
+    /// Holds one of admission's in-flight slots (admitted, handshake not finished).
+    pub in_flight: bool,
+    /// When the live connection logged in.
+    pub connected_at: Option<Instant>,
+    /// When the last connection was started (for the restart cooldown).
+    pub last_start: Option<Instant>,
+    /// How the next connection should be opened.
+    pub options: OpenOptions,
+    /// The token's single connection slot, shared with its session actors.
+    pub slot: Arc<Semaphore>,
+    /// Retry, ban-expiry or quarantine timer.
+    pub retry_timer: Option<Timer>,
+    /// When `retry_timer` fires (wall clock, for people).
+    pub next_retry_at: Option<SystemTime>,
+    /// Fires once the connection has been up for `stable_after`.
+    pub stable_timer: Option<Timer>,
+    /// The QR code on show.
+    pub qr: Option<QrCode>,
+    /// The pairing code on show.
+    pub pair_code: Option<String>,
+    /// Operations to answer once the connection has gone (or cleanup finished).
+    pub waiters: Vec<Waiter>,
+    /// Being deleted: nothing more is written for it.
+    pub deleting: bool,
+}
+
+impl Entry {
+    /// An entry for a record, in the record's state, with nothing live.
+    pub fn new(token: Token, record: SessionRecord, now: Instant) -> Self {
+        Self {
+            token,
+            persisted: Some(record.clone()),
+            record,
+            since: now,
+            since_wall: SystemTime::now(),
+            live: None,
+            generation: 0,
+            intent: None,
+            queued: false,
+            in_flight: false,
+            connected_at: None,
+            last_start: None,
+            options: OpenOptions::default(),
+            slot: Arc::new(Semaphore::new(1)),
+            retry_timer: None,
+            next_retry_at: None,
+            stable_timer: None,
+            qr: None,
+            pair_code: None,
+            waiters: Vec::new(),
+            deleting: false,
+        }
+    }
+
+    /// The state the session is in.
+    pub fn state(&self) -> SessionState {
+        self.record.state
+    }
+
+    /// Moves to `state` with `reason`; the clock of the state restarts only on a real change.
+    pub fn set_state(&mut self, state: SessionState, reason: Option<String>, now: Instant) {
+        if self.record.state != state {
+            self.since = now;
+            self.since_wall = SystemTime::now();
+        }
+        self.record.state = state;
+        self.record.reason = reason;
+    }
+
+    /// The public view of this session.
+    pub fn info(&self) -> SessionInfo {
+        SessionInfo {
+            token: self.token.clone(),
+            name: self.record.name.clone(),
+            state: self.record.state,
+            reason: self.record.reason.clone(),
+            desired: self.record.desired,
+            attempts: self.record.attempts,
+            jid: self.record.jid.clone(),
+            account_name: self.record.account_name.clone(),
+            created_at: self.record.created_at,
+            state_since: self.since_wall,
+            next_retry_at: self.next_retry_at,
+            banned_until: self.record.banned_until,
+            qr: self.qr.clone(),
+            pair_code: self.pair_code.clone(),
+            counters: self.record.counters,
+        }
+    }
+
+    /// Cancels the retry timer.
+    pub fn cancel_retry(&mut self) {
+        if let Some(timer) = self.retry_timer.take() {
+            timer.handle.abort();
+        }
+        self.next_retry_at = None;
+    }
+
+    /// Cancels the stability timer.
+    pub fn cancel_stable(&mut self) {
+        if let Some(timer) = self.stable_timer.take() {
+            timer.handle.abort();
+        }
+    }
+
+    /// How long the live connection has been logged in.
+    pub fn connected_for(&self, now: Instant) -> Option<Duration> {
+        self.connected_at.map(|at| now.saturating_duration_since(at))
+    }
+
+    /// Answers everyone waiting with the current view (or `()`).
+    pub fn answer_waiters(&mut self) {
+        let info = self.info();
+        for waiter in self.waiters.drain(..) {
+            match waiter {
+                Waiter::Info(reply) => {
+                    let _ = reply.send(Ok(info.clone()));
+                }
+                Waiter::Unit(reply) => {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+        }
+    }
+
+    /// Answers everyone waiting with an error.
+    pub fn fail_waiters(&mut self, error: &Error) {
+        for waiter in self.waiters.drain(..) {
+            match waiter {
+                Waiter::Info(reply) => {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                Waiter::Unit(reply) => {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.cancel_retry();
+        self.cancel_stable();
+    }
+}

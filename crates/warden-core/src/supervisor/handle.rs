@@ -1,0 +1,314 @@
+//! [`Supervisor`]: the embedding API. Every control surface (socket, CLI, HTTP) goes through it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorRef, RpcReplyPort};
+use tokio::sync::broadcast;
+
+use crate::admission::AdmissionConfig;
+use crate::error::{Error, StoreError};
+use crate::events::SessionEvent;
+use crate::janitor::JanitorConfig;
+use crate::link::{Link, OpenOptions};
+use crate::policy::PolicyConfig;
+use crate::state::{SessionInfo, SessionList};
+use crate::store;
+use crate::token::Token;
+
+use super::messages::{Reaped, SupervisorMsg};
+use super::{Snapshot, SupervisorActor, SupervisorArgs};
+
+/// Everything the supervisor is configured with.
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    /// Where `sessions/<token>/` folders live.
+    pub sessions_dir: PathBuf,
+    /// The restart policy.
+    pub policy: PolicyConfig,
+    /// The janitor's schedule and limits.
+    pub janitor: JanitorConfig,
+    /// Admission control.
+    pub admission: AdmissionConfig,
+    /// The bound on closing one connection gracefully.
+    pub close_timeout: Duration,
+    /// The bound on a graceful shutdown of everything.
+    pub shutdown_timeout: Duration,
+    /// How long an operation may wait for the supervisor's answer.
+    pub call_timeout: Duration,
+    /// How many events a subscriber may fall behind before it misses some.
+    pub event_capacity: usize,
+}
+
+impl SupervisorConfig {
+    /// Defaults for everything, with sessions in `sessions_dir`.
+    pub fn new(sessions_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            sessions_dir: sessions_dir.into(),
+            policy: PolicyConfig::default(),
+            janitor: JanitorConfig::default(),
+            admission: AdmissionConfig::default(),
+            close_timeout: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(10),
+            call_timeout: Duration::from_secs(30),
+            event_capacity: 1024,
+        }
+    }
+
+    /// Checks every value makes sense.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.policy
+            .validate()
+            .map_err(|e| Error::Config(format!("[policy] {e}")))?;
+        self.janitor
+            .validate()
+            .map_err(|e| Error::Config(format!("[janitor] {e}")))?;
+        self.admission
+            .validate()
+            .map_err(|e| Error::Config(format!("[admission] {e}")))?;
+        Ok(())
+    }
+}
+
+/// What [`Supervisor::start`] found in the session store.
+#[derive(Debug, Default)]
+pub struct StartReport {
+    /// Sessions loaded from the store.
+    pub loaded: usize,
+    /// Entries that could not be read; reported, never deleted.
+    pub problems: Vec<StoreError>,
+}
+
+/// A handle to a running supervisor. Cheap to clone; all clones drive the same supervisor.
+///
+/// Status reads ([`Supervisor::status`], [`Supervisor::list`]) read a shared snapshot and never
+/// wait on the supervisor's mailbox; every other operation is a message to it.
+#[derive(Clone)]
+pub struct Supervisor {
+    actor: ActorRef<SupervisorMsg>,
+    snapshot: Snapshot,
+    events: broadcast::Sender<SessionEvent>,
+    call_timeout: Duration,
+    shutdown_timeout: Duration,
+}
+
+impl Supervisor {
+    /// Loads the session store, starts the supervisor with `link`, and restores every session
+    /// whose desired state is running (through admission control).
+    pub async fn start(
+        config: SupervisorConfig,
+        link: Arc<dyn Link>,
+    ) -> Result<(Self, StartReport), Error> {
+        config.validate()?;
+        let dir = config.sessions_dir.clone();
+        let loaded = tokio::task::spawn_blocking(move || store::load_all(&dir))
+            .await
+            .map_err(|e| Error::Unavailable(format!("loading the session store: {e}")))??;
+        for problem in &loaded.problems {
+            tracing::warn!(problem = %problem, "skipping an unreadable session entry");
+        }
+        let report = StartReport {
+            loaded: loaded.records.len(),
+            problems: loaded.problems,
+        };
+        let snapshot: Snapshot = Arc::new(DashMap::new());
+        let (events, _) = broadcast::channel(config.event_capacity.max(1));
+        let handle_config = (config.call_timeout, config.shutdown_timeout);
+        let args = SupervisorArgs {
+            config,
+            link,
+            records: loaded.records,
+            snapshot: snapshot.clone(),
+            events: events.clone(),
+        };
+        let (actor, _) = Actor::spawn(None, SupervisorActor, args)
+            .await
+            .map_err(|e| Error::Unavailable(format!("could not start the supervisor: {e}")))?;
+        let handle = Self {
+            actor,
+            snapshot,
+            events,
+            call_timeout: handle_config.0,
+            shutdown_timeout: handle_config.1,
+        };
+        Ok((handle, report))
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        build: impl FnOnce(RpcReplyPort<Result<T, Error>>) -> SupervisorMsg,
+    ) -> Result<T, Error> {
+        match self.actor.call(build, Some(self.call_timeout)).await {
+            Ok(CallResult::Success(result)) => result,
+            Ok(CallResult::Timeout) => Err(Error::Unavailable(format!(
+                "no answer within {}",
+                humantime::format_duration(self.call_timeout)
+            ))),
+            Ok(CallResult::SenderError) | Err(_) => {
+                Err(Error::Unavailable("the supervisor has stopped".into()))
+            }
+        }
+    }
+
+    /// Creates a session (stopped). `token` is chosen by the caller or generated; `name`
+    /// defaults to the token.
+    pub async fn create(&self, name: Option<String>, token: Option<&str>) -> Result<SessionInfo, Error> {
+        let token = token.map(Token::parse).transpose()?;
+        self.call(|reply| SupervisorMsg::Create { name, token, reply })
+            .await
+    }
+
+    /// Starts a session. Idempotent: a running session is left alone and reported as it is.
+    pub async fn start_session(&self, token: &str, options: OpenOptions) -> Result<SessionInfo, Error> {
+        let token = Token::parse(token)?;
+        self.call(|reply| SupervisorMsg::Start {
+            token,
+            options,
+            reply,
+        })
+        .await
+    }
+
+    /// Stops a session, keeping its credentials. Answers once the connection is closed.
+    pub async fn stop(&self, token: &str) -> Result<SessionInfo, Error> {
+        let token = Token::parse(token)?;
+        self.call(|reply| SupervisorMsg::Stop { token, reply }).await
+    }
+
+    /// Closes a fresh connection after closing the current one; keeps credentials and resets
+    /// the attempts. Refused within the cooldown after the last start unless `force`.
+    pub async fn restart(&self, token: &str, force: bool) -> Result<SessionInfo, Error> {
+        let token = Token::parse(token)?;
+        self.call(|reply| SupervisorMsg::Restart {
+            token,
+            force,
+            reply,
+        })
+        .await
+    }
+
+    /// Asks for a new QR code (while one is shown, or after they expired).
+    pub async fn refresh_qr(&self, token: &str) -> Result<SessionInfo, Error> {
+        let token = Token::parse(token)?;
+        self.call(|reply| SupervisorMsg::RefreshQr { token, reply })
+            .await
+    }
+
+    /// Logs out: closes the connection and deletes the credentials; a new QR scan is needed.
+    pub async fn logout(&self, token: &str) -> Result<SessionInfo, Error> {
+        let token = Token::parse(token)?;
+        self.call(|reply| SupervisorMsg::Logout { token, reply })
+            .await
+    }
+
+    /// Deletes a session: closes it and removes `sessions/<token>/` entirely.
+    pub async fn delete(&self, token: &str) -> Result<(), Error> {
+        let token = Token::parse(token)?;
+        self.call(|reply| SupervisorMsg::Delete { token, reply })
+            .await
+    }
+
+    /// Closes whatever is there, cancels any pending restart, and leaves it `stopped`.
+    pub async fn force_cleanup(&self, token: &str) -> Result<SessionInfo, Error> {
+        let token = Token::parse(token)?;
+        self.call(|reply| SupervisorMsg::ForceCleanup { token, reply })
+            .await
+    }
+
+    /// Sets the reconnect attempts back to 0.
+    pub async fn reset_reconnect(&self, token: &str) -> Result<SessionInfo, Error> {
+        let token = Token::parse(token)?;
+        self.call(|reply| SupervisorMsg::ResetReconnect { token, reply })
+            .await
+    }
+
+    /// Sends a text message from a connected session; resolves to the message id.
+    pub async fn send_text(&self, token: &str, to: &str, text: &str) -> Result<String, Error> {
+        let token = Token::parse(token)?;
+        let (to, text) = (to.to_owned(), text.to_owned());
+        self.call(|reply| SupervisorMsg::SendText {
+            token,
+            to,
+            text,
+            reply,
+        })
+        .await
+    }
+
+    /// Reaps stuck sessions now (what the janitor does periodically).
+    pub async fn reap_now(&self) -> Result<Vec<Reaped>, Error> {
+        self.call(|reply| SupervisorMsg::Reap { reply: Some(reply) })
+            .await
+    }
+
+    /// Replaces the policy, janitor and admission settings; live sessions are not touched.
+    pub async fn reload(
+        &self,
+        policy: PolicyConfig,
+        janitor: JanitorConfig,
+        admission: AdmissionConfig,
+    ) -> Result<(), Error> {
+        policy.validate().map_err(Error::Config)?;
+        janitor.validate().map_err(Error::Config)?;
+        admission.validate().map_err(Error::Config)?;
+        self.call(|reply| SupervisorMsg::Reload {
+            policy,
+            janitor,
+            admission,
+            reply,
+        })
+        .await
+    }
+
+    /// Answers once the supervisor's loop has handled a message: proof of life.
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.call(|reply| SupervisorMsg::Ping { reply }).await
+    }
+
+    /// One session's current view, from the snapshot.
+    pub fn status(&self, token: &str) -> Result<SessionInfo, Error> {
+        let token = Token::parse(token)?;
+        self.snapshot
+            .get(&token)
+            .map(|info| info.clone())
+            .ok_or(Error::NotFound(token))
+    }
+
+    /// Every session with counts per state, from the snapshot.
+    pub fn list(&self) -> SessionList {
+        let mut sessions: Vec<SessionInfo> =
+            self.snapshot.iter().map(|item| item.value().clone()).collect();
+        sessions.sort_by(|a, b| a.token.cmp(&b.token));
+        let mut counts = std::collections::BTreeMap::new();
+        for info in &sessions {
+            *counts.entry(info.state).or_insert(0) += 1;
+        }
+        SessionList { sessions, counts }
+    }
+
+    /// A stream of events (state changes, QR codes, messages, removals) from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<SessionEvent> {
+        self.events.subscribe()
+    }
+
+    /// Whether the supervisor is still running.
+    pub fn is_running(&self) -> bool {
+        matches!(
+            self.actor.get_status(),
+            ractor::ActorStatus::Running | ractor::ActorStatus::Upgrading
+        )
+    }
+
+    /// Shuts down gracefully: every connection closed, every record flushed, within the
+    /// configured bound. The records keep their desired state, so the next start restores them.
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        let bound = self.shutdown_timeout * 2 + Duration::from_secs(1);
+        self.actor
+            .stop_and_wait(Some("shutdown".into()), Some(bound))
+            .await
+            .map_err(|e| Error::Unavailable(format!("shutdown did not finish: {e}")))
+    }
+}

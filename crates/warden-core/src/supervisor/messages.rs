@@ -1,0 +1,133 @@
+//! The supervisor's mailbox: operations from the handle, and what its children report.
+
+use ractor::RpcReplyPort;
+
+use crate::admission::AdmissionConfig;
+use crate::error::Error;
+use crate::janitor::JanitorConfig;
+use crate::lifecycle::{DisconnectReason, LifecycleEvent};
+use crate::link::OpenOptions;
+use crate::policy::PolicyConfig;
+use crate::state::{SessionInfo, SessionState};
+use crate::token::Token;
+
+/// A reply carrying the session's view after the operation.
+pub(crate) type InfoReply = RpcReplyPort<Result<SessionInfo, Error>>;
+
+/// A session the janitor (or a reap request) cleaned up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reaped {
+    /// The session.
+    pub token: Token,
+    /// The state it was stuck in.
+    pub was: SessionState,
+    /// The state it was left in.
+    pub now: SessionState,
+    /// Why it was reaped.
+    pub reason: String,
+}
+
+/// Messages the supervisor actor handles.
+pub(crate) enum SupervisorMsg {
+    // ---- operations (from the handle) ----
+    Create {
+        name: Option<String>,
+        token: Option<Token>,
+        reply: InfoReply,
+    },
+    Start {
+        token: Token,
+        options: OpenOptions,
+        reply: InfoReply,
+    },
+    Stop {
+        token: Token,
+        reply: InfoReply,
+    },
+    Restart {
+        token: Token,
+        force: bool,
+        reply: InfoReply,
+    },
+    RefreshQr {
+        token: Token,
+        reply: InfoReply,
+    },
+    Logout {
+        token: Token,
+        reply: InfoReply,
+    },
+    Delete {
+        token: Token,
+        reply: RpcReplyPort<Result<(), Error>>,
+    },
+    ForceCleanup {
+        token: Token,
+        reply: InfoReply,
+    },
+    ResetReconnect {
+        token: Token,
+        reply: InfoReply,
+    },
+    SendText {
+        token: Token,
+        to: String,
+        text: String,
+        reply: RpcReplyPort<Result<String, Error>>,
+    },
+    /// Reap stuck sessions now (the janitor sends it without a reply port).
+    Reap {
+        reply: Option<RpcReplyPort<Result<Vec<Reaped>, Error>>>,
+    },
+    /// Replace the policy, janitor and admission settings without touching live sessions.
+    Reload {
+        policy: PolicyConfig,
+        janitor: JanitorConfig,
+        admission: AdmissionConfig,
+        reply: RpcReplyPort<Result<(), Error>>,
+    },
+    /// Answers at once: proves the supervisor's loop is alive.
+    Ping {
+        reply: RpcReplyPort<Result<(), Error>>,
+    },
+
+    // ---- internal ----
+    /// A session actor forwards its connection's lifecycle.
+    Lifecycle {
+        token: Token,
+        generation: u64,
+        event: LifecycleEvent,
+    },
+    /// A connection is over: its session actor stopped, failed or could not be spawned.
+    ///
+    /// Sent by the supervisor to itself when it learns of the end, so that it is handled after
+    /// every lifecycle message the session actor sent before ending (supervision events
+    /// overtake ordinary messages; this puts the end back in order).
+    ConnectionEnded {
+        token: Token,
+        generation: u64,
+        reason: DisconnectReason,
+    },
+    /// A retry, ban expiry or quarantine timer fired.
+    RetryDue { token: Token, timer: u64 },
+    /// A connection may have been up long enough to reset the attempts.
+    StableCheck { token: Token, generation: u64 },
+    /// The admission rate limit may admit the next queued session.
+    AdmissionTick,
+    /// Credentials deletion (logout) or folder removal (delete) finished.
+    CleanupDone {
+        token: Token,
+        kind: Cleanup,
+        result: Result<(), Error>,
+    },
+}
+
+/// Work done off the supervisor's loop after a session's connection has gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cleanup {
+    /// Credentials deleted after a logout.
+    Logout,
+    /// Everything removed after a delete.
+    Delete,
+}
+

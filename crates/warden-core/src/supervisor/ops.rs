@@ -1,0 +1,453 @@
+//! The operations: what each control request does to the registry.
+
+use std::time::SystemTime;
+
+use ractor::{ActorRef, RpcReplyPort};
+use tokio::time::Instant;
+
+use crate::error::Error;
+use crate::events::SessionEvent;
+use crate::link::OpenOptions;
+use crate::session::SessionMsg;
+use crate::state::{Desired, SessionState};
+use crate::store::SessionRecord;
+use crate::token::Token;
+
+use super::entry::{Entry, Intent, Waiter};
+use super::messages::{InfoReply, Reaped, SupervisorMsg};
+use super::SupervisorState;
+
+impl SupervisorState {
+    fn entry(&mut self, token: &Token) -> Result<&mut Entry, Error> {
+        match self.sessions.get_mut(token) {
+            Some(entry) if !entry.deleting => Ok(entry),
+            _ => Err(Error::NotFound(token.clone())),
+        }
+    }
+
+    pub(super) fn create(
+        &mut self,
+        name: Option<String>,
+        token: Option<Token>,
+    ) -> Result<crate::state::SessionInfo, Error> {
+        let token = match token {
+            Some(token) if self.sessions.contains_key(&token) => {
+                return Err(Error::AlreadyExists(token));
+            }
+            Some(token) => token,
+            None => loop {
+                let candidate = Token::generate();
+                if !self.sessions.contains_key(&candidate) {
+                    break candidate;
+                }
+            },
+        };
+        let name = name
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| token.to_string());
+        let record = SessionRecord::new(name, SystemTime::now());
+        let mut entry = Entry::new(token.clone(), record, Instant::now());
+        entry.persisted = None;
+        self.sessions.insert(token.clone(), entry);
+        tracing::info!(token = %token, "session created");
+        self.publish(&token);
+        Ok(self.sessions[&token].info())
+    }
+
+    pub(super) async fn start(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        token: Token,
+        options: OpenOptions,
+        reply: InfoReply,
+    ) {
+        let entry = match self.entry(&token) {
+            Ok(entry) => entry,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        if entry.state() == SessionState::Banned {
+            let until = entry
+                .record
+                .banned_until
+                .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+                .unwrap_or_else(|| "unknown".into());
+            let _ = reply.send(Err(Error::Conflict {
+                token: token.clone(),
+                state: SessionState::Banned,
+                message: format!(
+                    "it is banned until {until}; it will be retried then (restart --force overrides)"
+                ),
+            }));
+            return;
+        }
+        entry.record.desired = Desired::Running;
+        entry.options = options;
+        if let Some(intent) = &entry.intent {
+            // Being stopped: start again once it is gone.
+            if matches!(intent, Intent::Stop { .. } | Intent::Reap { .. }) {
+                entry.intent = Some(Intent::Reconnect);
+            }
+            entry.waiters.push(Waiter::Info(reply));
+            return;
+        }
+        if entry.live.is_some() || entry.queued {
+            // Idempotent: already running (or about to).
+            let _ = reply.send(Ok(entry.info()));
+            return;
+        }
+        if entry.state().is_parked() {
+            // An operator start is the way out of a parked state.
+            entry.record.attempts = 0;
+        }
+        entry.cancel_retry();
+        tracing::info!(token = %token, "starting session");
+        self.request_connect(myself, &token).await;
+        let _ = reply.send(Ok(self.sessions[&token].info()));
+    }
+
+    /// Stop and force-cleanup: close whatever is there, cancel any pending restart, `stopped`.
+    pub(super) async fn stop(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        token: Token,
+        reason: String,
+        reply: InfoReply,
+    ) {
+        let entry = match self.entry(&token) {
+            Ok(entry) => entry,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        entry.record.desired = Desired::Stopped;
+        entry.cancel_retry();
+        if entry.queued {
+            entry.queued = false;
+            self.admission.dequeue(&token);
+        }
+        let entry = self.sessions.get_mut(&token).expect("checked above");
+        if let Some(live) = &entry.live {
+            if !matches!(entry.intent, Some(Intent::Logout | Intent::Delete)) {
+                entry.intent = Some(Intent::Stop { reason });
+            }
+            live.actor.stop(Some("stop".into()));
+            entry.waiters.push(Waiter::Info(reply));
+            return;
+        }
+        tracing::info!(token = %token, %reason, "session stopped");
+        // A logged-out session stays logged out: its credentials are gone either way.
+        if entry.state() != SessionState::LoggedOut {
+            entry.set_state(SessionState::Stopped, Some(reason), Instant::now());
+            entry.record.banned_until = None;
+        }
+        self.publish(&token);
+        let _ = reply.send(Ok(self.sessions[&token].info()));
+        self.pump(myself).await;
+    }
+
+    pub(super) async fn restart(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        token: Token,
+        force: bool,
+        reply: InfoReply,
+    ) {
+        let cooldown = self.policy.restart_cooldown;
+        let entry = match self.entry(&token) {
+            Ok(entry) => entry,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        if !force {
+            if let Some(last) = entry.last_start {
+                let elapsed = Instant::now().saturating_duration_since(last);
+                if elapsed < cooldown {
+                    let _ = reply.send(Err(Error::Cooldown {
+                        token: token.clone(),
+                        retry_after: cooldown - elapsed,
+                    }));
+                    return;
+                }
+            }
+            if entry.state() == SessionState::Banned {
+                let _ = reply.send(Err(Error::Conflict {
+                    token: token.clone(),
+                    state: SessionState::Banned,
+                    message: "it is banned; pass --force to try anyway".into(),
+                }));
+                return;
+            }
+        }
+        tracing::info!(token = %token, force, "restarting session");
+        entry.record.desired = Desired::Running;
+        entry.record.attempts = 0;
+        entry.record.banned_until = None;
+        self.reconnect(myself, token, reply).await;
+    }
+
+    /// Ends the live connection (if any) and starts a fresh one.
+    async fn reconnect(&mut self, myself: &ActorRef<SupervisorMsg>, token: Token, reply: InfoReply) {
+        let entry = self.sessions.get_mut(&token).expect("caller checked");
+        entry.cancel_retry();
+        if let Some(live) = &entry.live {
+            if !matches!(entry.intent, Some(Intent::Logout | Intent::Delete)) {
+                entry.intent = Some(Intent::Reconnect);
+            }
+            live.actor.stop(Some("restart".into()));
+            entry.waiters.push(Waiter::Info(reply));
+            return;
+        }
+        if !entry.queued {
+            self.request_connect(myself, &token).await;
+        }
+        let _ = reply.send(Ok(self.sessions[&token].info()));
+    }
+
+    pub(super) async fn refresh_qr(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        token: Token,
+        reply: InfoReply,
+    ) {
+        let entry = match self.entry(&token) {
+            Ok(entry) => entry,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let state = entry.state();
+        let paired = entry.record.jid.is_some();
+        let fits = match state {
+            SessionState::WaitingForScan | SessionState::QrExpired | SessionState::LoggedOut => {
+                true
+            }
+            SessionState::Stopped | SessionState::Failed => !paired,
+            _ => false,
+        };
+        if !fits {
+            let message = if paired {
+                "it is linked to an account, so it shows no QR code; log out first to link another phone"
+            } else {
+                "a new QR code can be asked for while one is shown, or after it expired"
+            };
+            let _ = reply.send(Err(Error::Conflict {
+                token: token.clone(),
+                state,
+                message: message.into(),
+            }));
+            return;
+        }
+        tracing::info!(token = %token, "refreshing QR code");
+        entry.record.desired = Desired::Running;
+        entry.record.attempts = 0;
+        self.reconnect(myself, token, reply).await;
+    }
+
+    pub(super) fn logout(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        token: Token,
+        reply: InfoReply,
+    ) {
+        let entry = match self.entry(&token) {
+            Ok(entry) => entry,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        tracing::info!(token = %token, "logging out");
+        entry.record.desired = Desired::Stopped;
+        entry.cancel_retry();
+        entry.waiters.push(Waiter::Info(reply));
+        if entry.queued {
+            entry.queued = false;
+            self.admission.dequeue(&token);
+        }
+        let entry = self.sessions.get_mut(&token).expect("checked above");
+        if let Some(live) = &entry.live {
+            if entry.intent != Some(Intent::Delete) {
+                entry.intent = Some(Intent::Logout);
+            }
+            live.actor.stop(Some("logout".into()));
+            return;
+        }
+        self.begin_logout(myself, &token, "logged out by request".into());
+    }
+
+    pub(super) fn delete(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        token: Token,
+        reply: RpcReplyPort<Result<(), Error>>,
+    ) {
+        let entry = match self.entry(&token) {
+            Ok(entry) => entry,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        tracing::info!(token = %token, "deleting session");
+        entry.cancel_retry();
+        entry.waiters.push(Waiter::Unit(reply));
+        if entry.queued {
+            entry.queued = false;
+            self.admission.dequeue(&token);
+        }
+        let entry = self.sessions.get_mut(&token).expect("checked above");
+        if let Some(live) = &entry.live {
+            entry.intent = Some(Intent::Delete);
+            live.actor.stop(Some("delete".into()));
+            return;
+        }
+        self.begin_delete(myself, &token);
+    }
+
+    pub(super) fn reset_reconnect(&mut self, token: &Token) -> Result<crate::state::SessionInfo, Error> {
+        let entry = self.entry(token)?;
+        entry.record.attempts = 0;
+        tracing::info!(token = %token, "Reconnect attempts: 0 (reset by request)");
+        self.publish(token);
+        Ok(self.sessions[token].info())
+    }
+
+    pub(super) fn send_text(
+        &mut self,
+        token: Token,
+        to: String,
+        text: String,
+        reply: RpcReplyPort<Result<String, Error>>,
+    ) {
+        let entry = match self.entry(&token) {
+            Ok(entry) => entry,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let live = match (&entry.live, entry.state()) {
+            (Some(live), SessionState::Connected) if entry.intent.is_none() => live,
+            (_, state) => {
+                let _ = reply.send(Err(Error::NotConnected { token, state }));
+                return;
+            }
+        };
+        let (tx, rx) = ractor::concurrency::oneshot();
+        let _ = live.actor.cast(SessionMsg::SendText {
+            to,
+            text,
+            reply: tx.into(),
+        });
+        tokio::spawn(async move {
+            let result = match rx.await {
+                Ok(Ok(id)) => Ok(id),
+                Ok(Err(source)) => Err(Error::Link { token, source }),
+                Err(_) => Err(Error::NotConnected {
+                    token,
+                    state: SessionState::Connecting,
+                }),
+            };
+            let _ = reply.send(result);
+        });
+    }
+
+    /// The janitor's sweep: sessions stuck connecting or showing a QR too long are stopped.
+    pub(super) fn reap(&mut self) -> Vec<Reaped> {
+        let now = Instant::now();
+        let max_connecting = self.janitor_config.max_connecting;
+        let max_qr = self.janitor_config.max_qr;
+        let mut reaped = Vec::new();
+        for entry in self.sessions.values_mut() {
+            let Some(live) = &entry.live else { continue };
+            if entry.intent.is_some() {
+                continue;
+            }
+            let stuck_for = now.saturating_duration_since(entry.since);
+            let (state, reason) = match entry.state() {
+                SessionState::Connecting | SessionState::Pairing if stuck_for > max_connecting => (
+                    SessionState::Failed,
+                    format!(
+                        "reaped: connecting for more than {}",
+                        humantime::format_duration(max_connecting)
+                    ),
+                ),
+                SessionState::WaitingForScan if stuck_for > max_qr => (
+                    SessionState::QrExpired,
+                    format!(
+                        "reaped: QR code shown for more than {}",
+                        humantime::format_duration(max_qr)
+                    ),
+                ),
+                _ => continue,
+            };
+            tracing::warn!(token = %entry.token, was = %entry.state(), %reason, "Auto-cleanup: Removing stuck session connection");
+            reaped.push(Reaped {
+                token: entry.token.clone(),
+                was: entry.state(),
+                now: state,
+                reason: reason.clone(),
+            });
+            live.actor.stop(Some("reaped".into()));
+            entry.intent = Some(Intent::Reap { state, reason });
+        }
+        reaped
+    }
+
+    /// On start: every session whose desired state is running comes back, through admission
+    /// control; parked ones stay parked (with their ban or quarantine timers).
+    pub(super) async fn restore_all(&mut self, myself: &ActorRef<SupervisorMsg>) {
+        let tokens: Vec<Token> = self.sessions.keys().cloned().collect();
+        let mut restored = 0usize;
+        for token in tokens {
+            let entry = self.sessions.get_mut(&token).expect("listed above");
+            if entry.record.desired != Desired::Running {
+                if entry.state() != SessionState::Stopped && !entry.state().is_parked() {
+                    entry.set_state(SessionState::Stopped, entry.record.reason.clone(), Instant::now());
+                    self.publish(&token);
+                }
+                continue;
+            }
+            match entry.state() {
+                SessionState::Banned => {
+                    let wait = entry
+                        .record
+                        .banned_until
+                        .and_then(|until| until.duration_since(SystemTime::now()).ok())
+                        .unwrap_or_default();
+                    self.schedule_retry(myself, &token, wait);
+                    self.publish(&token);
+                }
+                SessionState::Failed => {
+                    if let Some(after) = self.policy.retry_failed_after {
+                        self.schedule_retry(myself, &token, after);
+                        self.publish(&token);
+                    }
+                }
+                state if state.is_parked() => {}
+                _ => {
+                    restored += 1;
+                    self.request_connect(myself, &token).await;
+                }
+            }
+        }
+        if restored > 0 {
+            tracing::info!(restored, "restoring sessions");
+        }
+    }
+
+    pub(super) fn removed(&mut self, token: &Token) {
+        self.sessions.remove(token);
+        self.snapshot.remove(token);
+        let _ = self.events.send(SessionEvent::Removed {
+            token: token.clone(),
+        });
+    }
+}

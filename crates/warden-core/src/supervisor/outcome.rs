@@ -1,0 +1,513 @@
+//! What follows from a session's life: admission, spawning, lifecycle, the end of a
+//! connection and the restart policy's decision, timers and cleanup.
+
+use std::time::{Duration, SystemTime};
+
+use ractor::{Actor, ActorRef};
+use tokio::time::Instant;
+
+use crate::admission::Admit;
+use crate::error::Error;
+use crate::events::SessionEvent;
+use crate::lifecycle::{DisconnectReason, LifecycleEvent};
+use crate::policy::{self, Decision, Parked};
+use crate::session::{SessionActor, SessionArgs};
+use crate::state::{Desired, QrCode, SessionState};
+use crate::token::Token;
+
+use super::entry::{Intent, Live, Timer};
+use super::messages::{Cleanup, SupervisorMsg};
+use super::SupervisorState;
+
+impl SupervisorState {
+    /// Queues the session for a connection; admission control decides when it starts.
+    pub(super) async fn request_connect(&mut self, myself: &ActorRef<SupervisorMsg>, token: &Token) {
+        let Some(entry) = self.sessions.get_mut(token) else {
+            return;
+        };
+        if entry.live.is_some() || entry.queued {
+            return;
+        }
+        entry.queued = true;
+        entry.set_state(SessionState::Queued, None, Instant::now());
+        self.admission.enqueue(token.clone());
+        self.publish(token);
+        self.pump(myself).await;
+    }
+
+    /// Starts as many queued sessions as admission control allows now.
+    pub(super) async fn pump(&mut self, myself: &ActorRef<SupervisorMsg>) {
+        loop {
+            match self.admission.next(Instant::now()) {
+                Admit::Go(token) => {
+                    let ready = self
+                        .sessions
+                        .get(&token)
+                        .is_some_and(|e| e.queued && e.live.is_none() && !e.deleting);
+                    if ready {
+                        self.spawn_session(myself, &token).await;
+                    } else {
+                        self.admission.release();
+                    }
+                }
+                Admit::WaitFor(delay) => {
+                    if !self.admission_tick_pending {
+                        self.admission_tick_pending = true;
+                        myself.send_after(delay, || SupervisorMsg::AdmissionTick);
+                    }
+                    return;
+                }
+                Admit::WaitForSlot | Admit::Idle => return,
+            }
+        }
+    }
+
+    async fn spawn_session(&mut self, myself: &ActorRef<SupervisorMsg>, token: &Token) {
+        let now = Instant::now();
+        let entry = self.sessions.get_mut(token).expect("caller checked");
+        entry.queued = false;
+        entry.in_flight = true;
+        entry.generation += 1;
+        entry.last_start = Some(now);
+        entry.set_state(SessionState::Connecting, None, now);
+        let generation = entry.generation;
+        let args = SessionArgs {
+            token: token.clone(),
+            generation,
+            link: self.link.clone(),
+            supervisor: myself.clone(),
+            slot: entry.slot.clone(),
+            options: entry.options.clone(),
+            close_timeout: self.close_timeout,
+        };
+        match Actor::spawn_linked(None, SessionActor, args, myself.get_cell()).await {
+            Ok((actor, _)) => {
+                self.by_actor.insert(actor.get_id(), token.clone());
+                let entry = self.sessions.get_mut(token).expect("still there");
+                entry.live = Some(Live { actor, generation });
+            }
+            Err(e) => {
+                // No supervision event comes for a failed spawn: report it to ourselves.
+                let reason = DisconnectReason::SessionCrashed(format!("could not start: {e}"));
+                let _ = myself.cast(SupervisorMsg::ConnectionEnded {
+                    token: token.clone(),
+                    generation,
+                    reason,
+                });
+            }
+        }
+        self.publish(token);
+    }
+
+    fn release_admission(&mut self, token: &Token) {
+        if let Some(entry) = self.sessions.get_mut(token) {
+            if entry.in_flight {
+                entry.in_flight = false;
+                self.admission.release();
+            }
+        }
+    }
+
+    /// A lifecycle message from the live connection of `token`.
+    pub(super) fn on_lifecycle(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        token: &Token,
+        generation: u64,
+        event: LifecycleEvent,
+    ) {
+        let Some(entry) = self.sessions.get_mut(token) else {
+            return;
+        };
+        let current = entry.live.as_ref().is_some_and(|l| l.generation == generation);
+        if !current || entry.intent.is_some() {
+            return; // from a connection that is gone or going
+        }
+        let now = Instant::now();
+        match event {
+            LifecycleEvent::QrIssued { code, expires_in } => {
+                entry.set_state(SessionState::WaitingForScan, None, now);
+                entry.qr = Some(QrCode {
+                    code: code.clone(),
+                    expires_at: SystemTime::now() + expires_in,
+                });
+                tracing::info!(token = %token, expires_in = ?expires_in, "QR code issued; waiting for a scan");
+                let _ = self.events.send(SessionEvent::Qr {
+                    token: token.clone(),
+                    code,
+                    expires_in,
+                });
+                self.release_admission(token);
+            }
+            LifecycleEvent::PairCode { code } => {
+                entry.pair_code = Some(code.clone());
+                tracing::info!(token = %token, "pairing code issued; waiting for it to be entered on the phone");
+                let _ = self.events.send(SessionEvent::PairCode {
+                    token: token.clone(),
+                    code,
+                });
+                self.release_admission(token);
+            }
+            LifecycleEvent::Paired { jid } => {
+                entry.set_state(SessionState::Pairing, None, now);
+                entry.qr = None;
+                entry.pair_code = None;
+                entry.record.jid = Some(jid);
+                tracing::info!(token = %token, "paired; reconnecting to log in");
+            }
+            LifecycleEvent::Connected { jid, name } => {
+                entry.set_state(SessionState::Connected, None, now);
+                entry.connected_at = Some(now);
+                entry.qr = None;
+                entry.pair_code = None;
+                entry.record.jid = Some(jid);
+                if name.is_some() {
+                    entry.record.account_name = name;
+                }
+                entry.record.banned_until = None;
+                entry.record.counters.connects += 1;
+                entry.cancel_stable();
+                let id = self.next_timer_id + 1;
+                self.next_timer_id = id;
+                let entry = self.sessions.get_mut(token).expect("still there");
+                let t = token.clone();
+                entry.stable_timer = Some(Timer {
+                    id,
+                    handle: myself.send_after(self.policy.stable_after, move || {
+                        SupervisorMsg::StableCheck {
+                            token: t,
+                            generation,
+                        }
+                    }),
+                });
+                tracing::info!(token = %token, attempts = entry.record.attempts, "Session connected successfully");
+                self.release_admission(token);
+            }
+            LifecycleEvent::Message(message) => {
+                let _ = self.events.send(SessionEvent::Message {
+                    token: token.clone(),
+                    message,
+                });
+                return;
+            }
+            LifecycleEvent::Disconnected { .. } => return, // the session actor ends with it
+        }
+        self.publish(token);
+    }
+
+    /// The connection `generation` of `token` is gone (its actor stopped, failed or never
+    /// started). Decide what follows: the supervisor's own intent first, else the policy.
+    pub(super) async fn on_connection_end(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        token: &Token,
+        generation: u64,
+        reason: DisconnectReason,
+    ) {
+        let now = Instant::now();
+        self.release_admission(token);
+        let Some(entry) = self.sessions.get_mut(token) else {
+            return;
+        };
+        if entry.generation != generation {
+            return;
+        }
+        if let Some(live) = entry.live.take() {
+            self.by_actor.remove(&live.actor.get_id());
+        }
+        let entry = self.sessions.get_mut(token).expect("still there");
+        let connected_for = entry.connected_for(now);
+        entry.connected_at = None;
+        entry.qr = None;
+        entry.pair_code = None;
+        entry.cancel_stable();
+        entry.record.counters.disconnects += 1;
+        if let DisconnectReason::SessionCrashed(why) = &reason {
+            tracing::error!(token = %token, error = %why, "session crashed");
+        }
+        tracing::info!(token = %token, reason = %reason, "Client disconnected");
+
+        match entry.intent.take() {
+            Some(Intent::Stop { reason }) => {
+                tracing::info!(token = %token, "Should reconnect: false");
+                if entry.state() != SessionState::LoggedOut {
+                    entry.set_state(SessionState::Stopped, Some(reason), now);
+                    entry.record.banned_until = None;
+                }
+                self.publish(token);
+                self.answer(token);
+            }
+            Some(Intent::Reconnect) => {
+                self.publish(token);
+                self.request_connect(myself, token).await;
+                self.answer(token);
+            }
+            Some(Intent::Reap { state, reason }) => {
+                tracing::info!(token = %token, "Should reconnect: false");
+                entry.set_state(state, Some(reason), now);
+                self.publish(token);
+                self.answer(token);
+            }
+            Some(Intent::Logout) => {
+                self.begin_logout(myself, token, "logged out by request".into());
+            }
+            Some(Intent::Delete) => self.begin_delete(myself, token),
+            None => self.apply_policy(myself, token, reason, connected_for).await,
+        }
+        self.pump(myself).await;
+    }
+
+    async fn apply_policy(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        token: &Token,
+        reason: DisconnectReason,
+        connected_for: Option<Duration>,
+    ) {
+        let now = Instant::now();
+        let entry = self.sessions.get_mut(token).expect("caller checked");
+        if entry.record.desired == Desired::Stopped {
+            entry.set_state(SessionState::Stopped, Some(reason.to_string()), now);
+            self.publish(token);
+            return;
+        }
+        let outcome = policy::decide(
+            &self.policy,
+            &reason,
+            entry.record.attempts,
+            connected_for,
+            rand::random::<f64>(),
+        );
+        entry.record.attempts = outcome.attempts;
+        let should = !matches!(outcome.decision, Decision::Park(_));
+        tracing::info!(token = %token, reason = %reason, "Should reconnect: {should}");
+        match outcome.decision {
+            Decision::RestartNow => {
+                entry.record.counters.restarts += 1;
+                self.request_connect(myself, token).await;
+            }
+            Decision::RetryAfter { delay, attempt } => {
+                tracing::info!(token = %token, attempt, delay = ?delay, "Reconnect attempts: {attempt}");
+                entry.record.counters.restarts += 1;
+                entry.set_state(SessionState::BackingOff, Some(reason.to_string()), now);
+                self.schedule_retry(myself, token, delay);
+                self.publish(token);
+            }
+            Decision::Park(parked) => self.park(myself, token, parked, &reason),
+        }
+    }
+
+    fn park(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        token: &Token,
+        parked: Parked,
+        reason: &DisconnectReason,
+    ) {
+        let now = Instant::now();
+        let entry = self.sessions.get_mut(token).expect("caller checked");
+        match parked {
+            Parked::Failed(why) => {
+                tracing::error!(token = %token, reason = %why, "session failed");
+                entry.set_state(SessionState::Failed, Some(why), now);
+                if let Some(after) = self.policy.retry_failed_after {
+                    self.schedule_retry(myself, token, after);
+                }
+            }
+            Parked::LoggedOut => {
+                tracing::warn!(token = %token, "session logged out; deleting its credentials");
+                self.begin_logout(myself, token, reason.to_string());
+                return;
+            }
+            Parked::Replaced => {
+                tracing::warn!(token = %token, "another client took over this account; not reconnecting");
+                entry.set_state(SessionState::Replaced, Some(reason.to_string()), now);
+            }
+            Parked::Banned { expires_in } => {
+                tracing::warn!(token = %token, expires_in = ?expires_in, "session temporarily banned");
+                entry.record.banned_until = Some(SystemTime::now() + expires_in);
+                entry.set_state(SessionState::Banned, Some(reason.to_string()), now);
+                self.schedule_retry(myself, token, expires_in);
+            }
+            Parked::QrExpired => {
+                entry.set_state(SessionState::QrExpired, Some(reason.to_string()), now);
+            }
+            Parked::Stopped => {
+                entry.set_state(SessionState::Stopped, Some(reason.to_string()), now);
+            }
+        }
+        self.publish(token);
+    }
+
+    /// Schedules the next automatic attempt of `token` after `delay`.
+    pub(super) fn schedule_retry(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        token: &Token,
+        delay: Duration,
+    ) {
+        let id = self.timer_id();
+        let Some(entry) = self.sessions.get_mut(token) else {
+            return;
+        };
+        entry.cancel_retry();
+        let t = token.clone();
+        entry.retry_timer = Some(Timer {
+            id,
+            handle: myself.send_after(delay, move || SupervisorMsg::RetryDue { token: t, timer: id }),
+        });
+        entry.next_retry_at = Some(SystemTime::now() + delay);
+    }
+
+    pub(super) async fn on_retry_due(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        token: &Token,
+        timer: u64,
+    ) {
+        let Some(entry) = self.sessions.get_mut(token) else {
+            return;
+        };
+        if entry.retry_timer.as_ref().map(|t| t.id) != Some(timer) {
+            return; // cancelled or replaced
+        }
+        entry.retry_timer = None;
+        entry.next_retry_at = None;
+        if entry.record.desired != Desired::Running || entry.live.is_some() || entry.deleting {
+            return;
+        }
+        match entry.state() {
+            SessionState::Failed => {
+                tracing::info!(token = %token, "retrying a failed session after its quarantine");
+                entry.record.attempts = 0;
+            }
+            SessionState::Banned => {
+                tracing::info!(token = %token, "ban expired; reconnecting");
+                entry.record.banned_until = None;
+            }
+            SessionState::BackingOff => {}
+            _ => return,
+        }
+        self.request_connect(myself, token).await;
+    }
+
+    pub(super) fn on_stable(&mut self, token: &Token, generation: u64) {
+        let Some(entry) = self.sessions.get_mut(token) else {
+            return;
+        };
+        let current = entry.live.as_ref().is_some_and(|l| l.generation == generation);
+        entry.stable_timer = None;
+        if current && entry.state() == SessionState::Connected && entry.record.attempts > 0 {
+            entry.record.attempts = 0;
+            tracing::info!(token = %token, "connection stable; Reconnect attempts: 0");
+            self.publish(token);
+        }
+    }
+
+    /// Logged out: mark it, then delete the credentials once no connection can hold them.
+    pub(super) fn begin_logout(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        token: &Token,
+        reason: String,
+    ) {
+        let Some(entry) = self.sessions.get_mut(token) else {
+            return;
+        };
+        entry.set_state(SessionState::LoggedOut, Some(reason), Instant::now());
+        entry.record.jid = None;
+        entry.record.account_name = None;
+        entry.record.attempts = 0;
+        self.publish(token);
+        let entry = &self.sessions[token];
+        let slot = entry.slot.clone();
+        let link = self.link.clone();
+        let me = myself.clone();
+        let t = token.clone();
+        tokio::spawn(async move {
+            // The slot proves no connection of this token is alive while files go.
+            let result = match slot.acquire_owned().await {
+                Ok(_permit) => link.delete_credentials(&t).await,
+                Err(_) => Ok(()),
+            };
+            let result = result.map_err(|source| Error::Link {
+                token: t.clone(),
+                source,
+            });
+            let _ = me.cast(SupervisorMsg::CleanupDone {
+                token: t,
+                kind: Cleanup::Logout,
+                result,
+            });
+        });
+    }
+
+    /// Deleted: once no connection is alive, the link forgets it and its folder goes.
+    pub(super) fn begin_delete(&mut self, myself: &ActorRef<SupervisorMsg>, token: &Token) {
+        let Some(entry) = self.sessions.get_mut(token) else {
+            return;
+        };
+        entry.deleting = true;
+        let slot = entry.slot.clone();
+        let link = self.link.clone();
+        let store = self.store.clone();
+        let me = myself.clone();
+        let t = token.clone();
+        tokio::spawn(async move {
+            let result = match slot.acquire_owned().await {
+                Ok(_permit) => {
+                    let forgotten = link.forget(&t).await.map_err(|source| Error::Link {
+                        token: t.clone(),
+                        source,
+                    });
+                    let removed = store.remove(&t).await.map_err(Error::from);
+                    forgotten.and(removed)
+                }
+                Err(_) => Ok(()),
+            };
+            let _ = me.cast(SupervisorMsg::CleanupDone {
+                token: t,
+                kind: Cleanup::Delete,
+                result,
+            });
+        });
+    }
+
+    pub(super) fn on_cleanup_done(&mut self, token: &Token, kind: Cleanup, result: Result<(), Error>) {
+        match (kind, result) {
+            (Cleanup::Logout, Ok(())) => {
+                tracing::info!(token = %token, "credentials deleted");
+                if let Some(entry) = self.sessions.get_mut(token) {
+                    let why = entry.record.reason.take().unwrap_or_else(|| "logged_out".into());
+                    entry.record.reason = Some(format!("{why}; credentials deleted"));
+                }
+                self.publish(token);
+                self.answer(token);
+            }
+            (Cleanup::Logout, Err(e)) => {
+                tracing::error!(token = %token, error = %e, "could not delete the credentials");
+                if let Some(entry) = self.sessions.get_mut(token) {
+                    entry.record.reason = Some(format!("credentials not deleted: {e}"));
+                    entry.fail_waiters(&e);
+                }
+                self.publish(token);
+            }
+            (Cleanup::Delete, result) => {
+                if let Err(e) = &result {
+                    tracing::error!(token = %token, error = %e, "session deleted, but not everything could be removed");
+                } else {
+                    tracing::info!(token = %token, "session deleted");
+                }
+                self.answer(token);
+                self.removed(token);
+            }
+        }
+    }
+
+    /// Answers the operations waiting on `token`.
+    pub(super) fn answer(&mut self, token: &Token) {
+        if let Some(entry) = self.sessions.get_mut(token) {
+            entry.answer_waiters();
+        }
+    }
+}

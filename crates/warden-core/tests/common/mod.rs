@@ -1,0 +1,121 @@
+//! Helpers shared by the supervisor's integration tests.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use warden_core::scripted::{Script, ScriptedLink};
+use warden_core::{
+    AdmissionConfig, PolicyConfig, SessionEvent, SessionInfo, SessionState, Supervisor,
+    SupervisorConfig,
+};
+
+/// A config for tests: no jitter, admission out of the way, room for many events.
+pub fn config(dir: &std::path::Path) -> SupervisorConfig {
+    let mut config = SupervisorConfig::new(dir);
+    config.policy = PolicyConfig {
+        jitter: 0.0,
+        ..PolicyConfig::default()
+    };
+    config.admission = AdmissionConfig {
+        max_in_flight: 100_000,
+        per_second: 1_000_000.0,
+        burst: 100_000,
+    };
+    config.event_capacity = 1 << 16;
+    config
+}
+
+/// A running supervisor with a scripted link, its event stream and its folder.
+pub struct Harness {
+    pub supervisor: Supervisor,
+    pub link: ScriptedLink,
+    pub events: broadcast::Receiver<SessionEvent>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Harness {
+    /// A supervisor whose connections play `default` unless a token has its own script.
+    pub async fn new(default: Script) -> Self {
+        Self::with_config(default, config).await
+    }
+
+    /// Same, with a config adjusted by `adjust`.
+    pub async fn with_config(
+        default: Script,
+        adjust: impl FnOnce(&std::path::Path) -> SupervisorConfig,
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let link = ScriptedLink::new(default);
+        let (supervisor, _) = Supervisor::start(adjust(dir.path()), Arc::new(link.clone()))
+            .await
+            .expect("supervisor starts");
+        let events = supervisor.subscribe();
+        Self {
+            supervisor,
+            link,
+            events,
+            dir,
+        }
+    }
+
+    /// Creates `token` with `scripts` queued, and starts it.
+    pub async fn run(&mut self, token: &str, scripts: impl IntoIterator<Item = Script>) {
+        self.link.script(token, scripts);
+        self.supervisor.create(None, Some(token)).await.expect("create");
+        self.supervisor
+            .start_session(token, Default::default())
+            .await
+            .expect("start");
+    }
+
+    /// Waits (on the virtual clock, at most a day) for an update of `token` matching `pred`.
+    pub async fn wait(&mut self, token: &str, pred: impl Fn(&SessionInfo) -> bool) -> SessionInfo {
+        wait_for(&mut self.events, token, pred).await
+    }
+
+    /// Waits for `token` to reach `state`.
+    pub async fn wait_state(&mut self, token: &str, state: SessionState) -> SessionInfo {
+        self.wait(token, |info| info.state == state).await
+    }
+}
+
+/// Waits for an update of `token` matching `pred` on `events`.
+pub async fn wait_for(
+    events: &mut broadcast::Receiver<SessionEvent>,
+    token: &str,
+    pred: impl Fn(&SessionInfo) -> bool,
+) -> SessionInfo {
+    let waiting = async {
+        loop {
+            match events.recv().await {
+                Ok(SessionEvent::Updated(info)) if info.token.as_str() == token && pred(&info) => {
+                    return *info;
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => panic!("test lagged {n} events"),
+                Err(broadcast::error::RecvError::Closed) => panic!("event stream closed"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(24 * 3600), waiting)
+        .await
+        .unwrap_or_else(|_| panic!("{token} never reached the awaited state"))
+}
+
+/// Seconds between consecutive connection opens.
+pub fn gaps(opens: &[tokio::time::Instant]) -> Vec<u64> {
+    opens
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs())
+        .collect()
+}
+
+pub fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+pub fn mins(m: u64) -> Duration {
+    Duration::from_secs(m * 60)
+}
