@@ -144,7 +144,9 @@ impl Admission {
     }
 
     fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.refilled_at).as_secs_f64();
+        let elapsed = now
+            .saturating_duration_since(self.refilled_at)
+            .as_secs_f64();
         self.tokens =
             (self.tokens + elapsed * self.config.per_second).min(f64::from(self.config.burst));
         self.refilled_at = now;

@@ -41,7 +41,9 @@ pub enum Error {
         message: String,
     },
     /// The session is not connected, so it cannot send.
-    #[error("session {token} is not connected (it is {state}): start it and wait until it is connected")]
+    #[error(
+        "session {token} is not connected (it is {state}): start it and wait until it is connected"
+    )]
     NotConnected {
         /// The session.
         token: Token,

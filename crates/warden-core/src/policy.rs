@@ -200,7 +200,10 @@ mod tests {
 
     fn check(reason: DisconnectReason, attempts: u32, up: Option<Duration>, expected: Outcome) {
         let got = decide(&PolicyConfig::default(), &reason, attempts, up, MID);
-        assert_eq!(got, expected, "reason {reason}, attempts {attempts}, up {up:?}");
+        assert_eq!(
+            got, expected,
+            "reason {reason}, attempts {attempts}, up {up:?}"
+        );
     }
 
     fn retry(delay: u64, attempt: u32) -> Outcome {
@@ -267,8 +270,18 @@ mod tests {
 
     #[test]
     fn terminal_reasons_park() {
-        check(DisconnectReason::LoggedOut, 0, None, parked(Parked::LoggedOut, 0));
-        check(DisconnectReason::Replaced, 1, None, parked(Parked::Replaced, 1));
+        check(
+            DisconnectReason::LoggedOut,
+            0,
+            None,
+            parked(Parked::LoggedOut, 0),
+        );
+        check(
+            DisconnectReason::Replaced,
+            1,
+            None,
+            parked(Parked::Replaced, 1),
+        );
         check(
             DisconnectReason::TemporarilyBanned {
                 expires_in: secs(3600),
@@ -295,14 +308,29 @@ mod tests {
             None,
             parked(Parked::Failed("bad_credentials: 418".into()), 0),
         );
-        check(DisconnectReason::QrExpired, 0, None, parked(Parked::QrExpired, 0));
-        check(DisconnectReason::Stopped, 2, None, parked(Parked::Stopped, 2));
+        check(
+            DisconnectReason::QrExpired,
+            0,
+            None,
+            parked(Parked::QrExpired, 0),
+        );
+        check(
+            DisconnectReason::Stopped,
+            2,
+            None,
+            parked(Parked::Stopped, 2),
+        );
     }
 
     #[test]
     fn only_a_stable_connection_resets_attempts() {
         // Up for a minute: the flap still counts.
-        check(DisconnectReason::ConnectionLost, 2, Some(secs(60)), retry(12, 3));
+        check(
+            DisconnectReason::ConnectionLost,
+            2,
+            Some(secs(60)),
+            retry(12, 3),
+        );
         // Up for the stable window: a fresh start.
         check(
             DisconnectReason::ConnectionLost,
@@ -311,7 +339,12 @@ mod tests {
             retry(3, 1),
         );
         // A QR session never logged in: no reset.
-        check(DisconnectReason::QrExpired, 2, None, parked(Parked::QrExpired, 2));
+        check(
+            DisconnectReason::QrExpired,
+            2,
+            None,
+            parked(Parked::QrExpired, 2),
+        );
     }
 
     #[test]
@@ -334,20 +367,26 @@ mod tests {
     fn validation_catches_nonsense() {
         assert!(PolicyConfig::default().validate().is_ok());
         let bad = |c: PolicyConfig| c.validate().unwrap_err();
-        assert!(bad(PolicyConfig {
-            jitter: 1.5,
-            ..Default::default()
-        })
-        .contains("jitter"));
-        assert!(bad(PolicyConfig {
-            backoff_cap: secs(1),
-            ..Default::default()
-        })
-        .contains("backoff_cap"));
-        assert!(bad(PolicyConfig {
-            backoff_factor: 0.5,
-            ..Default::default()
-        })
-        .contains("backoff_factor"));
+        assert!(
+            bad(PolicyConfig {
+                jitter: 1.5,
+                ..Default::default()
+            })
+            .contains("jitter")
+        );
+        assert!(
+            bad(PolicyConfig {
+                backoff_cap: secs(1),
+                ..Default::default()
+            })
+            .contains("backoff_cap")
+        );
+        assert!(
+            bad(PolicyConfig {
+                backoff_factor: 0.5,
+                ..Default::default()
+            })
+            .contains("backoff_factor")
+        );
     }
 }

@@ -158,7 +158,12 @@ impl ScriptedLink {
 
     /// The most connections ever alive at once for any single token.
     pub fn max_live_any(&self) -> usize {
-        self.lock().stats.values().map(|s| s.max_live).max().unwrap_or(0)
+        self.lock()
+            .stats
+            .values()
+            .map(|s| s.max_live)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Connections alive right now, over all tokens.

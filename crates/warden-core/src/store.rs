@@ -23,7 +23,7 @@ pub const RECORD_FILE: &str = "session.toml";
 const TEMP_FILE: &str = ".session.toml.tmp";
 
 /// What `session.toml` holds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SessionRecord {
     /// The session's human name.
     pub name: String,
@@ -59,6 +59,14 @@ pub struct SessionRecord {
 }
 
 impl SessionRecord {
+    /// A fingerprint of the record, to skip writes that would change nothing.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.hash(&mut hasher);
+        hasher.finish()
+    }
+
     /// A record for a session just created.
     pub fn new(name: String, created_at: SystemTime) -> Self {
         Self {
@@ -199,7 +207,9 @@ impl StoreWriter {
 
     /// Queues a write of `record`.
     pub(crate) fn write(&self, token: &Token, record: SessionRecord) {
-        let _ = self.tx.send(StoreOp::Write(token.clone(), Box::new(record)));
+        let _ = self
+            .tx
+            .send(StoreOp::Write(token.clone(), Box::new(record)));
     }
 
     /// Removes the session's folder after every write queued before it.
@@ -312,9 +322,17 @@ mod tests {
         let mut problems: Vec<String> = loaded.problems.iter().map(|p| p.to_string()).collect();
         problems.sort();
         assert_eq!(problems.len(), 3, "{problems:?}");
-        assert!(problems.iter().any(|p| p.contains("bad/session.toml") && p.contains("line")));
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("bad/session.toml") && p.contains("line"))
+        );
         assert!(problems.iter().any(|p| p.contains("empty/session.toml")));
-        assert!(problems.iter().any(|p| p.contains("not a valid session token")));
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("not a valid session token"))
+        );
         // Nothing was deleted.
         assert!(dir.path().join("bad").join(RECORD_FILE).exists());
         assert!(dir.path().join("not a token").exists());
@@ -330,7 +348,12 @@ mod tests {
         record.name = "b".into();
         writer.write(&t, record.clone());
         writer.flush().await;
-        assert_eq!(read_record(&dir.path().join("t1").join(RECORD_FILE)).unwrap().name, "b");
+        assert_eq!(
+            read_record(&dir.path().join("t1").join(RECORD_FILE))
+                .unwrap()
+                .name,
+            "b"
+        );
         writer.remove(&t).await.unwrap();
         assert!(!dir.path().join("t1").exists());
         writer.write(&t, record);

@@ -54,14 +54,19 @@ async fn logged_out_is_never_retried_and_credentials_are_deleted() {
     let info = h
         .wait("s1", |i| {
             i.state == SessionState::LoggedOut
-                && i.reason.as_deref().is_some_and(|r| r.contains("credentials deleted"))
+                && i.reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains("credentials deleted"))
         })
         .await;
     assert_eq!(info.jid, None);
     assert_eq!(h.link.stats("s1").credentials_deleted, 1);
     tokio::time::sleep(mins(120)).await;
     assert_eq!(h.link.stats("s1").opens.len(), 1);
-    assert_eq!(h.supervisor.status("s1").unwrap().state, SessionState::LoggedOut);
+    assert_eq!(
+        h.supervisor.status("s1").unwrap().state,
+        SessionState::LoggedOut
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -84,7 +89,8 @@ async fn a_ban_is_held_until_its_expiry() {
         expires_in: secs(3600),
         code: Some("101".into()),
     });
-    h.run("s1", [banned, Script::login("1@s.whatsapp.net")]).await;
+    h.run("s1", [banned, Script::login("1@s.whatsapp.net")])
+        .await;
     let info = h.wait_state("s1", SessionState::Banned).await;
     assert!(info.banned_until.is_some());
     assert!(info.next_retry_at.is_some());
@@ -145,7 +151,10 @@ async fn the_janitor_reaps_stuck_connecting_and_stale_qr_sessions() {
     tokio::time::sleep(mins(60)).await;
     assert_eq!(h.link.stats("stuck").opens.len(), 1);
     assert_eq!(h.link.stats("stale").opens.len(), 1);
-    assert_eq!(h.supervisor.status("fine").unwrap().state, SessionState::Connected);
+    assert_eq!(
+        h.supervisor.status("fine").unwrap().state,
+        SessionState::Connected
+    );
     assert_eq!(h.link.live_total(), 1);
 }
 
@@ -176,7 +185,10 @@ async fn a_panicking_session_is_restarted_while_a_hundred_others_are_undisturbed
         let stats = h.link.stats(&token);
         assert_eq!(stats.opens.len(), 1, "{token}");
         assert_eq!(stats.live, 1, "{token}");
-        assert_eq!(h.supervisor.status(&token).unwrap().state, SessionState::Connected);
+        assert_eq!(
+            h.supervisor.status(&token).unwrap().state,
+            SessionState::Connected
+        );
     }
     assert!(h.supervisor.is_running());
     assert_eq!(h.link.max_live_any(), 1);
@@ -191,7 +203,8 @@ async fn reconnects_do_not_reset_attempts_only_a_stable_connection_does() {
             .wait(secs(60))
             .disconnect(DisconnectReason::ConnectionLost)
     };
-    h.run("flappy", [flap(), flap(), flap(), flap(), flap()]).await;
+    h.run("flappy", [flap(), flap(), flap(), flap(), flap()])
+        .await;
     let info = h.wait_state("flappy", SessionState::Failed).await;
     assert_eq!(info.attempts, 3);
     assert_eq!(h.link.stats("flappy").opens.len(), 4);
@@ -200,13 +213,20 @@ async fn reconnects_do_not_reset_attempts_only_a_stable_connection_does() {
     let long = Script::login("2@s.whatsapp.net")
         .wait(mins(11))
         .disconnect(DisconnectReason::ConnectionLost);
-    h.run("steady", [flap(), flap(), long, Script::login("2@s.whatsapp.net")])
-        .await;
-    h.wait("steady", |i| i.state == SessionState::Connected && i.attempts == 2)
-        .await;
+    h.run(
+        "steady",
+        [flap(), flap(), long, Script::login("2@s.whatsapp.net")],
+    )
+    .await;
+    h.wait("steady", |i| {
+        i.state == SessionState::Connected && i.attempts == 2
+    })
+    .await;
     // While it stays up, the attempts drop to 0 once it has been stable for 10 min.
-    h.wait("steady", |i| i.state == SessionState::Connected && i.attempts == 0)
-        .await;
+    h.wait("steady", |i| {
+        i.state == SessionState::Connected && i.attempts == 0
+    })
+    .await;
     // After that drop, the next retry is the first one again: 3 s.
     let info = h
         .wait("steady", |i| i.state == SessionState::BackingOff)

@@ -5,7 +5,6 @@ use std::time::{Duration, SystemTime};
 
 use ractor::{ActorRef, RpcReplyPort};
 use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::Error;
@@ -45,19 +44,14 @@ pub(crate) enum Waiter {
     Unit(RpcReplyPort<Result<(), Error>>),
 }
 
-/// A pending timer with its id, so a stale timer's message is ignored.
-pub(crate) struct Timer {
-    pub id: u64,
-    pub handle: JoinHandle<Result<(), ractor::MessagingErr<super::messages::SupervisorMsg>>>,
-}
-
 /// Everything the supervisor knows about one session.
 pub(crate) struct Entry {
     pub token: Token,
     /// The persisted part; `record.state` is the session's state.
     pub record: SessionRecord,
-    /// The record as last queued for writing, to skip writes that change nothing.
-    pub persisted: Option<SessionRecord>,
+    /// The fingerprint of the record as last queued for writing (`None`: never written), to
+    /// skip writes that change nothing.
+    pub persisted: Option<u64>,
     /// When the current state began (monotonic, for the janitor).
     pub since: Instant,
     /// When the current state began (wall clock, for people).
@@ -81,12 +75,12 @@ pub(crate) struct Entry {
     pub options: OpenOptions,
     /// The token's single connection slot, shared with its session actors.
     pub slot: Arc<Semaphore>,
-    /// Retry, ban-expiry or quarantine timer.
-    pub retry_timer: Option<Timer>,
+    /// The id of the pending retry, ban-expiry or quarantine deadline.
+    pub retry_timer: Option<u64>,
     /// When `retry_timer` fires (wall clock, for people).
     pub next_retry_at: Option<SystemTime>,
-    /// Fires once the connection has been up for `stable_after`.
-    pub stable_timer: Option<Timer>,
+    /// The id of the deadline at which the connection has been up for `stable_after`.
+    pub stable_timer: Option<u64>,
     /// The QR code on show.
     pub qr: Option<QrCode>,
     /// The pairing code on show.
@@ -102,7 +96,7 @@ impl Entry {
     pub fn new(token: Token, record: SessionRecord, now: Instant) -> Self {
         Self {
             token,
-            persisted: Some(record.clone()),
+            persisted: Some(record.fingerprint()),
             record,
             since: now,
             since_wall: SystemTime::now(),
@@ -163,22 +157,19 @@ impl Entry {
 
     /// Cancels the retry timer.
     pub fn cancel_retry(&mut self) {
-        if let Some(timer) = self.retry_timer.take() {
-            timer.handle.abort();
-        }
+        self.retry_timer = None;
         self.next_retry_at = None;
     }
 
     /// Cancels the stability timer.
     pub fn cancel_stable(&mut self) {
-        if let Some(timer) = self.stable_timer.take() {
-            timer.handle.abort();
-        }
+        self.stable_timer = None;
     }
 
     /// How long the live connection has been logged in.
     pub fn connected_for(&self, now: Instant) -> Option<Duration> {
-        self.connected_at.map(|at| now.saturating_duration_since(at))
+        self.connected_at
+            .map(|at| now.saturating_duration_since(at))
     }
 
     /// Answers everyone waiting with the current view (or `()`).
@@ -208,12 +199,5 @@ impl Entry {
                 }
             }
         }
-    }
-}
-
-impl Drop for Entry {
-    fn drop(&mut self) {
-        self.cancel_retry();
-        self.cancel_stable();
     }
 }

@@ -155,14 +155,22 @@ impl Supervisor {
 
     /// Creates a session (stopped). `token` is chosen by the caller or generated; `name`
     /// defaults to the token.
-    pub async fn create(&self, name: Option<String>, token: Option<&str>) -> Result<SessionInfo, Error> {
+    pub async fn create(
+        &self,
+        name: Option<String>,
+        token: Option<&str>,
+    ) -> Result<SessionInfo, Error> {
         let token = token.map(Token::parse).transpose()?;
         self.call(|reply| SupervisorMsg::Create { name, token, reply })
             .await
     }
 
     /// Starts a session. Idempotent: a running session is left alone and reported as it is.
-    pub async fn start_session(&self, token: &str, options: OpenOptions) -> Result<SessionInfo, Error> {
+    pub async fn start_session(
+        &self,
+        token: &str,
+        options: OpenOptions,
+    ) -> Result<SessionInfo, Error> {
         let token = Token::parse(token)?;
         self.call(|reply| SupervisorMsg::Start {
             token,
@@ -175,7 +183,8 @@ impl Supervisor {
     /// Stops a session, keeping its credentials. Answers once the connection is closed.
     pub async fn stop(&self, token: &str) -> Result<SessionInfo, Error> {
         let token = Token::parse(token)?;
-        self.call(|reply| SupervisorMsg::Stop { token, reply }).await
+        self.call(|reply| SupervisorMsg::Stop { token, reply })
+            .await
     }
 
     /// Closes a fresh connection after closing the current one; keeps credentials and resets
@@ -263,6 +272,11 @@ impl Supervisor {
         .await
     }
 
+    /// Resolves once every change to the session records made so far is on disk.
+    pub async fn flush(&self) -> Result<(), Error> {
+        self.call(|reply| SupervisorMsg::Flush { reply }).await
+    }
+
     /// Answers once the supervisor's loop has handled a message: proof of life.
     pub async fn ping(&self) -> Result<(), Error> {
         self.call(|reply| SupervisorMsg::Ping { reply }).await
@@ -279,8 +293,11 @@ impl Supervisor {
 
     /// Every session with counts per state, from the snapshot.
     pub fn list(&self) -> SessionList {
-        let mut sessions: Vec<SessionInfo> =
-            self.snapshot.iter().map(|item| item.value().clone()).collect();
+        let mut sessions: Vec<SessionInfo> = self
+            .snapshot
+            .iter()
+            .map(|item| item.value().clone())
+            .collect();
         sessions.sort_by(|a, b| a.token.cmp(&b.token));
         let mut counts = std::collections::BTreeMap::new();
         for info in &sessions {

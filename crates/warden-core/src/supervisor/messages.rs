@@ -86,6 +86,10 @@ pub(crate) enum SupervisorMsg {
         admission: AdmissionConfig,
         reply: RpcReplyPort<Result<(), Error>>,
     },
+    /// Answers once every record change made so far is on disk.
+    Flush {
+        reply: RpcReplyPort<Result<(), Error>>,
+    },
     /// Answers at once: proves the supervisor's loop is alive.
     Ping {
         reply: RpcReplyPort<Result<(), Error>>,
@@ -108,10 +112,8 @@ pub(crate) enum SupervisorMsg {
         generation: u64,
         reason: DisconnectReason,
     },
-    /// A retry, ban expiry or quarantine timer fired.
-    RetryDue { token: Token, timer: u64 },
-    /// A connection may have been up long enough to reset the attempts.
-    StableCheck { token: Token, generation: u64 },
+    /// The earliest deadline (retry, ban expiry, quarantine end, stability) has come.
+    TimersDue,
     /// The admission rate limit may admit the next queued session.
     AdmissionTick,
     /// Credentials deletion (logout) or folder removal (delete) finished.
@@ -130,4 +132,3 @@ pub(crate) enum Cleanup {
     /// Everything removed after a delete.
     Delete,
 }
-

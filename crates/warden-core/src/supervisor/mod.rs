@@ -3,6 +3,7 @@
 //! Everything about a session is decided here, in one place and one thread of control: the
 //! session actors only report, the policy only computes, the janitor only ticks.
 
+mod deadlines;
 mod entry;
 mod handle;
 pub(crate) mod messages;
@@ -32,6 +33,7 @@ use crate::token::Token;
 pub use handle::{StartReport, Supervisor, SupervisorConfig};
 pub use messages::Reaped;
 
+use deadlines::{Deadlines, Due};
 use entry::Entry;
 use messages::SupervisorMsg;
 
@@ -68,8 +70,8 @@ pub(crate) struct SupervisorState {
     events: broadcast::Sender<SessionEvent>,
     store: StoreWriter,
     janitor: Option<ActorRef<JanitorMsg>>,
-    /// Source of timer ids.
-    next_timer_id: u64,
+    /// Retry, ban, quarantine and stability deadlines.
+    deadlines: Deadlines,
 }
 
 impl Actor for SupervisorActor {
@@ -104,7 +106,7 @@ impl Actor for SupervisorActor {
             events,
             store: StoreWriter::spawn(config.sessions_dir),
             janitor: None,
-            next_timer_id: 0,
+            deadlines: Deadlines::default(),
         };
         for (token, record) in records {
             let entry = Entry::new(token.clone(), record, now);
@@ -173,15 +175,8 @@ impl Actor for SupervisorActor {
         let live = state.by_actor.len();
         tracing::info!(live, "supervisor shutting down");
         myself
-            .stop_children_and_wait(
-                Some("shutdown".into()),
-                Some(state.shutdown_timeout),
-            )
+            .stop_children_and_wait(Some("shutdown".into()), Some(state.shutdown_timeout))
             .await;
-        for entry in state.sessions.values_mut() {
-            entry.cancel_retry();
-            entry.cancel_stable();
-        }
         if tokio::time::timeout(state.shutdown_timeout, state.store.flush())
             .await
             .is_err()
@@ -284,6 +279,13 @@ impl SupervisorState {
                 self.reload(myself, policy, janitor, admission).await;
                 let _ = reply.send(Ok(()));
             }
+            M::Flush { reply } => {
+                let store = self.store.clone();
+                tokio::spawn(async move {
+                    store.flush().await;
+                    let _ = reply.send(Ok(()));
+                });
+            }
             M::Ping { reply } => {
                 let _ = reply.send(Ok(()));
             }
@@ -300,8 +302,16 @@ impl SupervisorState {
                 self.on_connection_end(myself, &token, generation, reason)
                     .await
             }
-            M::RetryDue { token, timer } => self.on_retry_due(myself, &token, timer).await,
-            M::StableCheck { token, generation } => self.on_stable(&token, generation),
+            M::TimersDue => {
+                self.deadlines.fired();
+                for (id, due) in self.deadlines.take_due(Instant::now()) {
+                    match due {
+                        Due::Retry(token) => self.on_retry_due(myself, &token, id).await,
+                        Due::Stable { token, generation } => self.on_stable(&token, generation, id),
+                    }
+                }
+                self.deadlines.arm(myself, Instant::now());
+            }
             M::AdmissionTick => {
                 self.admission_tick_pending = false;
                 self.pump(myself).await;
@@ -339,14 +349,18 @@ impl SupervisorState {
         let info = entry.info();
         self.snapshot.insert(token.clone(), info.clone());
         let _ = self.events.send(SessionEvent::Updated(Box::new(info)));
-        if !entry.deleting && entry.persisted.as_ref() != Some(&entry.record) {
+        let fingerprint = entry.record.fingerprint();
+        if !entry.deleting && entry.persisted != Some(fingerprint) {
             self.store.write(token, entry.record.clone());
-            entry.persisted = Some(entry.record.clone());
+            entry.persisted = Some(fingerprint);
         }
     }
 
-    fn timer_id(&mut self) -> u64 {
-        self.next_timer_id += 1;
-        self.next_timer_id
+    /// Queues a deadline and makes sure the supervisor wakes up for it.
+    fn add_deadline(&mut self, myself: &ActorRef<SupervisorMsg>, after: Duration, due: Due) -> u64 {
+        let now = Instant::now();
+        let id = self.deadlines.add(now + after, due);
+        self.deadlines.arm(myself, now);
+        id
     }
 }

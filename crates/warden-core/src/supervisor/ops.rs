@@ -13,9 +13,9 @@ use crate::state::{Desired, SessionState};
 use crate::store::SessionRecord;
 use crate::token::Token;
 
+use super::SupervisorState;
 use super::entry::{Entry, Intent, Waiter};
 use super::messages::{InfoReply, Reaped, SupervisorMsg};
-use super::SupervisorState;
 
 impl SupervisorState {
     fn entry(&mut self, token: &Token) -> Result<&mut Entry, Error> {
@@ -192,7 +192,12 @@ impl SupervisorState {
     }
 
     /// Ends the live connection (if any) and starts a fresh one.
-    async fn reconnect(&mut self, myself: &ActorRef<SupervisorMsg>, token: Token, reply: InfoReply) {
+    async fn reconnect(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        token: Token,
+        reply: InfoReply,
+    ) {
         let entry = self.sessions.get_mut(&token).expect("caller checked");
         entry.cancel_retry();
         if let Some(live) = &entry.live {
@@ -311,7 +316,10 @@ impl SupervisorState {
         self.begin_delete(myself, &token);
     }
 
-    pub(super) fn reset_reconnect(&mut self, token: &Token) -> Result<crate::state::SessionInfo, Error> {
+    pub(super) fn reset_reconnect(
+        &mut self,
+        token: &Token,
+    ) -> Result<crate::state::SessionInfo, Error> {
         let entry = self.entry(token)?;
         entry.record.attempts = 0;
         tracing::info!(token = %token, "Reconnect attempts: 0 (reset by request)");
@@ -410,7 +418,11 @@ impl SupervisorState {
             let entry = self.sessions.get_mut(&token).expect("listed above");
             if entry.record.desired != Desired::Running {
                 if entry.state() != SessionState::Stopped && !entry.state().is_parked() {
-                    entry.set_state(SessionState::Stopped, entry.record.reason.clone(), Instant::now());
+                    entry.set_state(
+                        SessionState::Stopped,
+                        entry.record.reason.clone(),
+                        Instant::now(),
+                    );
                     self.publish(&token);
                 }
                 continue;

@@ -15,13 +15,18 @@ use crate::session::{SessionActor, SessionArgs};
 use crate::state::{Desired, QrCode, SessionState};
 use crate::token::Token;
 
-use super::entry::{Intent, Live, Timer};
-use super::messages::{Cleanup, SupervisorMsg};
 use super::SupervisorState;
+use super::deadlines::Due;
+use super::entry::{Intent, Live};
+use super::messages::{Cleanup, SupervisorMsg};
 
 impl SupervisorState {
     /// Queues the session for a connection; admission control decides when it starts.
-    pub(super) async fn request_connect(&mut self, myself: &ActorRef<SupervisorMsg>, token: &Token) {
+    pub(super) async fn request_connect(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        token: &Token,
+    ) {
         let Some(entry) = self.sessions.get_mut(token) else {
             return;
         };
@@ -119,7 +124,10 @@ impl SupervisorState {
         let Some(entry) = self.sessions.get_mut(token) else {
             return;
         };
-        let current = entry.live.as_ref().is_some_and(|l| l.generation == generation);
+        let current = entry
+            .live
+            .as_ref()
+            .is_some_and(|l| l.generation == generation);
         if !current || entry.intent.is_some() {
             return; // from a connection that is gone or going
         }
@@ -166,20 +174,14 @@ impl SupervisorState {
                 }
                 entry.record.banned_until = None;
                 entry.record.counters.connects += 1;
-                entry.cancel_stable();
-                let id = self.next_timer_id + 1;
-                self.next_timer_id = id;
+                let stable_after = self.policy.stable_after;
+                let due = Due::Stable {
+                    token: token.clone(),
+                    generation,
+                };
+                let id = self.add_deadline(myself, stable_after, due);
                 let entry = self.sessions.get_mut(token).expect("still there");
-                let t = token.clone();
-                entry.stable_timer = Some(Timer {
-                    id,
-                    handle: myself.send_after(self.policy.stable_after, move || {
-                        SupervisorMsg::StableCheck {
-                            token: t,
-                            generation,
-                        }
-                    }),
-                });
+                entry.stable_timer = Some(id);
                 tracing::info!(token = %token, attempts = entry.record.attempts, "Session connected successfully");
                 self.release_admission(token);
             }
@@ -252,7 +254,10 @@ impl SupervisorState {
                 self.begin_logout(myself, token, "logged out by request".into());
             }
             Some(Intent::Delete) => self.begin_delete(myself, token),
-            None => self.apply_policy(myself, token, reason, connected_for).await,
+            None => {
+                self.apply_policy(myself, token, reason, connected_for)
+                    .await
+            }
         }
         self.pump(myself).await;
     }
@@ -346,16 +351,12 @@ impl SupervisorState {
         token: &Token,
         delay: Duration,
     ) {
-        let id = self.timer_id();
-        let Some(entry) = self.sessions.get_mut(token) else {
+        if !self.sessions.contains_key(token) {
             return;
-        };
-        entry.cancel_retry();
-        let t = token.clone();
-        entry.retry_timer = Some(Timer {
-            id,
-            handle: myself.send_after(delay, move || SupervisorMsg::RetryDue { token: t, timer: id }),
-        });
+        }
+        let id = self.add_deadline(myself, delay, Due::Retry(token.clone()));
+        let entry = self.sessions.get_mut(token).expect("checked above");
+        entry.retry_timer = Some(id);
         entry.next_retry_at = Some(SystemTime::now() + delay);
     }
 
@@ -368,7 +369,7 @@ impl SupervisorState {
         let Some(entry) = self.sessions.get_mut(token) else {
             return;
         };
-        if entry.retry_timer.as_ref().map(|t| t.id) != Some(timer) {
+        if entry.retry_timer != Some(timer) {
             return; // cancelled or replaced
         }
         entry.retry_timer = None;
@@ -391,11 +392,17 @@ impl SupervisorState {
         self.request_connect(myself, token).await;
     }
 
-    pub(super) fn on_stable(&mut self, token: &Token, generation: u64) {
+    pub(super) fn on_stable(&mut self, token: &Token, generation: u64, timer: u64) {
         let Some(entry) = self.sessions.get_mut(token) else {
             return;
         };
-        let current = entry.live.as_ref().is_some_and(|l| l.generation == generation);
+        if entry.stable_timer != Some(timer) {
+            return; // cancelled
+        }
+        let current = entry
+            .live
+            .as_ref()
+            .is_some_and(|l| l.generation == generation);
         entry.stable_timer = None;
         if current && entry.state() == SessionState::Connected && entry.record.attempts > 0 {
             entry.record.attempts = 0;
@@ -473,12 +480,21 @@ impl SupervisorState {
         });
     }
 
-    pub(super) fn on_cleanup_done(&mut self, token: &Token, kind: Cleanup, result: Result<(), Error>) {
+    pub(super) fn on_cleanup_done(
+        &mut self,
+        token: &Token,
+        kind: Cleanup,
+        result: Result<(), Error>,
+    ) {
         match (kind, result) {
             (Cleanup::Logout, Ok(())) => {
                 tracing::info!(token = %token, "credentials deleted");
                 if let Some(entry) = self.sessions.get_mut(token) {
-                    let why = entry.record.reason.take().unwrap_or_else(|| "logged_out".into());
+                    let why = entry
+                        .record
+                        .reason
+                        .take()
+                        .unwrap_or_else(|| "logged_out".into());
                     entry.record.reason = Some(format!("{why}; credentials deleted"));
                 }
                 self.publish(token);

@@ -1,6 +1,7 @@
 //! Helpers shared by the supervisor's integration tests.
 #![allow(dead_code)]
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,11 +28,57 @@ pub fn config(dir: &std::path::Path) -> SupervisorConfig {
     config
 }
 
+/// A session's event stream, split per token: waiting for one token never loses the events
+/// of another, and each token's updates are seen in order.
+pub struct Events {
+    rx: broadcast::Receiver<SessionEvent>,
+    pending: HashMap<String, VecDeque<SessionInfo>>,
+}
+
+impl Events {
+    /// Events of `supervisor` from now on.
+    pub fn of(supervisor: &Supervisor) -> Self {
+        Self {
+            rx: supervisor.subscribe(),
+            pending: HashMap::new(),
+        }
+    }
+
+    /// Waits (on the virtual clock, at most a day) for the next update of `token` that
+    /// matches `pred`, skipping earlier updates of that token.
+    pub async fn wait(&mut self, token: &str, pred: impl Fn(&SessionInfo) -> bool) -> SessionInfo {
+        let waiting = async {
+            loop {
+                if let Some(queue) = self.pending.get_mut(token) {
+                    while let Some(info) = queue.pop_front() {
+                        if pred(&info) {
+                            return info;
+                        }
+                    }
+                }
+                match self.rx.recv().await {
+                    Ok(SessionEvent::Updated(info)) => self
+                        .pending
+                        .entry(info.token.to_string())
+                        .or_default()
+                        .push_back(*info),
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(n)) => panic!("test lagged {n} events"),
+                    Err(broadcast::error::RecvError::Closed) => panic!("event stream closed"),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(24 * 3600), waiting)
+            .await
+            .unwrap_or_else(|_| panic!("{token} never reached the awaited state"))
+    }
+}
+
 /// A running supervisor with a scripted link, its event stream and its folder.
 pub struct Harness {
     pub supervisor: Supervisor,
     pub link: ScriptedLink,
-    pub events: broadcast::Receiver<SessionEvent>,
+    pub events: Events,
     pub dir: tempfile::TempDir,
 }
 
@@ -51,7 +98,7 @@ impl Harness {
         let (supervisor, _) = Supervisor::start(adjust(dir.path()), Arc::new(link.clone()))
             .await
             .expect("supervisor starts");
-        let events = supervisor.subscribe();
+        let events = Events::of(&supervisor);
         Self {
             supervisor,
             link,
@@ -63,16 +110,19 @@ impl Harness {
     /// Creates `token` with `scripts` queued, and starts it.
     pub async fn run(&mut self, token: &str, scripts: impl IntoIterator<Item = Script>) {
         self.link.script(token, scripts);
-        self.supervisor.create(None, Some(token)).await.expect("create");
+        self.supervisor
+            .create(None, Some(token))
+            .await
+            .expect("create");
         self.supervisor
             .start_session(token, Default::default())
             .await
             .expect("start");
     }
 
-    /// Waits (on the virtual clock, at most a day) for an update of `token` matching `pred`.
+    /// Waits for the next update of `token` matching `pred`.
     pub async fn wait(&mut self, token: &str, pred: impl Fn(&SessionInfo) -> bool) -> SessionInfo {
-        wait_for(&mut self.events, token, pred).await
+        self.events.wait(token, pred).await
     }
 
     /// Waits for `token` to reach `state`.
@@ -81,35 +131,9 @@ impl Harness {
     }
 }
 
-/// Waits for an update of `token` matching `pred` on `events`.
-pub async fn wait_for(
-    events: &mut broadcast::Receiver<SessionEvent>,
-    token: &str,
-    pred: impl Fn(&SessionInfo) -> bool,
-) -> SessionInfo {
-    let waiting = async {
-        loop {
-            match events.recv().await {
-                Ok(SessionEvent::Updated(info)) if info.token.as_str() == token && pred(&info) => {
-                    return *info;
-                }
-                Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(n)) => panic!("test lagged {n} events"),
-                Err(broadcast::error::RecvError::Closed) => panic!("event stream closed"),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(24 * 3600), waiting)
-        .await
-        .unwrap_or_else(|_| panic!("{token} never reached the awaited state"))
-}
-
 /// Seconds between consecutive connection opens.
 pub fn gaps(opens: &[tokio::time::Instant]) -> Vec<u64> {
-    opens
-        .windows(2)
-        .map(|w| (w[1] - w[0]).as_secs())
-        .collect()
+    opens.windows(2).map(|w| (w[1] - w[0]).as_secs()).collect()
 }
 
 pub fn secs(s: u64) -> Duration {

@@ -1,0 +1,327 @@
+//! The supervisor's operations: start, stop, restart, refresh, logout, delete, cleanup, send.
+
+mod common;
+
+use common::{Harness, mins, secs};
+use warden_core::scripted::Script;
+use warden_core::{DisconnectReason, Error, SessionState, TokenError};
+
+const JID: &str = "15551234567@s.whatsapp.net";
+
+#[tokio::test(start_paused = true)]
+async fn start_is_idempotent_for_a_connected_session() {
+    let mut h = Harness::new(Script::login(JID)).await;
+    h.run("s1", []).await;
+    h.wait_state("s1", SessionState::Connected).await;
+    let again = h
+        .supervisor
+        .start_session("s1", Default::default())
+        .await
+        .unwrap();
+    assert_eq!(again.state, SessionState::Connected);
+    assert_eq!(h.link.stats("s1").opens.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn restart_is_refused_within_the_cooldown_unless_forced() {
+    let mut h = Harness::new(Script::login(JID)).await;
+    h.run("s1", []).await;
+    h.wait_state("s1", SessionState::Connected).await;
+    tokio::time::sleep(secs(6)).await;
+    match h.supervisor.restart("s1", false).await {
+        Err(Error::Cooldown { retry_after, .. }) => assert_eq!(retry_after, secs(24)),
+        other => panic!("expected a cooldown, got {other:?}"),
+    }
+    let message = h
+        .supervisor
+        .restart("s1", false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        message,
+        "session s1 is cooling down: retry in 24 s, or pass --force"
+    );
+    // Forced: goes through; the old connection is gone before the new one opens.
+    h.supervisor.restart("s1", true).await.unwrap();
+    h.wait_state("s1", SessionState::Connected).await;
+    assert_eq!(h.link.stats("s1").opens.len(), 2);
+    // After the cooldown, a plain restart goes through too.
+    tokio::time::sleep(secs(31)).await;
+    h.supervisor.restart("s1", false).await.unwrap();
+    h.wait_state("s1", SessionState::Connected).await;
+    let stats = h.link.stats("s1");
+    assert_eq!(stats.opens.len(), 3);
+    assert_eq!(stats.max_live, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn force_cleanup_cancels_a_pending_restart() {
+    let mut h = Harness::new(Script::new().disconnect(DisconnectReason::ConnectionLost)).await;
+    h.run("s1", []).await;
+    let info = h.wait_state("s1", SessionState::BackingOff).await;
+    assert!(info.next_retry_at.is_some());
+    let info = h.supervisor.force_cleanup("s1").await.unwrap();
+    assert_eq!(info.state, SessionState::Stopped);
+    assert_eq!(info.reason.as_deref(), Some("force cleanup"));
+    assert_eq!(info.next_retry_at, None);
+    tokio::time::sleep(mins(60)).await;
+    assert_eq!(h.link.stats("s1").opens.len(), 1);
+    assert_eq!(
+        h.supervisor.status("s1").unwrap().state,
+        SessionState::Stopped
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn force_cleanup_closes_a_live_connection_and_answers_once_it_is_gone() {
+    let mut h = Harness::new(Script::new()).await;
+    h.run("s1", [Script::new().qr("ref", secs(60))]).await;
+    h.wait_state("s1", SessionState::WaitingForScan).await;
+    let info = h.supervisor.force_cleanup("s1").await.unwrap();
+    assert_eq!(info.state, SessionState::Stopped);
+    assert_eq!(info.qr, None);
+    assert_eq!(h.link.stats("s1").live, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reset_reconnect_sets_attempts_to_zero() {
+    let mut h = Harness::new(Script::new().disconnect(DisconnectReason::TimedOut)).await;
+    h.run("s1", []).await;
+    h.wait_state("s1", SessionState::Failed).await;
+    let info = h.supervisor.reset_reconnect("s1").await.unwrap();
+    assert_eq!(info.attempts, 0);
+    // A start from `failed` gets the full budget again: three more retries.
+    h.supervisor
+        .start_session("s1", Default::default())
+        .await
+        .unwrap();
+    h.wait("s1", |i| i.state == SessionState::Failed && i.attempts == 3)
+        .await;
+    assert_eq!(h.link.stats("s1").opens.len(), 8);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stop_keeps_the_session_and_start_brings_it_back() {
+    let mut h = Harness::new(Script::login(JID)).await;
+    h.run("s1", []).await;
+    h.wait_state("s1", SessionState::Connected).await;
+    let info = h.supervisor.stop("s1").await.unwrap();
+    assert_eq!(info.state, SessionState::Stopped);
+    assert_eq!(info.jid.as_deref(), Some(JID));
+    assert_eq!(h.link.stats("s1").credentials_deleted, 0);
+    h.supervisor
+        .start_session("s1", Default::default())
+        .await
+        .unwrap();
+    h.wait_state("s1", SessionState::Connected).await;
+    assert_eq!(h.link.stats("s1").opens.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn logout_closes_and_deletes_credentials() {
+    let mut h = Harness::new(Script::login(JID)).await;
+    h.run("s1", []).await;
+    h.wait_state("s1", SessionState::Connected).await;
+    let info = h.supervisor.logout("s1").await.unwrap();
+    assert_eq!(info.state, SessionState::LoggedOut);
+    assert_eq!(info.jid, None);
+    let stats = h.link.stats("s1");
+    assert_eq!(stats.credentials_deleted, 1);
+    assert_eq!(stats.live, 0);
+    tokio::time::sleep(mins(60)).await;
+    assert_eq!(h.link.stats("s1").opens.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn delete_removes_the_session_and_its_folder() {
+    let mut h = Harness::new(Script::login(JID)).await;
+    h.run("s1", []).await;
+    h.wait_state("s1", SessionState::Connected).await;
+    let folder = h.dir.path().join("s1");
+    h.supervisor.flush().await.unwrap();
+    assert!(folder.join("session.toml").exists());
+    h.supervisor.delete("s1").await.unwrap();
+    assert!(!folder.exists());
+    assert_eq!(h.link.stats("s1").forgotten, 1);
+    assert_eq!(h.link.stats("s1").live, 0);
+    assert!(matches!(h.supervisor.status("s1"), Err(Error::NotFound(_))));
+    assert!(matches!(
+        h.supervisor.delete("s1").await,
+        Err(Error::NotFound(_))
+    ));
+    // The token can be used again.
+    h.supervisor.create(None, Some("s1")).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_qr_only_fits_a_session_that_shows_or_showed_one() {
+    let mut h = Harness::new(Script::login(JID)).await;
+    h.run("linked", []).await;
+    h.wait_state("linked", SessionState::Connected).await;
+    let err = h.supervisor.refresh_qr("linked").await.unwrap_err();
+    assert!(err.to_string().contains("log out first"), "{err}");
+
+    h.run(
+        "new",
+        [
+            Script::new().qr("a", secs(60)),
+            Script::new().qr("b", secs(60)),
+        ],
+    )
+    .await;
+    h.wait("new", |i| i.qr.as_ref().is_some_and(|q| q.code == "a"))
+        .await;
+    h.supervisor.refresh_qr("new").await.unwrap();
+    h.wait("new", |i| i.qr.as_ref().is_some_and(|q| q.code == "b"))
+        .await;
+    assert_eq!(h.link.stats("new").max_live, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn send_text_needs_a_connected_session() {
+    let mut h = Harness::new(Script::new()).await;
+    h.run("s1", [Script::new().qr("a", secs(60))]).await;
+    h.wait_state("s1", SessionState::WaitingForScan).await;
+    let err = h.supervisor.send_text("s1", "123", "hi").await.unwrap_err();
+    assert!(matches!(err, Error::NotConnected { .. }), "{err}");
+
+    h.run("s2", [Script::login(JID)]).await;
+    h.wait_state("s2", SessionState::Connected).await;
+    let id = h
+        .supervisor
+        .send_text("s2", "15550001111", "hello")
+        .await
+        .unwrap();
+    assert_eq!(id, "scripted-1");
+    assert_eq!(
+        h.link.stats("s2").sent,
+        vec![("15550001111".to_string(), "hello".to_string())]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn create_chooses_or_checks_tokens() {
+    let h = Harness::new(Script::new()).await;
+    let made = h
+        .supervisor
+        .create(Some("Shop".into()), None)
+        .await
+        .unwrap();
+    assert_eq!(made.name, "Shop");
+    assert_eq!(made.state, SessionState::Stopped);
+    assert_eq!(made.token.as_str().len(), 24);
+    let named = h.supervisor.create(None, Some("shop1")).await.unwrap();
+    assert_eq!(named.name, "shop1");
+    assert!(matches!(
+        h.supervisor.create(None, Some("shop1")).await,
+        Err(Error::AlreadyExists(_))
+    ));
+    let list = h.supervisor.list();
+    assert_eq!(list.sessions.len(), 2);
+    assert_eq!(list.counts.get(&SessionState::Stopped), Some(&2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalid_tokens_are_refused_before_touching_anything() {
+    let h = Harness::new(Script::new()).await;
+    for bad in ["../x", "a/b", "", "..", "x y", &"a".repeat(65)] {
+        let err = h.supervisor.create(None, Some(bad)).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidToken(_)), "{bad:?}: {err}");
+        assert!(matches!(
+            h.supervisor.start_session(bad, Default::default()).await,
+            Err(Error::InvalidToken(_))
+        ));
+        assert!(matches!(
+            h.supervisor.status(bad),
+            Err(Error::InvalidToken(_))
+        ));
+        assert!(matches!(
+            h.supervisor.delete(bad).await,
+            Err(Error::InvalidToken(_))
+        ));
+    }
+    assert_eq!(
+        h.supervisor.create(None, Some("../x")).await.unwrap_err(),
+        Error::InvalidToken(TokenError::BadCharacter('.'))
+    );
+    // Nothing was written anywhere.
+    assert_eq!(std::fs::read_dir(h.dir.path()).unwrap().count(), 0);
+    assert!(!h.dir.path().parent().unwrap().join("x").exists());
+}
+
+#[tokio::test(start_paused = true)]
+async fn unknown_tokens_are_not_found() {
+    let h = Harness::new(Script::new()).await;
+    assert_eq!(
+        h.supervisor.stop("ghost").await.unwrap_err().to_string(),
+        "no session ghost"
+    );
+    assert!(matches!(
+        h.supervisor.restart("ghost", true).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        h.supervisor.logout("ghost").await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        h.supervisor.reset_reconnect("ghost").await,
+        Err(Error::NotFound(_))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn reap_now_reports_what_it_cleaned() {
+    let mut h = Harness::new(Script::new()).await;
+    h.run("stuck", []).await;
+    h.wait_state("stuck", SessionState::Connecting).await;
+    assert!(h.supervisor.reap_now().await.unwrap().is_empty());
+    tokio::time::sleep(mins(11)).await;
+    let reaped = h.supervisor.reap_now().await.unwrap();
+    assert_eq!(reaped.len(), 1);
+    assert_eq!(reaped[0].token.as_str(), "stuck");
+    assert_eq!(reaped[0].was, SessionState::Connecting);
+    assert_eq!(reaped[0].now, SessionState::Failed);
+    h.wait_state("stuck", SessionState::Failed).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn admission_control_limits_attempts_in_flight_and_per_second() {
+    // At most 2 in flight: sessions stuck connecting hold their slots.
+    let mut h = Harness::with_config(Script::new(), |dir| {
+        let mut config = common::config(dir);
+        config.admission.max_in_flight = 2;
+        config
+    })
+    .await;
+    for i in 0..5 {
+        h.run(&format!("s{i}"), []).await;
+    }
+    let opened: usize = (0..5)
+        .map(|i| h.link.stats(&format!("s{i}")).opens.len())
+        .sum();
+    assert_eq!(opened, 2);
+    assert_eq!(
+        h.supervisor.list().counts.get(&SessionState::Queued),
+        Some(&3)
+    );
+
+    // 5 per second with a burst of 1: logins are spread 200 ms apart.
+    let mut h = Harness::with_config(Script::login(JID), |dir| {
+        let mut config = common::config(dir);
+        config.admission.per_second = 5.0;
+        config.admission.burst = 1;
+        config
+    })
+    .await;
+    for i in 0..5 {
+        h.run(&format!("r{i}"), []).await;
+    }
+    h.wait_state("r4", SessionState::Connected).await;
+    let first = h.link.stats("r0").opens[0];
+    for i in 1..5 {
+        let at = h.link.stats(&format!("r{i}")).opens[0] - first;
+        assert_eq!(at.as_millis(), 200 * i as u128, "r{i}");
+    }
+}
