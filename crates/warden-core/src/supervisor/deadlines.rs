@@ -12,6 +12,9 @@ use crate::token::Token;
 
 use super::messages::SupervisorMsg;
 
+/// The pending timer task that sends [`SupervisorMsg::TimersDue`].
+type WakeUp = JoinHandle<Result<(), ractor::MessagingErr<SupervisorMsg>>>;
+
 /// What is due at a deadline.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Due {
@@ -27,10 +30,7 @@ pub(crate) struct Deadlines {
     queue: BTreeMap<(Instant, u64), Due>,
     next_id: u64,
     /// The pending wake-up and the deadline it is for.
-    armed: Option<(
-        Instant,
-        JoinHandle<Result<(), ractor::MessagingErr<SupervisorMsg>>>,
-    )>,
+    armed: Option<(Instant, WakeUp)>,
 }
 
 impl Deadlines {
