@@ -1,0 +1,344 @@
+//! The scenario player: runs a connection's steps in order, asking the socket
+//! owner (in `conn`) to send stanzas, close or drop, and learning from it what
+//! the client answered.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use wa_rs_binary::node::Node;
+
+use crate::client::{ClientInfo, ClientKind};
+use crate::conn::Shared;
+use crate::nodes::{self, PairTarget, attr};
+use crate::record::{ConnId, Recorder, ServerEvent};
+use crate::registry::{PairedDevice, lid_for};
+use crate::scenario::{FailureSpec, PairSpec, QrSpec, Scenario, Step, StreamErrorSpec};
+
+/// How long the pair step waits for the client's signature.
+const PAIR_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the player asks the socket owner to do.
+pub(crate) enum Command {
+    /// Send this stanza.
+    Send(Node),
+    /// Close the WebSocket cleanly.
+    Close,
+    /// Drop the TCP connection.
+    Drop,
+}
+
+/// Flags the player sets and the socket owner reads.
+#[derive(Default)]
+pub(crate) struct Flags {
+    /// Leave keepalive pings unanswered.
+    pub ignore_pings: AtomicBool,
+    /// Ignore everything the client sends.
+    pub stalled: AtomicBool,
+    /// `<success>` was sent: deliver the offline backlog when the client goes active.
+    pub logged_in: AtomicBool,
+}
+
+/// Plays a scenario's steps; talks to the socket owner through channels.
+pub(crate) struct Player {
+    shared: Arc<Shared>,
+    conn: ConnId,
+    client: ClientInfo,
+    flags: Arc<Flags>,
+    cmd: mpsc::UnboundedSender<Command>,
+    online: watch::Receiver<bool>,
+    replies: mpsc::UnboundedReceiver<Node>,
+    qr: Option<AbortOnDrop>,
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Whether the player goes on after a step.
+enum Flow {
+    Next,
+    Stop,
+}
+
+/// The socket owner's ends of the channels to a [`Player`].
+pub(crate) struct PlayerLink {
+    /// Commands from the player, in order.
+    pub commands: mpsc::UnboundedReceiver<Command>,
+    /// Where to forward the client's IQ results and errors.
+    pub replies: mpsc::UnboundedSender<Node>,
+    /// Set once the client is online after a login.
+    pub online: watch::Sender<bool>,
+    /// Flags shared with the player.
+    pub flags: Arc<Flags>,
+}
+
+impl Player {
+    /// A player for one connection, and the socket owner's ends of its channels.
+    pub(crate) fn new(shared: Arc<Shared>, conn: ConnId, client: ClientInfo) -> (Self, PlayerLink) {
+        let (cmd, commands) = mpsc::unbounded_channel();
+        let (replies_tx, replies) = mpsc::unbounded_channel();
+        let (online_tx, online) = watch::channel(false);
+        let flags = Arc::new(Flags::default());
+        let player = Self {
+            shared,
+            conn,
+            client,
+            flags: flags.clone(),
+            cmd,
+            online,
+            replies,
+            qr: None,
+        };
+        (
+            player,
+            PlayerLink {
+                commands,
+                replies: replies_tx,
+                online: online_tx,
+                flags,
+            },
+        )
+    }
+
+    /// Plays the steps in order, then lets a running QR sequence finish.
+    pub(crate) async fn play(mut self, scenario: Scenario) {
+        for (index, step) in scenario.0.into_iter().enumerate() {
+            self.event(ServerEvent::Step {
+                index,
+                step: step.to_string(),
+            });
+            if let Flow::Stop = self.step(step).await {
+                return;
+            }
+        }
+        // Steps are over: let a running QR sequence finish.
+        if let Some(AbortOnDrop(handle)) = self.qr.as_mut() {
+            let _ = handle.await;
+        }
+    }
+
+    fn event(&self, event: ServerEvent) {
+        self.shared.recorder.event(self.conn, event);
+    }
+
+    fn send(&self, node: Node) {
+        let _ = self.cmd.send(Command::Send(node));
+    }
+
+    async fn step(&mut self, step: Step) -> Flow {
+        match step {
+            Step::Qr(spec) => {
+                self.qr = Some(AbortOnDrop(tokio::spawn(qr_sequence(
+                    spec,
+                    self.cmd.clone(),
+                    self.shared.recorder.clone(),
+                    self.conn,
+                ))));
+                Flow::Next
+            }
+            Step::Pair(spec) => self.pair(spec).await,
+            Step::Login => self.login().await,
+            Step::Wait(d) => {
+                tokio::time::sleep(d).await;
+                Flow::Next
+            }
+            Step::Drop => {
+                self.qr = None;
+                let _ = self.cmd.send(Command::Drop);
+                Flow::Stop
+            }
+            Step::Close => {
+                self.qr = None;
+                let _ = self.cmd.send(Command::Close);
+                Flow::Stop
+            }
+            Step::Stall => {
+                self.qr = None;
+                self.flags.stalled.store(true, Ordering::Relaxed);
+                Flow::Stop
+            }
+            Step::IgnorePings => {
+                self.flags.ignore_pings.store(true, Ordering::Relaxed);
+                Flow::Next
+            }
+            Step::Failure(spec) => {
+                self.qr = None;
+                self.failure(&spec);
+                let _ = self.cmd.send(Command::Close);
+                Flow::Stop
+            }
+            Step::StreamError(spec) => {
+                let (node, label) = match &spec {
+                    StreamErrorSpec::Code(c) => (nodes::stream_error_code(*c), c.to_string()),
+                    StreamErrorSpec::Conflict(t) => {
+                        (nodes::stream_error_conflict(t), format!("conflict {t}"))
+                    }
+                };
+                self.send(node);
+                self.event(ServerEvent::StreamErrorSent(label));
+                if spec != StreamErrorSpec::Code(503) {
+                    self.shared.recorder.retire(self.conn);
+                }
+                Flow::Next
+            }
+            Step::StreamEnd => {
+                self.send(nodes::stream_end());
+                self.event(ServerEvent::StreamEndSent);
+                self.shared.recorder.retire(self.conn);
+                Flow::Next
+            }
+        }
+    }
+
+    fn failure(&self, spec: &FailureSpec) {
+        self.send(nodes::failure(
+            spec.reason,
+            spec.code,
+            spec.expire,
+            spec.message.as_deref(),
+        ));
+        self.event(ServerEvent::FailureSent {
+            reason: spec.reason,
+        });
+        self.shared.recorder.retire(self.conn);
+    }
+
+    async fn pair(&mut self, spec: PairSpec) -> Flow {
+        self.qr = None;
+        let ClientKind::Registration { identity_key } = self.client.kind else {
+            self.event(ServerEvent::StepSkipped(
+                "pair on a login: the client is already paired".into(),
+            ));
+            return Flow::Next;
+        };
+        let registry = &self.shared.registry;
+        let (phone, device) = registry.allocate(spec.phone.as_deref(), spec.device);
+        let lid = lid_for(&phone);
+        let target = PairTarget {
+            phone: &phone,
+            device,
+            lid: &lid,
+            platform: &spec.platform,
+            business_name: &spec.business_name,
+        };
+        let id = format!("pair-{}", self.conn);
+        let node = match nodes::pair_success(&id, &identity_key, &target) {
+            Ok(n) => n,
+            Err(e) => {
+                self.event(ServerEvent::PairFailed(e.to_string()));
+                return Flow::Stop;
+            }
+        };
+        let jid = format!("{phone}:{device}@s.whatsapp.net");
+        self.send(node);
+        self.event(ServerEvent::PairSent { jid: jid.clone() });
+
+        let reply = tokio::time::timeout(PAIR_REPLY_TIMEOUT, async {
+            while let Some(r) = self.replies.recv().await {
+                if attr(&r, "id").as_deref() == Some(id.as_str()) {
+                    return Some(r);
+                }
+            }
+            None
+        })
+        .await;
+        match reply {
+            Ok(Some(r))
+                if attr(&r, "type").as_deref() == Some("result") && nodes::is_pair_sign(&r) => {}
+            Ok(Some(r)) => {
+                self.event(ServerEvent::PairFailed(format!(
+                    "client refused: {}",
+                    nodes::summary(&r)
+                )));
+                return Flow::Stop;
+            }
+            Ok(None) | Err(_) => {
+                self.event(ServerEvent::PairFailed("no answer from the client".into()));
+                return Flow::Stop;
+            }
+        }
+        registry.insert(PairedDevice {
+            phone: phone.clone(),
+            device,
+            lid,
+            noise_key: self.client.noise_key,
+            identity_key,
+            paired_at: SystemTime::now(),
+        });
+        self.shared.recorder.set_account(self.conn, phone);
+        self.event(ServerEvent::Paired { jid });
+        if spec.restart {
+            tokio::time::sleep(spec.restart_after).await;
+            self.send(nodes::stream_error_code(515));
+            self.event(ServerEvent::StreamErrorSent("515".into()));
+            self.shared.recorder.retire(self.conn);
+        }
+        Flow::Next
+    }
+
+    async fn login(&mut self) -> Flow {
+        let ClientKind::Login { phone, device } = &self.client.kind else {
+            self.event(ServerEvent::StepSkipped(
+                "login on a registration: no credentials to accept".into(),
+            ));
+            return Flow::Next;
+        };
+        let options = &self.shared.options;
+        if !options.accept_unknown_devices
+            && !self
+                .shared
+                .registry
+                .is_known(phone, *device, &self.client.noise_key)
+        {
+            self.event(ServerEvent::UnknownDevice);
+            self.failure(&FailureSpec::reason(401));
+            let _ = self.cmd.send(Command::Close);
+            return Flow::Stop;
+        }
+        self.flags.logged_in.store(true, Ordering::Relaxed);
+        self.send(nodes::success(&format!("{}:{device}@lid", lid_for(phone))));
+        self.event(ServerEvent::LoginAccepted);
+        let timeout = options.online_timeout;
+        let _ = tokio::time::timeout(timeout, self.online.wait_for(|o| *o)).await;
+        Flow::Next
+    }
+}
+
+/// Issues QR refs on schedule (see [`QrSpec`]), then lets them expire.
+async fn qr_sequence(
+    spec: QrSpec,
+    cmd: mpsc::UnboundedSender<Command>,
+    rec: Recorder,
+    conn: ConnId,
+) {
+    let refs: Vec<String> = (1..=spec.refs)
+        .map(|n| format!("2@fakewa-{conn}-{n}"))
+        .collect();
+    let id = |n: u32| format!("qr-{conn}-{n}");
+    if spec.is_batch() {
+        let _ = cmd.send(Command::Send(nodes::pair_device(&id(1), &refs)));
+    }
+    for (i, r) in refs.iter().enumerate() {
+        let n = i as u32 + 1;
+        if !spec.is_batch() {
+            let _ = cmd.send(Command::Send(nodes::pair_device(
+                &id(n),
+                std::slice::from_ref(r),
+            )));
+        }
+        rec.event(conn, ServerEvent::QrRef { n });
+        tokio::time::sleep(if n == 1 { spec.first } else { spec.then }).await;
+    }
+    if !spec.is_batch() {
+        let _ = cmd.send(Command::Send(nodes::pair_device(&id(0), &[])));
+    }
+    rec.event(conn, ServerEvent::QrExpired);
+}
