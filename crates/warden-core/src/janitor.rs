@@ -36,8 +36,14 @@ impl Default for JanitorConfig {
 impl JanitorConfig {
     /// Checks the values make sense.
     pub fn validate(&self) -> Result<(), String> {
-        if self.interval.is_zero() {
-            return Err("interval must be more than 0s".into());
+        for (name, value) in [
+            ("interval", self.interval),
+            ("max_connecting", self.max_connecting),
+            ("max_qr", self.max_qr),
+        ] {
+            if value.is_zero() {
+                return Err(format!("{name} must be more than 0s"));
+            }
         }
         Ok(())
     }

@@ -64,8 +64,11 @@ impl PolicyConfig {
         if !(self.backoff_factor >= 1.0 && self.backoff_factor.is_finite()) {
             return Err("backoff_factor must be a number of at least 1.0".into());
         }
-        if !(0.0..=1.0).contains(&self.jitter) {
-            return Err("jitter must be between 0.0 and 1.0".into());
+        if !(0.0..1.0).contains(&self.jitter) {
+            return Err("jitter must be at least 0.0 and below 1.0".into());
+        }
+        if self.stable_after.is_zero() {
+            return Err("stable_after must be more than 0s".into());
         }
         Ok(())
     }
@@ -155,8 +158,10 @@ pub fn decide(
         },
         DisconnectReason::LoggedOut => park(Parked::LoggedOut),
         DisconnectReason::Replaced => park(Parked::Replaced),
+        // A ban without a usable expiry still waits at least the longest backoff: never a
+        // tight reconnect loop against a server that said "banned".
         DisconnectReason::TemporarilyBanned { expires_in, .. } => park(Parked::Banned {
-            expires_in: *expires_in,
+            expires_in: (*expires_in).max(config.backoff_cap),
         }),
         DisconnectReason::ClientOutdated | DisconnectReason::BadCredentials(_) => {
             park(Parked::Failed(reason.to_string()))
@@ -319,6 +324,24 @@ mod tests {
             2,
             None,
             parked(Parked::Stopped, 2),
+        );
+    }
+
+    #[test]
+    fn a_ban_without_an_expiry_still_waits() {
+        check(
+            DisconnectReason::TemporarilyBanned {
+                expires_in: Duration::ZERO,
+                code: None,
+            },
+            0,
+            None,
+            parked(
+                Parked::Banned {
+                    expires_in: secs(30),
+                },
+                0,
+            ),
         );
     }
 

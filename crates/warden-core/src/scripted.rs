@@ -191,8 +191,9 @@ struct ScriptedConnection {
     player: JoinHandle<()>,
     link: ScriptedLink,
     token: Token,
-    // Dropped after `player` is aborted (field order), so the count falls only once the
-    // player can no longer emit.
+    // Dropped after `player` is told to abort (`Drop` runs before the fields): the count falls
+    // when the connection object goes, which is what "live" means here (a player task still
+    // finishing a poll on another thread can only emit to a sink nobody listens to).
     _guard: LiveGuard,
 }
 

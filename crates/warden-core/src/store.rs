@@ -230,14 +230,32 @@ impl StoreWriter {
     }
 }
 
+/// How long a failed write waits before it is tried again (unless newer work comes first).
+const RETRY_FAILED_WRITES: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn run_writer(sessions_dir: PathBuf, mut rx: mpsc::UnboundedReceiver<StoreOp>) {
     let mut batch = Vec::new();
-    while rx.recv_many(&mut batch, 4096).await > 0 {
-        let ops = coalesce(std::mem::take(&mut batch));
+    // Writes that failed (disk full, permissions): retried until they succeed or a newer
+    // write of the same session replaces them, so a record on disk never stays stale.
+    let mut failed: Vec<StoreOp> = Vec::new();
+    loop {
+        let received = if failed.is_empty() {
+            rx.recv_many(&mut batch, 4096).await
+        } else {
+            tokio::time::timeout(RETRY_FAILED_WRITES, rx.recv_many(&mut batch, 4096))
+                .await
+                .unwrap_or(usize::MAX)
+        };
+        if received == 0 {
+            return; // every sender is gone
+        }
+        let mut ops = std::mem::take(&mut failed);
+        ops.append(&mut batch);
+        let ops = coalesce(ops);
         let dir = sessions_dir.clone();
-        let done = tokio::task::spawn_blocking(move || apply(&dir, ops)).await;
-        if let Err(e) = done {
-            tracing::error!(error = %e, "session store writer failed");
+        match tokio::task::spawn_blocking(move || apply(&dir, ops)).await {
+            Ok(still_failing) => failed = still_failing,
+            Err(e) => tracing::error!(error = %e, "session store writer failed"),
         }
     }
 }
@@ -263,15 +281,19 @@ fn coalesce(ops: Vec<StoreOp>) -> Vec<StoreOp> {
     out.into_iter().flatten().collect()
 }
 
-fn apply(sessions_dir: &Path, ops: Vec<StoreOp>) {
+/// Applies `ops` in order; returns the writes that failed, to be tried again.
+fn apply(sessions_dir: &Path, ops: Vec<StoreOp>) -> Vec<StoreOp> {
+    let mut failed = Vec::new();
     for op in ops {
         match op {
             StoreOp::Write(token, record) => {
                 if let Err(e) = write_record(sessions_dir, &token, &record) {
-                    tracing::error!(token = %token, error = %e, "could not save the session record");
+                    tracing::error!(token = %token, error = %e, "could not save the session record; will retry");
+                    failed.push(StoreOp::Write(token, record));
                 }
             }
             StoreOp::Remove(token, done) => {
+                failed.retain(|f| !matches!(f, StoreOp::Write(t, _) if *t == token));
                 let _ = done.send(remove_session(sessions_dir, &token));
             }
             StoreOp::Flush(done) => {
@@ -279,6 +301,7 @@ fn apply(sessions_dir: &Path, ops: Vec<StoreOp>) {
             }
         }
     }
+    failed
 }
 
 #[cfg(test)]
@@ -336,6 +359,30 @@ mod tests {
         // Nothing was deleted.
         assert!(dir.path().join("bad").join(RECORD_FILE).exists());
         assert!(dir.path().join("not a token").exists());
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_is_retried_until_it_lands() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = StoreWriter::spawn(dir.path().to_owned());
+        let t = token("t1");
+        // A file where the session's folder should be: the write fails.
+        fs::write(dir.path().join("t1"), "in the way").unwrap();
+        writer.write(&t, SessionRecord::new("a".into(), SystemTime::UNIX_EPOCH));
+        writer.flush().await;
+        assert!(!dir.path().join("t1").is_dir());
+        // Once the obstacle is gone, the retry lands without a new write.
+        fs::remove_file(dir.path().join("t1")).unwrap();
+        let path = dir.path().join("t1").join(RECORD_FILE);
+        let landed = async {
+            while !path.exists() {
+                writer.flush().await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), landed)
+            .await
+            .expect("the failed write is retried");
+        assert_eq!(read_record(&path).unwrap().name, "a");
     }
 
     #[tokio::test]

@@ -325,3 +325,51 @@ async fn admission_control_limits_attempts_in_flight_and_per_second() {
         assert_eq!(at.as_millis(), 200 * i as u128, "r{i}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_start_after_a_logout_deletes_the_credentials_again_before_linking() {
+    let mut h = Harness::new(Script::login(JID)).await;
+    h.run("s1", []).await;
+    h.wait_state("s1", SessionState::Connected).await;
+    h.supervisor.logout("s1").await.unwrap();
+    assert_eq!(h.link.stats("s1").credentials_deleted, 1);
+    // Starting again: the deletion is confirmed first, then a fresh link (a QR in real life).
+    h.link.script("s1", [Script::new().qr("fresh", secs(60))]);
+    h.supervisor
+        .start_session("s1", Default::default())
+        .await
+        .unwrap();
+    let info = h.wait_state("s1", SessionState::WaitingForScan).await;
+    assert_eq!(info.qr.unwrap().code, "fresh");
+    let stats = h.link.stats("s1");
+    assert_eq!(stats.credentials_deleted, 2);
+    assert_eq!(stats.opens.len(), 2);
+    assert_eq!(stats.max_live, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_during_a_delete_is_refused_and_a_start_during_a_logout_waits_for_it() {
+    let mut h = Harness::new(Script::login(JID)).await;
+    h.run("s1", []).await;
+    h.wait_state("s1", SessionState::Connected).await;
+    let (logout, start) = tokio::join!(
+        h.supervisor.logout("s1"),
+        h.supervisor.start_session("s1", Default::default())
+    );
+    // Both are answered once the credentials are gone; the start then links afresh.
+    logout.unwrap();
+    start.unwrap();
+    h.wait_state("s1", SessionState::Connected).await;
+    let stats = h.link.stats("s1");
+    assert_eq!(stats.credentials_deleted, 1);
+    assert_eq!(stats.max_live, 1);
+
+    let (deleted, start) = tokio::join!(
+        h.supervisor.delete("s1"),
+        h.supervisor.start_session("s1", Default::default())
+    );
+    deleted.unwrap();
+    let err = start.unwrap_err();
+    assert!(err.to_string().contains("being deleted"), "{err}");
+    assert!(matches!(h.supervisor.status("s1"), Err(Error::NotFound(_))));
+}

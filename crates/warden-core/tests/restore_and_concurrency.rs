@@ -68,10 +68,10 @@ async fn a_new_supervisor_on_the_same_folder_restores_every_session() {
     assert!(report.problems.is_empty());
     let mut events = Events::of(&supervisor);
     events
-        .wait("up", |i| i.state == SessionState::Connected)
+        .wait_status(&supervisor, "up", |i| i.state == SessionState::Connected)
         .await;
     let flaky = events
-        .wait("flaky", |i| i.state == SessionState::Connected)
+        .wait_status(&supervisor, "flaky", |i| i.state == SessionState::Connected)
         .await;
     assert_eq!(flaky.attempts, 2, "attempts survive a restart");
 

@@ -89,6 +89,10 @@ pub(crate) struct Entry {
     pub waiters: Vec<Waiter>,
     /// Being deleted: nothing more is written for it.
     pub deleting: bool,
+    /// A credentials deletion (logout) is running; nothing may connect until it is done.
+    pub cleaning_credentials: bool,
+    /// Connect once the credentials deletion is done (a start that came during a logout).
+    pub connect_after_cleanup: bool,
 }
 
 impl Entry {
@@ -116,6 +120,8 @@ impl Entry {
             pair_code: None,
             waiters: Vec::new(),
             deleting: false,
+            cleaning_credentials: false,
+            connect_after_cleanup: false,
         }
     }
 
@@ -183,6 +189,21 @@ impl Entry {
                 Waiter::Unit(reply) => {
                     let _ = reply.send(Ok(()));
                 }
+            }
+        }
+    }
+
+    /// Answers the operations waiting for a session view (not those waiting for a deletion).
+    pub fn answer_info_waiters(&mut self) {
+        let info = self.info();
+        let (info_waiters, rest): (Vec<_>, Vec<_>) = self
+            .waiters
+            .drain(..)
+            .partition(|w| matches!(w, Waiter::Info(_)));
+        self.waiters = rest;
+        for waiter in info_waiters {
+            if let Waiter::Info(reply) = waiter {
+                let _ = reply.send(Ok(info.clone()));
             }
         }
     }

@@ -69,6 +69,15 @@ impl SupervisorConfig {
         self.admission
             .validate()
             .map_err(|e| Error::Config(format!("[admission] {e}")))?;
+        for (name, value) in [
+            ("close_timeout", self.close_timeout),
+            ("shutdown_timeout", self.shutdown_timeout),
+            ("call_timeout", self.call_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(Error::Config(format!("{name} must be more than 0s")));
+            }
+        }
         Ok(())
     }
 }
@@ -134,6 +143,9 @@ impl Supervisor {
             call_timeout: handle_config.0,
             shutdown_timeout: handle_config.1,
         };
+        // The restore runs before the first message is handled: once this answers, every
+        // restored session shows where it really is (queued, not its last recorded state).
+        handle.ping().await?;
         Ok((handle, report))
     }
 

@@ -293,7 +293,11 @@ impl SupervisorState {
                 token,
                 generation,
                 event,
-            } => self.on_lifecycle(myself, &token, generation, event),
+            } => {
+                self.on_lifecycle(myself, &token, generation, event);
+                // A handshake that finished frees an admission slot for the next in line.
+                self.pump(myself).await;
+            }
             M::ConnectionEnded {
                 token,
                 generation,
@@ -320,7 +324,7 @@ impl SupervisorState {
                 token,
                 kind,
                 result,
-            } => self.on_cleanup_done(&token, kind, result),
+            } => self.on_cleanup_done(myself, &token, kind, result).await,
         }
     }
 

@@ -18,6 +18,42 @@ use super::entry::{Entry, Intent, Waiter};
 use super::messages::{InfoReply, Reaped, SupervisorMsg};
 
 impl SupervisorState {
+    /// A connecting operation that must wait for (or cannot follow) a logout or a delete:
+    /// answers or queues `reply` and returns `None`; otherwise hands `reply` back.
+    fn defer_connect(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        token: &Token,
+        reply: InfoReply,
+    ) -> Option<InfoReply> {
+        let Some(entry) = self.sessions.get_mut(token) else {
+            return Some(reply);
+        };
+        if entry.deleting || entry.intent == Some(Intent::Delete) {
+            let _ = reply.send(Err(Error::Conflict {
+                token: token.clone(),
+                state: entry.state(),
+                message: "it is being deleted".into(),
+            }));
+            return None;
+        }
+        let logging_out = entry.intent == Some(Intent::Logout) || entry.cleaning_credentials;
+        let logged_out = entry.state() == SessionState::LoggedOut && entry.live.is_none();
+        if !(logging_out || logged_out) {
+            return Some(reply);
+        }
+        // Credentials must be gone before a new link is made: finish (or redo) the deletion,
+        // then connect for a fresh QR code.
+        entry.record.desired = Desired::Running;
+        entry.record.attempts = 0;
+        entry.connect_after_cleanup = true;
+        entry.waiters.push(Waiter::Info(reply));
+        if !logging_out {
+            self.begin_logout(myself, token, None, true);
+        }
+        None
+    }
+
     fn entry(&mut self, token: &Token) -> Result<&mut Entry, Error> {
         match self.sessions.get_mut(token) {
             Some(entry) if !entry.deleting => Ok(entry),
@@ -83,6 +119,10 @@ impl SupervisorState {
             }));
             return;
         }
+        let Some(reply) = self.defer_connect(myself, &token, reply) else {
+            return;
+        };
+        let entry = self.sessions.get_mut(&token).expect("checked above");
         entry.record.desired = Desired::Running;
         entry.options = options;
         if let Some(intent) = &entry.intent {
@@ -198,7 +238,12 @@ impl SupervisorState {
         token: Token,
         reply: InfoReply,
     ) {
+        let Some(reply) = self.defer_connect(myself, &token, reply) else {
+            return;
+        };
         let entry = self.sessions.get_mut(&token).expect("caller checked");
+        // A fresh connection links by QR again unless a start asks for a pairing code.
+        entry.options = OpenOptions::default();
         entry.cancel_retry();
         if let Some(live) = &entry.live {
             if !matches!(entry.intent, Some(Intent::Logout | Intent::Delete)) {
@@ -284,7 +329,7 @@ impl SupervisorState {
             live.actor.stop(Some("logout".into()));
             return;
         }
-        self.begin_logout(myself, &token, "logged out by request".into());
+        self.begin_logout(myself, &token, Some("logged out by request".into()), false);
     }
 
     pub(super) fn delete(
@@ -456,7 +501,14 @@ impl SupervisorState {
     }
 
     pub(super) fn removed(&mut self, token: &Token) {
-        self.sessions.remove(token);
+        if let Some(entry) = self.sessions.remove(token) {
+            if entry.in_flight {
+                self.admission.release();
+            }
+            if entry.queued {
+                self.admission.dequeue(token);
+            }
+        }
         self.snapshot.remove(token);
         let _ = self.events.send(SessionEvent::Removed {
             token: token.clone(),

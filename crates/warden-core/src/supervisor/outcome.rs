@@ -148,6 +148,7 @@ impl SupervisorState {
                 self.release_admission(token);
             }
             LifecycleEvent::PairCode { code } => {
+                entry.set_state(SessionState::WaitingForScan, None, now);
                 entry.pair_code = Some(code.clone());
                 tracing::info!(token = %token, "pairing code issued; waiting for it to be entered on the phone");
                 let _ = self.events.send(SessionEvent::PairCode {
@@ -207,13 +208,14 @@ impl SupervisorState {
         reason: DisconnectReason,
     ) {
         let now = Instant::now();
-        self.release_admission(token);
         let Some(entry) = self.sessions.get_mut(token) else {
             return;
         };
         if entry.generation != generation {
             return;
         }
+        self.release_admission(token);
+        let entry = self.sessions.get_mut(token).expect("checked above");
         if let Some(live) = entry.live.take() {
             self.by_actor.remove(&live.actor.get_id());
         }
@@ -229,7 +231,34 @@ impl SupervisorState {
         }
         tracing::info!(token = %token, reason = %reason, "Client disconnected");
 
-        match entry.intent.take() {
+        let mut intent = entry.intent.take();
+        if reason == DisconnectReason::LoggedOut
+            && matches!(intent, Some(Intent::Stop { .. } | Intent::Reap { .. }))
+        {
+            // The phone logged the session out before our close: that is what happened, and
+            // the credentials must go. The operator's stop is answered once they have.
+            intent = Some(Intent::Logout);
+            let entry = self.sessions.get_mut(token).expect("still there");
+            entry.record.desired = Desired::Stopped;
+        }
+        if let (DisconnectReason::TemporarilyBanned { expires_in, .. }, Some(Intent::Stop { .. })) =
+            (&reason, &intent)
+        {
+            // Stopped as asked, but the ban is remembered: a start before its end is refused.
+            let entry = self.sessions.get_mut(token).expect("still there");
+            entry.record.banned_until = Some(SystemTime::now() + *expires_in);
+        }
+        let entry = self.sessions.get_mut(token).expect("still there");
+        match intent {
+            Some(Intent::Stop { reason: why })
+                if entry.record.banned_until.is_some()
+                    && matches!(reason, DisconnectReason::TemporarilyBanned { .. }) =>
+            {
+                tracing::info!(token = %token, "Should reconnect: false");
+                entry.set_state(SessionState::Banned, Some(why), now);
+                self.publish(token);
+                self.answer(token);
+            }
             Some(Intent::Stop { reason }) => {
                 tracing::info!(token = %token, "Should reconnect: false");
                 if entry.state() != SessionState::LoggedOut {
@@ -247,11 +276,20 @@ impl SupervisorState {
             Some(Intent::Reap { state, reason }) => {
                 tracing::info!(token = %token, "Should reconnect: false");
                 entry.set_state(state, Some(reason), now);
+                if state == SessionState::Failed {
+                    if let Some(after) = self.policy.retry_failed_after {
+                        self.schedule_retry(myself, token, after);
+                    }
+                }
                 self.publish(token);
                 self.answer(token);
             }
             Some(Intent::Logout) => {
-                self.begin_logout(myself, token, "logged out by request".into());
+                let why = match reason {
+                    DisconnectReason::LoggedOut => reason.to_string(),
+                    _ => "logged out by request".into(),
+                };
+                self.begin_logout(myself, token, Some(why), false);
             }
             Some(Intent::Delete) => self.begin_delete(myself, token),
             None => {
@@ -321,7 +359,7 @@ impl SupervisorState {
             }
             Parked::LoggedOut => {
                 tracing::warn!(token = %token, "session logged out; deleting its credentials");
-                self.begin_logout(myself, token, reason.to_string());
+                self.begin_logout(myself, token, Some(reason.to_string()), false);
                 return;
             }
             Parked::Replaced => {
@@ -411,22 +449,34 @@ impl SupervisorState {
         }
     }
 
-    /// Logged out: mark it, then delete the credentials once no connection can hold them.
+    /// Logged out: mark it (when `reason` is given), then delete the credentials once no
+    /// connection can hold them; connect afterwards if `then_connect`. Nothing else connects
+    /// while the deletion runs, so a new connection can never pick up credentials on their way
+    /// out. A start from `logged_out` deletes them again first (deleting is idempotent), so a
+    /// deletion that failed or was cut short by a shutdown is finished before any login.
     pub(super) fn begin_logout(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
         token: &Token,
-        reason: String,
+        reason: Option<String>,
+        then_connect: bool,
     ) {
         let Some(entry) = self.sessions.get_mut(token) else {
             return;
         };
-        entry.set_state(SessionState::LoggedOut, Some(reason), Instant::now());
-        entry.record.jid = None;
-        entry.record.account_name = None;
-        entry.record.attempts = 0;
-        self.publish(token);
-        let entry = &self.sessions[token];
+        entry.connect_after_cleanup |= then_connect;
+        if let Some(reason) = reason {
+            entry.set_state(SessionState::LoggedOut, Some(reason), Instant::now());
+            entry.record.jid = None;
+            entry.record.account_name = None;
+            entry.record.attempts = 0;
+            self.publish(token);
+        }
+        let entry = self.sessions.get_mut(token).expect("checked above");
+        if entry.cleaning_credentials {
+            return; // already under way; it will honour `connect_after_cleanup`
+        }
+        entry.cleaning_credentials = true;
         let slot = entry.slot.clone();
         let link = self.link.clone();
         let me = myself.clone();
@@ -480,42 +530,59 @@ impl SupervisorState {
         });
     }
 
-    pub(super) fn on_cleanup_done(
+    pub(super) async fn on_cleanup_done(
         &mut self,
+        myself: &ActorRef<SupervisorMsg>,
         token: &Token,
         kind: Cleanup,
         result: Result<(), Error>,
     ) {
+        let Some(entry) = self.sessions.get_mut(token) else {
+            return;
+        };
         match (kind, result) {
             (Cleanup::Logout, Ok(())) => {
                 tracing::info!(token = %token, "credentials deleted");
-                if let Some(entry) = self.sessions.get_mut(token) {
-                    let why = entry
-                        .record
-                        .reason
-                        .take()
-                        .unwrap_or_else(|| "logged_out".into());
+                entry.cleaning_credentials = false;
+                let why = entry
+                    .record
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "logged_out".into());
+                if !why.ends_with("credentials deleted") {
                     entry.record.reason = Some(format!("{why}; credentials deleted"));
                 }
+                let connect = std::mem::take(&mut entry.connect_after_cleanup);
                 self.publish(token);
-                self.answer(token);
+                if connect && !self.sessions[token].deleting {
+                    self.request_connect(myself, token).await;
+                }
+                if let Some(entry) = self.sessions.get_mut(token) {
+                    entry.answer_info_waiters();
+                }
             }
             (Cleanup::Logout, Err(e)) => {
                 tracing::error!(token = %token, error = %e, "could not delete the credentials");
-                if let Some(entry) = self.sessions.get_mut(token) {
-                    entry.record.reason = Some(format!("credentials not deleted: {e}"));
-                    entry.fail_waiters(&e);
-                }
+                entry.cleaning_credentials = false;
+                entry.connect_after_cleanup = false;
+                entry.record.reason = Some(format!("credentials not deleted: {e}"));
+                entry.fail_waiters(&e);
                 self.publish(token);
             }
-            (Cleanup::Delete, result) => {
-                if let Err(e) = &result {
-                    tracing::error!(token = %token, error = %e, "session deleted, but not everything could be removed");
-                } else {
-                    tracing::info!(token = %token, "session deleted");
-                }
+            (Cleanup::Delete, Ok(())) => {
+                tracing::info!(token = %token, "session deleted");
                 self.answer(token);
                 self.removed(token);
+            }
+            (Cleanup::Delete, Err(e)) => {
+                // Keep the session: what is left on disk would come back at the next start
+                // anyway. The caller is told, and can delete again.
+                tracing::error!(token = %token, error = %e, "session not deleted");
+                entry.deleting = false;
+                entry.persisted = None;
+                entry.record.reason = Some(format!("delete failed: {e}"));
+                entry.fail_waiters(&e);
+                self.publish(token);
             }
         }
     }

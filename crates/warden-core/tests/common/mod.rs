@@ -74,6 +74,22 @@ impl Events {
     }
 }
 
+impl Events {
+    /// Like [`Events::wait`], but first looks at the session's current status: for a
+    /// supervisor whose sessions may have moved before this stream was opened.
+    pub async fn wait_status(
+        &mut self,
+        supervisor: &Supervisor,
+        token: &str,
+        pred: impl Fn(&SessionInfo) -> bool,
+    ) -> SessionInfo {
+        match supervisor.status(token) {
+            Ok(info) if pred(&info) => info,
+            _ => self.wait(token, pred).await,
+        }
+    }
+}
+
 /// A running supervisor with a scripted link, its event stream and its folder.
 pub struct Harness {
     pub supervisor: Supervisor,

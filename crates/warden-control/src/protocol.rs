@@ -1,0 +1,740 @@
+//! The control protocol: the only types that go over the control socket.
+//!
+//! A client writes one JSON request per line and reads one JSON reply per line:
+//!
+//! ```text
+//! → {"id": 7, "op": "status", "token": "shop1"}
+//! ← {"id": 7, "ok": true, "result": {"token": "shop1", "state": "connected", ...}}
+//! → {"id": 8, "op": "stop", "token": "nope"}
+//! ← {"id": 8, "ok": false, "error": {"code": "not_found", "message": "no session nope"}}
+//! ```
+//!
+//! `id` is optional and echoed back as given (a number or a string). After a `watch` request
+//! the connection carries [`EventLine`]s, one per line, starting with the current state of
+//! every watched session. Every op is documented, with an example, in
+//! `docs/control-protocol.md`.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use warden_core::{Error, IncomingMessage, Reaped, SessionEvent, SessionInfo, SessionList};
+
+/// One operation a client can ask for. The `op` field names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Op {
+    /// Create a session (stopped): `{"op":"create","name":"Shop","token":"shop1"}`; both
+    /// fields optional (a random token is made when none is given).
+    Create {
+        /// A human name; defaults to the token.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// The token to use.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+    },
+    /// Start a session: `{"op":"start","token":"shop1"}`; with `"phone":"15551234567"` it
+    /// links by pairing code instead of QR.
+    Start {
+        /// The session.
+        token: String,
+        /// Link by pairing code to this phone number.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        phone: Option<String>,
+    },
+    /// Stop a session, keeping its credentials: `{"op":"stop","token":"shop1"}`.
+    Stop {
+        /// The session.
+        token: String,
+    },
+    /// Restart a session: `{"op":"restart","token":"shop1","force":false}`.
+    Restart {
+        /// The session.
+        token: String,
+        /// Skip the cooldown.
+        #[serde(default)]
+        force: bool,
+    },
+    /// Ask for a new QR code: `{"op":"refresh_qr","token":"shop1"}`.
+    RefreshQr {
+        /// The session.
+        token: String,
+    },
+    /// Log out and delete the credentials: `{"op":"logout","token":"shop1"}`.
+    Logout {
+        /// The session.
+        token: String,
+    },
+    /// Delete a session and its folder: `{"op":"delete","token":"shop1"}`.
+    Delete {
+        /// The session.
+        token: String,
+    },
+    /// Close whatever is there and cancel any pending restart:
+    /// `{"op":"force_cleanup","token":"shop1"}`.
+    ForceCleanup {
+        /// The session.
+        token: String,
+    },
+    /// Set the reconnect attempts to 0: `{"op":"reset_reconnect","token":"shop1"}`.
+    ResetReconnect {
+        /// The session.
+        token: String,
+    },
+    /// One session's status: `{"op":"status","token":"shop1"}`.
+    Status {
+        /// The session.
+        token: String,
+    },
+    /// Every session with counts per state: `{"op":"list"}`.
+    List {},
+    /// Send a text message: `{"op":"send_text","token":"shop1","to":"15551234567","text":"hi"}`.
+    SendText {
+        /// The session that sends.
+        token: String,
+        /// A phone number (digits with country code) or a JID.
+        to: String,
+        /// The text.
+        text: String,
+    },
+    /// Reap stuck sessions now: `{"op":"reap"}`.
+    Reap {},
+    /// Whether the daemon and its supervisor answer: `{"op":"health"}`.
+    Health {},
+    /// Stream events: `{"op":"watch"}` or `{"op":"watch","token":"shop1"}`.
+    Watch {
+        /// Only this session's events.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+    },
+}
+
+/// The names of every op, for error messages.
+pub const OPS: [&str; 15] = [
+    "create",
+    "start",
+    "stop",
+    "restart",
+    "refresh_qr",
+    "logout",
+    "delete",
+    "force_cleanup",
+    "reset_reconnect",
+    "status",
+    "list",
+    "send_text",
+    "reap",
+    "health",
+    "watch",
+];
+
+/// A parsed request line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// Echoed back in the reply (`null` when absent).
+    pub id: Value,
+    /// What to do.
+    pub op: Op,
+}
+
+impl Request {
+    /// Parses one request line. On failure, returns the id (if one could be read) and the
+    /// error to send back.
+    pub fn parse(line: &str) -> Result<Self, (Value, ErrorBody)> {
+        let value: Value = serde_json::from_str(line).map_err(|e| {
+            (
+                Value::Null,
+                ErrorBody::bad_request(format!("malformed JSON: {e}")),
+            )
+        })?;
+        let Value::Object(mut object) = value else {
+            return Err((
+                Value::Null,
+                ErrorBody::bad_request("a request is a JSON object, like {\"op\":\"list\"}"),
+            ));
+        };
+        let id = object.remove("id").unwrap_or(Value::Null);
+        if !(id.is_null() || id.is_number() || id.is_string()) {
+            return Err((
+                Value::Null,
+                ErrorBody::bad_request("\"id\" must be a number or a string"),
+            ));
+        }
+        let op_name = match object.get("op") {
+            Some(Value::String(name)) => name.clone(),
+            Some(_) => return Err((id, ErrorBody::bad_request("\"op\" must be a string"))),
+            None => {
+                return Err((
+                    id,
+                    ErrorBody::bad_request(format!("missing \"op\"; one of: {}", OPS.join(", "))),
+                ));
+            }
+        };
+        if !OPS.contains(&op_name.as_str()) {
+            return Err((
+                id,
+                ErrorBody::bad_request(format!(
+                    "unknown op {op_name:?}; one of: {}",
+                    OPS.join(", ")
+                )),
+            ));
+        }
+        match serde_json::from_value::<Op>(Value::Object(object)) {
+            Ok(op) => Ok(Self { id, op }),
+            Err(e) => Err((
+                id,
+                ErrorBody::bad_request(format!("invalid {op_name} request: {e}")),
+            )),
+        }
+    }
+}
+
+/// The request as a client writes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestLine<'a> {
+    /// Echoed back in the reply.
+    pub id: u64,
+    /// The operation, flattened beside `id`.
+    #[serde(flatten)]
+    pub op: &'a Op,
+}
+
+/// One reply line: `ok` with a `result`, or not `ok` with an `error`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The request's id.
+    pub id: Value,
+    /// Whether the operation succeeded.
+    pub ok: bool,
+    /// What it returned (`ok` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// What went wrong (not `ok` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+impl Reply {
+    /// A success carrying `result`.
+    pub fn ok(id: Value, result: impl Serialize) -> Self {
+        match serde_json::to_value(result) {
+            Ok(result) => Self {
+                id,
+                ok: true,
+                result: Some(result),
+                error: None,
+            },
+            Err(e) => Self::err(
+                id,
+                ErrorBody::new(ErrorCode::Internal, format!("cannot encode the reply: {e}")),
+            ),
+        }
+    }
+
+    /// A failure.
+    pub fn err(id: Value, error: ErrorBody) -> Self {
+        Self {
+            id,
+            ok: false,
+            result: None,
+            error: Some(error),
+        }
+    }
+}
+
+/// Machine-readable error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Malformed JSON, unknown op, missing or mistyped fields, a line too long.
+    BadRequest,
+    /// The token is not `[A-Za-z0-9_-]{1,64}`.
+    InvalidToken,
+    /// No such session.
+    NotFound,
+    /// The operation does not fit the session's state (or the token is taken).
+    Conflict,
+    /// A restart too soon after the last start; see `retry_after_secs`.
+    Cooldown,
+    /// The supervisor is shutting down or did not answer.
+    Unavailable,
+    /// Something broke inside the daemon.
+    Internal,
+}
+
+/// An error reply's body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What kind of error.
+    pub code: ErrorCode,
+    /// What happened and what to do, for people.
+    pub message: String,
+    /// With `cooldown`: the seconds to wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u64>,
+}
+
+impl ErrorBody {
+    /// An error with a code and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+
+    /// A `bad_request` error.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadRequest, message)
+    }
+}
+
+impl From<&Error> for ErrorBody {
+    fn from(error: &Error) -> Self {
+        let code = match error {
+            Error::InvalidToken(_) => ErrorCode::InvalidToken,
+            Error::NotFound(_) => ErrorCode::NotFound,
+            Error::AlreadyExists(_) | Error::Conflict { .. } | Error::NotConnected { .. } => {
+                ErrorCode::Conflict
+            }
+            Error::Cooldown { .. } => ErrorCode::Cooldown,
+            Error::Link {
+                source: warden_core::LinkError::InvalidRecipient(_),
+                ..
+            }
+            | Error::Config(_) => ErrorCode::BadRequest,
+            Error::Unavailable(_) => ErrorCode::Unavailable,
+            Error::Link { .. } | Error::Store(_) => ErrorCode::Internal,
+        };
+        let retry_after_secs = match error {
+            Error::Cooldown { retry_after, .. } => Some(retry_after.as_secs().max(1)),
+            _ => None,
+        };
+        Self {
+            code,
+            message: error.to_string(),
+            retry_after_secs,
+        }
+    }
+}
+
+fn time(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// A QR code on show.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QrView {
+    /// The text to encode in the QR image.
+    pub code: String,
+    /// When it stops being valid (RFC 3339).
+    pub expires_at: String,
+}
+
+/// Lifetime counters of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountersView {
+    /// Connections that reached `connected`.
+    pub connects: u64,
+    /// Connections that ended.
+    pub disconnects: u64,
+    /// Connections started by the restart policy.
+    pub restarts: u64,
+}
+
+/// A session as the protocol shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionView {
+    /// The token.
+    pub token: String,
+    /// The human name.
+    pub name: String,
+    /// The state (`stopped`, `queued`, `connecting`, `waiting_for_scan`, `pairing`,
+    /// `connected`, `backing_off`, `failed`, `logged_out`, `replaced`, `banned`, `qr_expired`).
+    pub state: String,
+    /// Why it is in that state.
+    pub reason: Option<String>,
+    /// `running` or `stopped`: what the operator asked for.
+    pub desired: String,
+    /// Reconnect attempts counted.
+    pub attempts: u32,
+    /// The linked account's JID.
+    pub jid: Option<String>,
+    /// The linked account's display name.
+    pub account_name: Option<String>,
+    /// When the session was created (RFC 3339).
+    pub created_at: String,
+    /// When it entered its state (RFC 3339).
+    pub state_since: String,
+    /// When the next automatic attempt is due (RFC 3339).
+    pub next_retry_at: Option<String>,
+    /// When a temporary ban ends (RFC 3339).
+    pub banned_until: Option<String>,
+    /// The QR code on show.
+    pub qr: Option<QrView>,
+    /// The pairing code on show.
+    pub pair_code: Option<String>,
+    /// Lifetime counters.
+    pub counters: CountersView,
+}
+
+impl From<&SessionInfo> for SessionView {
+    fn from(info: &SessionInfo) -> Self {
+        Self {
+            token: info.token.to_string(),
+            name: info.name.clone(),
+            state: info.state.as_str().to_owned(),
+            reason: info.reason.clone(),
+            desired: match info.desired {
+                warden_core::Desired::Running => "running",
+                warden_core::Desired::Stopped => "stopped",
+            }
+            .to_owned(),
+            attempts: info.attempts,
+            jid: info.jid.clone(),
+            account_name: info.account_name.clone(),
+            created_at: time(info.created_at),
+            state_since: time(info.state_since),
+            next_retry_at: info.next_retry_at.map(time),
+            banned_until: info.banned_until.map(time),
+            qr: info.qr.as_ref().map(|qr| QrView {
+                code: qr.code.clone(),
+                expires_at: time(qr.expires_at),
+            }),
+            pair_code: info.pair_code.clone(),
+            counters: CountersView {
+                connects: info.counters.connects,
+                disconnects: info.counters.disconnects,
+                restarts: info.counters.restarts,
+            },
+        }
+    }
+}
+
+/// The result of `list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListView {
+    /// Every session, ordered by token.
+    pub sessions: Vec<SessionView>,
+    /// How many sessions are in each state.
+    pub counts: BTreeMap<String, usize>,
+}
+
+impl From<&SessionList> for ListView {
+    fn from(list: &SessionList) -> Self {
+        Self {
+            sessions: list.sessions.iter().map(SessionView::from).collect(),
+            counts: counts(list),
+        }
+    }
+}
+
+/// Counts per state, keyed by the state's name.
+pub fn counts(list: &SessionList) -> BTreeMap<String, usize> {
+    list.counts
+        .iter()
+        .map(|(state, n)| (state.as_str().to_owned(), *n))
+        .collect()
+}
+
+/// The result of `delete`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedView {
+    /// The token that is gone.
+    pub deleted: String,
+}
+
+/// The result of `send_text`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentView {
+    /// The id of the message sent.
+    pub message_id: String,
+}
+
+/// One session cleaned up by a reap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReapedView {
+    /// The session.
+    pub token: String,
+    /// The state it was stuck in.
+    pub was: String,
+    /// The state it was left in.
+    pub now: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl From<&Reaped> for ReapedView {
+    fn from(r: &Reaped) -> Self {
+        Self {
+            token: r.token.to_string(),
+            was: r.was.as_str().to_owned(),
+            now: r.now.as_str().to_owned(),
+            reason: r.reason.clone(),
+        }
+    }
+}
+
+/// The result of `reap`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReapView {
+    /// What was reaped.
+    pub reaped: Vec<ReapedView>,
+}
+
+/// The result of `health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthView {
+    /// `ok` when the supervisor answered.
+    pub status: String,
+    /// The daemon's version.
+    pub version: String,
+    /// Seconds since the daemon started.
+    pub uptime_secs: u64,
+    /// How many sessions there are.
+    pub sessions: usize,
+    /// How many are in each state.
+    pub counts: BTreeMap<String, usize>,
+}
+
+/// The first reply to `watch`; events follow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchingView {
+    /// The session watched, or `null` for all.
+    pub watching: Option<String>,
+}
+
+/// An incoming message as the protocol shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageView {
+    /// The message id.
+    pub id: String,
+    /// The chat (JID).
+    pub chat: String,
+    /// The sender (JID).
+    pub sender: String,
+    /// When it was sent (RFC 3339).
+    pub timestamp: String,
+    /// Its text, if any.
+    pub text: Option<String>,
+}
+
+impl From<&IncomingMessage> for MessageView {
+    fn from(m: &IncomingMessage) -> Self {
+        Self {
+            id: m.id.clone(),
+            chat: m.chat.clone(),
+            sender: m.sender.clone(),
+            timestamp: time(m.timestamp),
+            text: m.text.clone(),
+        }
+    }
+}
+
+/// One line of a `watch` stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventLine {
+    /// A session's full current view (sent first for every watched session, then on change).
+    Session {
+        /// The session.
+        session: Box<SessionView>,
+    },
+    /// A new QR code to scan.
+    Qr {
+        /// The session.
+        token: String,
+        /// The text to encode in the QR image.
+        code: String,
+        /// Seconds it stays valid.
+        expires_in_secs: u64,
+    },
+    /// A pairing code to type on the phone.
+    PairCode {
+        /// The session.
+        token: String,
+        /// The code.
+        code: String,
+    },
+    /// A message arrived.
+    Message {
+        /// The session that received it.
+        token: String,
+        /// The message.
+        message: MessageView,
+    },
+    /// A session was deleted.
+    Removed {
+        /// The session.
+        token: String,
+    },
+    /// The daemon ends the stream (it fell too far behind, or the daemon is stopping).
+    Closed {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl From<&SessionEvent> for EventLine {
+    fn from(event: &SessionEvent) -> Self {
+        match event {
+            SessionEvent::Updated(info) => Self::Session {
+                session: Box::new(SessionView::from(info.as_ref())),
+            },
+            SessionEvent::Qr {
+                token,
+                code,
+                expires_in,
+            } => Self::Qr {
+                token: token.to_string(),
+                code: code.clone(),
+                expires_in_secs: expires_in.as_secs(),
+            },
+            SessionEvent::PairCode { token, code } => Self::PairCode {
+                token: token.to_string(),
+                code: code.clone(),
+            },
+            SessionEvent::Message { token, message } => Self::Message {
+                token: token.to_string(),
+                message: MessageView::from(message),
+            },
+            SessionEvent::Removed { token } => Self::Removed {
+                token: token.to_string(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn check(line: &str, expected: Result<(Value, Op), (Value, ErrorCode, &str)>) {
+        match (Request::parse(line), expected) {
+            (Ok(request), Ok((id, op))) => {
+                assert_eq!((request.id, request.op), (id, op), "{line}");
+            }
+            (Err((id, body)), Err((want_id, code, fragment))) => {
+                assert_eq!((id, body.code), (want_id, code), "{line}: {}", body.message);
+                assert!(
+                    body.message.contains(fragment),
+                    "{line}: {:?} lacks {fragment:?}",
+                    body.message
+                );
+            }
+            (got, want) => panic!("{line}: got {got:?}, wanted {want:?}"),
+        }
+    }
+
+    #[test]
+    fn requests_parse_or_explain_why_not() {
+        check(
+            r#"{"id":7,"op":"status","token":"shop1"}"#,
+            Ok((
+                json!(7),
+                Op::Status {
+                    token: "shop1".into(),
+                },
+            )),
+        );
+        check(r#"{"op":"list"}"#, Ok((Value::Null, Op::List {})));
+        check(
+            r#"{"id":"a","op":"restart","token":"t"}"#,
+            Ok((
+                json!("a"),
+                Op::Restart {
+                    token: "t".into(),
+                    force: false,
+                },
+            )),
+        );
+        check(
+            r#"{"id":1,"op":"start","token":"t","phone":"155"}"#,
+            Ok((
+                json!(1),
+                Op::Start {
+                    token: "t".into(),
+                    phone: Some("155".into()),
+                },
+            )),
+        );
+        check(
+            r#"{"op":"watch"}"#,
+            Ok((Value::Null, Op::Watch { token: None })),
+        );
+        check(
+            "{nope",
+            Err((Value::Null, ErrorCode::BadRequest, "malformed JSON")),
+        );
+        check(
+            "[1,2]",
+            Err((Value::Null, ErrorCode::BadRequest, "JSON object")),
+        );
+        check(
+            r#"{"id":{"x":1},"op":"list"}"#,
+            Err((Value::Null, ErrorCode::BadRequest, "\"id\" must be")),
+        );
+        check(
+            r#"{"id":3,"op":"explode"}"#,
+            Err((json!(3), ErrorCode::BadRequest, "unknown op \"explode\"")),
+        );
+        check(
+            r#"{"id":4}"#,
+            Err((json!(4), ErrorCode::BadRequest, "missing \"op\"")),
+        );
+        check(
+            r#"{"id":5,"op":"status"}"#,
+            Err((json!(5), ErrorCode::BadRequest, "missing field `token`")),
+        );
+        check(
+            r#"{"id":6,"op":"status","token":12}"#,
+            Err((json!(6), ErrorCode::BadRequest, "invalid status request")),
+        );
+        check(
+            r#"{"id":8,"op":"restart","token":"t","force":"yes"}"#,
+            Err((json!(8), ErrorCode::BadRequest, "invalid restart request")),
+        );
+        check(
+            r#"{"id":9,"op":"list","extra":1}"#,
+            Err((json!(9), ErrorCode::BadRequest, "unknown field `extra`")),
+        );
+        check(
+            r#"{"id":10,"op":7}"#,
+            Err((json!(10), ErrorCode::BadRequest, "\"op\" must be a string")),
+        );
+    }
+
+    #[test]
+    fn request_lines_round_trip() {
+        let op = Op::SendText {
+            token: "t".into(),
+            to: "155".into(),
+            text: "hi".into(),
+        };
+        let line = serde_json::to_string(&RequestLine { id: 3, op: &op }).unwrap();
+        assert_eq!(Request::parse(&line).unwrap().op, op);
+    }
+
+    #[test]
+    fn replies_have_the_documented_shape() {
+        let ok = serde_json::to_value(Reply::ok(
+            json!(7),
+            DeletedView {
+                deleted: "t".into(),
+            },
+        ))
+        .unwrap();
+        assert_eq!(ok, json!({"id": 7, "ok": true, "result": {"deleted": "t"}}));
+        let mut body = ErrorBody::new(ErrorCode::Cooldown, "wait");
+        body.retry_after_secs = Some(24);
+        let err = serde_json::to_value(Reply::err(json!(8), body)).unwrap();
+        assert_eq!(
+            err,
+            json!({"id": 8, "ok": false, "error": {"code": "cooldown", "message": "wait", "retry_after_secs": 24}})
+        );
+    }
+}

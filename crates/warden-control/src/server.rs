@@ -1,0 +1,421 @@
+//! The control socket server: binds the socket safely and serves a supervisor.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, broadcast};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use warden_core::{OpenOptions, Supervisor};
+
+use crate::lines::{Line, LineReader};
+use crate::protocol::{
+    DeletedView, ErrorBody, ErrorCode, EventLine, HealthView, ListView, Op, ReapView, ReapedView,
+    Reply, Request, SentView, SessionView, WatchingView, counts,
+};
+
+/// How the control socket is set up.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where the socket lives.
+    pub path: PathBuf,
+    /// Its permission bits (e.g. `0o660`); never world-writable.
+    pub mode: u32,
+    /// The longest request line accepted, in bytes.
+    pub max_line_bytes: usize,
+    /// How many clients may be connected at once.
+    pub max_clients: usize,
+    /// A client that does not take a reply (or an event) within this long is disconnected.
+    pub write_timeout: Duration,
+    /// A client that sends nothing for this long is disconnected (watchers excepted).
+    pub idle_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults (mode 0660, 64 KiB lines, 256 clients, 10 s writes, 5 min idle) for a socket
+    /// at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            mode: 0o660,
+            max_line_bytes: 64 * 1024,
+            max_clients: 256,
+            write_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Why the socket could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// The configured mode would let anyone on the machine control the daemon.
+    #[error("socket mode {0:04o} is world-writable; use 0660 or 0600")]
+    WorldWritable(u32),
+    /// Another daemon answers on the socket.
+    #[error("another warden daemon is already running on {}; stop it first", .0.display())]
+    AlreadyRunning(PathBuf),
+    /// Something that is not a socket is in the way.
+    #[error("{} exists and is not a socket; refusing to replace it", .0.display())]
+    NotASocket(PathBuf),
+    /// An I/O error on the path.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BindError + '_ {
+    move |source| BindError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The bound control socket. Dropping it removes the socket file.
+pub struct ControlServer {
+    listener: UnixListener,
+    config: ServerConfig,
+    started: Instant,
+}
+
+impl ControlServer {
+    /// Binds the socket: refuses a world-writable mode and a live daemon on the same path,
+    /// removes a stale socket left by a dead one, and gives the socket its mode before it
+    /// appears under its name (bound under a temporary name, then renamed).
+    pub async fn bind(config: ServerConfig) -> Result<Self, BindError> {
+        if config.mode & 0o002 != 0 {
+            return Err(BindError::WorldWritable(config.mode));
+        }
+        let path = config.path.clone();
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(&path).await {
+                Ok(_) => return Err(BindError::AlreadyRunning(path)),
+                // Only "nobody listens" proves the daemon is gone; a busy or unreadable
+                // socket may belong to a live one and is never removed.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    tracing::info!(socket = %path.display(), "removing a stale socket left by a daemon that is gone");
+                    std::fs::remove_file(&path).map_err(io_err(&path))?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&path)(e)),
+            },
+            Ok(_) => return Err(BindError::NotASocket(path)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        let temp = path.with_file_name(format!(
+            ".{}.{}.tmp",
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "warden.sock".into()),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&temp);
+        let listener = UnixListener::bind(&temp).map_err(io_err(&temp))?;
+        std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(config.mode))
+            .map_err(io_err(&temp))?;
+        std::fs::rename(&temp, &path).map_err(io_err(&path))?;
+        Ok(Self {
+            listener,
+            config,
+            started: Instant::now(),
+        })
+    }
+
+    /// Where the socket is.
+    pub fn path(&self) -> &Path {
+        &self.config.path
+    }
+
+    /// Serves clients until `shutdown` resolves, then tells watchers the daemon is stopping
+    /// and waits (briefly) for every client task to finish.
+    pub async fn run(
+        self,
+        supervisor: Supervisor,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let slots = Arc::new(Semaphore::new(self.config.max_clients));
+        let context = Arc::new(Context {
+            supervisor,
+            max_line_bytes: self.config.max_line_bytes,
+            write_timeout: self.config.write_timeout,
+            idle_timeout: self.config.idle_timeout,
+            started: self.started,
+        });
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = self.listener.accept() => {
+                    let stream = match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "control socket accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        tracker.spawn(async move {
+                            let mut stream = stream;
+                            let reply = Reply::err(
+                                Value::Null,
+                                ErrorBody::new(ErrorCode::Unavailable, "too many clients; try again later"),
+                            );
+                            let _ = write_line(&mut stream, &reply, Duration::from_millis(100)).await;
+                        });
+                        continue;
+                    };
+                    let context = context.clone();
+                    let cancel = cancel.child_token();
+                    tracker.spawn(async move {
+                        serve_client(stream, context, cancel).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+        cancel.cancel();
+        tracker.close();
+        if tokio::time::timeout(Duration::from_secs(2), tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some control clients did not finish in time");
+        }
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.config.path);
+    }
+}
+
+/// What every client task shares.
+struct Context {
+    supervisor: Supervisor,
+    max_line_bytes: usize,
+    write_timeout: Duration,
+    idle_timeout: Duration,
+    started: Instant,
+}
+
+/// Writes one JSON line, within `timeout`.
+async fn write_line<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    value: &impl Serialize,
+    timeout: Duration,
+) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    match tokio::time::timeout(timeout, writer.write_all(&line)).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "client is not reading",
+        )),
+    }
+}
+
+async fn serve_client(stream: UnixStream, context: Arc<Context>, cancel: CancellationToken) {
+    let (read, mut write) = stream.into_split();
+    let mut reader = LineReader::new(read, context.max_line_bytes);
+    loop {
+        let line = tokio::select! {
+            () = cancel.cancelled() => return,
+            line = tokio::time::timeout(context.idle_timeout, reader.next()) => match line {
+                Ok(line) => line,
+                Err(_) => return, // idle too long: make room for others
+            },
+        };
+        let reply = match line {
+            Ok(None) | Err(_) => return,
+            Ok(Some(Line::TooLong)) => Reply::err(
+                Value::Null,
+                ErrorBody::bad_request(format!(
+                    "request line longer than {} bytes; it was skipped",
+                    context.max_line_bytes
+                )),
+            ),
+            Ok(Some(Line::NotUtf8)) => Reply::err(
+                Value::Null,
+                ErrorBody::bad_request("request line is not UTF-8; it was skipped"),
+            ),
+            Ok(Some(Line::Text(text))) if text.trim().is_empty() => continue,
+            Ok(Some(Line::Text(text))) => match Request::parse(&text) {
+                Err((id, body)) => Reply::err(id, body),
+                Ok(Request {
+                    id,
+                    op: Op::Watch { token },
+                }) => {
+                    watch(&mut reader, &mut write, &context, &cancel, id, token).await;
+                    return;
+                }
+                Ok(Request { id, op }) => handle(&context, id, op).await,
+            },
+        };
+        if write_line(&mut write, &reply, context.write_timeout)
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Runs one operation against the supervisor.
+async fn handle(context: &Context, id: Value, op: Op) -> Reply {
+    let s = &context.supervisor;
+    let session = |result: Result<warden_core::SessionInfo, warden_core::Error>| match result {
+        Ok(info) => Reply::ok(id.clone(), SessionView::from(&info)),
+        Err(e) => Reply::err(id.clone(), ErrorBody::from(&e)),
+    };
+    match op {
+        Op::Create { name, token } => session(s.create(name, token.as_deref()).await),
+        Op::Start { token, phone } => {
+            let options = OpenOptions { pair_phone: phone };
+            session(s.start_session(&token, options).await)
+        }
+        Op::Stop { token } => session(s.stop(&token).await),
+        Op::Restart { token, force } => session(s.restart(&token, force).await),
+        Op::RefreshQr { token } => session(s.refresh_qr(&token).await),
+        Op::Logout { token } => session(s.logout(&token).await),
+        Op::ForceCleanup { token } => session(s.force_cleanup(&token).await),
+        Op::ResetReconnect { token } => session(s.reset_reconnect(&token).await),
+        Op::Status { token } => session(s.status(&token)),
+        Op::Delete { token } => match s.delete(&token).await {
+            Ok(()) => Reply::ok(id, DeletedView { deleted: token }),
+            Err(e) => Reply::err(id, ErrorBody::from(&e)),
+        },
+        Op::List {} => Reply::ok(id, ListView::from(&s.list())),
+        Op::SendText { token, to, text } => match s.send_text(&token, &to, &text).await {
+            Ok(message_id) => Reply::ok(id, SentView { message_id }),
+            Err(e) => Reply::err(id, ErrorBody::from(&e)),
+        },
+        Op::Reap {} => match s.reap_now().await {
+            Ok(reaped) => Reply::ok(
+                id,
+                ReapView {
+                    reaped: reaped.iter().map(ReapedView::from).collect(),
+                },
+            ),
+            Err(e) => Reply::err(id, ErrorBody::from(&e)),
+        },
+        Op::Health {} => match s.ping().await {
+            Ok(()) => {
+                let list = s.list();
+                Reply::ok(
+                    id,
+                    HealthView {
+                        status: "ok".into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        uptime_secs: context.started.elapsed().as_secs(),
+                        sessions: list.sessions.len(),
+                        counts: counts(&list),
+                    },
+                )
+            }
+            Err(e) => Reply::err(id, ErrorBody::from(&e)),
+        },
+        Op::Watch { .. } => Reply::err(id, ErrorBody::bad_request("watch is handled apart")),
+    }
+}
+
+/// Streams events to a client: the current state of every watched session first, then every
+/// change. A client that falls behind is told why and disconnected.
+async fn watch<R, W>(
+    reader: &mut LineReader<R>,
+    writer: &mut W,
+    context: &Context,
+    cancel: &CancellationToken,
+    id: Value,
+    token: Option<String>,
+) where
+    R: tokio::io::AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let supervisor = &context.supervisor;
+    if let Some(token) = &token {
+        if let Err(e) = supervisor.status(token) {
+            let _ = write_line(
+                writer,
+                &Reply::err(id, ErrorBody::from(&e)),
+                context.write_timeout,
+            )
+            .await;
+            return;
+        }
+    }
+    // Subscribe before reading the snapshot, so no change falls between the two.
+    let mut events = supervisor.subscribe();
+    let timeout = context.write_timeout;
+    let watching = Reply::ok(
+        id,
+        WatchingView {
+            watching: token.clone(),
+        },
+    );
+    if write_line(writer, &watching, timeout).await.is_err() {
+        return;
+    }
+    let wanted = |t: &str| token.as_deref().is_none_or(|w| w == t);
+    for info in supervisor.list().sessions {
+        if wanted(info.token.as_str()) {
+            let line = EventLine::Session {
+                session: Box::new(SessionView::from(&info)),
+            };
+            if write_line(writer, &line, timeout).await.is_err() {
+                return;
+            }
+        }
+    }
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => {
+                let closed = EventLine::Closed { reason: "the daemon is stopping".into() };
+                let _ = write_line(writer, &closed, timeout).await;
+                return;
+            }
+            line = reader.next() => {
+                // A watcher only listens; anything it sends is ignored until it hangs up.
+                if matches!(line, Ok(None) | Err(_)) {
+                    return;
+                }
+            }
+            event = events.recv() => match event {
+                Ok(event) if wanted(event.token().as_str()) => {
+                    if write_line(writer, &EventLine::from(&event), timeout).await.is_err() {
+                        tracing::info!("disconnecting a watch client that does not keep up");
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "disconnecting a watch client that fell behind");
+                    let closed = EventLine::Closed {
+                        reason: format!("too slow: {missed} events were missed; reconnect and watch again"),
+                    };
+                    let _ = write_line(writer, &closed, Duration::from_millis(100)).await;
+                    return;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}

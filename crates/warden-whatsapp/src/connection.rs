@@ -1,0 +1,383 @@
+//! [`WaConnection`]: one connection attempt of one session, driven by its own task.
+//!
+//! The driver makes exactly one `client.run()` (wa-rs's auto-reconnect is off), forwards the
+//! tapped events as lifecycle events, runs the liveness watchdog, requests a pair code when
+//! asked, and, once the run is over, classifies why it ended and reports it. Stopping is
+//! bounded: `disconnect()` with a timeout, then the run task is aborted (wa-rs cannot
+//! interrupt its own dial or handshake), and the socket is released by the transport.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::{AbortHandle, JoinHandle};
+use tokio_util::sync::CancellationToken;
+use wa_rs::Client;
+use wa_rs::Jid;
+use wa_rs::pair_code::PairCodeOptions;
+use wa_rs::wa_rs_proto::whatsapp as wa;
+use wa_rs_core::iq::keepalive::KeepaliveSpec;
+use warden_core::link::SendFuture;
+use warden_core::{
+    Connection, DisconnectReason, LifecycleEvent, LifecycleSink, LinkError, OpenOptions,
+};
+
+use crate::classify::{self, RunFacts, Seen};
+use crate::client::{DISCONNECT_BOUND, Session};
+use crate::transport::Probe;
+use crate::watchdog::{Verdict, Watchdog};
+
+/// Bound on waiting for an interrupted `run()` to return before aborting it.
+const RUN_BOUND: Duration = Duration::from_secs(1);
+/// Bound on saving the device state at the end of a connection.
+const FLUSH_BOUND: Duration = Duration::from_secs(2);
+
+/// What the connection handle shares with its driver.
+struct Control {
+    stop: CancellationToken,
+    /// The logged-in client, for sending.
+    client: Mutex<Option<Arc<Client>>>,
+    /// The task running `client.run()`.
+    run: Mutex<Option<AbortHandle>>,
+    probe: Arc<Probe>,
+}
+
+/// One live connection; see the module docs. Dropping it stops the connection at once: the
+/// socket is closed and the run aborted immediately, and the driver then lets go of the client
+/// (within about 2 s); the session's next connection waits for that.
+pub struct WaConnection {
+    control: Arc<Control>,
+    driver: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for WaConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WaConnection")
+            .field("stopped", &self.control.stop.is_cancelled())
+            .finish()
+    }
+}
+
+/// The knobs a driver needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DriveConfig {
+    pub watchdog: Watchdog,
+    pub connect_timeout: Duration,
+}
+
+impl WaConnection {
+    /// Starts driving one connection of `session`.
+    pub(crate) fn start(
+        session: Arc<Session>,
+        options: OpenOptions,
+        sink: LifecycleSink,
+        config: DriveConfig,
+    ) -> Self {
+        let control = Arc::new(Control {
+            stop: CancellationToken::new(),
+            client: Mutex::new(None),
+            run: Mutex::new(None),
+            probe: session.factory.probe(),
+        });
+        let driver = crate::tasks::spawn(drive(session, options, sink, control.clone(), config));
+        Self {
+            control,
+            driver: Some(driver),
+        }
+    }
+}
+
+impl Drop for WaConnection {
+    fn drop(&mut self) {
+        self.control.stop.cancel();
+        self.control.probe.close_current();
+        if let Some(run) = lock(&self.control.run).take() {
+            run.abort();
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Connection for WaConnection {
+    async fn close(&mut self) {
+        self.control.stop.cancel();
+        if let Some(driver) = self.driver.take() {
+            let _ = driver.await;
+        }
+    }
+
+    fn send_text(&self, to: &str, text: &str) -> SendFuture<Result<String, LinkError>> {
+        let recipient = parse_recipient(to);
+        let client = lock(&self.control.client).clone();
+        let text = text.to_owned();
+        Box::pin(async move {
+            let jid = recipient?;
+            let client = client.ok_or(LinkError::NotConnected)?;
+            let message = wa::Message {
+                conversation: Some(text),
+                ..Default::default()
+            };
+            client
+                .send_message(jid, message)
+                .await
+                .map_err(|e| LinkError::Send(e.to_string()))
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A phone number (digits with country code, an optional leading `+`, spaces and dashes
+/// allowed) or a JID (`user@server`).
+pub fn parse_recipient(to: &str) -> Result<Jid, LinkError> {
+    let invalid = || LinkError::InvalidRecipient(to.to_owned());
+    let to_trimmed = to.trim();
+    if to_trimmed.contains('@') {
+        let jid: Jid = to_trimmed.parse().map_err(|_| invalid())?;
+        if jid.user.is_empty() || jid.server.is_empty() {
+            return Err(invalid());
+        }
+        return Ok(jid);
+    }
+    let number = to_trimmed.strip_prefix('+').unwrap_or(to_trimmed);
+    if number.is_empty()
+        || !number
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == ' ' || c == '-')
+    {
+        return Err(invalid());
+    }
+    let digits: String = number.chars().filter(char::is_ascii_digit).collect();
+    if !(6..=15).contains(&digits.len()) || digits.starts_with('0') {
+        return Err(invalid());
+    }
+    Ok(Jid::pn(digits))
+}
+
+/// The connection's task; see the module docs.
+async fn drive(
+    session: Arc<Session>,
+    options: OpenOptions,
+    sink: LifecycleSink,
+    control: Arc<Control>,
+    config: DriveConfig,
+) {
+    let token = session.token.clone();
+    // The previous connection of this session may still be letting go of the client.
+    let mut slot = tokio::select! {
+        slot = session.slot.clone().lock_owned() => slot,
+        () = control.stop.cancelled() => {
+            sink.disconnected(DisconnectReason::Stopped);
+            return;
+        }
+    };
+    let incarnation = session.incarnation(&mut slot).await;
+    let client = incarnation.client.clone();
+    // Events dispatched between connections (by wa-rs tasks that outlived a run) are stale.
+    while incarnation.events.try_recv().is_ok() {}
+    let probe = control.probe.clone();
+    probe.begin();
+
+    let run_client = client.clone();
+    let mut run = crate::tasks::spawn(async move { run_client.run().await });
+    *lock(&control.run) = Some(run.abort_handle());
+    tracing::debug!(token = %token, "connecting");
+
+    let mut pair_code = None;
+    if let Some(phone) = options.pair_phone.clone()
+        && !session.is_paired().await
+    {
+        pair_code = Some(crate::tasks::spawn(request_pair_code(
+            client.clone(),
+            phone,
+            config.connect_timeout,
+            token.clone(),
+        )));
+    }
+    let watchdog = config.watchdog;
+    let mut tick = tokio::time::interval(watchdog.period());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ping: Option<JoinHandle<()>> = None;
+
+    let mut seen = Vec::new();
+    let mut facts = RunFacts::default();
+    let mut run_over = false;
+    let mut forward = Forward {
+        token: &token,
+        sink: &sink,
+        control: &control,
+        client: &client,
+        seen: &mut seen,
+    };
+    loop {
+        tokio::select! {
+            biased;
+            () = control.stop.cancelled() => {
+                facts.stopped = true;
+                break;
+            }
+            event = incarnation.events.recv() => match event {
+                Some(event) => forward.on(event).await,
+                None => break,
+            },
+            _ = &mut run => {
+                run_over = true;
+                break;
+            }
+            _ = tick.tick() => match watchdog.judge(probe.silent_for()) {
+                Verdict::Alive => {}
+                Verdict::Ping => {
+                    if ping.as_ref().is_none_or(|p| p.is_finished()) && client.is_connected() {
+                        let c = client.clone();
+                        let wait = watchdog.ping_after;
+                        ping = Some(crate::tasks::spawn(async move {
+                            let _ = c.execute(KeepaliveSpec::with_timeout(wait)).await;
+                        }));
+                    }
+                }
+                Verdict::Dead => {
+                    tracing::warn!(token = %token, timeout = ?watchdog.timeout, "nothing received for too long; closing the connection");
+                    facts.liveness_expired = true;
+                    break;
+                }
+            },
+        }
+    }
+
+    // Stop whatever is left of the run. `disconnect()` always: it clears wa-rs's running flag
+    // and releases the tasks that wait for its shutdown signal. It cannot interrupt a dial or a
+    // handshake, so a run that has no socket yet is aborted at once (wa-rs resets its own
+    // "connecting" flag when that future is dropped).
+    let in_connect = !client.is_connected();
+    let _ = tokio::time::timeout(DISCONNECT_BOUND, client.disconnect()).await;
+    probe.close_current();
+    if !run_over && (in_connect || tokio::time::timeout(RUN_BOUND, &mut run).await.is_err()) {
+        run.abort();
+        let _ = run.await;
+    }
+    lock(&control.run).take();
+    for task in [pair_code, ping].into_iter().flatten() {
+        task.abort();
+    }
+    *lock(&control.client) = None;
+    // wa-rs dispatches synchronously: what the run saw is already queued.
+    while let Ok(event) = incarnation.events.try_recv() {
+        forward.on(event).await;
+    }
+    facts.transport = probe.facts();
+    let reason = classify::classify(&seen, &facts);
+    let showed_qr = seen.iter().any(|s| matches!(s, Seen::Qr { .. }));
+    let paired = seen.iter().any(|s| matches!(s, Seen::PairSuccess { .. }));
+    incarnation.stale = showed_qr && !paired;
+    if tokio::time::timeout(FLUSH_BOUND, session.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!(token = %token, "saving the device state timed out");
+    }
+    drop(slot);
+    tracing::info!(token = %token, reason = %reason, "connection ended");
+    sink.disconnected(reason);
+}
+
+/// Forwards tapped events to the sink and remembers those that decide the end.
+struct Forward<'a> {
+    token: &'a warden_core::Token,
+    sink: &'a LifecycleSink,
+    control: &'a Control,
+    client: &'a Arc<Client>,
+    seen: &'a mut Vec<Seen>,
+}
+
+impl Forward<'_> {
+    async fn on(&mut self, event: Seen) {
+        match &event {
+            Seen::Connected => {
+                let jid = self
+                    .client
+                    .get_pn()
+                    .await
+                    .map(|j| j.to_string())
+                    .unwrap_or_default();
+                let name = Some(self.client.get_push_name().await).filter(|n| !n.is_empty());
+                *lock(&self.control.client) = Some(self.client.clone());
+                tracing::info!(token = %self.token, jid = %jid, "connected");
+                self.sink.emit(LifecycleEvent::Connected { jid, name });
+            }
+            other => {
+                match other {
+                    Seen::Qr { expires_in, .. } => {
+                        tracing::info!(token = %self.token, expires_in = ?expires_in, "QR code issued")
+                    }
+                    Seen::PairCode { .. } => {
+                        tracing::info!(token = %self.token, "pair code issued")
+                    }
+                    Seen::PairSuccess { jid } => {
+                        tracing::info!(token = %self.token, jid = %jid, "paired")
+                    }
+                    Seen::Message(_) => {}
+                    ending => tracing::info!(token = %self.token, event = ?ending, "wa-rs event"),
+                }
+                if let Some(lifecycle) = classify::lifecycle(other) {
+                    self.sink.emit(lifecycle);
+                }
+            }
+        }
+        if event.matters_for_the_end() {
+            self.seen.push(event);
+        }
+    }
+}
+
+/// Asks for a pairing code once the socket is up; the code arrives as a tapped event.
+async fn request_pair_code(
+    client: Arc<Client>,
+    phone: String,
+    wait: Duration,
+    token: warden_core::Token,
+) {
+    if client.wait_for_socket(wait).await.is_err() {
+        return;
+    }
+    let options = PairCodeOptions {
+        phone_number: phone,
+        ..PairCodeOptions::default()
+    };
+    if let Err(e) = client.pair_with_code(options).await {
+        tracing::warn!(token = %token, error = %e, "pair code request failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipients_are_phone_numbers_or_jids() {
+        let ok = |to: &str| parse_recipient(to).unwrap().to_string();
+        assert_eq!(ok("15551234567"), "15551234567@s.whatsapp.net");
+        assert_eq!(ok("+1 555-123-4567"), "15551234567@s.whatsapp.net");
+        assert_eq!(
+            ok("15551234567@s.whatsapp.net"),
+            "15551234567@s.whatsapp.net"
+        );
+        assert_eq!(ok("120363000000000000@g.us"), "120363000000000000@g.us");
+        for bad in [
+            "",
+            "+",
+            "abc",
+            "12345",
+            "1234567890123456",
+            "0155512345",
+            "@s.whatsapp.net",
+            "1555@",
+        ] {
+            assert_eq!(
+                parse_recipient(bad),
+                Err(LinkError::InvalidRecipient(bad.into())),
+                "{bad:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! # warden-whatsapp: warden's link to WhatsApp Web
+//!
+//! [`WaLink`] implements warden-core's [`Link`](warden_core::Link) with
+//! [wa-rs](https://crates.io/crates/wa-rs) 0.2, so every session the supervisor runs is a real
+//! WhatsApp Web client (a linked device).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use warden_core::{Supervisor, SupervisorConfig};
+//! use warden_whatsapp::{WaConfig, WaLink};
+//!
+//! let link = WaLink::new(WaConfig::default(), "sessions")?;
+//! let (supervisor, _) = Supervisor::start(SupervisorConfig::new("sessions"), Arc::new(link)).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## How a session is driven
+//! - **One client per token**, built on first use and reused for every attempt; its SQLite
+//!   store is `<sessions_dir>/<token>/session.db` (beside the supervisor's `session.toml`). A
+//!   fresh `Client` (same store) replaces it only after a run that showed QR codes without
+//!   pairing, because wa-rs's QR rotation task would later disconnect it.
+//! - **Only the supervisor reconnects**: wa-rs's auto-reconnect is off, so one `run()` is one
+//!   connection attempt. `Bot::run` is not used (it leaks the client); the link drives
+//!   `client.run()` itself, one at a time, and always calls `disconnect()` before aborting it.
+//! - **Ordered events**: a synchronous handler on wa-rs's event bus (holding no client) taps
+//!   each event into a channel; [`classify`] maps them. After `PairSuccess` the connection
+//!   reports `Paired` and ends with `RestartRequired` only once `run()` has returned (the 515),
+//!   which avoids wa-rs's post-pairing race; the supervisor restarts it at once.
+//! - **Transport** ([`transport`]): its own WebSocket (rustls + webpki roots for `wss`), one
+//!   `connect_timeout` for dial, TLS, upgrade and the server's first handshake reply, and a read
+//!   task and socket that are always released.
+//! - **Liveness** ([`watchdog`]): after a third of `liveness_timeout` without traffic the link
+//!   pings; after `liveness_timeout` of silence it closes the connection (`TimedOut`).
+//! - **Stopping** is bounded: `disconnect()` within 2 s, then the run is aborted; dropping a
+//!   [`WaConnection`] closes its socket and aborts its run at once.
+//! - **One live connection per token, across processes**: an exclusive `flock` on
+//!   `<sessions_dir>/<token>/lock` ([`lock`]) is held while the link holds the session's client;
+//!   a second process gets `LinkError::Open("… in use …")`.
+//! - **Logout** (`delete_credentials`) drops the client, closes the database (see [`store`]) and
+//!   deletes `session.db`, `-wal`, `-shm`; `forget` also removes the lock file.
+//!
+//! ## Why a connection ended
+//! [`classify::classify`] decides from the events of the run (the last decisive one wins) and
+//! facts wa-rs does not report:
+//!
+//! | what happened | `DisconnectReason` |
+//! |---|---|
+//! | the link stopped it (close, drop) | `Stopped` |
+//! | nothing received for `liveness_timeout` | `TimedOut` |
+//! | `LoggedOut` (`<failure>` 401, 403, 406; stream error `device_removed` or 516) | `LoggedOut` |
+//! | `StreamReplaced` (`conflict type=replaced`) | `Replaced` |
+//! | `TemporaryBan` (402) | `TemporarilyBanned { expires_in, code: "101"… }` |
+//! | `ClientOutdated` (405), `ConnectFailure` 409 bad user agent | `ClientOutdated` |
+//! | `ConnectFailure` 413, 414, 415, 418 (auth token expired or invalid, not found, client unknown) | `BadCredentials` |
+//! | `ConnectFailure` 500, 503 | `ServerUnavailable` |
+//! | `ConnectFailure` 400, 501 or any other code | `ConnectFailed("failure N: …")` |
+//! | `StreamError { code }` (unknown stream error) | `StreamError(code)` |
+//! | `PairError` | `ConnectFailed("pairing failed: …")` |
+//! | `PairSuccess` (then 515) | `RestartRequired` |
+//! | `Disconnected` after a close frame / otherwise | `ConnectionClosed` / `ConnectionLost` |
+//! | no event; dial (DNS, TCP, TLS, upgrade) failed / timed out | `ConnectFailed(error)` / `TimedOut` |
+//! | no event; no handshake reply within `connect_timeout` | `TimedOut` |
+//! | no event; QR codes shown, none scanned | `QrExpired` |
+//! | no event after `Connected` (515 or `<xmlstreamend/>` while logged in) | `ConnectionClosed` |
+//! | no event; the server closed before any reply / wa-rs rejected the handshake | `ConnectFailed(…)` |
+//! | no event; socket closed by the server / dropped, before login | `ConnectionClosed` / `ConnectionLost` |
+//!
+//! ## What outlives a connection, and a session
+//! None of the link's own tasks ([`tasks::alive`]) and no socket survive a connection. wa-rs
+//! keeps, for a bounded time, a task per query in flight at the stop (it does not fail pending
+//! queries on disconnect; they end at its 75 s query timeout) and a post-login task that waits
+//! up to 5 s for app-state keys. wa-rs's device saver task never ends (one per session ever
+//! opened in the process); [`store::SessionStore`] lets the link close the database under it
+//! when the session is forgotten or the link dropped.
+//!
+//! ## Secrets
+//! QR codes, pair codes and keys are never logged by this crate (tracing always carries the
+//! token as a field). wa-rs itself logs the pair code through the `log` crate at info level
+//! (target `Client/PairCode`): a daemon that forwards `log` records must filter that target.
+//!
+//! ## Modules
+//! [`config`] (the `[whatsapp]` table), [`transport`] (WebSocket), [`classify`] (events to
+//! lifecycle, pure), [`watchdog`] (liveness rule), [`lock`] (folder lock), [`store`] (the
+//! detachable SQLite store), [`tasks`] (a count of the link's own tasks); the client cache and
+//! the connection driver are private.
+
+pub mod classify;
+mod client;
+pub mod config;
+mod connection;
+mod link;
+pub mod lock;
+pub mod store;
+pub mod tasks;
+pub mod transport;
+pub mod watchdog;
+
+pub use client::{DB_FILE, DB_SIDE_FILES};
+pub use config::{ConfigError, WHATSAPP_WS_URL, WaConfig};
+pub use connection::{WaConnection, parse_recipient};
+pub use link::WaLink;

@@ -1,0 +1,251 @@
+//! Helpers for driving the real supervisor with the real `WaLink` against the fake server.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+use wa_rs_core::net::{HttpClient, HttpRequest, HttpResponse};
+use warden_core::{
+    AdmissionConfig, PolicyConfig, SessionEvent, SessionInfo, SessionState, Supervisor,
+    SupervisorConfig,
+};
+use warden_fakewa::{
+    FakeServer, PairSpec, Plan, QrSpec, Recorder, Scenario, Script, ServerConfig, Step,
+};
+use warden_whatsapp::{WaConfig, WaLink};
+
+/// A version recent enough that wa-rs never looks one up over HTTP.
+pub const VERSION: &str = "2.3000.1027868167";
+/// Upper bound on anything a test waits for; nothing normally comes close.
+pub const LIMIT: Duration = Duration::from_secs(20);
+
+/// Refuses every request: nothing here may need HTTP.
+pub struct NoHttp;
+
+#[async_trait]
+impl HttpClient for NoHttp {
+    async fn execute(&self, request: HttpRequest) -> anyhow::Result<HttpResponse> {
+        anyhow::bail!("unexpected HTTP request to {}", request.url)
+    }
+}
+
+/// Short timeouts for loopback.
+pub fn wa_config(url: &str) -> WaConfig {
+    WaConfig {
+        url: url.into(),
+        version: VERSION.into(),
+        connect_timeout: Duration::from_secs(2),
+        liveness_timeout: Duration::from_secs(5),
+    }
+}
+
+/// A link to `url` with sessions in `dir`.
+pub fn link(config: WaConfig, dir: &Path) -> Arc<WaLink> {
+    Arc::new(
+        WaLink::new(config, dir)
+            .expect("valid config")
+            .with_http_client(Arc::new(NoHttp)),
+    )
+}
+
+/// Short backoff, no jitter, admission out of the way.
+pub fn supervisor_config(dir: &Path) -> SupervisorConfig {
+    let mut config = SupervisorConfig::new(dir);
+    config.policy = PolicyConfig {
+        jitter: 0.0,
+        backoff_base: Duration::from_millis(100),
+        backoff_cap: Duration::from_millis(400),
+        max_attempts: 5,
+        ..PolicyConfig::default()
+    };
+    config.admission = AdmissionConfig {
+        max_in_flight: 100_000,
+        per_second: 1_000_000.0,
+        burst: 100_000,
+    };
+    config.close_timeout = Duration::from_secs(5);
+    config.event_capacity = 1 << 16;
+    config
+}
+
+/// Registration: one QR ref, "scanned" after `scan`, paired as `phone`.
+pub fn pairing(phone: &str, scan: Duration) -> Plan {
+    Plan::always(Scenario::new([
+        Step::Qr(QrSpec::new(
+            1,
+            Duration::from_secs(30),
+            Duration::from_secs(30),
+        )),
+        Step::wait(scan),
+        Step::Pair(PairSpec {
+            restart_after: Duration::from_millis(20),
+            ..PairSpec::phone(phone)
+        }),
+    ]))
+}
+
+/// A server that pairs registrations as `phone` and plays `login` for its logins.
+pub async fn server(phone: &str, login: Plan) -> FakeServer {
+    server_with(
+        Script::default()
+            .with_registration(pairing(phone, Duration::from_millis(50)))
+            .with_account(phone, login),
+    )
+    .await
+}
+
+/// A server playing `script`.
+pub async fn server_with(script: Script) -> FakeServer {
+    FakeServer::start(ServerConfig {
+        online_timeout: Duration::from_secs(5),
+        ..ServerConfig::with_script(script)
+    })
+    .await
+    .expect("fake server")
+}
+
+/// The device JID the fake server gives the first device of `phone`.
+pub fn device_jid(phone: &str) -> String {
+    format!("{phone}:1@s.whatsapp.net")
+}
+
+/// A session's event stream, split per token (as in warden-core's tests), on real time.
+pub struct Events {
+    rx: broadcast::Receiver<SessionEvent>,
+    pending: HashMap<String, VecDeque<SessionInfo>>,
+    pub others: Vec<SessionEvent>,
+}
+
+impl Events {
+    /// Events of `supervisor` from now on.
+    pub fn of(supervisor: &Supervisor) -> Self {
+        Self {
+            rx: supervisor.subscribe(),
+            pending: HashMap::new(),
+            others: Vec::new(),
+        }
+    }
+
+    /// Waits for the next update of `token` matching `pred`, skipping earlier ones.
+    pub async fn wait(&mut self, token: &str, pred: impl Fn(&SessionInfo) -> bool) -> SessionInfo {
+        let waiting = async {
+            loop {
+                if let Some(queue) = self.pending.get_mut(token) {
+                    while let Some(info) = queue.pop_front() {
+                        if pred(&info) {
+                            return info;
+                        }
+                    }
+                }
+                match self.rx.recv().await {
+                    Ok(SessionEvent::Updated(info)) => self
+                        .pending
+                        .entry(info.token.to_string())
+                        .or_default()
+                        .push_back(*info),
+                    Ok(other) => self.others.push(other),
+                    Err(broadcast::error::RecvError::Lagged(n)) => panic!("test lagged {n} events"),
+                    Err(broadcast::error::RecvError::Closed) => panic!("event stream closed"),
+                }
+            }
+        };
+        tokio::time::timeout(LIMIT, waiting)
+            .await
+            .unwrap_or_else(|_| panic!("{token} never reached the awaited state"))
+    }
+
+    /// Waits for `token` to reach `state`.
+    pub async fn state(&mut self, token: &str, state: SessionState) -> SessionInfo {
+        self.wait(token, |i| i.state == state).await
+    }
+}
+
+/// A supervisor with a `WaLink`, against one fake server.
+pub struct Harness {
+    pub server: FakeServer,
+    pub supervisor: Supervisor,
+    pub link: Arc<WaLink>,
+    pub events: Events,
+    pub dir: tempfile::TempDir,
+}
+
+impl Harness {
+    /// A harness against `server`, with the link's config adjusted by `adjust`.
+    pub async fn new(server: FakeServer, adjust: impl FnOnce(&mut WaConfig)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = wa_config(&server.url());
+        adjust(&mut config);
+        let link = link(config, dir.path());
+        let (supervisor, _) = Supervisor::start(supervisor_config(dir.path()), link.clone())
+            .await
+            .expect("supervisor starts");
+        let events = Events::of(&supervisor);
+        Self {
+            server,
+            supervisor,
+            link,
+            events,
+            dir,
+        }
+    }
+
+    /// Creates `token` and starts it.
+    pub async fn start(&mut self, token: &str) {
+        self.supervisor
+            .create(None, Some(token))
+            .await
+            .expect("create");
+        self.supervisor
+            .start_session(token, Default::default())
+            .await
+            .expect("start");
+    }
+
+    /// Creates, starts and pairs `token` as `phone` (the server's registration plan must pair
+    /// as `phone`), returning once it is connected.
+    pub async fn paired(&mut self, token: &str, phone: &str) -> SessionInfo {
+        self.start(token).await;
+        self.events
+            .wait(token, |i| {
+                i.state == SessionState::WaitingForScan && i.qr.is_some()
+            })
+            .await;
+        self.events.state(token, SessionState::Pairing).await;
+        let info = self.events.state(token, SessionState::Connected).await;
+        assert_eq!(info.jid.as_deref(), Some(device_jid(phone).as_str()));
+        info
+    }
+
+    /// The session folder of `token`.
+    pub fn session_dir(&self, token: &str) -> std::path::PathBuf {
+        self.dir.path().join(token)
+    }
+
+    /// The recorder of the fake server.
+    pub fn recorder(&self) -> &Recorder {
+        self.server.recorder()
+    }
+
+    /// Connections the server saw for `account`.
+    pub fn connections(&self, account: &str) -> usize {
+        self.recorder()
+            .inspect(|s| s.connections_for(account).len())
+    }
+
+    /// Asserts no account ever had two live connections at once.
+    pub fn assert_one_at_a_time(&self) {
+        let max = self.recorder().inspect(|s| s.max_concurrent_any());
+        assert!(max <= 1, "an account had {max} live connections at once");
+    }
+}
+
+/// Whether any of the session database files exist in `dir`.
+pub fn db_files_exist(dir: &Path) -> bool {
+    std::iter::once(warden_whatsapp::DB_FILE)
+        .chain(warden_whatsapp::DB_SIDE_FILES)
+        .any(|f| dir.join(f).exists())
+}

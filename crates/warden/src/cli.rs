@@ -1,0 +1,135 @@
+//! The command line: `warden serve` runs the daemon; every other command talks to it.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// warden keeps many WhatsApp Web sessions alive and lets you control them.
+///
+/// Run the daemon with `warden serve`; then, from another terminal in the same folder:
+/// `warden create --token shop1`, `warden start shop1` (shows the QR code to scan),
+/// `warden sessions`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "warden",
+    version,
+    about,
+    long_about,
+    after_long_help = "Exit codes: 0 done; 1 failed; 2 bad usage; 3 no such session; \
+4 refused (bad request, invalid token, conflict, cooldown); 5 the daemon is not running; \
+6 `start` ended without connecting; 78 invalid configuration.\n\n\
+Docs: docs/operations.md, docs/control-protocol.md, docs/configuration.md."
+)]
+pub struct Cli {
+    /// The daemon's control socket. Default: [daemon].socket from the configuration file.
+    #[arg(long, global = true, env = "WARDEN_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// The configuration file (for `serve`, and for finding the socket).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (reads ./daemon.toml unless --config is given).
+    Serve {
+        /// Log level or filter (overrides RUST_LOG and [daemon].log_level), e.g. `debug`.
+        #[arg(long, value_name = "LEVEL")]
+        log_level: Option<String>,
+    },
+    /// Create a session (it starts stopped).
+    Create {
+        /// A human name for it.
+        #[arg(long)]
+        name: Option<String>,
+        /// The token to use (letters, digits, '_' and '-'); a random one by default.
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// Start a session: shows each QR code to scan and waits until it is connected.
+    Start {
+        /// The session's token.
+        token: String,
+        /// Link by pairing code to this phone number (with country code) instead of a QR code.
+        #[arg(long, value_name = "NUMBER")]
+        phone: Option<String>,
+        /// Return as soon as the daemon accepted the start.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Stop a session; its credentials are kept.
+    Stop {
+        /// The session's token.
+        token: String,
+    },
+    /// Close the connection and open a fresh one (refused within 30 s of the last start).
+    Restart {
+        /// The session's token.
+        token: String,
+        /// Restart even within the cooldown.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show a new QR code (while one is shown, or after they expired).
+    RefreshQr {
+        /// The session's token.
+        token: String,
+    },
+    /// Log out and delete the credentials; linking again needs a new QR scan.
+    Logout {
+        /// The session's token.
+        token: String,
+    },
+    /// Delete a session and its folder.
+    Delete {
+        /// The session's token.
+        token: String,
+    },
+    /// Close whatever the session has and cancel any pending reconnect.
+    ForceCleanup {
+        /// The session's token.
+        token: String,
+    },
+    /// Set the session's reconnect attempts back to 0.
+    ResetReconnect {
+        /// The session's token.
+        token: String,
+    },
+    /// One session's status, or every session's.
+    Status {
+        /// The session's token; all sessions when absent.
+        token: Option<String>,
+    },
+    /// List every session with counts per state.
+    Sessions,
+    /// Send a text message from a connected session.
+    Send {
+        /// The session's token.
+        token: String,
+        /// A phone number (with country code) or a JID.
+        #[arg(long)]
+        to: String,
+        /// The text to send.
+        #[arg(long)]
+        text: String,
+    },
+    /// Follow events (state changes, QR codes, messages) as they happen.
+    Watch {
+        /// Only this session.
+        token: Option<String>,
+    },
+    /// Reap sessions stuck connecting or showing a QR code too long, now.
+    Cleanup,
+    /// Check that the daemon answers.
+    Health,
+}

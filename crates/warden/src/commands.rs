@@ -1,0 +1,301 @@
+//! The client commands: each sends one request (or watches) and prints the answer.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use warden_control::protocol::{
+    DeletedView, HealthView, ListView, ReapView, SentView, SessionView,
+};
+use warden_control::{ClientError, ControlClient, EventLine, Op};
+
+use crate::cli::Command;
+use crate::exit;
+use crate::output;
+
+/// Runs a client command against the daemon at `socket`.
+pub async fn run(socket: &Path, command: Command, json: bool) -> ExitCode {
+    match dispatch(socket, command, json).await {
+        Ok(code) => code,
+        Err(e) => {
+            if json {
+                let body = match &e {
+                    ClientError::Refused(body) => serde_json::to_value(body).unwrap_or_default(),
+                    other => serde_json::json!({"code": "client", "message": other.to_string()}),
+                };
+                println!("{}", serde_json::json!({"ok": false, "error": body}));
+            } else {
+                eprintln!("warden: {e}");
+            }
+            exit::for_error(&e)
+        }
+    }
+}
+
+async fn dispatch(socket: &Path, command: Command, json: bool) -> Result<ExitCode, ClientError> {
+    let mut client = ControlClient::connect(socket).await?;
+    let token_op = |token: String, make: fn(String) -> Op| make(token);
+    match command {
+        Command::Serve { .. } => unreachable!("serve is not a client command"),
+        Command::Create { name, token } => {
+            let s: SessionView = client.call(&Op::Create { name, token }).await?;
+            print(json, &s, || format!("created session {}\n", s.token));
+        }
+        Command::Start {
+            token,
+            phone,
+            no_wait,
+        } => return start(socket, client, token, phone, no_wait, json).await,
+        Command::Stop { token } => {
+            session(
+                &mut client,
+                json,
+                token_op(token, |token| Op::Stop { token }),
+            )
+            .await?
+        }
+        Command::Restart { token, force } => {
+            session(&mut client, json, Op::Restart { token, force }).await?
+        }
+        Command::RefreshQr { token } => session(&mut client, json, Op::RefreshQr { token }).await?,
+        Command::Logout { token } => session(&mut client, json, Op::Logout { token }).await?,
+        Command::ForceCleanup { token } => {
+            session(&mut client, json, Op::ForceCleanup { token }).await?
+        }
+        Command::ResetReconnect { token } => {
+            session(&mut client, json, Op::ResetReconnect { token }).await?
+        }
+        Command::Status { token: Some(token) } => {
+            session(&mut client, json, Op::Status { token }).await?
+        }
+        Command::Status { token: None } | Command::Sessions => {
+            let list: ListView = client.call(&Op::List {}).await?;
+            print(json, &list, || output::list(&list));
+        }
+        Command::Delete { token } => {
+            let d: DeletedView = client.call(&Op::Delete { token }).await?;
+            print(json, &d, || format!("deleted session {}\n", d.deleted));
+        }
+        Command::Send { token, to, text } => {
+            let sent: SentView = client.call(&Op::SendText { token, to, text }).await?;
+            print(json, &sent, || {
+                format!("sent, message id {}\n", sent.message_id)
+            });
+        }
+        Command::Cleanup => {
+            let reap: ReapView = client.call(&Op::Reap {}).await?;
+            print(json, &reap, || {
+                if reap.reaped.is_empty() {
+                    return "nothing to clean up\n".into();
+                }
+                reap.reaped
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "Auto-cleanup: Removing {} ({} -> {}): {}\n",
+                            r.token, r.was, r.now, r.reason
+                        )
+                    })
+                    .collect()
+            });
+        }
+        Command::Health => {
+            let h: HealthView = client.call(&Op::Health {}).await?;
+            print(json, &h, || {
+                let counts: Vec<String> =
+                    h.counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+                format!(
+                    "{} (warden {}, up {} s): {} sessions{}{}\n",
+                    h.status,
+                    h.version,
+                    h.uptime_secs,
+                    h.sessions,
+                    if counts.is_empty() { "" } else { ": " },
+                    counts.join(", ")
+                )
+            });
+        }
+        Command::Watch { token } => return watch(client, token, json).await,
+    }
+    Ok(ExitCode::from(exit::OK))
+}
+
+fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce() -> String) {
+    if json {
+        println!("{}", serde_json::to_string(value).unwrap_or_default());
+    } else {
+        print!("{}", human());
+    }
+}
+
+async fn session(client: &mut ControlClient, json: bool, op: Op) -> Result<(), ClientError> {
+    let s: SessionView = call(client, &op).await?;
+    print(json, &s, || output::session(&s));
+    Ok(())
+}
+
+async fn call<T: DeserializeOwned>(client: &mut ControlClient, op: &Op) -> Result<T, ClientError> {
+    client.call(op).await
+}
+
+/// States in which a start has clearly not led to a connection.
+const GAVE_UP: [&str; 6] = [
+    "stopped",
+    "failed",
+    "logged_out",
+    "replaced",
+    "banned",
+    "qr_expired",
+];
+/// States that show the start has taken effect.
+const UNDER_WAY: [&str; 6] = [
+    "queued",
+    "connecting",
+    "waiting_for_scan",
+    "pairing",
+    "backing_off",
+    "connected",
+];
+
+/// `warden start`: starts the session and, unless `no_wait`, shows every QR code and state change
+/// until it is connected (exit 0) or ends somewhere else (exit 6).
+async fn start(
+    socket: &Path,
+    mut client: ControlClient,
+    token: String,
+    phone: Option<String>,
+    no_wait: bool,
+    json: bool,
+) -> Result<ExitCode, ClientError> {
+    // Watch first, so nothing that follows the start is missed.
+    let mut watcher = if no_wait {
+        None
+    } else {
+        let mut watcher = ControlClient::connect(socket).await?;
+        let _: serde_json::Value = watcher
+            .call(&Op::Watch {
+                token: Some(token.clone()),
+            })
+            .await?;
+        Some(watcher)
+    };
+    let started: SessionView = client
+        .call(&Op::Start {
+            token: token.clone(),
+            phone,
+        })
+        .await?;
+    let Some(watcher) = watcher.as_mut() else {
+        print(json, &started, || output::session(&started));
+        return Ok(ExitCode::from(exit::OK));
+    };
+    if !json {
+        println!("{token}: {}", started.state);
+    }
+    // The stream opens with the state from before the start (possibly `failed` or `stopped`):
+    // only a state seen on the stream after it shows the start under way counts.
+    let mut under_way = false;
+    let mut last_state = String::new();
+    let mut last_qr = String::new();
+    while let Some(event) = watcher.next_event().await? {
+        if json {
+            println!("{}", serde_json::to_string(&event).unwrap_or_default());
+        }
+        match &event {
+            EventLine::Session { session } => {
+                if let Some(qr) = session.qr.as_ref().filter(|qr| qr.code != last_qr) {
+                    last_qr = qr.code.clone();
+                    if !json {
+                        println!(
+                            "{}\nScan with WhatsApp > Linked devices > Link a device (valid until {})",
+                            output::qr(&qr.code),
+                            qr.expires_at
+                        );
+                    }
+                }
+                if session.state != last_state {
+                    last_state = session.state.clone();
+                    if !json {
+                        let reason = session
+                            .reason
+                            .as_deref()
+                            .map(|r| format!(" ({r})"))
+                            .unwrap_or_default();
+                        println!("{token}: {}{reason}", session.state);
+                    }
+                }
+                under_way |= UNDER_WAY.contains(&session.state.as_str());
+                if session.state == "connected" {
+                    if !json {
+                        println!(
+                            "{token} is connected as {}",
+                            session.jid.as_deref().unwrap_or("?")
+                        );
+                    }
+                    return Ok(ExitCode::from(exit::OK));
+                }
+                if under_way && GAVE_UP.contains(&session.state.as_str()) {
+                    if !json {
+                        eprintln!("warden: {token} did not connect: it is {}", session.state);
+                    }
+                    return Ok(ExitCode::from(exit::NOT_CONNECTED));
+                }
+            }
+            EventLine::Qr {
+                code,
+                expires_in_secs,
+                ..
+            } if !json && *code != last_qr => {
+                last_qr = code.clone();
+                println!(
+                    "{}\nScan with WhatsApp > Linked devices > Link a device (valid {expires_in_secs} s)",
+                    output::qr(code)
+                );
+            }
+            EventLine::PairCode { code, .. } if !json => {
+                println!(
+                    "Pairing code: {code}\nOn the phone: WhatsApp > Linked devices > Link with phone number"
+                );
+            }
+            EventLine::Removed { .. } => {
+                eprintln!("warden: {token} was deleted");
+                return Ok(ExitCode::from(exit::NOT_CONNECTED));
+            }
+            EventLine::Closed { reason } => {
+                eprintln!("warden: the daemon ended the stream: {reason}");
+                return Ok(ExitCode::from(exit::NOT_RUNNING));
+            }
+            _ => {}
+        }
+    }
+    eprintln!("warden: the daemon closed the connection");
+    Ok(ExitCode::from(exit::NOT_RUNNING))
+}
+
+/// `warden watch`: prints every event until the daemon hangs up.
+async fn watch(
+    mut client: ControlClient,
+    token: Option<String>,
+    json: bool,
+) -> Result<ExitCode, ClientError> {
+    let _: serde_json::Value = client
+        .call(&Op::Watch {
+            token: token.clone(),
+        })
+        .await?;
+    while let Some(event) = client.next_event().await? {
+        if json {
+            println!("{}", serde_json::to_string(&event).unwrap_or_default());
+            continue;
+        }
+        println!("{}", output::event(&event));
+        if let (Some(_), EventLine::Qr { code, .. }) = (&token, &event) {
+            println!("{}", output::qr(code));
+        }
+        if matches!(event, EventLine::Closed { .. }) {
+            return Ok(ExitCode::from(exit::NOT_RUNNING));
+        }
+    }
+    Ok(ExitCode::from(exit::OK))
+}

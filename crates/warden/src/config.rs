@@ -1,0 +1,375 @@
+//! `daemon.toml`: every key has a default, unknown keys and bad values are refused with the
+//! file, the line and what was expected, and `WARDEN_<TABLE>_<KEY>` variables override keys.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use warden_core::{AdmissionConfig, JanitorConfig, PolicyConfig};
+use warden_whatsapp::WaConfig;
+
+/// The tables `daemon.toml` may have (and the `WARDEN_<TABLE>_` prefixes that override them).
+pub const TABLES: [&str; 5] = ["daemon", "policy", "janitor", "admission", "whatsapp"];
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[daemon]`: paths, socket, logs, limits.
+    pub daemon: DaemonConfig,
+    /// `[policy]`: the restart policy.
+    pub policy: PolicyConfig,
+    /// `[janitor]`: the periodic cleanup.
+    pub janitor: JanitorConfig,
+    /// `[admission]`: limits on connection attempts.
+    pub admission: AdmissionConfig,
+    /// `[whatsapp]`: how to reach WhatsApp.
+    pub whatsapp: WaConfig,
+}
+
+/// `[daemon]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Where `sessions/<token>/` folders live (relative to the config file's folder).
+    pub sessions_dir: PathBuf,
+    /// The control socket (relative to the config file's folder).
+    pub socket: PathBuf,
+    /// The control socket's mode, an octal string such as `"0660"`; never world-writable.
+    pub socket_mode: SocketMode,
+    /// Where daily log files go (relative to the config file's folder); empty: no log files.
+    pub log_dir: PathBuf,
+    /// `error`, `warn`, `info`, `debug` or `trace` (or a full `RUST_LOG`-style filter).
+    pub log_level: String,
+    /// The longest request line accepted on the socket, in bytes.
+    pub max_line_bytes: usize,
+    /// How many control clients may be connected at once.
+    pub max_clients: usize,
+    /// The bound on a graceful shutdown.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// The bound on closing one connection.
+    #[serde(with = "humantime_serde")]
+    pub close_timeout: Duration,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            sessions_dir: "sessions".into(),
+            socket: "warden.sock".into(),
+            socket_mode: SocketMode(0o660),
+            log_dir: "logs".into(),
+            log_level: "info".into(),
+            max_line_bytes: 64 * 1024,
+            max_clients: 256,
+            shutdown_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Permission bits of the control socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketMode(pub u32);
+
+impl<'de> Deserialize<'de> for SocketMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Only a string: a TOML integer cannot say whether 660 was meant in octal.
+        let text = String::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected an octal mode as a string, such as \"0660\"")
+        })?;
+        let mode = u32::from_str_radix(text.trim().trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!("{text:?} is not an octal mode such as \"0660\""))
+            })?;
+        if mode & 0o002 != 0 {
+            return Err(serde::de::Error::custom(format!(
+                "socket mode {mode:04o} is world-writable; use \"0660\" or \"0600\""
+            )));
+        }
+        Ok(Self(mode))
+    }
+}
+
+/// The configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file (or an override) has a bad key or value.
+    #[error("{}: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message: the line, the column, and what was expected.
+        message: String,
+    },
+}
+
+/// Where the configuration came from, and what it says.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The configuration, with paths resolved.
+    pub config: Config,
+    /// The file it was read from (`None`: no file, defaults only).
+    pub path: Option<PathBuf>,
+}
+
+/// Reads `path` (a missing file is an error only if `required`), applies the environment's
+/// overrides, checks every value, and resolves relative paths against the file's folder.
+pub fn load(path: &Path, required: bool) -> Result<Loaded, ConfigError> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let (text, found) = match std::fs::read_to_string(path) {
+        Ok(text) => (text, true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => (String::new(), false),
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let mut config = parse(&text, &env).map_err(|message| ConfigError::Invalid {
+        path: path.to_owned(),
+        message,
+    })?;
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_owned();
+    let resolve = |p: &mut PathBuf| {
+        if p.is_relative() && !p.as_os_str().is_empty() {
+            *p = base.join(&*p);
+        }
+    };
+    resolve(&mut config.daemon.sessions_dir);
+    resolve(&mut config.daemon.socket);
+    resolve(&mut config.daemon.log_dir);
+    Ok(Loaded {
+        config,
+        path: found.then(|| path.to_owned()),
+    })
+}
+
+/// Parses the file's text with `env`'s `WARDEN_<TABLE>_<KEY>` overrides, and validates it.
+pub fn parse(text: &str, env: &[(String, String)]) -> Result<Config, String> {
+    // First the file alone, so errors point at its lines.
+    let mut config: Config =
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+    let overrides = overrides(env);
+    if !overrides.is_empty() {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        for (table_name, key, value, var) in &overrides {
+            let section = table
+                .entry(table_name.clone())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            match section {
+                toml::Value::Table(section) => {
+                    section.insert(key.clone(), value.clone());
+                }
+                _ => return Err(format!("{var}: [{table_name}] is not a table in the file")),
+            }
+        }
+        let names: Vec<&str> = overrides.iter().map(|o| o.3.as_str()).collect();
+        config = Config::deserialize(toml::Value::Table(table)).map_err(|e| {
+            format!(
+                "after the environment overrides ({}): {e}",
+                names.join(", ")
+            )
+        })?;
+    }
+    validate(&config, text)?;
+    Ok(config)
+}
+
+/// `(table, key, value, variable)` for every `WARDEN_<TABLE>_<KEY>` in `env`.
+fn overrides(env: &[(String, String)]) -> Vec<(String, String, toml::Value, String)> {
+    let mut out = Vec::new();
+    for (var, raw) in env {
+        let Some(rest) = var.strip_prefix("WARDEN_") else {
+            continue;
+        };
+        let lower = rest.to_ascii_lowercase();
+        let Some((table, key)) = lower.split_once('_') else {
+            continue;
+        };
+        if !TABLES.contains(&table) || key.is_empty() {
+            continue;
+        }
+        // A TOML value when it reads as one (numbers, booleans, quoted strings), else a string.
+        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        out.push((table.to_owned(), key.to_owned(), value, var.clone()));
+    }
+    out.sort_by(|a, b| a.3.cmp(&b.3));
+    out
+}
+
+/// Checks what types alone cannot, naming the line of the offending key when it is in the file.
+fn validate(config: &Config, text: &str) -> Result<(), String> {
+    let checks: [(&str, Result<(), String>); 4] = [
+        ("policy", config.policy.validate()),
+        ("janitor", config.janitor.validate()),
+        ("admission", config.admission.validate()),
+        (
+            "whatsapp",
+            config.whatsapp.validate().map_err(|e| e.to_string()),
+        ),
+    ];
+    for (table, result) in checks {
+        if let Err(message) = result {
+            let key = message.split_whitespace().next().unwrap_or("");
+            return Err(match locate(text, table, key) {
+                Some(line) => format!("line {line}: [{table}] {message}"),
+                None => format!("[{table}] {message}"),
+            });
+        }
+    }
+    if config.daemon.max_line_bytes < 256 {
+        return Err("[daemon] max_line_bytes must be at least 256".into());
+    }
+    if config.daemon.max_clients == 0 {
+        return Err("[daemon] max_clients must be at least 1".into());
+    }
+    tracing_subscriber::EnvFilter::try_new(&config.daemon.log_level)
+        .map_err(|e| format!("[daemon] log_level {:?}: {e}", config.daemon.log_level))?;
+    Ok(())
+}
+
+/// The 1-based line where `key` is set inside `[table]`.
+fn locate(text: &str, table: &str, key: &str) -> Option<usize> {
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = name.trim().to_owned();
+        } else if current == table && line.split_once('=').is_some_and(|(k, _)| k.trim() == key) {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str, env: &[(&str, &str)]) -> String {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        parse(text, &env).unwrap_err()
+    }
+
+    fn ok(text: &str, env: &[(&str, &str)]) -> Config {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        parse(text, &env).unwrap()
+    }
+
+    #[test]
+    fn every_key_has_a_default() {
+        let config = ok("", &[]);
+        assert_eq!(config.daemon.socket_mode, SocketMode(0o660));
+        assert_eq!(config.policy.max_attempts, 3);
+        assert_eq!(config.janitor.interval, Duration::from_secs(300));
+        assert_eq!(config.admission.max_in_flight, 16);
+        assert_eq!(config.whatsapp.url, "wss://web.whatsapp.com/ws/chat");
+    }
+
+    #[test]
+    fn durations_and_modes_read_as_people_write_them() {
+        let config = ok(
+            "[daemon]\nsocket_mode = \"0600\"\n[policy]\nbackoff_base = \"5s\"\nstable_after = \"15m\"\n[janitor]\nmax_qr = \"2m 30s\"\n",
+            &[],
+        );
+        assert_eq!(config.daemon.socket_mode, SocketMode(0o600));
+        assert_eq!(config.policy.backoff_base, Duration::from_secs(5));
+        assert_eq!(config.policy.stable_after, Duration::from_secs(900));
+        assert_eq!(config.janitor.max_qr, Duration::from_secs(150));
+        assert_eq!(
+            ok("[daemon]\nsocket_mode = \"0o640\"\n", &[])
+                .daemon
+                .socket_mode,
+            SocketMode(0o640)
+        );
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_line_and_what_was_expected() {
+        let e = err("[policy]\nmax_attempts = \"three\"\n", &[]);
+        assert!(e.contains("line 2") && e.contains("expected u32"), "{e}");
+        let e = err("[daemon]\nsokcet = \"x\"\n", &[]);
+        assert!(
+            e.contains("line 2") && e.contains("unknown field `sokcet`"),
+            "{e}"
+        );
+        let e = err("[polcy]\n", &[]);
+        assert!(
+            e.contains("line 1") && e.contains("unknown field `polcy`"),
+            "{e}"
+        );
+        let e = err("[janitor]\ninterval = \"soon\"\n", &[]);
+        assert!(e.contains("line 2"), "{e}");
+        let e = err("[daemon]\nsocket_mode = \"0666\"\n", &[]);
+        assert!(e.contains("world-writable"), "{e}");
+        let e = err("[daemon]\nsocket_mode = 660\n", &[]);
+        assert!(e.contains("octal mode as a string"), "{e}");
+        let e = err("[daemon]\nsocket_mode = \"0999\"\n", &[]);
+        assert!(e.contains("not an octal mode"), "{e}");
+        let e = err("\n\n[policy]\nbackoff_base = \"1s\"\njitter = 3.0\n", &[]);
+        assert!(e.starts_with("line 5: [policy] jitter"), "{e}");
+        let e = err("[daemon]\nlog_level = \"loud[\"\n", &[]);
+        assert!(e.contains("log_level"), "{e}");
+        let e = err("[whatsapp]\nurl = \"http://x\"\n", &[]);
+        assert!(e.contains("[whatsapp]"), "{e}");
+    }
+
+    #[test]
+    fn environment_variables_override_keys() {
+        let config = ok(
+            "[policy]\nmax_attempts = 3\n",
+            &[
+                ("WARDEN_POLICY_MAX_ATTEMPTS", "7"),
+                ("WARDEN_DAEMON_SOCKET", "/run/warden/warden.sock"),
+                ("WARDEN_JANITOR_INTERVAL", "1m"),
+                ("WARDEN_DAEMON_SOCKET_MODE", "0600"),
+                ("WARDEN_SOCKET", "ignored: not a table key"),
+                ("HOME", "/root"),
+            ],
+        );
+        assert_eq!(config.policy.max_attempts, 7);
+        assert_eq!(
+            config.daemon.socket,
+            PathBuf::from("/run/warden/warden.sock")
+        );
+        assert_eq!(config.janitor.interval, Duration::from_secs(60));
+        assert_eq!(config.daemon.socket_mode, SocketMode(0o600));
+        let e = err("", &[("WARDEN_POLICY_MAX_ATTEMPTS", "many")]);
+        assert!(e.contains("WARDEN_POLICY_MAX_ATTEMPTS"), "{e}");
+        let e = err("", &[("WARDEN_POLICY_NOPE", "1")]);
+        assert!(e.contains("unknown field `nope`"), "{e}");
+    }
+
+    #[test]
+    fn the_committed_daemon_toml_is_valid() {
+        let text = include_str!("../../../daemon.toml");
+        let config = ok(text, &[]);
+        assert_eq!(config.daemon.sessions_dir, PathBuf::from("sessions"));
+    }
+}

@@ -1,0 +1,66 @@
+//! `warden`: the daemon (`warden serve`) and the command-line client for it.
+
+mod cli;
+mod commands;
+mod config;
+mod exit;
+mod logging;
+mod output;
+mod serve;
+mod systemd;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+/// The configuration file used when `--config` is not given.
+const DEFAULT_CONFIG: &str = "daemon.toml";
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("warden: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    let explicit = cli.config.is_some();
+    let config_path = cli.config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    match cli.command {
+        Command::Serve { log_level } => {
+            serve::run(&config_path, explicit, log_level.as_deref()).await
+        }
+        command => {
+            let socket = match cli.socket {
+                Some(socket) => socket,
+                None => match socket_from_config(&config_path, explicit) {
+                    Ok(socket) => socket,
+                    Err(code) => return code,
+                },
+            };
+            commands::run(&socket, command, cli.json).await
+        }
+    }
+}
+
+/// The socket named by the configuration file (or its default).
+fn socket_from_config(path: &Path, explicit: bool) -> Result<PathBuf, ExitCode> {
+    match config::load(path, explicit) {
+        Ok(loaded) => Ok(loaded.config.daemon.socket),
+        Err(e) => {
+            eprintln!("warden: cannot find the socket: invalid configuration: {e}");
+            Err(ExitCode::from(serve::EX_CONFIG))
+        }
+    }
+}

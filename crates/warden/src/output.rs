@@ -1,0 +1,124 @@
+//! Human-readable output of the client commands.
+
+use warden_control::EventLine;
+use warden_control::protocol::{ListView, SessionView};
+
+/// A session as a short block of text.
+pub fn session(s: &SessionView) -> String {
+    let mut out = format!("{}  ({})\n", s.token, s.name);
+    out += &format!("  state:     {} since {}\n", s.state, s.state_since);
+    if let Some(reason) = &s.reason {
+        out += &format!("  reason:    {reason}\n");
+    }
+    match (&s.jid, &s.account_name) {
+        (Some(jid), Some(name)) => out += &format!("  account:   {jid} ({name})\n"),
+        (Some(jid), None) => out += &format!("  account:   {jid}\n"),
+        _ => out += "  account:   not linked\n",
+    }
+    out += &format!("  attempts:  {}\n", s.attempts);
+    out += &format!("  desired:   {}\n", s.desired);
+    if let Some(at) = &s.next_retry_at {
+        out += &format!("  next try:  {at}\n");
+    }
+    if let Some(until) = &s.banned_until {
+        out += &format!("  banned:    until {until}\n");
+    }
+    if let Some(code) = &s.pair_code {
+        out += &format!("  pair code: {code}\n");
+    }
+    if s.qr.is_some() {
+        out += "  QR code:   on show (`warden start` draws it)\n";
+    }
+    out
+}
+
+/// Every session as a table, with counts per state.
+pub fn list(list: &ListView) -> String {
+    if list.sessions.is_empty() {
+        return "no sessions; create one with `warden create --token NAME`\n".into();
+    }
+    let mut rows = vec![[
+        "TOKEN".to_string(),
+        "NAME".into(),
+        "STATE".into(),
+        "ATTEMPTS".into(),
+        "ACCOUNT".into(),
+        "REASON".into(),
+    ]];
+    for s in &list.sessions {
+        rows.push([
+            s.token.clone(),
+            s.name.clone(),
+            s.state.clone(),
+            s.attempts.to_string(),
+            s.jid.clone().unwrap_or_else(|| "-".into()),
+            s.reason.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    let mut widths = [0usize; 6];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out += cells.join("  ").trim_end();
+        out.push('\n');
+    }
+    let counts: Vec<String> = list
+        .counts
+        .iter()
+        .map(|(state, n)| format!("{n} {state}"))
+        .collect();
+    out += &format!(
+        "\n{} sessions: {}\n",
+        list.sessions.len(),
+        counts.join(", ")
+    );
+    out
+}
+
+/// A QR code drawn with Unicode half blocks, for a terminal.
+pub fn qr(code: &str) -> String {
+    match qrcode::QrCode::new(code.as_bytes()) {
+        Ok(qr) => qr
+            .render::<qrcode::render::unicode::Dense1x2>()
+            .dark_color(qrcode::render::unicode::Dense1x2::Light)
+            .light_color(qrcode::render::unicode::Dense1x2::Dark)
+            .quiet_zone(true)
+            .build(),
+        Err(e) => format!("(cannot draw this QR code: {e})"),
+    }
+}
+
+/// One watch event as a line of text (QR codes are not drawn here).
+pub fn event(event: &EventLine) -> String {
+    match event {
+        EventLine::Session { session: s } => {
+            let mut line = format!("{:<20} {:<16} attempts={}", s.token, s.state, s.attempts);
+            if let Some(reason) = &s.reason {
+                line += &format!("  {reason}");
+            }
+            line
+        }
+        EventLine::Qr {
+            token,
+            expires_in_secs,
+            ..
+        } => format!("{token:<20} QR code issued (valid {expires_in_secs} s)"),
+        EventLine::PairCode { token, code } => format!("{token:<20} pairing code {code}"),
+        EventLine::Message { token, message } => format!(
+            "{token:<20} message from {}: {}",
+            message.sender,
+            message.text.as_deref().unwrap_or("(no text)")
+        ),
+        EventLine::Removed { token } => format!("{token:<20} deleted"),
+        EventLine::Closed { reason } => format!("stream closed by the daemon: {reason}"),
+    }
+}

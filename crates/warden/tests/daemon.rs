@@ -1,0 +1,413 @@
+//! End to end: the real `warden` binary on temp dirs, a fake WhatsApp server on loopback, driven
+//! only through the control socket and the CLI.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use warden_fakewa::{
+    ClientKind, FakeServer, PairSpec, Plan, QrSpec, Scenario, Script, ServerConfig, ServerEvent,
+    Step,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_warden");
+const PHONE: &str = "15551234567";
+
+/// A fake WhatsApp that shows two QR codes, "scans" after half a second, and accepts logins.
+async fn fake_whatsapp() -> FakeServer {
+    let pairing = Scenario::new([
+        Step::Qr(QrSpec::new(
+            2,
+            Duration::from_secs(20),
+            Duration::from_secs(10),
+        )),
+        Step::wait(Duration::from_millis(500)),
+        Step::Pair(PairSpec::phone(PHONE)),
+    ]);
+    let script = Script::default()
+        .with_registration(Plan::always(pairing))
+        .with_login(Plan::always(Scenario::login()));
+    FakeServer::start(ServerConfig::with_script(script))
+        .await
+        .unwrap()
+}
+
+/// A folder with a daemon.toml pointing at `whatsapp_url`.
+fn workspace(whatsapp_url: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"
+[daemon]
+sessions_dir = "sessions"
+socket = "run/warden.sock"
+log_dir = "logs"
+log_level = "info,warden_whatsapp=debug"
+shutdown_timeout = "5s"
+close_timeout = "2s"
+
+[policy]
+backoff_base = "200ms"
+jitter = 0.0
+restart_cooldown = "30s"
+
+[admission]
+per_second = 100.0
+burst = 100
+
+[whatsapp]
+url = "{whatsapp_url}"
+version = "2.3000.1027868167"
+connect_timeout = "3s"
+liveness_timeout = "30s"
+"#
+    );
+    std::fs::write(dir.path().join("daemon.toml"), config).unwrap();
+    dir
+}
+
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+    /// The daemon's stderr, line by line.
+    log: mpsc::UnboundedReceiver<String>,
+}
+
+impl Daemon {
+    /// Starts `warden serve` in `dir` and waits until it says it is ready.
+    async fn start(dir: &Path) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(dir.join("daemon.toml"))
+            .env_remove("RUST_LOG")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, mut log) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
+        let ready = async {
+            while let Some(line) = log.recv().await {
+                if line.contains("warden is ready") {
+                    return true;
+                }
+            }
+            false
+        };
+        let ready = tokio::time::timeout(Duration::from_secs(30), ready).await;
+        assert!(matches!(ready, Ok(true)), "the daemon did not become ready");
+        Self {
+            child,
+            socket: dir.join("run/warden.sock"),
+            log,
+        }
+    }
+
+    /// Runs the CLI against this daemon.
+    async fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(BIN)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The CLI's JSON answer to `args`.
+    async fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let (code, out, err) = self.cli(&all).await;
+        assert_eq!(code, 0, "warden {args:?}: {out} {err}");
+        serde_json::from_str(out.trim()).unwrap()
+    }
+
+    /// Waits until the daemon's log has a line containing `needle`.
+    async fn log_line(&mut self, needle: &str) -> String {
+        let found = async {
+            while let Some(line) = self.log.recv().await {
+                if line.contains(needle) {
+                    return Some(line);
+                }
+            }
+            None
+        };
+        tokio::time::timeout(Duration::from_secs(30), found)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("no log line with {needle:?}"))
+    }
+}
+
+fn registrations(server: &FakeServer) -> usize {
+    server.recorder().snapshot().count(|r| {
+        matches!(&r.event, ServerEvent::Handshake { client, .. } if matches!(client.kind, ClientKind::Registration { .. }))
+    })
+}
+
+fn logins(server: &FakeServer) -> usize {
+    server.recorder().snapshot().count(|r| {
+        matches!(&r.event, ServerEvent::Handshake { client, .. } if matches!(client.kind, ClientKind::Login { .. }))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_a_phone_operate_it_and_survive_a_kill() {
+    let whatsapp = fake_whatsapp().await;
+    let dir = workspace(&whatsapp.url());
+    let mut daemon = Daemon::start(dir.path()).await;
+
+    let created = daemon
+        .json(&["create", "--token", "shop1", "--name", "Shop"])
+        .await;
+    assert_eq!(created["state"], json!("stopped"));
+
+    // `warden start` draws the QR code, and returns once the phone has linked it.
+    let (code, out, err) = daemon.cli(&["start", "shop1"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("Scan with WhatsApp"), "{out}");
+    assert!(
+        out.contains('█') || out.contains('▀'),
+        "a QR code is drawn: {out}"
+    );
+    assert!(out.contains("shop1 is connected as"), "{out}");
+    let status = daemon.json(&["status", "shop1"]).await;
+    assert_eq!(status["state"], json!("connected"));
+    assert!(status["jid"].as_str().unwrap().starts_with(PHONE));
+    let list = daemon.json(&["sessions"]).await;
+    assert_eq!(list["counts"], json!({"connected": 1}));
+    daemon.log_line("Session connected successfully").await;
+
+    // The legacy operations.
+    let (code, _, err) = daemon.cli(&["restart", "shop1"]).await;
+    assert_eq!(code, 4, "a restart inside the cooldown is refused");
+    assert!(err.contains("cooling down"), "{err}");
+    let (code, _, err) = daemon.cli(&["restart", "shop1", "--force"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = daemon.cli(&["start", "shop1"]).await;
+    assert_eq!(code, 0, "{out}");
+    let reset = daemon.json(&["reset-reconnect", "shop1"]).await;
+    assert_eq!(reset["attempts"], json!(0));
+    let cleaned = daemon.json(&["force-cleanup", "shop1"]).await;
+    assert_eq!(cleaned["state"], json!("stopped"));
+    let (code, out, _) = daemon.cli(&["start", "shop1"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        !out.contains("Scan with WhatsApp"),
+        "stored credentials need no QR: {out}"
+    );
+    assert_eq!(registrations(&whatsapp), 1);
+
+    // kill -9, then start again: the session is back, without a new QR.
+    let logins_before = logins(&whatsapp);
+    daemon.child.start_kill().unwrap();
+    daemon.child.wait().await.unwrap();
+    let daemon = Daemon::start(dir.path()).await;
+    let (code, out, _) = daemon.cli(&["start", "shop1"]).await;
+    assert_eq!(code, 0, "{out}");
+    let status = daemon.json(&["status", "shop1"]).await;
+    assert_eq!(status["state"], json!("connected"));
+    assert_eq!(registrations(&whatsapp), 1, "no new QR after a restart");
+    assert!(logins(&whatsapp) > logins_before);
+    assert_eq!(
+        whatsapp.recorder().snapshot().max_concurrent(PHONE),
+        1,
+        "never two connections for one account"
+    );
+
+    // SIGTERM: a graceful shutdown within the bound, the socket removed.
+    let pid = daemon.child.id().unwrap();
+    let mut child = daemon.child;
+    let term = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(term.success());
+    let status = tokio::time::timeout(Duration::from_secs(12), child.wait())
+        .await
+        .expect("stopped within the shutdown bound")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!daemon.socket.exists());
+    let record = std::fs::read_to_string(dir.path().join("sessions/shop1/session.toml")).unwrap();
+    assert!(record.contains("desired = \"running\""), "{record}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_get_clear_errors_and_change_nothing() {
+    let whatsapp = fake_whatsapp().await;
+    let dir = workspace(&whatsapp.url());
+    let daemon = Daemon::start(dir.path()).await;
+    let meta = std::fs::symlink_metadata(&daemon.socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o660,
+        "the socket is not world-writable"
+    );
+
+    let mut requests: Vec<Vec<u8>> = vec![
+        b"{".to_vec(),
+        b"}".to_vec(),
+        b"null".to_vec(),
+        b"\"list\"".to_vec(),
+        b"[{\"op\":\"list\"}]".to_vec(),
+        br#"{"op":null}"#.to_vec(),
+        br#"{"op":"LIST"}"#.to_vec(),
+        br#"{"op":"shutdown"}"#.to_vec(),
+        br#"{"op":"exec","cmd":"rm -rf /"}"#.to_vec(),
+        br#"{"op":"status","token":true}"#.to_vec(),
+        br#"{"op":"restart","token":"x","force":"yes"}"#.to_vec(),
+        br#"{"op":"create","name":5}"#.to_vec(),
+        br#"{"op":"send_text","token":"x","to":1,"text":"y"}"#.to_vec(),
+        br#"{"id":[],"op":"list"}"#.to_vec(),
+        vec![b'A'; 200_000],
+        vec![0xff, 0xfe, 0x00],
+    ];
+    for bad in [
+        "../x",
+        "../../etc/passwd",
+        "/etc",
+        "a/b",
+        "..",
+        ".",
+        "",
+        "a b",
+        "ä",
+        "x\u{0}y",
+        "%2e%2e",
+        "C:\\x",
+        "~root",
+        "$(id)",
+        "`id`",
+        "a;b",
+        "a|b",
+        "*",
+        "?",
+        "a\nb",
+    ] {
+        for op in ["create", "start", "delete"] {
+            requests.push(serde_json::to_vec(&json!({"op": op, "token": bad})).unwrap());
+        }
+    }
+    requests.truncate(60);
+    assert!(requests.len() >= 50);
+
+    let (read, mut write) = UnixStream::connect(&daemon.socket)
+        .await
+        .unwrap()
+        .into_split();
+    let mut replies = BufReader::new(read).lines();
+    for request in &requests {
+        write.write_all(request).await.unwrap();
+        write.write_all(b"\n").await.unwrap();
+        let line = replies.next_line().await.unwrap().expect("a reply");
+        let reply: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            reply["ok"],
+            json!(false),
+            "{}: {reply}",
+            String::from_utf8_lossy(request)
+        );
+        let code = reply["error"]["code"].as_str().unwrap();
+        assert!(
+            ["bad_request", "invalid_token", "not_found"].contains(&code),
+            "{code}: {reply}"
+        );
+        assert!(!reply["error"]["message"].as_str().unwrap().is_empty());
+    }
+    // The daemon is still up and answers on the same connection.
+    write
+        .write_all(b"{\"id\":1,\"op\":\"health\"}\n")
+        .await
+        .unwrap();
+    let health: Value = serde_json::from_str(&replies.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!(health["result"]["status"], json!("ok"));
+    // Nothing was written outside sessions/ (and the daemon's own run/ and logs/).
+    let mut top: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    top.sort();
+    assert_eq!(top, ["daemon.toml", "logs", "run", "sessions"]);
+    let sessions: Vec<String> = std::fs::read_dir(dir.path().join("sessions"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(sessions, [".warden.lock"], "no session folder was made");
+    assert!(!Path::new("/etc/x").exists());
+
+    // A second daemon on the same socket refuses to start, and the first carries on.
+    let second = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(dir.path().join("daemon.toml"))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("already running"), "{err}");
+    assert_eq!(daemon.json(&["health"]).await["status"], json!("ok"));
+}
+
+#[tokio::test]
+async fn a_bad_configuration_exits_78_with_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("daemon.toml");
+    std::fs::write(
+        &path,
+        "[daemon]\nsocket = \"x.sock\"\n\n[policy]\nmax_attempts = \"three\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("daemon.toml") && err.contains("line 5") && err.contains("expected u32"),
+        "{err}"
+    );
+    std::fs::write(&path, "[deamon]\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `deamon`"));
+    // The CLI says plainly when no daemon is running.
+    let out = Command::new(BIN)
+        .args(["--socket"])
+        .arg(dir.path().join("none.sock"))
+        .arg("sessions")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
+}
