@@ -411,3 +411,104 @@ async fn a_bad_configuration_exits_78_with_the_line() {
     assert_eq!(out.status.code(), Some(5));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_notifications_reload_and_log_files() {
+    let whatsapp = fake_whatsapp().await;
+    let dir = workspace(&whatsapp.url());
+    let notify_path = dir.path().join("notify.sock");
+    let notify = tokio::net::UnixDatagram::bind(&notify_path).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(dir.path().join("daemon.toml"))
+        .env_remove("RUST_LOG")
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, mut log) = mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = tx.send(line);
+        }
+    });
+    let mut buf = vec![0u8; 4096];
+    let mut next_message = async || {
+        let n = tokio::time::timeout(Duration::from_secs(20), notify.recv(&mut buf))
+            .await
+            .expect("a notification")
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut seen = Vec::new();
+    while !seen.iter().any(|m: &String| m.contains("READY=1")) {
+        seen.push(next_message().await);
+    }
+    let ready = seen.iter().find(|m| m.contains("READY=1")).unwrap();
+    assert!(ready.contains("STATUS=0 sessions"), "{ready}");
+    // The watchdog is petted (every 200 ms here) while the supervisor answers.
+    while !next_message().await.contains("WATCHDOG=1") {}
+
+    // SIGHUP with a changed policy: applied; with a broken file: refused, still running.
+    let config = dir.path().join("daemon.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("jitter = 0.0", "jitter = 0.1")).unwrap();
+    let pid = child.id().unwrap().to_string();
+    Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .await
+        .unwrap();
+    let wait_log = async |log: &mut mpsc::UnboundedReceiver<String>, needle: &str| {
+        let found = async {
+            while let Some(line) = log.recv().await {
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+            panic!("the daemon's stderr closed");
+        };
+        tokio::time::timeout(Duration::from_secs(20), found)
+            .await
+            .unwrap_or_else(|_| panic!("no log line with {needle:?}"))
+    };
+    wait_log(&mut log, "SIGHUP: configuration reloaded").await;
+    std::fs::write(&config, "[policy]\njitter = 7\n").unwrap();
+    Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .await
+        .unwrap();
+    let refused = wait_log(&mut log, "SIGHUP: configuration not reloaded").await;
+    assert!(refused.contains("jitter"), "{refused}");
+
+    // SIGTERM: STOPPING=1, a clean exit, and the log file has the whole story.
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    while !next_message().await.contains("STOPPING=1") {}
+    let status = tokio::time::timeout(Duration::from_secs(12), child.wait())
+        .await
+        .expect("stopped within the bound")
+        .unwrap();
+    assert!(status.success());
+    let logs: Vec<_> = std::fs::read_dir(dir.path().join("logs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    let file = std::fs::read_to_string(&logs[0]).unwrap();
+    assert!(file.contains("warden is ready"));
+    assert!(
+        file.contains("warden stopped"),
+        "the last line is flushed at exit"
+    );
+    assert!(!file.contains("\u{1b}["), "no colours in files");
+}
