@@ -13,4 +13,4 @@ pub mod server;
 
 pub use client::{ClientError, ControlClient};
 pub use protocol::{ErrorBody, ErrorCode, EventLine, Op, Reply, Request};
-pub use server::{BindError, ControlServer, ServerConfig};
+pub use server::{BindError, ControlServer, RequestObserver, ServerConfig};

@@ -111,6 +111,29 @@ pub enum Op {
     },
 }
 
+impl Op {
+    /// The op's name as written on the wire (`"status"`, `"force_cleanup"`...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Create { .. } => "create",
+            Self::Start { .. } => "start",
+            Self::Stop { .. } => "stop",
+            Self::Restart { .. } => "restart",
+            Self::RefreshQr { .. } => "refresh_qr",
+            Self::Logout { .. } => "logout",
+            Self::Delete { .. } => "delete",
+            Self::ForceCleanup { .. } => "force_cleanup",
+            Self::ResetReconnect { .. } => "reset_reconnect",
+            Self::Status { .. } => "status",
+            Self::List {} => "list",
+            Self::SendText { .. } => "send_text",
+            Self::Reap {} => "reap",
+            Self::Health {} => "health",
+            Self::Watch { .. } => "watch",
+        }
+    }
+}
+
 /// The names of every op, for error messages.
 pub const OPS: [&str; 15] = [
     "create",
@@ -706,6 +729,25 @@ mod tests {
             r#"{"id":10,"op":7}"#,
             Err((json!(10), ErrorCode::BadRequest, "\"op\" must be a string")),
         );
+    }
+
+    #[test]
+    fn every_op_name_is_known() {
+        let ops = [
+            Op::List {},
+            Op::Reap {},
+            Op::Health {},
+            Op::Watch { token: None },
+            Op::Status { token: "t".into() },
+            Op::RefreshQr { token: "t".into() },
+            Op::ForceCleanup { token: "t".into() },
+            Op::ResetReconnect { token: "t".into() },
+        ];
+        for op in ops {
+            assert!(OPS.contains(&op.name()), "{}", op.name());
+            let line = serde_json::to_value(&op).unwrap();
+            assert_eq!(line["op"], op.name());
+        }
     }
 
     #[test]

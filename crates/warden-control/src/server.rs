@@ -81,11 +81,16 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BindError + '_ {
     }
 }
 
+/// Called after every request with the op's name (`"bad_request"` for a line that did not
+/// parse) and whether it succeeded: a hook for metrics.
+pub type RequestObserver = Arc<dyn Fn(&str, bool) + Send + Sync>;
+
 /// The bound control socket. Dropping it removes the socket file.
 pub struct ControlServer {
     listener: UnixListener,
     config: ServerConfig,
     started: Instant,
+    observer: Option<RequestObserver>,
 }
 
 impl ControlServer {
@@ -132,7 +137,14 @@ impl ControlServer {
             listener,
             config,
             started: Instant::now(),
+            observer: None,
         })
+    }
+
+    /// Calls `observer` after every request (for metrics).
+    pub fn with_observer(mut self, observer: RequestObserver) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Where the socket is.
@@ -156,6 +168,7 @@ impl ControlServer {
             write_timeout: self.config.write_timeout,
             idle_timeout: self.config.idle_timeout,
             started: self.started,
+            observer: self.observer.clone(),
         });
         tokio::pin!(shutdown);
         loop {
@@ -214,6 +227,7 @@ struct Context {
     write_timeout: Duration,
     idle_timeout: Duration,
     started: Instant,
+    observer: Option<RequestObserver>,
 }
 
 /// Writes one JSON line, within `timeout`.
@@ -264,12 +278,32 @@ async fn serve_client(stream: UnixStream, context: Arc<Context>, cancel: Cancell
                     id,
                     op: Op::Watch { token },
                 }) => {
+                    if let Some(observe) = &context.observer {
+                        observe("watch", true);
+                    }
                     watch(&mut reader, &mut write, &context, &cancel, id, token).await;
                     return;
                 }
-                Ok(Request { id, op }) => handle(&context, id, op).await,
+                Ok(Request { id, op }) => {
+                    let name = op.name();
+                    let reply = handle(&context, id, op).await;
+                    if let Some(observe) = &context.observer {
+                        observe(name, reply.ok);
+                    }
+                    reply
+                }
             },
         };
+        let unparsed = reply.id.is_null()
+            && reply
+                .error
+                .as_ref()
+                .is_some_and(|e| e.code == ErrorCode::BadRequest);
+        if unparsed {
+            if let Some(observe) = &context.observer {
+                observe("bad_request", false);
+            }
+        }
         if write_line(&mut write, &reply, context.write_timeout)
             .await
             .is_err()

@@ -6,10 +6,18 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use warden_core::{AdmissionConfig, JanitorConfig, PolicyConfig};
+use warden_http::HttpConfig;
 use warden_whatsapp::WaConfig;
 
 /// The tables `daemon.toml` may have (and the `WARDEN_<TABLE>_` prefixes that override them).
-pub const TABLES: [&str; 5] = ["daemon", "policy", "janitor", "admission", "whatsapp"];
+pub const TABLES: [&str; 6] = [
+    "daemon",
+    "policy",
+    "janitor",
+    "admission",
+    "whatsapp",
+    "http",
+];
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -25,6 +33,8 @@ pub struct Config {
     pub admission: AdmissionConfig,
     /// `[whatsapp]`: how to reach WhatsApp.
     pub whatsapp: WaConfig,
+    /// `[http]`: the HTTP gateway and dashboard.
+    pub http: HttpConfig,
 }
 
 /// `[daemon]`.
@@ -168,32 +178,53 @@ pub fn parse(text: &str, env: &[(String, String)]) -> Result<Config, String> {
         toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
     let overrides = overrides(env);
     if !overrides.is_empty() {
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
-        for (table_name, key, value, var) in &overrides {
-            let section = table
-                .entry(table_name.clone())
-                .or_insert_with(|| toml::Value::Table(Default::default()));
-            match section {
-                toml::Value::Table(section) => {
-                    section.insert(key.clone(), value.clone());
-                }
-                _ => return Err(format!("{var}: [{table_name}] is not a table in the file")),
-            }
-        }
         let names: Vec<&str> = overrides.iter().map(|o| o.3.as_str()).collect();
-        config = Config::deserialize(toml::Value::Table(table)).map_err(|e| {
-            format!(
-                "after the environment overrides ({}): {e}",
-                names.join(", ")
-            )
-        })?;
+        // Values read as TOML first (numbers, booleans); if that does not fit, every value as
+        // plain text (an API key made of digits is still a string).
+        let typed = with_overrides(text, &overrides, false)?;
+        config = match Config::deserialize(typed) {
+            Ok(config) => config,
+            Err(e) => with_overrides(text, &overrides, true)
+                .and_then(|t| Config::deserialize(t).map_err(|e| e.to_string()))
+                .map_err(|_| {
+                    format!(
+                        "after the environment overrides ({}): {e}",
+                        names.join(", ")
+                    )
+                })?,
+        };
     }
     validate(&config, text)?;
     Ok(config)
 }
 
+type Override = (String, String, toml::Value, String);
+
+/// The file's table with `overrides` applied (all as strings when `as_text`).
+fn with_overrides(
+    text: &str,
+    overrides: &[Override],
+    as_text: bool,
+) -> Result<toml::Value, String> {
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    for (table_name, key, value, var) in overrides {
+        let section = table
+            .entry(table_name.clone())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        let toml::Value::Table(section) = section else {
+            return Err(format!("{var}: [{table_name}] is not a table in the file"));
+        };
+        let value = match (as_text, value) {
+            (true, toml::Value::String(_)) | (false, _) => value.clone(),
+            (true, other) => toml::Value::String(other.to_string()),
+        };
+        section.insert(key.clone(), value);
+    }
+    Ok(toml::Value::Table(table))
+}
+
 /// `(table, key, value, variable)` for every `WARDEN_<TABLE>_<KEY>` in `env`.
-fn overrides(env: &[(String, String)]) -> Vec<(String, String, toml::Value, String)> {
+fn overrides(env: &[(String, String)]) -> Vec<Override> {
     let mut out = Vec::new();
     for (var, raw) in env {
         let Some(rest) = var.strip_prefix("WARDEN_") else {
@@ -219,7 +250,7 @@ fn overrides(env: &[(String, String)]) -> Vec<(String, String, toml::Value, Stri
 
 /// Checks what types alone cannot, naming the line of the offending key when it is in the file.
 fn validate(config: &Config, text: &str) -> Result<(), String> {
-    let checks: [(&str, Result<(), String>); 4] = [
+    let checks: [(&str, Result<(), String>); 5] = [
         ("policy", config.policy.validate()),
         ("janitor", config.janitor.validate()),
         ("admission", config.admission.validate()),
@@ -227,7 +258,9 @@ fn validate(config: &Config, text: &str) -> Result<(), String> {
             "whatsapp",
             config.whatsapp.validate().map_err(|e| e.to_string()),
         ),
+        ("http", config.http.validate().map_err(|e| e.to_string())),
     ];
+
     for (table, result) in checks {
         if let Err(message) = result {
             let key = message.split_whitespace().next().unwrap_or("");
@@ -364,6 +397,23 @@ mod tests {
         assert!(e.contains("WARDEN_POLICY_MAX_ATTEMPTS"), "{e}");
         let e = err("", &[("WARDEN_POLICY_NOPE", "1")]);
         assert!(e.contains("unknown field `nope`"), "{e}");
+    }
+
+    #[test]
+    fn the_http_gateway_needs_a_key_beyond_loopback() {
+        let e = err("[http]\nbind = \"0.0.0.0:3000\"\n", &[]);
+        assert!(e.contains("[http]"), "{e}");
+        let config = ok(
+            "[http]\nbind = \"0.0.0.0:3000\"\n",
+            &[("WARDEN_HTTP_API_KEY", "k3y-with-enough-length")],
+        );
+        assert_eq!(
+            config.http.api_key.as_deref(),
+            Some("k3y-with-enough-length")
+        );
+        let digits = ok("", &[("WARDEN_HTTP_API_KEY", "1234567890123456")]);
+        assert_eq!(digits.http.api_key.as_deref(), Some("1234567890123456"));
+        assert!(ok("", &[]).http.enabled);
     }
 
     #[test]

@@ -95,6 +95,23 @@ async fn serve(
     .await
     .context("cannot open the control socket")?;
     tracing::info!(socket = %server.path().display(), "control socket ready");
+    let http_listener = if config.http.enabled {
+        let listener = tokio::net::TcpListener::bind(config.http.bind)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {}", config.http.bind))?;
+        let addr = listener.local_addr().context("HTTP listener address")?;
+        tracing::info!(
+            "HTTP gateway listening on http://{addr} (dashboard at /, API key {})",
+            if config.http.api_key.is_some() {
+                "required"
+            } else {
+                "not set: loopback only"
+            }
+        );
+        Some(listener)
+    } else {
+        None
+    };
 
     let supervisor_config = SupervisorConfig {
         policy: config.policy.clone(),
@@ -110,6 +127,30 @@ async fn serve(
     for problem in &report.problems {
         tracing::warn!("unreadable session entry left alone: {problem}");
     }
+
+    let metrics = Arc::new(warden_http::Metrics::new());
+    let observer_metrics = metrics.clone();
+    let server = server.with_observer(Arc::new(move |op: &str, ok: bool| {
+        observer_metrics.record_socket_request(op, ok)
+    }));
+    let (stop_server, server_stopped) = oneshot::channel::<()>();
+    let served = tokio::spawn(server.run(supervisor.clone(), async {
+        let _ = server_stopped.await;
+    }));
+    let (stop_http, http_stopped) = oneshot::channel::<()>();
+    let http = if let Some(listener) = http_listener {
+        Some(tokio::spawn(warden_http::serve(
+            listener,
+            supervisor.clone(),
+            config.http.clone(),
+            metrics,
+            async {
+                let _ = http_stopped.await;
+            },
+        )))
+    } else {
+        None
+    };
     let summary = systemd::summary(&supervisor.list());
     tracing::info!(
         sessions_dir = %config.daemon.sessions_dir.display(),
@@ -117,11 +158,6 @@ async fn serve(
         "warden is ready ({summary})"
     );
     systemd::ready(&summary);
-
-    let (stop_server, server_stopped) = oneshot::channel::<()>();
-    let served = tokio::spawn(server.run(supervisor.clone(), async {
-        let _ = server_stopped.await;
-    }));
 
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
@@ -150,6 +186,14 @@ async fn serve(
 
     systemd::stopping();
     let _ = stop_server.send(());
+    let _ = stop_http.send(());
+    if let Some(http) = http {
+        match http.await {
+            Ok(Err(e)) => tracing::error!("HTTP gateway: {e}"),
+            Err(e) => tracing::error!("HTTP gateway task: {e}"),
+            Ok(Ok(())) => {}
+        }
+    }
     let stopped = supervisor.shutdown().await;
     let _ = served.await;
     stopped.context("graceful shutdown")?;

@@ -60,6 +60,9 @@ restart_cooldown = "30s"
 per_second = 100.0
 burst = 100
 
+[http]
+bind = "127.0.0.1:0"
+
 [whatsapp]
 url = "{whatsapp_url}"
 version = "2.3000.1027868167"
@@ -74,6 +77,8 @@ liveness_timeout = "30s"
 struct Daemon {
     child: Child,
     socket: PathBuf,
+    /// Where the HTTP gateway listens.
+    http: std::net::SocketAddr,
     /// The daemon's stderr, line by line.
     log: mpsc::UnboundedReceiver<String>,
 }
@@ -99,18 +104,26 @@ impl Daemon {
             }
         });
         let ready = async {
+            let mut http = None;
             while let Some(line) = log.recv().await {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    http = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+                }
                 if line.contains("warden is ready") {
-                    return true;
+                    return http;
                 }
             }
-            false
+            None
         };
-        let ready = tokio::time::timeout(Duration::from_secs(30), ready).await;
-        assert!(matches!(ready, Ok(true)), "the daemon did not become ready");
+        let http = tokio::time::timeout(Duration::from_secs(30), ready)
+            .await
+            .ok()
+            .flatten()
+            .expect("the daemon became ready with its HTTP gateway");
         Self {
             child,
             socket: dir.join("run/warden.sock"),
+            http,
             log,
         }
     }
@@ -511,4 +524,116 @@ async fn systemd_notifications_reload_and_log_files() {
         "the last line is flushed at exit"
     );
     assert!(!file.contains("\u{1b}["), "no colours in files");
+}
+
+/// One HTTP/1.1 request the way curl sends it; returns the status and the JSON body.
+async fn curl(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, Value) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost:3000\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\nConnection: close\r\n"
+    );
+    if let Some(body) = body {
+        request += &format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+    } else {
+        request += "\r\n";
+    }
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut response)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text[9..12].parse().unwrap();
+    let (_, body) = text.split_once("\r\n\r\n").unwrap();
+    // Chunked or not, the JSON object is the part between the outer braces.
+    let json = body
+        .find('{')
+        .and_then(|start| body.rfind('}').map(|end| &body[start..=end]))
+        .map(|j| serde_json::from_str(j).unwrap_or(Value::Null))
+        .unwrap_or(Value::Null);
+    (status, json)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_legacy_guides_curl_commands_work_against_the_daemon() {
+    let whatsapp = fake_whatsapp().await;
+    let dir = workspace(&whatsapp.url());
+    let daemon = Daemon::start(dir.path()).await;
+    let http = daemon.http;
+
+    let (status, created) = curl(http, "POST", "/session", Some(r#"{"name":"Toko"}"#)).await;
+    assert_eq!(status, 200, "{created}");
+    assert_eq!(created["success"], json!(true));
+    let token = created["token"].as_str().unwrap().to_owned();
+
+    let (status, started) = curl(http, "POST", &format!("/session/start/{token}"), None).await;
+    assert_eq!(status, 200, "{started}");
+    assert!(
+        ["qr_generated", "connected", "connecting"].contains(&started["status"].as_str().unwrap()),
+        "{started}"
+    );
+    // The fake phone scans the QR: the daemon reports it connected.
+    let (code, out, _) = daemon.cli(&["start", &token]).await;
+    assert_eq!(code, 0, "{out}");
+
+    // The guide's commands, as printed there.
+    let (status, one) = curl(http, "GET", &format!("/session/status/{token}"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (one["success"].clone(), one["isReady"].clone()),
+        (json!(true), json!(true))
+    );
+    let (status, all) = curl(http, "GET", "/sessions", None).await;
+    assert_eq!(status, 200, "{all}");
+    assert!(all.to_string().contains(&token));
+    let (status, restarted) = curl(http, "POST", &format!("/session/restart/{token}"), None).await;
+    assert_eq!(status, 429, "inside the cooldown: {restarted}");
+    let (status, reset) = curl(
+        http,
+        "POST",
+        &format!("/session/reset-reconnect/{token}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{reset}");
+    let (status, cleaned) = curl(
+        http,
+        "POST",
+        &format!("/session/force-cleanup/{token}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{cleaned}");
+    let status_after = daemon.json(&["status", &token]).await;
+    assert_eq!(status_after["state"], json!("stopped"));
+
+    let (status, missing) = curl(http, "GET", "/session/status/nobody", None).await;
+    assert_eq!(
+        (status, missing["error"].clone()),
+        (404, json!("Session not found"))
+    );
+    let (status, _) = curl(http, "GET", "/session/status/..%2F..%2Fetc", None).await;
+    assert_eq!(status, 400);
+    let (status, health) = curl(http, "GET", "/healthz", None).await;
+    assert_eq!(status, 200, "{health}");
+    // Control-socket requests show in the metrics beside HTTP ones.
+    let mut stream = tokio::net::TcpStream::connect(http).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut metrics = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut metrics)
+        .await
+        .unwrap();
+    assert!(metrics.contains("warden_sessions"), "{metrics}");
+    assert!(metrics.contains("socket"), "{metrics}");
 }
