@@ -86,9 +86,15 @@ struct Daemon {
 impl Daemon {
     /// Starts `warden serve` in `dir` and waits until it says it is ready.
     async fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &[]).await
+    }
+
+    /// Same, with extra environment variables.
+    async fn start_with(dir: &Path, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(dir.join("daemon.toml"))
+            .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -533,10 +539,22 @@ async fn curl(
     path: &str,
     body: Option<&str>,
 ) -> (u16, Value) {
+    curl_with(addr, method, path, body, "").await
+}
+
+/// Same, with extra header lines (each ending in `\r\n`).
+async fn curl_with(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &str,
+) -> (u16, Value) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut request = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost:3000\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\nConnection: close\r\n"
     );
+    request += headers;
     if let Some(body) = body {
         request += &format!(
             "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -636,4 +654,54 @@ async fn the_legacy_guides_curl_commands_work_against_the_daemon() {
         .unwrap();
     assert!(metrics.contains("warden_sessions"), "{metrics}");
     assert!(metrics.contains("socket"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_api_key_every_route_but_healthz_requires_it() {
+    let whatsapp = fake_whatsapp().await;
+    let dir = workspace(&whatsapp.url());
+    let key = "a-long-enough-test-key-0123";
+    let daemon = Daemon::start_with(dir.path(), &[("WARDEN_HTTP_API_KEY", key)]).await;
+    let http = daemon.http;
+    let bearer = format!("Authorization: Bearer {key}\r\n");
+    let x_api_key = format!("X-Api-Key: {key}\r\n");
+    for (method, path) in [
+        ("GET", "/sessions"),
+        ("GET", "/session/status/shop1"),
+        ("POST", "/session/force-cleanup/shop1"),
+        ("GET", "/metrics"),
+    ] {
+        let (status, body) = curl(http, method, path, None).await;
+        assert_eq!(status, 401, "{method} {path} without the key: {body}");
+        let (status, _) = curl_with(
+            http,
+            method,
+            path,
+            None,
+            "Authorization: Bearer wrong-key-wrong-key\r\n",
+        )
+        .await;
+        assert_eq!(status, 401, "{method} {path} with a wrong key");
+    }
+    let (status, _) = curl(http, "GET", "/healthz", None).await;
+    assert_eq!(status, 200, "health needs no key");
+    let (status, created) =
+        curl_with(http, "POST", "/session", Some(r#"{"name":"Key"}"#), &bearer).await;
+    assert_eq!(status, 200, "{created}");
+    let token = created["token"].as_str().unwrap();
+    let (status, one) = curl_with(
+        http,
+        "GET",
+        &format!("/session/status/{token}"),
+        None,
+        &x_api_key,
+    )
+    .await;
+    assert_eq!((status, one["success"].clone()), (200, json!(true)));
+    // The key never reaches the log.
+    let logs = std::fs::read_dir(dir.path().join("logs")).unwrap();
+    for file in logs {
+        let text = std::fs::read_to_string(file.unwrap().path()).unwrap();
+        assert!(!text.contains(key));
+    }
 }
