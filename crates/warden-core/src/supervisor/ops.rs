@@ -17,7 +17,49 @@ use super::SupervisorState;
 use super::entry::{Entry, Intent, Waiter};
 use super::messages::{InfoReply, Reaped, SupervisorMsg};
 
+/// The session's entry, or answer `reply` with the error (not found, being deleted) and return.
+macro_rules! entry_or_reply {
+    ($state:ident, $token:ident, $reply:ident) => {
+        match $state.entry(&$token) {
+            Ok(entry) => entry,
+            Err(e) => {
+                let _ = $reply.send(Err(e));
+                return;
+            }
+        }
+    };
+}
+
 impl SupervisorState {
+    /// Cancels any pending retry or queued start of `token` and closes its live connection
+    /// with `intent` (a delete, or a logout that is not overtaken by a delete, keeps its own).
+    /// Returns whether a connection was live: its end completes the operation.
+    fn close_with(&mut self, token: &Token, intent: Intent) -> bool {
+        let Some(entry) = self.sessions.get_mut(token) else {
+            return false;
+        };
+        entry.cancel_retry();
+        if entry.queued {
+            entry.queued = false;
+            self.admission.dequeue(token);
+        }
+        let entry = self.sessions.get_mut(token).expect("checked above");
+        let Some(live) = &entry.live else {
+            return false;
+        };
+        let keep = match (&entry.intent, &intent) {
+            (Some(Intent::Delete), _) => true,
+            (Some(Intent::Logout), Intent::Delete) => false,
+            (Some(Intent::Logout), _) => true,
+            _ => false,
+        };
+        if !keep {
+            entry.intent = Some(intent);
+        }
+        live.actor.stop(Some("closed by the supervisor".into()));
+        true
+    }
+
     /// A connecting operation that must wait for (or cannot follow) a logout or a delete:
     /// answers or queues `reply` and returns `None`; otherwise hands `reply` back.
     fn defer_connect(
@@ -97,13 +139,7 @@ impl SupervisorState {
         options: OpenOptions,
         reply: InfoReply,
     ) {
-        let entry = match self.entry(&token) {
-            Ok(entry) => entry,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
-        };
+        let entry = entry_or_reply!(self, token, reply);
         if entry.state() == SessionState::Banned {
             let until = entry
                 .record
@@ -156,28 +192,18 @@ impl SupervisorState {
         reason: String,
         reply: InfoReply,
     ) {
-        let entry = match self.entry(&token) {
-            Ok(entry) => entry,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
-        };
+        let entry = entry_or_reply!(self, token, reply);
         entry.record.desired = Desired::Stopped;
-        entry.cancel_retry();
-        if entry.queued {
-            entry.queued = false;
-            self.admission.dequeue(&token);
-        }
-        let entry = self.sessions.get_mut(&token).expect("checked above");
-        if let Some(live) = &entry.live {
-            if !matches!(entry.intent, Some(Intent::Logout | Intent::Delete)) {
-                entry.intent = Some(Intent::Stop { reason });
-            }
-            live.actor.stop(Some("stop".into()));
+        let intent = Intent::Stop {
+            reason: reason.clone(),
+        };
+        let entry = if self.close_with(&token, intent) {
+            let entry = self.sessions.get_mut(&token).expect("checked above");
             entry.waiters.push(Waiter::Info(reply));
             return;
-        }
+        } else {
+            self.sessions.get_mut(&token).expect("checked above")
+        };
         tracing::info!(token = %token, %reason, "session stopped");
         // A logged-out session stays logged out: its credentials are gone either way.
         if entry.state() != SessionState::LoggedOut {
@@ -197,13 +223,7 @@ impl SupervisorState {
         reply: InfoReply,
     ) {
         let cooldown = self.policy.restart_cooldown;
-        let entry = match self.entry(&token) {
-            Ok(entry) => entry,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
-        };
+        let entry = entry_or_reply!(self, token, reply);
         if !force {
             if let Some(last) = entry.last_start {
                 let elapsed = Instant::now().saturating_duration_since(last);
@@ -244,18 +264,12 @@ impl SupervisorState {
         let entry = self.sessions.get_mut(&token).expect("caller checked");
         // A fresh connection links by QR again unless a start asks for a pairing code.
         entry.options = OpenOptions::default();
-        entry.cancel_retry();
-        if let Some(live) = &entry.live {
-            if !matches!(entry.intent, Some(Intent::Logout | Intent::Delete)) {
-                entry.intent = Some(Intent::Reconnect);
-            }
-            live.actor.stop(Some("restart".into()));
+        if self.close_with(&token, Intent::Reconnect) {
+            let entry = self.sessions.get_mut(&token).expect("checked above");
             entry.waiters.push(Waiter::Info(reply));
             return;
         }
-        if !entry.queued {
-            self.request_connect(myself, &token).await;
-        }
+        self.request_connect(myself, &token).await;
         let _ = reply.send(Ok(self.sessions[&token].info()));
     }
 
@@ -265,13 +279,7 @@ impl SupervisorState {
         token: Token,
         reply: InfoReply,
     ) {
-        let entry = match self.entry(&token) {
-            Ok(entry) => entry,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
-        };
+        let entry = entry_or_reply!(self, token, reply);
         let state = entry.state();
         let paired = entry.record.jid.is_some();
         let fits = match state {
@@ -306,27 +314,11 @@ impl SupervisorState {
         token: Token,
         reply: InfoReply,
     ) {
-        let entry = match self.entry(&token) {
-            Ok(entry) => entry,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
-        };
+        let entry = entry_or_reply!(self, token, reply);
         tracing::info!(token = %token, "logging out");
         entry.record.desired = Desired::Stopped;
-        entry.cancel_retry();
         entry.waiters.push(Waiter::Info(reply));
-        if entry.queued {
-            entry.queued = false;
-            self.admission.dequeue(&token);
-        }
-        let entry = self.sessions.get_mut(&token).expect("checked above");
-        if let Some(live) = &entry.live {
-            if entry.intent != Some(Intent::Delete) {
-                entry.intent = Some(Intent::Logout);
-            }
-            live.actor.stop(Some("logout".into()));
+        if self.close_with(&token, Intent::Logout) {
             return;
         }
         self.begin_logout(myself, &token, Some("logged out by request".into()), false);
@@ -338,24 +330,10 @@ impl SupervisorState {
         token: Token,
         reply: RpcReplyPort<Result<(), Error>>,
     ) {
-        let entry = match self.entry(&token) {
-            Ok(entry) => entry,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
-        };
+        let entry = entry_or_reply!(self, token, reply);
         tracing::info!(token = %token, "deleting session");
-        entry.cancel_retry();
         entry.waiters.push(Waiter::Unit(reply));
-        if entry.queued {
-            entry.queued = false;
-            self.admission.dequeue(&token);
-        }
-        let entry = self.sessions.get_mut(&token).expect("checked above");
-        if let Some(live) = &entry.live {
-            entry.intent = Some(Intent::Delete);
-            live.actor.stop(Some("delete".into()));
+        if self.close_with(&token, Intent::Delete) {
             return;
         }
         self.begin_delete(myself, &token);
@@ -379,13 +357,7 @@ impl SupervisorState {
         text: String,
         reply: RpcReplyPort<Result<String, Error>>,
     ) {
-        let entry = match self.entry(&token) {
-            Ok(entry) => entry,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
-        };
+        let entry = entry_or_reply!(self, token, reply);
         let live = match (&entry.live, entry.state()) {
             (Some(live), SessionState::Connected) if entry.intent.is_none() => live,
             (_, state) => {
