@@ -3,8 +3,8 @@
 //! `Client` with its ordered event tap.
 //!
 //! The client is built once and reused for every attempt (wa-rs-notes §2.4), with two
-//! exceptions: after a run that showed QR codes without pairing, wa-rs's QR rotation task may
-//! still be alive and would later call `disconnect()` on that client (§0.3), so the next
+//! exceptions: after a run that did not leave the device paired, a QR rotation task of that run
+//! may still be alive and would later call `disconnect()` on that client (§0.3), so the next
 //! attempt gets a fresh `Client` on the same store; and after a logout everything goes.
 
 use std::path::Path;
@@ -52,7 +52,8 @@ impl EventHandler for Tap {
 pub(crate) struct Incarnation {
     pub client: Arc<Client>,
     pub events: mpsc::UnboundedReceiver<Seen>,
-    /// A QR rotation task of this client may still be running: build a new one next time.
+    /// The last run did not leave the device paired, so a QR rotation task of this client may
+    /// still be running: build a new one next time.
     pub stale: bool,
 }
 

@@ -30,6 +30,8 @@ use crate::watchdog::{Verdict, Watchdog};
 const RUN_BOUND: Duration = Duration::from_secs(1);
 /// Bound on saving the device state at the end of a connection.
 const FLUSH_BOUND: Duration = Duration::from_secs(2);
+/// Bound on waiting for a pairing's `PairSuccess`/`PairError` after its run has returned.
+const PAIR_OUTCOME_BOUND: Duration = Duration::from_secs(2);
 
 /// What the connection handle shares with its driver.
 struct Control {
@@ -174,8 +176,19 @@ async fn drive(
     };
     let incarnation = session.incarnation(&mut slot).await;
     let client = incarnation.client.clone();
-    // Events dispatched between connections (by wa-rs tasks that outlived a run) are stale.
-    while incarnation.events.try_recv().is_ok() {}
+    // Lifecycle events dispatched between connections (by wa-rs tasks that outlived a run)
+    // are stale; messages decrypted after the previous connection's last look are not.
+    while let Ok(event) = incarnation.events.try_recv() {
+        if let Seen::Message(message) = event {
+            sink.emit(LifecycleEvent::Message(message));
+        }
+    }
+    if control.stop.is_cancelled() {
+        drop(slot);
+        sink.disconnected(DisconnectReason::Stopped);
+        return;
+    }
+    let paired_before = session.is_paired().await;
     let probe = control.probe.clone();
     probe.begin();
 
@@ -186,7 +199,7 @@ async fn drive(
 
     let mut pair_code = None;
     if let Some(phone) = options.pair_phone.clone()
-        && !session.is_paired().await
+        && !paired_before
     {
         pair_code = Some(crate::tasks::spawn(request_pair_code(
             client.clone(),
@@ -255,21 +268,46 @@ async fn drive(
     if !run_over && (in_connect || tokio::time::timeout(RUN_BOUND, &mut run).await.is_err()) {
         run.abort();
         let _ = run.await;
+        // The handshake may have completed between `disconnect()` and the abort: `connect()`
+        // then stored a socket and started a keepalive task, and the next `run()` would fail
+        // with `AlreadyConnected`. Let go of them too.
+        let _ = tokio::time::timeout(DISCONNECT_BOUND, client.disconnect()).await;
+        probe.close_current();
     }
     lock(&control.run).take();
     for task in [pair_code, ping].into_iter().flatten() {
         task.abort();
     }
-    *lock(&control.client) = None;
     // wa-rs dispatches synchronously: what the run saw is already queued.
     while let Ok(event) = incarnation.events.try_recv() {
         forward.on(event).await;
     }
+    let paired_now = session.is_paired().await;
+    let pair_outcome_seen = |seen: &[Seen]| {
+        seen.iter()
+            .any(|s| matches!(s, Seen::PairSuccess { .. } | Seen::PairError { .. }))
+    };
+    if !facts.stopped && !paired_before && paired_now && !pair_outcome_seen(forward.seen) {
+        // wa-rs stores the pairing, sends the signature, then dispatches `PairSuccess`, while
+        // the server's 515 is handled inline: the run can be over before the event is.
+        let outcome = tokio::time::timeout(PAIR_OUTCOME_BOUND, async {
+            while let Some(event) = incarnation.events.recv().await {
+                forward.on(event).await;
+                if pair_outcome_seen(forward.seen) {
+                    break;
+                }
+            }
+        })
+        .await;
+        if outcome.is_err() {
+            tracing::warn!(token = %token, "paired, but wa-rs did not report the pairing");
+        }
+    }
+    *lock(&control.client) = None;
     facts.transport = probe.facts();
     let reason = classify::classify(&seen, &facts);
-    let showed_qr = seen.iter().any(|s| matches!(s, Seen::Qr { .. }));
-    let paired = seen.iter().any(|s| matches!(s, Seen::PairSuccess { .. }));
-    incarnation.stale = showed_qr && !paired;
+    // A run that did not leave the device paired may have left a QR rotation task behind.
+    incarnation.stale = !paired_now;
     if tokio::time::timeout(FLUSH_BOUND, session.flush())
         .await
         .is_err()
@@ -293,6 +331,12 @@ struct Forward<'a> {
 impl Forward<'_> {
     async fn on(&mut self, event: Seen) {
         match &event {
+            // Only while this run is logged in: a post-login task of an earlier run can
+            // dispatch its `Connected` late (and nothing is connected once the run is over).
+            Seen::Connected if !self.client.is_logged_in() => {
+                tracing::debug!(token = %self.token, "ignoring a Connected of no live login");
+                return;
+            }
             Seen::Connected => {
                 let jid = self
                     .client

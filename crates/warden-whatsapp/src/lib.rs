@@ -18,15 +18,20 @@
 //! ## How a session is driven
 //! - **One client per token**, built on first use and reused for every attempt; its SQLite
 //!   store is `<sessions_dir>/<token>/session.db` (beside the supervisor's `session.toml`). A
-//!   fresh `Client` (same store) replaces it only after a run that showed QR codes without
-//!   pairing, because wa-rs's QR rotation task would later disconnect it.
+//!   fresh `Client` (same store) replaces it after any run that did not leave the device
+//!   paired, because a QR rotation task of that run could later disconnect it.
 //! - **Only the supervisor reconnects**: wa-rs's auto-reconnect is off, so one `run()` is one
 //!   connection attempt. `Bot::run` is not used (it leaks the client); the link drives
 //!   `client.run()` itself, one at a time, and always calls `disconnect()` before aborting it.
 //! - **Ordered events**: a synchronous handler on wa-rs's event bus (holding no client) taps
 //!   each event into a channel; [`classify`] maps them. After `PairSuccess` the connection
 //!   reports `Paired` and ends with `RestartRequired` only once `run()` has returned (the 515),
-//!   which avoids wa-rs's post-pairing race; the supervisor restarts it at once.
+//!   which avoids wa-rs's post-pairing race; the supervisor restarts it at once. wa-rs
+//!   dispatches `PairSuccess` from a task after the signature is sent while the 515 is handled
+//!   inline, so a run that newly paired the device waits (up to 2 s) for that event before it
+//!   is classified. A `Connected` is reported only while the client is logged in (a late one
+//!   from an earlier run's post-login task is ignored). Messages left in the channel between
+//!   connections are still delivered; other leftover events are dropped.
 //! - **Transport** ([`transport`]): its own WebSocket (rustls + webpki roots for `wss`), one
 //!   `connect_timeout` for dial, TLS, upgrade and the server's first handshake reply, and a read
 //!   task and socket that are always released.

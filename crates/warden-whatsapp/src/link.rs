@@ -104,13 +104,17 @@ impl WaLink {
         let dir = self.session_dir(token);
         let cell = self.sessions().remove(token);
         let held = cell.and_then(|c| c.get().cloned());
-        let guard = match held {
+        // Whichever holds the folder lock (the session, or a lock taken here) is kept until
+        // the files are gone.
+        let (session, guard) = match held {
             Some(session) => {
                 session.release(RELEASE_BOUND).await?;
-                None
+                (Some(session), None)
             }
             None if dir.exists() => {
-                Some(SessionLock::acquire(&dir).map_err(|e| LinkError::Storage(e.to_string()))?)
+                let lock =
+                    SessionLock::acquire(&dir).map_err(|e| LinkError::Storage(e.to_string()))?;
+                (None, Some(lock))
             }
             None => return Ok(()),
         };
@@ -118,6 +122,7 @@ impl WaLink {
         if and_lock {
             remove_if_present(&dir.join(LOCK_FILE))?;
         }
+        drop(session);
         drop(guard);
         Ok(())
     }

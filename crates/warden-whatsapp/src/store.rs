@@ -34,12 +34,18 @@ impl std::fmt::Debug for SessionStore {
 }
 
 impl SessionStore {
-    /// Opens (or creates) the SQLite database at `path`.
+    /// Opens (or creates) the SQLite database at `path`. `SqliteStore::new` builds its pool
+    /// synchronously (waiting up to r2d2's 30 s for connections), so it runs on a blocking
+    /// thread rather than on an async worker.
     pub async fn open(path: &Path) -> Result<Self> {
         let url = path
             .to_str()
-            .ok_or_else(|| StoreError::Connection(format!("not UTF-8: {}", path.display())))?;
-        let store = SqliteStore::new(url).await?;
+            .ok_or_else(|| StoreError::Connection(format!("not UTF-8: {}", path.display())))?
+            .to_owned();
+        let runtime = tokio::runtime::Handle::current();
+        let store = tokio::task::spawn_blocking(move || runtime.block_on(SqliteStore::new(&url)))
+            .await
+            .map_err(|e| StoreError::Connection(format!("opening the store: {e}")))??;
         Ok(Self {
             inner: RwLock::new(Some(Arc::new(store))),
         })

@@ -430,3 +430,50 @@ async fn many_sessions_pair_concurrently_one_connection_each() {
         .inspect(|s| s.count(|r| r.event == ServerEvent::LoginAccepted));
     assert_eq!(logins, 24);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_right_after_the_pair_signature_still_counts_as_paired() {
+    // The 515 follows the client's signature at once: wa-rs handles it inline while its
+    // `PairSuccess` is still on the way, so the run can end before the event arrives. On
+    // loopback that window is usually shorter than the round trip, so this checks that the
+    // zero-delay path pairs and connects; it does not reliably reproduce the race itself.
+    let registration = Plan::always(Scenario::new([
+        Step::Qr(QrSpec::new(
+            1,
+            Duration::from_secs(30),
+            Duration::from_secs(30),
+        )),
+        Step::wait(Duration::from_millis(50)),
+        Step::Pair(PairSpec {
+            restart_after: Duration::ZERO,
+            ..PairSpec::default()
+        }),
+    ]));
+    let mut script = Script::default().with_registration(registration);
+    for n in 1..=6u64 {
+        script = script.with_account(
+            (15550000200u64 + n).to_string(),
+            Plan::always(Scenario::login()),
+        );
+    }
+    let mut h = Harness::new(server_with(script).await, |_| {}).await;
+    let tokens: Vec<String> = (1..=6).map(|n| format!("r{n}")).collect();
+    for t in &tokens {
+        h.start(t).await;
+    }
+    for t in &tokens {
+        let info = h
+            .events
+            .wait(t, |i| {
+                matches!(i.state, SessionState::Connected | SessionState::QrExpired)
+            })
+            .await;
+        assert_eq!(
+            info.state,
+            SessionState::Connected,
+            "{t}: parked after pairing"
+        );
+    }
+    h.assert_one_at_a_time();
+    assert_eq!(registrations(&h), 6);
+}
