@@ -1,6 +1,7 @@
-//! The dashboard in a real headless Chromium, driven over the Chrome DevTools Protocol: load
-//! the page (with an API key, so it asks for one), create a session, see its QR code, see it
-//! turn connected after pairing, click force cleanup. Screenshots go to the target folder
+//! The dashboard in a real headless Chromium, driven over the Chrome DevTools Protocol, against
+//! the real `warden` daemon on a fake WhatsApp server: load the page (the daemon has an API key,
+//! so it asks for one), create a session, see its QR code, see it turn connected once the fake
+//! server pairs it, click force cleanup. Screenshots go to the workspace's target folder
 //! (`dashboard-key.png`, `dashboard-qr.png`, `dashboard.png`, `dashboard-cleanup.png`).
 //!
 //! Without Chromium the test is skipped with a loud message, unless `CI` is set: then it fails.
@@ -17,14 +18,23 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_websockets::{ClientBuilder, Limits, MaybeTlsStream, Message, WebSocketStream};
-use warden_core::scripted::Script;
-use warden_core::{DisconnectReason, SessionState};
+use warden_fakewa::{Plan, QrSpec, Scenario, Step};
 
-use common::{Gateway, JID, KEY, Setup, wait_state};
+use common::{Daemon, PHONE, fake_whatsapp_with, pairing, workspace};
 
-const MINUTE: Duration = Duration::from_secs(60);
+/// The key the daemon is started with.
+const KEY: &str = "dashboard-key-0123456789abcdef";
 /// The bound on any one wait in the browser.
 const WAIT_MS: u64 = 15_000;
+
+/// A registration that only shows QR codes (two of 50 s), long enough that nobody has to hurry.
+fn qr_only() -> Scenario {
+    Scenario::new([Step::Qr(QrSpec::new(
+        2,
+        Duration::from_secs(50),
+        Duration::from_secs(50),
+    ))])
+}
 
 fn chromium() -> Option<PathBuf> {
     let candidates = std::env::var_os("CHROMIUM")
@@ -159,7 +169,7 @@ fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_links_a_phone_in_a_real_browser() {
     let Some(chromium) = chromium() else {
         if std::env::var_os("CI").is_some() {
@@ -174,43 +184,21 @@ async fn the_dashboard_links_a_phone_in_a_real_browser() {
         return;
     };
 
-    let gw = Gateway::start(Setup {
-        key: Some(KEY),
-        ..Setup::default()
-    })
-    .await;
-    let mut bus = gw.supervisor.subscribe();
-    gw.link.script(
-        "phone1",
-        [
-            Script::new().qr(
-                "2@phone-one-qr-code,AbCdEfGhIjKlMnOpQrStUvWxYz0123456789=,1",
-                MINUTE,
-            ),
-            Script::new()
-                .paired(JID)
-                .disconnect(DisconnectReason::RestartRequired),
-            Script::login(JID),
-        ],
-    );
-    // Neighbours, so the page shows a realistic mix.
-    gw.link.script(
-        "sales",
-        [Script::new().qr("2@sales-qr-code,XyZ0987654321=,1", MINUTE)],
-    );
-    gw.supervisor
-        .create(Some("Warehouse".into()), Some("warehouse"))
-        .await
-        .unwrap();
-    gw.supervisor
-        .create(Some("Sales desk".into()), Some("sales"))
-        .await
-        .unwrap();
-    gw.supervisor
-        .start_session("sales", Default::default())
-        .await
-        .unwrap();
-    wait_state(&mut bus, "sales", SessionState::WaitingForScan).await;
+    // Until the browser has shown the QR code, registrations only show one; nothing pairs.
+    let whatsapp = fake_whatsapp_with(Plan::always(qr_only())).await;
+    let dir = workspace(&whatsapp.url());
+    let daemon = Daemon::start_with(dir.path(), &[("WARDEN_HTTP_API_KEY", KEY)]).await;
+    let base = format!("http://{}", daemon.http);
+
+    // Neighbours, so the page shows a realistic mix: one stopped, one showing its QR code.
+    daemon
+        .json(&["create", "--token", "warehouse", "--name", "Warehouse"])
+        .await;
+    daemon
+        .json(&["create", "--token", "sales", "--name", "Sales desk"])
+        .await;
+    let (code, out, err) = daemon.cli(&["start", "sales", "--no-wait"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
 
     let profile = tempfile::tempdir().unwrap();
     let mut browser = tokio::process::Command::new(&chromium)
@@ -269,10 +257,10 @@ async fn the_dashboard_links_a_phone_in_a_real_browser() {
         json!({"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": false}),
     )
     .await;
-    cdp.call("Page.navigate", json!({"url": format!("{}/", gw.base)}))
+    cdp.call("Page.navigate", json!({"url": format!("{base}/")}))
         .await;
 
-    // The gateway has a key: the page asks for it.
+    // The daemon has a key: the page asks for it.
     cdp.wait_until("document.getElementById('key-dialog').open")
         .await;
     cdp.screenshot(&target_dir().join("dashboard-key.png"))
@@ -311,19 +299,26 @@ async fn the_dashboard_links_a_phone_in_a_real_browser() {
     );
     cdp.screenshot(&target_dir().join("dashboard-qr.png")).await;
 
-    // The phone scans it (the scripted link pairs on the next connection).
-    gw.supervisor.restart("phone1", true).await.unwrap();
+    // The phone scans it: from now on the fake server pairs a registration right after its QR
+    // code, and "Refresh QR" on the card opens a new one.
+    whatsapp.update_script(|script| script.registration = Plan::always(pairing()));
+    cdp.eval("document.querySelector('[data-token=\"phone1\"] button[data-action=\"refresh\"]').click(); true")
+        .await;
     cdp.wait_until(
         "document.querySelector('[data-token=\"phone1\"] .badge').dataset.state === 'connected'",
     )
     .await;
     cdp.wait_until("document.querySelector('[data-token=\"phone1\"] .qr').hidden")
         .await;
-    assert_eq!(
-        cdp.eval("document.querySelector('[data-token=\"phone1\"] .account').textContent")
-            .await,
-        json!("Scripted · +15551234567")
+    let account = cdp
+        .eval("document.querySelector('[data-token=\"phone1\"] .account').textContent")
+        .await;
+    assert!(
+        account.as_str().unwrap().contains(&format!("+{PHONE}")),
+        "the card shows the linked account: {account}"
     );
+    let status = daemon.json(&["status", "phone1"]).await;
+    assert_eq!(status["state"], json!("connected"));
     cdp.screenshot(&target_dir().join("dashboard.png")).await;
 
     // Force cleanup from its card.
@@ -333,9 +328,9 @@ async fn the_dashboard_links_a_phone_in_a_real_browser() {
         "document.querySelector('[data-token=\"phone1\"] .badge').dataset.state === 'stopped'",
     )
     .await;
-    let info = gw.supervisor.status("phone1").unwrap();
-    assert_eq!(info.state, SessionState::Stopped);
-    assert_eq!(info.reason.as_deref(), Some("force cleanup"));
+    let status = daemon.json(&["status", "phone1"]).await;
+    assert_eq!(status["state"], json!("stopped"));
+    assert_eq!(status["reason"], json!("force cleanup"));
     cdp.wait_until(
         "[...document.querySelectorAll('.toast')].some(t => t.textContent.includes('Cleaned up'))",
     )
@@ -358,5 +353,6 @@ async fn the_dashboard_links_a_phone_in_a_real_browser() {
     {
         let _ = browser.kill().await;
     }
-    gw.stop().await;
+    drop(daemon);
+    whatsapp.shutdown().await;
 }

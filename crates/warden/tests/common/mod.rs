@@ -1,0 +1,184 @@
+//! What the daemon's end-to-end tests share: a fake WhatsApp server on loopback, a workspace
+//! with a daemon.toml pointing at it, and the real `warden` binary started on that workspace.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use warden_fakewa::{FakeServer, PairSpec, Plan, QrSpec, Scenario, Script, ServerConfig, Step};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_warden");
+pub const PHONE: &str = "15551234567";
+
+/// The registration the fake server plays by default: two QR codes, "scanned" after half a
+/// second.
+pub fn pairing() -> Scenario {
+    Scenario::new([
+        Step::Qr(QrSpec::new(
+            2,
+            Duration::from_secs(20),
+            Duration::from_secs(10),
+        )),
+        Step::wait(Duration::from_millis(500)),
+        Step::Pair(PairSpec::phone(PHONE)),
+    ])
+}
+
+/// A fake WhatsApp that registers with `registration` and accepts logins.
+pub async fn fake_whatsapp_with(registration: Plan) -> FakeServer {
+    let script = Script::default()
+        .with_registration(registration)
+        .with_login(Plan::always(Scenario::login()));
+    FakeServer::start(ServerConfig::with_script(script))
+        .await
+        .unwrap()
+}
+
+/// A fake WhatsApp that shows two QR codes, "scans" after half a second, and accepts logins.
+pub async fn fake_whatsapp() -> FakeServer {
+    fake_whatsapp_with(Plan::always(pairing())).await
+}
+
+/// A folder with a daemon.toml pointing at `whatsapp_url`.
+pub fn workspace(whatsapp_url: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"
+[daemon]
+sessions_dir = "sessions"
+socket = "run/warden.sock"
+log_dir = "logs"
+log_level = "info,warden_whatsapp=debug"
+shutdown_timeout = "5s"
+close_timeout = "2s"
+
+[policy]
+backoff_base = "200ms"
+jitter = 0.0
+restart_cooldown = "30s"
+
+[admission]
+per_second = 100.0
+burst = 100
+
+[http]
+bind = "127.0.0.1:0"
+
+[whatsapp]
+url = "{whatsapp_url}"
+version = "2.3000.1027868167"
+connect_timeout = "3s"
+liveness_timeout = "30s"
+"#
+    );
+    std::fs::write(dir.path().join("daemon.toml"), config).unwrap();
+    dir
+}
+
+pub struct Daemon {
+    pub child: Child,
+    pub socket: PathBuf,
+    /// Where the HTTP gateway listens.
+    pub http: std::net::SocketAddr,
+    /// The daemon's stderr, line by line.
+    pub log: mpsc::UnboundedReceiver<String>,
+}
+
+impl Daemon {
+    /// Starts `warden serve` in `dir` and waits until it says it is ready.
+    pub async fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &[]).await
+    }
+
+    /// Same, with extra environment variables.
+    pub async fn start_with(dir: &Path, env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(dir.join("daemon.toml"))
+            .envs(env.iter().copied())
+            .env_remove("RUST_LOG")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, mut log) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
+        let ready = async {
+            let mut http = None;
+            while let Some(line) = log.recv().await {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    http = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+                }
+                if line.contains("warden is ready") {
+                    return http;
+                }
+            }
+            None
+        };
+        let http = tokio::time::timeout(Duration::from_secs(30), ready)
+            .await
+            .ok()
+            .flatten()
+            .expect("the daemon became ready with its HTTP gateway");
+        Self {
+            child,
+            socket: dir.join("run/warden.sock"),
+            http,
+            log,
+        }
+    }
+
+    /// Runs the CLI against this daemon.
+    pub async fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(BIN)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The CLI's JSON answer to `args`.
+    pub async fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let (code, out, err) = self.cli(&all).await;
+        assert_eq!(code, 0, "warden {args:?}: {out} {err}");
+        serde_json::from_str(out.trim()).unwrap()
+    }
+
+    /// Waits until the daemon's log has a line containing `needle`.
+    pub async fn log_line(&mut self, needle: &str) -> String {
+        let found = async {
+            while let Some(line) = self.log.recv().await {
+                if line.contains(needle) {
+                    return Some(line);
+                }
+            }
+            None
+        };
+        tokio::time::timeout(Duration::from_secs(30), found)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("no log line with {needle:?}"))
+    }
+}
