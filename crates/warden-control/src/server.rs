@@ -438,6 +438,12 @@ async fn watch<R, W>(
                         tracing::info!("disconnecting a watch client that does not keep up");
                         return;
                     }
+                    if token.is_some() && matches!(event, warden_core::SessionEvent::Removed { .. }) {
+                        // The one session this stream follows is gone: say so and end.
+                        let closed = EventLine::Closed { reason: "the session was deleted".into() };
+                        let _ = write_line(writer, &closed, timeout).await;
+                        return;
+                    }
                 }
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(missed)) => {

@@ -395,3 +395,44 @@ async fn many_clients_are_served_at_once() {
     assert_eq!(d.link.live_total(), 0);
     d.stop().await;
 }
+
+#[tokio::test]
+async fn a_watch_of_one_session_ends_when_it_is_deleted() {
+    let d = daemon(Script::login(JID), 1024).await;
+    let mut client = ControlClient::connect(&d.socket).await.unwrap();
+    let _: SessionView = client
+        .call(&Op::Create {
+            name: None,
+            token: Some("gone".into()),
+        })
+        .await
+        .unwrap();
+    let mut watcher = ControlClient::connect(&d.socket).await.unwrap();
+    let reply = watcher
+        .request(&Op::Watch {
+            token: Some("gone".into()),
+        })
+        .await
+        .unwrap();
+    assert!(reply.ok);
+    let _: warden_control::protocol::DeletedView = client
+        .call(&Op::Delete {
+            token: "gone".into(),
+        })
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while let Some(event) = watcher.next_event().await.unwrap() {
+        seen.push(event);
+    }
+    let n = seen.len();
+    assert!(n >= 3, "{seen:?}");
+    assert_eq!(
+        seen[n - 2],
+        EventLine::Removed {
+            token: "gone".into()
+        }
+    );
+    assert!(matches!(&seen[n - 1], EventLine::Closed { reason } if reason.contains("deleted")));
+    d.stop().await;
+}

@@ -23,12 +23,16 @@ pub fn keys_match(presented: &[u8], expected: &[u8]) -> bool {
 /// The key a request presents, if any: the `Authorization` bearer token, else `X-Api-Key`,
 /// else (only where headers cannot be set) the `api_key` query parameter.
 fn presented(method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<String> {
-    if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let value = value.to_str().ok()?.trim();
-        let (scheme, token) = value.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim().to_owned());
+    // A bearer token wins; any other Authorization (e.g. a proxy's Basic auth) is not ours,
+    // and X-Api-Key may still carry the key.
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim().to_owned());
+    if bearer.is_some() {
+        return bearer;
     }
     if let Some(value) = headers.get("x-api-key") {
         return value.to_str().ok().map(|v| v.trim().to_owned());
@@ -104,6 +108,12 @@ mod tests {
             "/sessions",
             &[("authorization", "Basic k1")],
             None,
+        );
+        check(
+            Method::GET,
+            "/sessions",
+            &[("authorization", "Basic dXNlcjpwdw=="), ("x-api-key", "k8")],
+            Some("k8"),
         );
         check(Method::GET, "/sessions", &[("x-api-key", "k2")], Some("k2"));
         check(Method::GET, "/events?api_key=k%203", &[], Some("k 3"));

@@ -137,7 +137,14 @@ impl Feed {
             match received {
                 Ok(event) => {
                     if self.filter.as_ref().is_none_or(|t| t == event.token()) {
-                        return Some((Ok(self::event(&EventLine::from(&event))), self));
+                        let line = self::event(&EventLine::from(&event));
+                        if self.filter.is_some() && matches!(event, SessionEvent::Removed { .. }) {
+                            // The one session this stream follows is gone: say so and end.
+                            self.pending.push_back(line);
+                            self.close("the session was deleted");
+                            continue;
+                        }
+                        return Some((Ok(line), self));
                     }
                 }
                 Err(RecvError::Lagged(missed)) => {

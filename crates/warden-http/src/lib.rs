@@ -105,6 +105,7 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     config.validate()?;
+    let addr = listener.local_addr()?;
     let stopping = CancellationToken::new();
     let grace = options.shutdown_grace;
     let collector = tokio::spawn(metrics::collect(
@@ -120,7 +121,6 @@ pub async fn serve_with(
         shutdown: stopping.clone(),
         started: Instant::now(),
     });
-    let addr = listener.local_addr()?;
     tracing::info!(
         %addr,
         api_key = if config.api_key.is_some() { "required" } else { "none" },
