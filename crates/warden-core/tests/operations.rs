@@ -225,6 +225,8 @@ async fn create_chooses_or_checks_tokens() {
 #[tokio::test(start_paused = true)]
 async fn invalid_tokens_are_refused_before_touching_anything() {
     let h = Harness::new(Script::new()).await;
+    let outside = h.dir.path().parent().unwrap().join("x");
+    let existed_before = outside.exists();
     for bad in ["../x", "a/b", "", "..", "x y", &"a".repeat(65)] {
         let err = h.supervisor.create(None, Some(bad)).await.unwrap_err();
         assert!(matches!(err, Error::InvalidToken(_)), "{bad:?}: {err}");
@@ -247,7 +249,11 @@ async fn invalid_tokens_are_refused_before_touching_anything() {
     );
     // Nothing was written anywhere.
     assert_eq!(std::fs::read_dir(h.dir.path()).unwrap().count(), 0);
-    assert!(!h.dir.path().parent().unwrap().join("x").exists());
+    assert_eq!(
+        outside.exists(),
+        existed_before,
+        "nothing made beside sessions/"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Events, Harness, config, mins, secs};
+use common::{Harness, config, mins, secs};
 use warden_core::scripted::{Script, ScriptedLink};
 use warden_core::{DisconnectReason, Error, SessionState, Supervisor};
 
@@ -66,7 +66,7 @@ async fn a_new_supervisor_on_the_same_folder_restores_every_session() {
         .unwrap();
     assert_eq!(report.loaded, 5);
     assert!(report.problems.is_empty());
-    let mut events = Events::of(&supervisor);
+    let mut events = common::events_of(&supervisor);
     events
         .wait_status(&supervisor, "up", |i| i.state == SessionState::Connected)
         .await;

@@ -68,7 +68,7 @@ async fn qr_scan_pairs_then_a_new_supervisor_logs_in_without_qr() {
         .await
         .expect("restart");
     assert_eq!(report.loaded, 1);
-    let mut events = Events::of(&supervisor);
+    let mut events = EventWaiter::new(&supervisor, LIMIT);
     // The restored record may still say `connected`: wait for the new connection's own.
     let connects = supervisor.status("shop1").unwrap().counters.connects;
     let info = events

@@ -1,15 +1,12 @@
 //! Helpers shared by the supervisor's integration tests.
 #![allow(dead_code)]
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::broadcast;
-use warden_core::scripted::{Script, ScriptedLink};
+use warden_core::scripted::{EventWaiter, Script, ScriptedLink};
 use warden_core::{
-    AdmissionConfig, PolicyConfig, SessionEvent, SessionInfo, SessionState, Supervisor,
-    SupervisorConfig,
+    AdmissionConfig, PolicyConfig, SessionInfo, SessionState, Supervisor, SupervisorConfig,
 };
 
 /// A config for tests: no jitter, admission out of the way, room for many events.
@@ -28,66 +25,12 @@ pub fn config(dir: &std::path::Path) -> SupervisorConfig {
     config
 }
 
-/// A session's event stream, split per token: waiting for one token never loses the events
-/// of another, and each token's updates are seen in order.
-pub struct Events {
-    rx: broadcast::Receiver<SessionEvent>,
-    pending: HashMap<String, VecDeque<SessionInfo>>,
-}
+/// The event waiter, on tokio's (paused) clock: a day of virtual time per wait.
+pub type Events = EventWaiter;
 
-impl Events {
-    /// Events of `supervisor` from now on.
-    pub fn of(supervisor: &Supervisor) -> Self {
-        Self {
-            rx: supervisor.subscribe(),
-            pending: HashMap::new(),
-        }
-    }
-
-    /// Waits (on the virtual clock, at most a day) for the next update of `token` that
-    /// matches `pred`, skipping earlier updates of that token.
-    pub async fn wait(&mut self, token: &str, pred: impl Fn(&SessionInfo) -> bool) -> SessionInfo {
-        let waiting = async {
-            loop {
-                if let Some(queue) = self.pending.get_mut(token) {
-                    while let Some(info) = queue.pop_front() {
-                        if pred(&info) {
-                            return info;
-                        }
-                    }
-                }
-                match self.rx.recv().await {
-                    Ok(SessionEvent::Updated(info)) => self
-                        .pending
-                        .entry(info.token.to_string())
-                        .or_default()
-                        .push_back(*info),
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(n)) => panic!("test lagged {n} events"),
-                    Err(broadcast::error::RecvError::Closed) => panic!("event stream closed"),
-                }
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(24 * 3600), waiting)
-            .await
-            .unwrap_or_else(|_| panic!("{token} never reached the awaited state"))
-    }
-}
-
-impl Events {
-    /// Like [`Events::wait`], but first looks at the session's current status: for a
-    /// supervisor whose sessions may have moved before this stream was opened.
-    pub async fn wait_status(
-        &mut self,
-        supervisor: &Supervisor,
-        token: &str,
-        pred: impl Fn(&SessionInfo) -> bool,
-    ) -> SessionInfo {
-        match supervisor.status(token) {
-            Ok(info) if pred(&info) => info,
-            _ => self.wait(token, pred).await,
-        }
-    }
+/// Events of `supervisor` from now on.
+pub fn events_of(supervisor: &Supervisor) -> Events {
+    EventWaiter::new(supervisor, Duration::from_secs(24 * 3600))
 }
 
 /// A running supervisor with a scripted link, its event stream and its folder.
@@ -114,7 +57,7 @@ impl Harness {
         let (supervisor, _) = Supervisor::start(adjust(dir.path()), Arc::new(link.clone()))
             .await
             .expect("supervisor starts");
-        let events = Events::of(&supervisor);
+        let events = events_of(&supervisor);
         Self {
             supervisor,
             link,
@@ -143,7 +86,7 @@ impl Harness {
 
     /// Waits for `token` to reach `state`.
     pub async fn wait_state(&mut self, token: &str, state: SessionState) -> SessionInfo {
-        self.wait(token, |info| info.state == state).await
+        self.events.state(token, state).await
     }
 }
 

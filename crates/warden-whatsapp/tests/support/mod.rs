@@ -1,17 +1,15 @@
 //! Helpers for driving the real supervisor with the real `WaLink` against the fake server.
 #![allow(dead_code)]
 
-use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::broadcast;
 use wa_rs_core::net::{HttpClient, HttpRequest, HttpResponse};
+pub use warden_core::scripted::EventWaiter;
 use warden_core::{
-    AdmissionConfig, PolicyConfig, SessionEvent, SessionInfo, SessionState, Supervisor,
-    SupervisorConfig,
+    AdmissionConfig, PolicyConfig, SessionInfo, SessionState, Supervisor, SupervisorConfig,
 };
 use warden_fakewa::{
     FakeServer, PairSpec, Plan, QrSpec, Recorder, Scenario, Script, ServerConfig, Step,
@@ -113,56 +111,8 @@ pub fn device_jid(phone: &str) -> String {
     format!("{phone}:1@s.whatsapp.net")
 }
 
-/// A session's event stream, split per token (as in warden-core's tests), on real time.
-pub struct Events {
-    rx: broadcast::Receiver<SessionEvent>,
-    pending: HashMap<String, VecDeque<SessionInfo>>,
-    pub others: Vec<SessionEvent>,
-}
-
-impl Events {
-    /// Events of `supervisor` from now on.
-    pub fn of(supervisor: &Supervisor) -> Self {
-        Self {
-            rx: supervisor.subscribe(),
-            pending: HashMap::new(),
-            others: Vec::new(),
-        }
-    }
-
-    /// Waits for the next update of `token` matching `pred`, skipping earlier ones.
-    pub async fn wait(&mut self, token: &str, pred: impl Fn(&SessionInfo) -> bool) -> SessionInfo {
-        let waiting = async {
-            loop {
-                if let Some(queue) = self.pending.get_mut(token) {
-                    while let Some(info) = queue.pop_front() {
-                        if pred(&info) {
-                            return info;
-                        }
-                    }
-                }
-                match self.rx.recv().await {
-                    Ok(SessionEvent::Updated(info)) => self
-                        .pending
-                        .entry(info.token.to_string())
-                        .or_default()
-                        .push_back(*info),
-                    Ok(other) => self.others.push(other),
-                    Err(broadcast::error::RecvError::Lagged(n)) => panic!("test lagged {n} events"),
-                    Err(broadcast::error::RecvError::Closed) => panic!("event stream closed"),
-                }
-            }
-        };
-        tokio::time::timeout(LIMIT, waiting)
-            .await
-            .unwrap_or_else(|_| panic!("{token} never reached the awaited state"))
-    }
-
-    /// Waits for `token` to reach `state`.
-    pub async fn state(&mut self, token: &str, state: SessionState) -> SessionInfo {
-        self.wait(token, |i| i.state == state).await
-    }
-}
+/// The event waiter, on real time: each wait fails after [`LIMIT`].
+pub type Events = EventWaiter;
 
 /// A supervisor with a `WaLink`, against one fake server.
 pub struct Harness {
@@ -183,7 +133,7 @@ impl Harness {
         let (supervisor, _) = Supervisor::start(supervisor_config(dir.path()), link.clone())
             .await
             .expect("supervisor starts");
-        let events = Events::of(&supervisor);
+        let events = EventWaiter::new(&supervisor, LIMIT);
         Self {
             server,
             supervisor,

@@ -14,6 +14,9 @@ use crate::lifecycle::{DisconnectReason, IncomingMessage, LifecycleEvent};
 use crate::link::{Connection, LifecycleSink, Link, LinkError, OpenOptions, SendFuture};
 use crate::token::Token;
 
+mod waiter;
+pub use waiter::EventWaiter;
+
 /// One step of a scripted connection.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
