@@ -19,7 +19,8 @@
 //! - [`store`]: the session records on disk, written atomically.
 //! - [`state`], [`events`]: what status reads and subscribers see.
 //! - `supervisor`, `session`, `janitor`: the actors; [`Supervisor`] is the handle.
-//! - `scripted` (feature `scripted-link`): a scripted [`Link`] for tests and examples.
+//! - `scripted` (feature `scripted-link`): a scripted [`Link`] and an event waiter, for tests
+//!   and examples.
 //!
 //! # Example
 //! ```no_run
