@@ -12,7 +12,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
-use warden_control::protocol::{HealthView, counts};
+use warden_control::protocol::HealthView;
 
 use crate::error::ApiError;
 use crate::extract::{JsonBody, QueryOf, TokenPath};
@@ -222,7 +222,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 /// `GET /healthz`: 200 while the supervisor answers a ping in time, 503 otherwise.
 async fn healthz(State(app): State<Arc<AppState>>) -> Response {
     let ping = tokio::time::timeout(app.options.health_timeout, app.supervisor.ping()).await;
-    let list = app.supervisor.list();
+    let by_state = app.supervisor.counts();
     let (status, word) = match ping {
         Ok(Ok(())) => (StatusCode::OK, "ok"),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -231,8 +231,11 @@ async fn healthz(State(app): State<Arc<AppState>>) -> Response {
         status: word.into(),
         version: env!("CARGO_PKG_VERSION").into(),
         uptime_secs: app.started.elapsed().as_secs(),
-        sessions: list.sessions.len(),
-        counts: counts(&list),
+        sessions: by_state.values().sum(),
+        counts: by_state
+            .iter()
+            .map(|(state, n)| (state.as_str().to_owned(), *n))
+            .collect(),
     };
     let mut response = (status, Json(body)).into_response();
     response
@@ -243,7 +246,7 @@ async fn healthz(State(app): State<Arc<AppState>>) -> Response {
 
 /// `GET /metrics`.
 async fn metrics(State(app): State<Arc<AppState>>) -> Response {
-    let text = app.metrics.render(&app.supervisor.list());
+    let text = app.metrics.render(&app.supervisor.counts());
     (
         [(
             header::CONTENT_TYPE,

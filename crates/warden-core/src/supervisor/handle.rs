@@ -318,6 +318,16 @@ impl Supervisor {
         SessionList { sessions, counts }
     }
 
+    /// How many sessions are in each state (states with none are absent), from the snapshot,
+    /// without copying any session.
+    pub fn counts(&self) -> std::collections::BTreeMap<crate::state::SessionState, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for item in self.snapshot.iter() {
+            *counts.entry(item.value().state).or_insert(0) += 1;
+        }
+        counts
+    }
+
     /// A stream of events (state changes, QR codes, messages, removals) from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<SessionEvent> {
         self.events.subscribe()

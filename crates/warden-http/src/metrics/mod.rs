@@ -11,6 +11,7 @@ mod collect;
 
 pub use collect::collect;
 
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
@@ -18,7 +19,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use warden_control::protocol::OPS;
-use warden_core::{SessionList, SessionState};
+use warden_core::SessionState;
 
 /// The disconnect reasons counted, in the supervisor's own codes, then the gateway's buckets:
 /// `requested` (an operator's stop, restart, logout or cleanup), `reaped` (the janitor),
@@ -156,16 +157,16 @@ impl Metrics {
     }
 
     /// The whole exposition, with the gauges read from `list`.
-    pub fn render(&self, list: &SessionList) -> String {
+    pub fn render(&self, counts: &BTreeMap<SessionState, usize>) -> String {
         let mut out = String::with_capacity(8 * 1024);
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
 
         family(&mut out, "warden_sessions", "gauge", "Sessions per state.");
         for state in SessionState::ALL {
-            let n = list.counts.get(&state).copied().unwrap_or(0);
+            let n = counts.get(&state).copied().unwrap_or(0);
             let _ = writeln!(out, "warden_sessions{{state=\"{state}\"}} {n}");
         }
-        let count = |s: SessionState| list.counts.get(&s).copied().unwrap_or(0);
+        let count = |s: SessionState| counts.get(&s).copied().unwrap_or(0);
         family(
             &mut out,
             "warden_connect_attempts_in_flight",
@@ -331,10 +332,7 @@ mod tests {
         metrics.record_socket_request("status", true);
         metrics.record_socket_request("status", false);
         metrics.record_socket_request("explode", true);
-        let text = metrics.render(&SessionList {
-            sessions: vec![],
-            counts: Default::default(),
-        });
+        let text = metrics.render(&BTreeMap::new());
         assert!(text.contains("warden_socket_requests_total{op=\"status\",outcome=\"ok\"} 1"));
         assert!(text.contains("warden_socket_requests_total{op=\"status\",outcome=\"error\"} 1"));
         assert!(text.contains("warden_socket_requests_total{op=\"other\",outcome=\"ok\"} 1"));
