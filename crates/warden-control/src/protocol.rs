@@ -281,6 +281,10 @@ pub enum ErrorCode {
     Conflict,
     /// A restart too soon after the last start; see `retry_after_secs`.
     Cooldown,
+    /// A start refused because the daemon already runs as many live sessions as its capacity
+    /// (derived from its file-descriptor limit, or `[daemon] max_sessions`); nothing was
+    /// opened. Stop a session, or raise the limit.
+    Capacity,
     /// The supervisor is shutting down or did not answer.
     Unavailable,
     /// Something broke inside the daemon.
@@ -324,6 +328,7 @@ impl From<&Error> for ErrorBody {
                 ErrorCode::Conflict
             }
             Error::Cooldown { .. } => ErrorCode::Cooldown,
+            Error::Capacity { .. } => ErrorCode::Capacity,
             Error::Link {
                 source: warden_core::LinkError::InvalidRecipient(_),
                 ..
@@ -778,5 +783,16 @@ mod tests {
             err,
             json!({"id": 8, "ok": false, "error": {"code": "cooldown", "message": "wait", "retry_after_secs": 24}})
         );
+    }
+
+    #[test]
+    fn a_start_beyond_capacity_is_refused_with_its_own_code() {
+        let body = ErrorBody::from(&Error::Capacity { limit: 2200 });
+        assert_eq!(body.code, ErrorCode::Capacity);
+        assert!(body.message.contains("2200"), "{}", body.message);
+        let wire = serde_json::to_value(Reply::err(json!(9), body)).unwrap();
+        assert_eq!(wire["error"]["code"], json!("capacity"));
+        let back: ErrorBody = serde_json::from_value(wire["error"].clone()).unwrap();
+        assert_eq!(back.code, ErrorCode::Capacity);
     }
 }

@@ -29,7 +29,9 @@ pub struct ServerConfig {
     pub mode: u32,
     /// The longest request line accepted, in bytes.
     pub max_line_bytes: usize,
-    /// How many clients may be connected at once.
+    /// How many clients may be connected at once; one more is answered `unavailable` and
+    /// closed at once, so the socket never holds more than this many descriptors (plus its
+    /// listener).
     pub max_clients: usize,
     /// A client that does not take a reply (or an event) within this long is disconnected.
     pub write_timeout: Duration,
@@ -171,27 +173,38 @@ impl ControlServer {
             observer: self.observer.clone(),
         });
         tokio::pin!(shutdown);
+        let mut trouble = AcceptTrouble::default();
         loop {
+            // After a failed accept (out of descriptors, most likely), wait before the next try:
+            // the pending connection is still there, so retrying at once would spin.
+            if let Some(pause) = trouble.pause() {
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
             tokio::select! {
                 () = &mut shutdown => break,
                 accepted = self.listener.accept() => {
                     let stream = match accepted {
-                        Ok((stream, _)) => stream,
+                        Ok((stream, _)) => {
+                            trouble.accepted();
+                            stream
+                        }
+                        // One client gave up before it was accepted: nothing to wait for.
+                        Err(e) if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
+                        ) => continue,
                         Err(e) => {
-                            tracing::warn!(error = %e, "control socket accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            trouble.failed(&e);
                             continue;
                         }
                     };
                     let Ok(permit) = slots.clone().try_acquire_owned() else {
-                        tracker.spawn(async move {
-                            let mut stream = stream;
-                            let reply = Reply::err(
-                                Value::Null,
-                                ErrorBody::new(ErrorCode::Unavailable, "too many clients; try again later"),
-                            );
-                            let _ = write_line(&mut stream, &reply, Duration::from_millis(100)).await;
-                        });
+                        // Answered in place and closed at once: a flood of clients beyond
+                        // `max_clients` holds no descriptor longer than this.
+                        refuse(&stream);
                         continue;
                     };
                     let context = context.clone();
@@ -211,6 +224,84 @@ impl ControlServer {
         {
             tracing::warn!("some control clients did not finish in time");
         }
+    }
+}
+
+/// The first pause after a failed accept.
+const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(100);
+/// The longest pause between accepts while they keep failing.
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
+
+/// The accept loop's state while `accept` fails (typically `EMFILE`/`ENFILE`: the process or
+/// the system is out of file descriptors). One warning when an episode begins, one line when
+/// it ends, and a pause that doubles from 100 ms to 1 s in between: the loop never ends on an
+/// error, never spins, and never floods the log.
+#[derive(Debug, Default)]
+struct AcceptTrouble {
+    /// Failures in a row; 0 when accepting works.
+    failures: u64,
+    /// When the current episode began.
+    since: Option<Instant>,
+    /// The pause before the next try.
+    pause: Option<Duration>,
+}
+
+impl AcceptTrouble {
+    /// How long to wait before the next accept, if the last one failed.
+    fn pause(&self) -> Option<Duration> {
+        self.pause
+    }
+
+    /// An accept failed: warn if this begins an episode, and lengthen the pause.
+    fn failed(&mut self, error: &std::io::Error) {
+        self.failures += 1;
+        if self.failures == 1 {
+            self.since = Some(Instant::now());
+            let hint = if is_out_of_descriptors(error) {
+                " (out of file descriptors: the daemon is at its limit; it keeps serving the \
+                 clients it has and accepts again when descriptors are freed)"
+            } else {
+                ""
+            };
+            tracing::warn!(error = %error, "control socket: cannot accept clients{hint}; retrying");
+        }
+        self.pause = Some(
+            self.pause
+                .map_or(ACCEPT_PAUSE_MIN, |p| (p * 2).min(ACCEPT_PAUSE_MAX)),
+        );
+    }
+
+    /// An accept worked: end the episode, if there was one.
+    fn accepted(&mut self) {
+        if self.failures > 0 {
+            let secs = self.since.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0);
+            tracing::info!(
+                failures = self.failures,
+                "control socket: accepting clients again after {secs:.1} s"
+            );
+        }
+        *self = Self::default();
+    }
+}
+
+/// Whether `error` is `EMFILE` (the process's descriptor limit) or `ENFILE` (the system's).
+fn is_out_of_descriptors(error: &std::io::Error) -> bool {
+    // Linux's numbers; other systems report the same condition through the message.
+    matches!(error.raw_os_error(), Some(23 | 24))
+        || error.to_string().contains("Too many open files")
+}
+
+/// Tells a client beyond `max_clients` to come back later, without waiting for it.
+fn refuse(stream: &UnixStream) {
+    let reply = Reply::err(
+        Value::Null,
+        ErrorBody::new(ErrorCode::Unavailable, "too many clients; try again later"),
+    );
+    if let Ok(mut line) = serde_json::to_vec(&reply) {
+        line.push(b'\n');
+        // A fresh socket's buffer takes this short line whole; if not, the client just sees
+        // the connection close.
+        let _ = stream.try_write(&line);
     }
 }
 
@@ -457,5 +548,32 @@ async fn watch<R, W>(
                 Err(broadcast::error::RecvError::Closed) => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_accepts_back_off_from_100_ms_to_1_s_and_reset_once_one_works() {
+        let mut trouble = AcceptTrouble::default();
+        assert_eq!(trouble.pause(), None);
+        let emfile = std::io::Error::from_raw_os_error(24);
+        assert!(is_out_of_descriptors(&emfile));
+        assert!(is_out_of_descriptors(&std::io::Error::from_raw_os_error(
+            23
+        )));
+        assert!(!is_out_of_descriptors(&std::io::Error::other("x")));
+        let mut pauses = Vec::new();
+        for _ in 0..7 {
+            trouble.failed(&emfile);
+            pauses.push(trouble.pause().unwrap().as_millis());
+        }
+        assert_eq!(pauses, [100, 200, 400, 800, 1000, 1000, 1000]);
+        trouble.accepted();
+        assert_eq!(trouble.pause(), None);
+        trouble.failed(&emfile);
+        assert_eq!(trouble.pause(), Some(ACCEPT_PAUSE_MIN));
     }
 }

@@ -397,6 +397,49 @@ async fn many_clients_are_served_at_once() {
 }
 
 #[tokio::test]
+async fn clients_beyond_max_clients_are_told_and_closed_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = ScriptedLink::new(Script::login(JID));
+    let config = SupervisorConfig::new(dir.path().join("sessions"));
+    let (supervisor, _) = Supervisor::start(config, Arc::new(link)).await.unwrap();
+    let socket = dir.path().join("warden.sock");
+    let mut server_config = ServerConfig::new(&socket);
+    server_config.max_clients = 2;
+    let server = ControlServer::bind(server_config).await.unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let served = tokio::spawn(server.run(supervisor.clone(), async {
+        let _ = stopped.await;
+    }));
+    let mut first = Raw::connect(&socket).await;
+    let mut second = Raw::connect(&socket).await;
+    assert_eq!(first.send(br#"{"op":"health"}"#).await["ok"], json!(true));
+    assert_eq!(second.send(br#"{"op":"health"}"#).await["ok"], json!(true));
+    // The third is answered without being read from, and its connection ends.
+    let mut third = Raw::connect(&socket).await;
+    let refused = third.read().await;
+    assert_eq!(refused["error"]["code"], json!("unavailable"), "{refused}");
+    assert!(third.lines.next_line().await.unwrap().is_none(), "closed");
+    // A freed slot is taken by the next client.
+    drop(first);
+    let reply = loop {
+        // Until the server has seen the first one go, the next is still refused (and closed,
+        // so the write may fail): the first line says which.
+        let mut next = Raw::connect(&socket).await;
+        let _ = next.writer.write_all(b"{\"op\":\"health\"}\n").await;
+        let reply = next.read().await;
+        if reply["ok"] == json!(true) {
+            break reply;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(reply["result"]["status"], json!("ok"));
+    assert_eq!(second.send(br#"{"op":"health"}"#).await["ok"], json!(true));
+    let _ = stop.send(());
+    served.await.unwrap();
+    supervisor.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_watch_of_one_session_ends_when_it_is_deleted() {
     let d = daemon(Script::login(JID), 1024).await;
     let mut client = ControlClient::connect(&d.socket).await.unwrap();

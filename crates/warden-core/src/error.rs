@@ -61,6 +61,15 @@ pub enum Error {
     /// The session store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Starting the session would exceed how many sessions may be live at once (the
+    /// daemon's file-descriptor limit); nothing was opened.
+    #[error(
+        "capacity: {limit} sessions are already live, the most this daemon allows; stop one, or raise its file-descriptor limit (LimitNOFILE)"
+    )]
+    Capacity {
+        /// How many sessions may be live at once.
+        limit: usize,
+    },
     /// The supervisor is shutting down or did not answer in time.
     #[error("the supervisor is unavailable: {0}")]
     Unavailable(String),
@@ -69,9 +78,34 @@ pub enum Error {
     Config(String),
 }
 
-/// The session store failed to read or write a file.
+/// The session store failed to read or write.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum StoreError {
+    /// The session database failed.
+    #[error(transparent)]
+    Db(#[from] warden_store::DbError),
+    /// A change was not committed in time (the reply would have claimed what is not saved).
+    #[error("the change is not saved yet: {0}")]
+    NotSaved(String),
+    /// A record could not be encoded.
+    #[error("cannot encode a session record: {0}")]
+    Encode(String),
+    /// A stored record could not be parsed.
+    #[error("the stored record of session {token} is unreadable: {message}; left as it is")]
+    Record {
+        /// The session.
+        token: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// A stored record's token is not a valid token.
+    #[error("stored session {name:?} is not a valid session token ({reason}); left as it is")]
+    BadToken {
+        /// The stored name.
+        name: String,
+        /// Why it is not a token.
+        reason: TokenError,
+    },
     /// An I/O error on a path.
     #[error("{}: {message}", path.display())]
     Io {

@@ -1,28 +1,38 @@
-//! The session store: `sessions/<token>/session.toml`, written atomically, read at start.
+//! The session store: every session's record, in the shared session database
+//! ([`warden_store::Db`]), written through one writer task.
 //!
-//! Every write goes through one writer task, in order, off the actors' threads: the file is
-//! written to a temporary name, fsynced, renamed over `session.toml`, and the folder fsynced,
-//! so a crash mid-write leaves either the old or the new file, never half of one.
+//! - **Committed before acknowledged.** The supervisor marks a record dirty; the writer task
+//!   takes every dirty record at once and commits them in one transaction (group commit).
+//!   [`StoreWriter::flush`] resolves once everything marked before it is committed, and the
+//!   [`Supervisor`](crate::Supervisor) handle awaits it before answering any operation.
+//! - **Bounded.** At most one pending change per session: a newer change of the same session
+//!   replaces the older one, so the writer's backlog never exceeds the number of sessions.
+//! - **Failures are retried** with backoff (100 ms doubling to 30 s), logged once when writes
+//!   start failing and once when they recover, never once per try.
+//! - **Upgrade.** [`import_legacy_records`] moves `sessions/<token>/session.toml` files written by
+//!   earlier releases into the database, deleting each file only after its row is committed.
 
 use std::collections::HashMap;
-use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, watch};
+use warden_store::{Db, RecordChange};
 
 use crate::error::StoreError;
 use crate::state::{Counters, Desired, SessionState};
 use crate::token::Token;
 
-/// The file name of a session's record inside its folder.
+/// The file name of a session's record in the folders of earlier releases.
 pub const RECORD_FILE: &str = "session.toml";
-/// The temporary name a record is written under before the rename.
-const TEMP_FILE: &str = ".session.toml.tmp";
+/// The credentials file of earlier releases; a folder that still has one was not imported.
+const LEGACY_DB_FILE: &str = "session.db";
+/// The lock file of earlier releases.
+const LEGACY_LOCK_FILE: &str = "lock";
 
-/// What `session.toml` holds.
+/// What the store keeps about one session (stored as TOML text, as `session.toml` was).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SessionRecord {
     /// The session's human name.
@@ -84,9 +94,19 @@ impl SessionRecord {
     }
 }
 
-/// The folder of one session.
-pub fn session_dir(sessions_dir: &Path, token: &Token) -> PathBuf {
-    sessions_dir.join(token.as_str())
+impl SessionRecord {
+    /// The record as stored (TOML, the format of the old `session.toml`).
+    pub fn encode(&self) -> Result<String, StoreError> {
+        toml::to_string(self).map_err(|e| StoreError::Encode(e.to_string()))
+    }
+
+    /// A stored record of `token`.
+    pub fn decode(token: &str, text: &str) -> Result<Self, StoreError> {
+        toml::from_str(text).map_err(|e| StoreError::Record {
+            token: token.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })
+    }
 }
 
 /// What [`load_all`] found.
@@ -94,214 +114,302 @@ pub fn session_dir(sessions_dir: &Path, token: &Token) -> PathBuf {
 pub struct Loaded {
     /// The readable records, ordered by token.
     pub records: Vec<(Token, SessionRecord)>,
-    /// What could not be read; these folders are left untouched.
+    /// What could not be read; these rows and folders are left untouched.
     pub problems: Vec<StoreError>,
 }
 
-/// Reads every `sessions/<token>/session.toml`. Unreadable entries are reported, never deleted.
-/// A missing `sessions_dir` is created.
-pub fn load_all(sessions_dir: &Path) -> Result<Loaded, StoreError> {
-    fs::create_dir_all(sessions_dir).map_err(|e| StoreError::io(sessions_dir, &e))?;
+/// Reads every record in the database. Unreadable rows are reported, never deleted.
+pub async fn load_all(db: &Db) -> Result<Loaded, StoreError> {
     let mut loaded = Loaded::default();
-    let entries = fs::read_dir(sessions_dir).map_err(|e| StoreError::io(sessions_dir, &e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| StoreError::io(sessions_dir, &e))?;
-        let path = entry.path();
-        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-            continue; // .gitkeep and other files
-        }
-        let name = entry.file_name().to_string_lossy().into_owned();
+    for (name, text) in db.load_records().await? {
         let token = match Token::parse(&name) {
             Ok(token) => token,
             Err(reason) => {
-                loaded
-                    .problems
-                    .push(StoreError::BadFolderName { path, reason });
+                loaded.problems.push(StoreError::BadToken { name, reason });
                 continue;
             }
         };
-        match read_record(&path.join(RECORD_FILE)) {
+        match SessionRecord::decode(&name, &text) {
             Ok(record) => loaded.records.push((token, record)),
             Err(problem) => loaded.problems.push(problem),
         }
     }
-    loaded.records.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(loaded)
 }
 
-/// Reads and parses one record file.
-pub fn read_record(path: &Path) -> Result<SessionRecord, StoreError> {
-    let text = fs::read_to_string(path).map_err(|e| StoreError::io(path, &e))?;
-    toml::from_str(&text).map_err(|e| StoreError::Parse {
-        path: path.to_owned(),
-        message: e.to_string().trim_end().to_owned(),
-    })
+/// What [`import_legacy_records`] did.
+#[derive(Debug, Default)]
+pub struct Imported {
+    /// Sessions whose `session.toml` moved into the database.
+    pub imported: Vec<Token>,
+    /// Folders left on disk, with the reason.
+    pub problems: Vec<StoreError>,
 }
 
-/// Writes `record` as `session.toml` in the session's folder, atomically and durably.
-pub fn write_record(
-    sessions_dir: &Path,
-    token: &Token,
-    record: &SessionRecord,
-) -> Result<(), StoreError> {
-    let dir = session_dir(sessions_dir, token);
-    if !dir.is_dir() {
-        fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, &e))?;
-        sync_dir(sessions_dir)?;
+/// Moves each `sessions/<token>/session.toml` of an earlier release into the database. A file
+/// is deleted only after its row is committed (a record already in the database wins); the
+/// folder goes too once nothing else is in it. A folder whose credentials (`session.db`) are
+/// still there was not imported by the link, and is left whole.
+pub async fn import_legacy_records(db: &Db, sessions_dir: &Path) -> Imported {
+    let mut done = Imported::default();
+    let Ok(entries) = std::fs::read_dir(sessions_dir) else {
+        return done; // no folder, nothing to import
+    };
+    let mut folders: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .filter(|p| p.join(RECORD_FILE).is_file())
+        .collect();
+    folders.sort();
+    for dir in folders {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match import_one(db, &dir, &name).await {
+            Ok(token) => done.imported.push(token),
+            Err(problem) => done.problems.push(problem),
+        }
     }
-    let text = toml::to_string(record).map_err(|e| StoreError::Io {
-        path: dir.join(RECORD_FILE),
-        message: format!("cannot encode the record: {e}"),
+    done
+}
+
+async fn import_one(db: &Db, dir: &Path, name: &str) -> Result<Token, StoreError> {
+    let token = Token::parse(name).map_err(|reason| StoreError::BadFolderName {
+        path: dir.to_owned(),
+        reason,
     })?;
-    atomic_write(&dir.join(RECORD_FILE), text.as_bytes())
+    if dir.join(LEGACY_DB_FILE).exists() {
+        return Err(StoreError::Io {
+            path: dir.join(LEGACY_DB_FILE),
+            message: "its credentials were not imported; the session is left on disk".into(),
+        });
+    }
+    let path = dir.join(RECORD_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| StoreError::io(&path, &e))?;
+    toml::from_str::<SessionRecord>(&text).map_err(|e| StoreError::Parse {
+        path: path.clone(),
+        message: e.to_string().trim_end().to_owned(),
+    })?;
+    db.import_record(token.as_str(), &text).await?;
+    for leftover in [RECORD_FILE, LEGACY_LOCK_FILE, ".session.toml.tmp"] {
+        match std::fs::remove_file(dir.join(leftover)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io(dir.join(leftover), &e)),
+        }
+    }
+    let _ = std::fs::remove_dir(dir); // only if empty: anything unknown stays
+    Ok(token)
 }
 
-/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the folder.
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let temp = dir.join(TEMP_FILE);
-    let mut file = fs::File::create(&temp).map_err(|e| StoreError::io(&temp, &e))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| StoreError::io(&temp, &e))?;
-    drop(file);
-    fs::rename(&temp, path).map_err(|e| StoreError::io(path, &e))?;
-    sync_dir(dir)
+/// One pending change of one session, with the order it was made in.
+enum Pending {
+    Put(u64, Box<SessionRecord>),
+    Remove(u64),
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| StoreError::io(dir, &e))
-}
-
-/// Removes a session's folder and everything in it.
-pub fn remove_session(sessions_dir: &Path, token: &Token) -> Result<(), StoreError> {
-    let dir = session_dir(sessions_dir, token);
-    match fs::remove_dir_all(&dir) {
-        Ok(()) => sync_dir(sessions_dir),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(StoreError::io(&dir, &e)),
+impl Pending {
+    fn seq(&self) -> u64 {
+        match self {
+            Pending::Put(seq, _) | Pending::Remove(seq) => *seq,
+        }
     }
 }
 
-enum StoreOp {
-    Write(Token, Box<SessionRecord>),
-    Remove(Token, oneshot::Sender<Result<(), StoreError>>),
-    Flush(oneshot::Sender<()>),
+/// How far the writer got.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Every change with a sequence number up to this one is committed.
+    committed: u64,
+    /// The last write error, while writes are failing.
+    failing: Option<String>,
 }
 
-/// The handle to the writer task. Writes are queued in order and coalesced per token.
+/// What the supervisor and the writer task share.
+struct Shared {
+    /// The latest uncommitted change of each session, and the next sequence number.
+    pending: Mutex<(HashMap<Token, Pending>, u64)>,
+    /// Wakes the writer task.
+    wake: Notify,
+    /// How far the writer got.
+    progress: watch::Sender<Progress>,
+    /// Every handle is gone: the task commits what is pending, then ends (letting go of the
+    /// database).
+    closed: std::sync::atomic::AtomicBool,
+}
+
+/// The handle to the writer task; see the module docs.
 #[derive(Clone)]
 pub(crate) struct StoreWriter {
-    tx: mpsc::UnboundedSender<StoreOp>,
+    shared: Arc<Shared>,
+    _owner: Arc<Owner>,
 }
+
+/// Tells the writer task when the last handle is dropped.
+struct Owner(Arc<Shared>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.0.wake.notify_one();
+    }
+}
+
+/// Backoff bounds for failing writes.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_CAP: Duration = Duration::from_secs(30);
 
 impl StoreWriter {
-    /// Starts the writer task for `sessions_dir`.
-    pub(crate) fn spawn(sessions_dir: PathBuf) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run_writer(sessions_dir, rx));
-        Self { tx }
+    /// Starts the writer task on `db`.
+    pub(crate) fn spawn(db: Db) -> Self {
+        let shared = Arc::new(Shared {
+            pending: Mutex::new((HashMap::new(), 1)),
+            wake: Notify::new(),
+            progress: watch::channel(Progress::default()).0,
+            closed: std::sync::atomic::AtomicBool::new(false),
+        });
+        tokio::spawn(run_writer(db, shared.clone()));
+        Self {
+            _owner: Arc::new(Owner(shared.clone())),
+            shared,
+        }
     }
 
-    /// Queues a write of `record`.
+    fn mark(&self, token: &Token, change: impl FnOnce(u64) -> Pending) -> u64 {
+        let mut guard = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (pending, next) = &mut *guard;
+        let seq = *next;
+        *next += 1;
+        pending.insert(token.clone(), change(seq));
+        drop(guard);
+        self.shared.wake.notify_one();
+        seq
+    }
+
+    /// Marks `record` as `token`'s record to commit.
     pub(crate) fn write(&self, token: &Token, record: SessionRecord) {
-        let _ = self
-            .tx
-            .send(StoreOp::Write(token.clone(), Box::new(record)));
+        self.mark(token, |seq| Pending::Put(seq, Box::new(record)));
     }
 
-    /// Removes the session's folder after every write queued before it.
+    /// Removes the session's record, credentials and keys; resolves once committed (or with
+    /// the error while writes are failing).
     pub(crate) async fn remove(&self, token: &Token) -> Result<(), StoreError> {
-        let (done, wait) = oneshot::channel();
-        if self.tx.send(StoreOp::Remove(token.clone(), done)).is_err() {
-            return Ok(());
-        }
-        wait.await.unwrap_or(Ok(()))
+        let seq = self.mark(token, Pending::Remove);
+        self.wait_for(seq).await
     }
 
-    /// Resolves once every write queued before it is on disk.
-    pub(crate) async fn flush(&self) {
-        let (done, wait) = oneshot::channel();
-        if self.tx.send(StoreOp::Flush(done)).is_ok() {
-            let _ = wait.await;
+    /// Resolves once every change marked before it is committed, or at once with the error
+    /// while writes are failing (the writer keeps retrying them).
+    ///
+    /// It sets no timer of its own (a commit happens on the database thread, outside tokio's
+    /// clock); callers that need a bound wrap it in one.
+    pub(crate) async fn flush(&self) -> Result<(), StoreError> {
+        let seq = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            - 1;
+        self.wait_for(seq).await
+    }
+
+    async fn wait_for(&self, seq: u64) -> Result<(), StoreError> {
+        let mut progress = self.shared.progress.subscribe();
+        let seen = progress
+            .wait_for(|p| p.committed >= seq || p.failing.is_some())
+            .await
+            .map_err(|_| StoreError::NotSaved("the session store writer stopped".into()))?;
+        match (&seen.failing, seen.committed >= seq) {
+            (_, true) => Ok(()),
+            (Some(e), false) => Err(StoreError::NotSaved(format!(
+                "writes are failing ({e}); retrying"
+            ))),
+            (None, false) => unreachable!("waited for one of the two"),
         }
     }
 }
 
-/// How long a failed write waits before it is tried again (unless newer work comes first).
-const RETRY_FAILED_WRITES: std::time::Duration = std::time::Duration::from_secs(1);
-
-async fn run_writer(sessions_dir: PathBuf, mut rx: mpsc::UnboundedReceiver<StoreOp>) {
-    let mut batch = Vec::new();
-    // Writes that failed (disk full, permissions): retried until they succeed or a newer
-    // write of the same session replaces them, so a record on disk never stays stale.
-    let mut failed: Vec<StoreOp> = Vec::new();
+async fn run_writer(db: Db, shared: Arc<Shared>) {
+    let mut retry = RETRY_FIRST;
     loop {
-        let received = if failed.is_empty() {
-            rx.recv_many(&mut batch, 4096).await
-        } else {
-            tokio::time::timeout(RETRY_FAILED_WRITES, rx.recv_many(&mut batch, 4096))
-                .await
-                .unwrap_or(usize::MAX)
+        let taken: Vec<(Token, Pending)> = {
+            let mut guard = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            guard.0.drain().collect()
         };
-        if received == 0 {
-            return; // every sender is gone
+        if taken.is_empty() {
+            if shared.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            shared.wake.notified().await;
+            continue;
         }
-        let mut ops = std::mem::take(&mut failed);
-        ops.append(&mut batch);
-        let ops = coalesce(ops);
-        let dir = sessions_dir.clone();
-        match tokio::task::spawn_blocking(move || apply(&dir, ops)).await {
-            Ok(still_failing) => failed = still_failing,
-            Err(e) => tracing::error!(error = %e, "session store writer failed"),
-        }
-    }
-}
-
-/// Keeps only the last write of each token between removals, preserving order otherwise.
-fn coalesce(ops: Vec<StoreOp>) -> Vec<StoreOp> {
-    let mut last_write: HashMap<Token, usize> = HashMap::new();
-    let mut out: Vec<Option<StoreOp>> = Vec::with_capacity(ops.len());
-    for op in ops {
-        match &op {
-            StoreOp::Write(token, _) => {
-                if let Some(i) = last_write.insert(token.clone(), out.len()) {
-                    out[i] = None;
+        let top = taken.iter().map(|(_, p)| p.seq()).max().unwrap_or(0);
+        let changes = taken
+            .iter()
+            .map(|(token, change)| {
+                Ok(match change {
+                    Pending::Put(_, record) => RecordChange::Put {
+                        token: token.to_string(),
+                        text: record.encode()?,
+                    },
+                    Pending::Remove(_) => RecordChange::Remove {
+                        token: token.to_string(),
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>();
+        let result = match changes {
+            Ok(changes) => db.write_records(changes).await.map_err(StoreError::from),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                retry = RETRY_FIRST;
+                // Everything up to `top` not still pending was committed now or before.
+                let oldest_pending = shared
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+                    .values()
+                    .map(Pending::seq)
+                    .min();
+                let through = oldest_pending.map_or(top, |s| top.min(s - 1));
+                shared.progress.send_modify(|p| {
+                    if p.failing.take().is_some() {
+                        tracing::info!("session records are being saved again");
+                    }
+                    p.committed = p.committed.max(through);
+                });
+            }
+            Err(e) => {
+                // Put back what no newer change replaced.
+                {
+                    let mut guard = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+                    for (token, change) in taken {
+                        guard.0.entry(token).or_insert(change);
+                    }
                 }
-            }
-            StoreOp::Remove(token, _) => {
-                last_write.remove(token);
-            }
-            StoreOp::Flush(_) => {}
-        }
-        out.push(Some(op));
-    }
-    out.into_iter().flatten().collect()
-}
-
-/// Applies `ops` in order; returns the writes that failed, to be tried again.
-fn apply(sessions_dir: &Path, ops: Vec<StoreOp>) -> Vec<StoreOp> {
-    let mut failed = Vec::new();
-    for op in ops {
-        match op {
-            StoreOp::Write(token, record) => {
-                if let Err(e) = write_record(sessions_dir, &token, &record) {
-                    tracing::error!(token = %token, error = %e, "could not save the session record; will retry");
-                    failed.push(StoreOp::Write(token, record));
-                }
-            }
-            StoreOp::Remove(token, done) => {
-                failed.retain(|f| !matches!(f, StoreOp::Write(t, _) if *t == token));
-                let _ = done.send(remove_session(sessions_dir, &token));
-            }
-            StoreOp::Flush(done) => {
-                let _ = done.send(());
+                shared.progress.send_modify(|p| {
+                    if p.failing.is_none() {
+                        tracing::error!(error = %e, "could not save session records; retrying with backoff until it works");
+                    }
+                    p.failing = Some(e.to_string());
+                });
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(RETRY_CAP);
             }
         }
     }
-    failed
 }
 
 #[cfg(test)]
@@ -312,99 +420,115 @@ mod tests {
         Token::parse(s).unwrap()
     }
 
-    #[test]
-    fn records_round_trip_and_survive_a_torn_temp_file() {
+    #[tokio::test]
+    async fn a_flushed_record_is_in_the_database_and_a_removal_takes_every_row() {
         let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_in(dir.path()).unwrap();
+        let writer = StoreWriter::spawn(db.clone());
         let mut record = SessionRecord::new("Shop one".into(), SystemTime::UNIX_EPOCH);
         record.desired = Desired::Running;
         record.state = SessionState::Banned;
-        record.banned_until = Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(90));
+        record.banned_until = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(90));
         record.attempts = 2;
-        write_record(dir.path(), &token("shop1"), &record).unwrap();
-        // A crash mid-write leaves a partial temp file beside the good record.
-        fs::write(dir.path().join("shop1").join(TEMP_FILE), "name = \"tor").unwrap();
-        let loaded = load_all(dir.path()).unwrap();
+        writer.write(
+            &token("shop1"),
+            SessionRecord::new("old".into(), SystemTime::UNIX_EPOCH),
+        );
+        writer.write(&token("shop1"), record.clone());
+        writer.flush().await.unwrap();
+        let loaded = load_all(&db).await.unwrap();
         assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
         assert_eq!(loaded.records, vec![(token("shop1"), record)]);
+
+        db.open_device("shop1").await.unwrap();
+        writer.remove(&token("shop1")).await.unwrap();
+        assert_eq!(db.rows_of("shop1").await.unwrap(), 0);
+        assert!(load_all(&db).await.unwrap().records.is_empty());
     }
 
-    #[test]
-    fn unreadable_entries_are_reported_and_left_alone() {
+    #[tokio::test]
+    async fn unreadable_rows_are_reported_and_left_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let record = SessionRecord::new("ok".into(), SystemTime::UNIX_EPOCH);
-        write_record(dir.path(), &token("good"), &record).unwrap();
-        fs::create_dir(dir.path().join("bad")).unwrap();
-        fs::write(dir.path().join("bad").join(RECORD_FILE), "name = 3\n[[[").unwrap();
-        fs::create_dir(dir.path().join("empty")).unwrap();
-        fs::create_dir(dir.path().join("not a token")).unwrap();
-        fs::write(dir.path().join(".gitkeep"), "").unwrap();
-
-        let loaded = load_all(dir.path()).unwrap();
+        let db = Db::open_in(dir.path()).unwrap();
+        let good = SessionRecord::new("ok".into(), SystemTime::UNIX_EPOCH)
+            .encode()
+            .unwrap();
+        db.write_records(vec![
+            RecordChange::Put {
+                token: "good".into(),
+                text: good,
+            },
+            RecordChange::Put {
+                token: "bad".into(),
+                text: "name = 3\n[[[".into(),
+            },
+            RecordChange::Put {
+                token: "not a token".into(),
+                text: "x".into(),
+            },
+        ])
+        .await
+        .unwrap();
+        let loaded = load_all(&db).await.unwrap();
         assert_eq!(loaded.records.len(), 1);
         assert_eq!(loaded.records[0].0, token("good"));
-        let mut problems: Vec<String> = loaded.problems.iter().map(|p| p.to_string()).collect();
-        problems.sort();
-        assert_eq!(problems.len(), 3, "{problems:?}");
+        let problems: Vec<String> = loaded.problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(
             problems
                 .iter()
-                .any(|p| p.contains("bad/session.toml") && p.contains("line"))
+                .any(|p| p.contains("session bad") && p.contains("line"))
         );
-        assert!(problems.iter().any(|p| p.contains("empty/session.toml")));
         assert!(
             problems
                 .iter()
                 .any(|p| p.contains("not a valid session token"))
         );
-        // Nothing was deleted.
-        assert!(dir.path().join("bad").join(RECORD_FILE).exists());
-        assert!(dir.path().join("not a token").exists());
-    }
-
-    #[tokio::test]
-    async fn a_failed_write_is_retried_until_it_lands() {
-        let dir = tempfile::tempdir().unwrap();
-        let writer = StoreWriter::spawn(dir.path().to_owned());
-        let t = token("t1");
-        // A file where the session's folder should be: the write fails.
-        fs::write(dir.path().join("t1"), "in the way").unwrap();
-        writer.write(&t, SessionRecord::new("a".into(), SystemTime::UNIX_EPOCH));
-        writer.flush().await;
-        assert!(!dir.path().join("t1").is_dir());
-        // Once the obstacle is gone, the retry lands without a new write.
-        fs::remove_file(dir.path().join("t1")).unwrap();
-        let path = dir.path().join("t1").join(RECORD_FILE);
-        let landed = async {
-            while !path.exists() {
-                writer.flush().await;
-            }
-        };
-        tokio::time::timeout(std::time::Duration::from_secs(10), landed)
-            .await
-            .expect("the failed write is retried");
-        assert_eq!(read_record(&path).unwrap().name, "a");
-    }
-
-    #[tokio::test]
-    async fn the_writer_keeps_order_between_writes_and_removal() {
-        let dir = tempfile::tempdir().unwrap();
-        let writer = StoreWriter::spawn(dir.path().to_owned());
-        let t = token("t1");
-        let mut record = SessionRecord::new("a".into(), SystemTime::UNIX_EPOCH);
-        writer.write(&t, record.clone());
-        record.name = "b".into();
-        writer.write(&t, record.clone());
-        writer.flush().await;
         assert_eq!(
-            read_record(&dir.path().join("t1").join(RECORD_FILE))
-                .unwrap()
-                .name,
-            "b"
+            db.load_records().await.unwrap().len(),
+            3,
+            "nothing was deleted"
         );
-        writer.remove(&t).await.unwrap();
-        assert!(!dir.path().join("t1").exists());
-        writer.write(&t, record);
-        writer.flush().await;
-        assert!(dir.path().join("t1").join(RECORD_FILE).exists());
+    }
+
+    #[tokio::test]
+    async fn records_of_an_earlier_release_move_into_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let sessions = dir.path();
+        let record = SessionRecord::new("Shop".into(), SystemTime::UNIX_EPOCH);
+        for name in ["shop1", "shop2", "not a token", "creds"] {
+            std::fs::create_dir(sessions.join(name)).unwrap();
+            std::fs::write(
+                sessions.join(name).join(RECORD_FILE),
+                record.encode().unwrap(),
+            )
+            .unwrap();
+        }
+        std::fs::write(sessions.join("shop1").join(LEGACY_LOCK_FILE), "").unwrap();
+        std::fs::write(sessions.join("shop2").join("notes.txt"), "mine").unwrap();
+        std::fs::write(sessions.join("creds").join(LEGACY_DB_FILE), "keys").unwrap();
+        let db = Db::open_in(sessions).unwrap();
+
+        let done = import_legacy_records(&db, sessions).await;
+        assert_eq!(done.imported, vec![token("shop1"), token("shop2")]);
+        assert_eq!(done.problems.len(), 2, "{:?}", done.problems);
+        assert!(!sessions.join("shop1").exists(), "an emptied folder goes");
+        assert!(
+            sessions.join("shop2").join("notes.txt").exists(),
+            "unknown files stay"
+        );
+        assert!(!sessions.join("shop2").join(RECORD_FILE).exists());
+        assert!(
+            sessions.join("creds").join(RECORD_FILE).exists(),
+            "left whole"
+        );
+        assert!(sessions.join("not a token").join(RECORD_FILE).exists());
+        let loaded = load_all(&db).await.unwrap();
+        let tokens: Vec<_> = loaded.records.iter().map(|(t, _)| t.clone()).collect();
+        assert_eq!(tokens, vec![token("shop1"), token("shop2")]);
+
+        // Running it again finds nothing more to do.
+        let again = import_legacy_records(&db, sessions).await;
+        assert!(again.imported.is_empty());
     }
 }

@@ -134,15 +134,17 @@ async fn logout_closes_and_deletes_credentials() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn delete_removes_the_session_and_its_folder() {
+async fn delete_removes_the_session_and_every_row() {
     let mut h = Harness::new(Script::login(JID)).await;
     h.run("s1", []).await;
     h.wait_state("s1", SessionState::Connected).await;
-    let folder = h.dir.path().join("s1");
-    h.supervisor.flush().await.unwrap();
-    assert!(folder.join("session.toml").exists());
+    assert_eq!(
+        h.db.rows_of("s1").await.unwrap(),
+        1,
+        "its record is committed"
+    );
     h.supervisor.delete("s1").await.unwrap();
-    assert!(!folder.exists());
+    assert_eq!(h.db.rows_of("s1").await.unwrap(), 0, "no row is left");
     assert_eq!(h.link.stats("s1").forgotten, 1);
     assert_eq!(h.link.stats("s1").live, 0);
     assert!(matches!(h.supervisor.status("s1"), Err(Error::NotFound(_))));

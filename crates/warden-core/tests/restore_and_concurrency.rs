@@ -59,9 +59,10 @@ async fn a_new_supervisor_on_the_same_folder_restores_every_session() {
     assert!(!h.supervisor.is_running());
     assert_eq!(h.link.live_total(), 0, "shutdown closes every connection");
 
-    // A new supervisor, a new link (a new process), the same folder.
+    // A new supervisor, a new link (a new process), the same database.
     let link = ScriptedLink::new(Script::login(JID));
-    let (supervisor, report) = Supervisor::start(config(h.dir.path()), Arc::new(link.clone()))
+    let restarted = config(h.dir.path()).with_db(h.db.clone());
+    let (supervisor, report) = Supervisor::start(restarted, Arc::new(link.clone()))
         .await
         .unwrap();
     assert_eq!(report.loaded, 5);
@@ -114,14 +115,18 @@ async fn a_new_supervisor_on_the_same_folder_restores_every_session() {
 #[tokio::test(start_paused = true)]
 async fn a_corrupt_record_is_reported_and_skipped_never_deleted() {
     let dir = tempfile::tempdir().unwrap();
+    let db = warden_store::Db::in_memory().unwrap();
     {
         let link = ScriptedLink::new(Script::login(JID));
-        let (supervisor, _) = Supervisor::start(config(dir.path()), Arc::new(link))
-            .await
-            .unwrap();
+        let (supervisor, _) =
+            Supervisor::start(config(dir.path()).with_db(db.clone()), Arc::new(link))
+                .await
+                .unwrap();
         supervisor.create(None, Some("good")).await.unwrap();
         supervisor.shutdown().await.unwrap();
     }
+    // A record of an earlier release that cannot be read, and one whose credentials were not
+    // imported: both are reported, neither is touched.
     let bad = dir.path().join("bad");
     std::fs::create_dir(&bad).unwrap();
     std::fs::write(
@@ -129,22 +134,37 @@ async fn a_corrupt_record_is_reported_and_skipped_never_deleted() {
         "name = \"x\"\ncreated_at = 12\n[[oops",
     )
     .unwrap();
-    std::fs::write(bad.join("session.db"), b"credentials").unwrap();
+    let kept = dir.path().join("kept");
+    std::fs::create_dir(&kept).unwrap();
+    let record = "name = \"k\"\ncreated_at = \"2026-01-01T00:00:00Z\"\ndesired = \"stopped\"\nstate = \"stopped\"\n";
+    std::fs::write(kept.join("session.toml"), record).unwrap();
+    std::fs::write(kept.join("session.db"), b"credentials").unwrap();
 
     let link = ScriptedLink::new(Script::login(JID));
-    let (supervisor, report) = Supervisor::start(config(dir.path()), Arc::new(link))
+    let (supervisor, report) = Supervisor::start(config(dir.path()).with_db(db), Arc::new(link))
         .await
         .unwrap();
     assert_eq!(report.loaded, 1);
-    assert_eq!(report.problems.len(), 1);
-    let problem = report.problems[0].to_string();
-    assert!(problem.contains("bad/session.toml"), "{problem}");
-    assert!(problem.contains("line"), "{problem}");
+    assert_eq!(report.problems.len(), 2, "{:?}", report.problems);
+    let problems: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("bad/session.toml") && p.contains("line")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("kept/session.db") && p.contains("not imported")),
+        "{problems:?}"
+    );
     assert!(bad.join("session.toml").exists());
-    assert!(bad.join("session.db").exists());
+    assert!(kept.join("session.toml").exists());
+    assert!(kept.join("session.db").exists());
     assert!(supervisor.status("good").is_ok());
     assert!(matches!(supervisor.status("bad"), Err(Error::NotFound(_))));
-    // Its token stays reserved on disk: creating it again does not overwrite the folder.
+    assert!(matches!(supervisor.status("kept"), Err(Error::NotFound(_))));
     supervisor.shutdown().await.unwrap();
 }
 

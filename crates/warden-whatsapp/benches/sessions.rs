@@ -212,8 +212,10 @@ fn link(url: &str, dir: &std::path::Path) -> Arc<WaLink> {
         connect_timeout: Duration::from_secs(600),
         liveness_timeout: Duration::from_secs(600),
     };
+    // One measurement per process: the database is opened once, by this link.
+    let db = warden_store::Db::open_in(dir).expect("session database");
     Arc::new(
-        WaLink::new(config, dir)
+        WaLink::new(config, db)
             .expect("config")
             .with_http_client(Arc::new(NoHttp)),
     )

@@ -1,13 +1,20 @@
-//! [`Session`]: everything the link keeps for one token between connections — the folder
-//! lock, the SQLite store, wa-rs's `PersistenceManager`, the transport factory and the wa-rs
+//! [`Session`]: what one token needs while it has a connection — its handle on the shared
+//! session database, wa-rs's `PersistenceManager`, the transport factory and the wa-rs
 //! `Client` with its ordered event tap.
 //!
-//! The client is built once and reused for every attempt (wa-rs-notes §2.4), with two
-//! exceptions: after a run that did not leave the device paired, a QR rotation task of that run
-//! may still be alive and would later call `disconnect()` on that client (§0.3), so the next
-//! attempt gets a fresh `Client` on the same store; and after a logout everything goes.
+//! A session lives only as long as a connection uses it (the link keeps a `Weak`): a session
+//! that is not connecting or connected holds no client, no task and no file descriptor, only
+//! its rows in the database. A connection that starts while the previous one is still letting
+//! go reuses the same session (and waits for its slot). Within a session, the client is reused
+//! across attempts, except after a run that did not leave the device paired: a QR rotation
+//! task of that run may still be alive and would later call `disconnect()` on that client
+//! (wa-rs-notes §0.3), so the next attempt gets a fresh `Client`.
+//!
+//! wa-rs's background saver (a task that never ends) is not started: the device state
+//! (credentials, pairing, push name, routing info) is saved by the connection when it matters
+//! — right after a pairing, once connected, and when the connection ends — and each save is
+//! committed before the connection reports what it saved.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -20,19 +27,12 @@ use wa_rs_core::store::traits::{Backend, DeviceStore};
 use wa_rs_core::types::events::{Event, EventHandler};
 use warden_core::{LinkError, Token};
 
+use warden_store::Db;
+
 use crate::classify::{self, Seen};
 use crate::config::WaConfig;
-use crate::lock::SessionLock;
 use crate::store::SessionStore;
 use crate::transport::WsFactory;
-
-/// The session database in `<sessions_dir>/<token>/`.
-pub const DB_FILE: &str = "session.db";
-/// The files SQLite keeps beside the database.
-pub const DB_SIDE_FILES: [&str; 3] = ["session.db-wal", "session.db-shm", "session.db-journal"];
-
-/// How long wa-rs's own saver waits between saves when nothing asks it to save sooner.
-const SAVER_INTERVAL: Duration = Duration::from_secs(30);
 /// Bound on one `disconnect()` of a wa-rs client.
 pub(crate) const DISCONNECT_BOUND: Duration = Duration::from_secs(2);
 
@@ -64,7 +64,7 @@ impl Incarnation {
     }
 }
 
-/// Everything kept for one token; see the module docs.
+/// Everything kept for one token while it has a connection; see the module docs.
 pub(crate) struct Session {
     pub token: Token,
     pub factory: Arc<WsFactory>,
@@ -72,16 +72,15 @@ pub(crate) struct Session {
     persistence: Arc<PersistenceManager>,
     http: Arc<dyn HttpClient>,
     version: Option<(u32, u32, u32)>,
-    /// Held by the connection driving the client; holds the client between connections.
+    /// Held by the connection driving the client; holds the client between attempts.
     pub slot: Arc<tokio::sync::Mutex<Option<Incarnation>>>,
-    _lock: SessionLock,
 }
 
 impl Session {
-    /// Locks `dir`, opens its store and loads the device (credentials, if paired).
+    /// Finds (or makes) the token's credentials in the database and loads the device.
     pub async fn open(
         token: &Token,
-        dir: &Path,
+        db: &Db,
         config: &WaConfig,
         http: Arc<dyn HttpClient>,
     ) -> Result<Self, LinkError> {
@@ -89,19 +88,17 @@ impl Session {
         let version = config
             .version_triple()
             .map_err(|e| LinkError::Open(e.to_string()))?;
-        let lock = SessionLock::acquire(dir).map_err(|e| LinkError::Open(e.to_string()))?;
-        let store = Arc::new(
-            SessionStore::open(&dir.join(DB_FILE))
-                .await
-                .map_err(|e| LinkError::Storage(format!("opening the session database: {e}")))?,
-        );
+        let device = db
+            .open_device(token.as_str())
+            .await
+            .map_err(|e| LinkError::Storage(format!("opening the session's credentials: {e}")))?;
+        let store = Arc::new(SessionStore::new(db.clone(), device));
         let backend: Arc<dyn Backend> = store.clone();
         let persistence = Arc::new(
             PersistenceManager::new(backend)
                 .await
                 .map_err(|e| LinkError::Storage(format!("loading the device: {e}")))?,
         );
-        persistence.clone().run_background_saver(SAVER_INTERVAL);
         let factory = Arc::new(WsFactory::new(
             uri,
             config.connect_timeout,
@@ -115,7 +112,6 @@ impl Session {
             http,
             version,
             slot: Arc::new(tokio::sync::Mutex::new(None)),
-            _lock: lock,
         })
     }
 
@@ -156,7 +152,8 @@ impl Session {
         self.persistence.get_device_snapshot().await.pn.is_some()
     }
 
-    /// Writes the device state (keys, pairing) to disk now; wa-rs only saves in the background.
+    /// Saves the device state (keys, pairing) now; resolves once it is committed. After a
+    /// logout the save is refused (the credentials stay deleted).
     pub async fn flush(&self) {
         let device = self
             .persistence
@@ -168,8 +165,7 @@ impl Session {
         }
     }
 
-    /// Lets go of the client and the database, waiting (bounded) until no call holds the
-    /// database any more, so its files can go. The folder lock goes with `self`.
+    /// Lets go of the client (bounded): its connection must be over first.
     pub async fn release(&self, within: Duration) -> Result<(), LinkError> {
         let mut slot = tokio::time::timeout(within, self.slot.lock())
             .await
@@ -177,40 +173,6 @@ impl Session {
         if let Some(incarnation) = slot.take() {
             incarnation.retire().await;
         }
-        let store = self.store.detach();
-        let deadline = tokio::time::Instant::now() + within;
-        while store.strong_count() > 0 {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(LinkError::Storage(
-                    "the session database is still in use".into(),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
         Ok(())
     }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        // wa-rs's saver task outlives everything and holds the store: close the database here.
-        self.store.detach();
-    }
-}
-
-/// Removes the session's database files from `dir` (missing ones are fine).
-pub(crate) fn delete_db_files(dir: &Path) -> Result<(), LinkError> {
-    for name in std::iter::once(DB_FILE).chain(DB_SIDE_FILES) {
-        match std::fs::remove_file(dir.join(name)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(LinkError::Storage(format!(
-                    "removing {}: {e}",
-                    dir.join(name).display()
-                )));
-            }
-        }
-    }
-    Ok(())
 }

@@ -217,6 +217,7 @@ async fn drive(
     let mut facts = RunFacts::default();
     let mut run_over = false;
     let mut forward = Forward {
+        session: &session,
         token: &token,
         sink: &sink,
         control: &control,
@@ -321,6 +322,7 @@ async fn drive(
 
 /// Forwards tapped events to the sink and remembers those that decide the end.
 struct Forward<'a> {
+    session: &'a Session,
     token: &'a warden_core::Token,
     sink: &'a LifecycleSink,
     control: &'a Control,
@@ -345,6 +347,8 @@ impl Forward<'_> {
                     .map(|j| j.to_string())
                     .unwrap_or_default();
                 let name = Some(self.client.get_push_name().await).filter(|n| !n.is_empty());
+                // What the login changed (push name, routing, version) is committed first.
+                self.session.flush().await;
                 *lock(&self.control.client) = Some(self.client.clone());
                 tracing::info!(token = %self.token, jid = %jid, "connected");
                 self.sink.emit(LifecycleEvent::Connected { jid, name });
@@ -358,6 +362,9 @@ impl Forward<'_> {
                         tracing::info!(token = %self.token, "pair code issued")
                     }
                     Seen::PairSuccess { jid } => {
+                        // The new credentials are committed before anyone hears of the
+                        // pairing: an acknowledged pairing survives a kill -9.
+                        self.session.flush().await;
                         tracing::info!(token = %self.token, jid = %jid, "paired")
                     }
                     Seen::Message(_) => {}

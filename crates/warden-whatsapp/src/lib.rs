@@ -10,8 +10,11 @@
 //! use warden_core::{Supervisor, SupervisorConfig};
 //! use warden_whatsapp::{WaConfig, WaLink};
 //!
-//! let link = WaLink::new(WaConfig::default(), "sessions")?;
-//! let (supervisor, _) = Supervisor::start(SupervisorConfig::new("sessions"), Arc::new(link)).await?;
+//! // One database for every session, shared by the link and the supervisor.
+//! let db = warden_store::Db::open_in(std::path::Path::new("sessions"))?;
+//! let link = WaLink::new(WaConfig::default(), db.clone())?;
+//! let config = SupervisorConfig::new("sessions").with_db(db);
+//! let (supervisor, _) = Supervisor::start(config, Arc::new(link)).await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -94,6 +97,7 @@ pub mod classify;
 mod client;
 pub mod config;
 mod connection;
+pub mod legacy;
 mod link;
 pub mod lock;
 pub mod store;
@@ -101,7 +105,7 @@ pub mod tasks;
 pub mod transport;
 pub mod watchdog;
 
-pub use client::{DB_FILE, DB_SIDE_FILES};
 pub use config::{ConfigError, WHATSAPP_WS_URL, WaConfig};
 pub use connection::{WaConnection, parse_recipient};
+pub use legacy::{ImportReport, import_legacy};
 pub use link::WaLink;

@@ -1,52 +1,54 @@
 //! [`WaLink`]: warden-core's [`Link`] over wa-rs.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio::sync::OnceCell;
 use wa_rs_core::net::HttpClient;
 use warden_core::{Connection, LifecycleSink, Link, LinkError, OpenOptions, Token};
+use warden_store::Db;
 
-use crate::client::{Session, delete_db_files};
+use crate::client::Session;
 use crate::config::{ConfigError, WaConfig};
 use crate::connection::{DriveConfig, WaConnection};
-use crate::lock::{LOCK_FILE, SessionLock};
 use crate::watchdog::Watchdog;
 
-/// Bound on letting go of a session before its files are deleted.
+/// Bound on letting go of a session before its credentials are deleted.
 const RELEASE_BOUND: Duration = Duration::from_secs(5);
 
-type Cell = Arc<OnceCell<Arc<Session>>>;
-
-/// Opens WhatsApp Web connections with wa-rs, one client per session token; see the crate
-/// docs. Cheap to share: wrap it in an `Arc` and hand it to the supervisor.
+/// Opens WhatsApp Web connections with wa-rs, one client per session token, keeping every
+/// session's credentials and keys in the shared session database; see the crate docs. Cheap
+/// to share: wrap it in an `Arc` and hand it to the supervisor.
 pub struct WaLink {
     config: WaConfig,
-    sessions_dir: PathBuf,
+    db: Db,
     http: Arc<dyn HttpClient>,
-    sessions: Mutex<HashMap<Token, Cell>>,
+    /// The session of each token that has a connection (or one letting go). Weak: a session
+    /// nobody drives is freed at once, with its client.
+    /// The supervisor opens at most one connection per token at a time, so a token never
+    /// gets two sessions at once.
+    sessions: Mutex<HashMap<Token, Weak<Session>>>,
 }
 
 impl std::fmt::Debug for WaLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WaLink")
             .field("config", &self.config)
-            .field("sessions_dir", &self.sessions_dir)
-            .field("sessions", &self.sessions().len())
+            .field("db", &self.db)
+            .field("held", &self.held().len())
             .finish()
     }
 }
 
 impl WaLink {
-    /// A link with `config`, keeping each session's files in `<sessions_dir>/<token>/`.
-    /// HTTP (version lookups when `version` is empty, media) goes through wa-rs's ureq client.
-    pub fn new(config: WaConfig, sessions_dir: impl Into<PathBuf>) -> Result<Self, ConfigError> {
+    /// A link with `config`, keeping every session's credentials in `db` (the database the
+    /// supervisor uses too). HTTP (version lookups when `version` is empty, media) goes
+    /// through wa-rs's ureq client.
+    pub fn new(config: WaConfig, db: Db) -> Result<Self, ConfigError> {
         config.validate()?;
         Ok(Self {
             config,
-            sessions_dir: sessions_dir.into(),
+            db,
             http: Arc::new(wa_rs::transport::UreqHttpClient::new()),
             sessions: Mutex::new(HashMap::new()),
         })
@@ -63,79 +65,55 @@ impl WaLink {
         &self.config
     }
 
-    /// The folder of `token`'s files.
-    pub fn session_dir(&self, token: &Token) -> PathBuf {
-        self.sessions_dir.join(token.as_str())
+    /// The session database.
+    pub fn db(&self) -> &Db {
+        &self.db
     }
 
-    /// Tokens whose client this link currently holds.
+    /// Tokens whose session (client) is alive now: those with a connection, or one still
+    /// letting go.
     pub fn held(&self) -> Vec<Token> {
-        let mut tokens: Vec<Token> = self
-            .sessions()
-            .iter()
-            .filter(|(_, cell)| cell.initialized())
-            .map(|(t, _)| t.clone())
-            .collect();
+        let mut sessions = self.sessions();
+        sessions.retain(|_, weak| weak.strong_count() > 0);
+        let mut tokens: Vec<Token> = sessions.keys().cloned().collect();
         tokens.sort();
         tokens
     }
 
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<Token, Cell>> {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<Token, Weak<Session>>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The session of `token`, opened on first use.
+    fn live(&self, token: &Token) -> Option<Arc<Session>> {
+        self.sessions().get(token).and_then(Weak::upgrade)
+    }
+
+    /// The session of `token`: the live one, or a new one loaded from the database.
     async fn session(&self, token: &Token) -> Result<Arc<Session>, LinkError> {
-        let cell = self.sessions().entry(token.clone()).or_default().clone();
-        let session = cell
-            .get_or_try_init(|| async {
-                let dir = self.session_dir(token);
-                Session::open(token, &dir, &self.config, self.http.clone())
-                    .await
-                    .map(Arc::new)
-            })
-            .await?;
-        Ok(session.clone())
-    }
-
-    /// Lets go of everything held for `token` and deletes its database files; `and_lock` also
-    /// removes the lock file.
-    async fn release(&self, token: &Token, and_lock: bool) -> Result<(), LinkError> {
-        let dir = self.session_dir(token);
-        let cell = self.sessions().remove(token);
-        let held = cell.and_then(|c| c.get().cloned());
-        // Whichever holds the folder lock (the session, or a lock taken here) is kept until
-        // the files are gone.
-        let (session, guard) = match held {
-            Some(session) => {
-                session.release(RELEASE_BOUND).await?;
-                (Some(session), None)
-            }
-            None if dir.exists() => {
-                let lock =
-                    SessionLock::acquire(&dir).map_err(|e| LinkError::Storage(e.to_string()))?;
-                (None, Some(lock))
-            }
-            None => return Ok(()),
-        };
-        delete_db_files(&dir)?;
-        if and_lock {
-            remove_if_present(&dir.join(LOCK_FILE))?;
+        if let Some(session) = self.live(token) {
+            return Ok(session);
         }
-        drop(session);
-        drop(guard);
-        Ok(())
+        let session =
+            Arc::new(Session::open(token, &self.db, &self.config, self.http.clone()).await?);
+        let mut sessions = self.sessions();
+        sessions.retain(|_, weak| weak.strong_count() > 0);
+        sessions.insert(token.clone(), Arc::downgrade(&session));
+        Ok(session)
     }
-}
 
-fn remove_if_present(path: &Path) -> Result<(), LinkError> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(LinkError::Storage(format!(
-            "removing {}: {e}",
-            path.display()
-        ))),
+    /// Lets go of the client of `token` (if one is alive) and deletes its credentials and
+    /// keys, in one transaction. Writes from a client that still runs are refused after that.
+    async fn release(&self, token: &Token) -> Result<(), LinkError> {
+        let live = self.live(token);
+        if let Some(session) = &live {
+            session.release(RELEASE_BOUND).await?;
+        }
+        self.db
+            .delete_device(token.as_str())
+            .await
+            .map_err(|e| LinkError::Storage(format!("deleting the credentials: {e}")))?;
+        self.sessions().remove(token);
+        Ok(())
     }
 }
 
@@ -158,12 +136,12 @@ impl Link for WaLink {
     }
 
     async fn delete_credentials(&self, token: &Token) -> Result<(), LinkError> {
-        self.release(token, false).await?;
-        tracing::info!(token = %token, "session database deleted");
+        self.release(token).await?;
+        tracing::info!(token = %token, "session credentials deleted");
         Ok(())
     }
 
     async fn forget(&self, token: &Token) -> Result<(), LinkError> {
-        self.release(token, true).await
+        self.release(token).await
     }
 }

@@ -1,6 +1,7 @@
-//! [`SessionLock`]: an exclusive `flock` on `<sessions_dir>/<token>/lock`, held while a
-//! session's client exists, so two processes (or two links in one process) can never run the
-//! same WhatsApp session at once.
+//! [`SessionLock`]: an exclusive `flock` on `<sessions_dir>/<token>/lock`, the per-session
+//! lock of earlier releases. Sessions no longer have folders (the daemon's exclusive hold on
+//! the session database keeps a second process out); the import of an earlier release's
+//! folder takes this lock, so it never reads credentials an older process still writes.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};

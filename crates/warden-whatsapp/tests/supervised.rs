@@ -46,25 +46,32 @@ async fn qr_scan_pairs_then_a_new_supervisor_logs_in_without_qr() {
         SessionEvent::Qr { token, code, expires_in }
             if token.as_str() == "shop1" && code.starts_with("2@") && *expires_in == Duration::from_secs(60)
     )));
-    let dir = h.session_dir("shop1");
-    assert!(dir.join("session.db").exists() && dir.join("session.toml").exists());
+    assert!(h.has_credentials("shop1").await);
+    assert!(
+        h.db.rows_of("shop1").await.unwrap() > 2,
+        "record, device, keys"
+    );
     assert_eq!(h.connections(PHONE), 2, "the pairing, then the login");
     assert_eq!(registrations(&h), 1);
 
-    // A new supervisor and a new link on the same folder: restored, logged in, no QR.
+    // A new supervisor and a new link on the same database, reopened from disk: restored,
+    // logged in, no QR.
     h.supervisor.shutdown().await.expect("shutdown");
     let Harness {
         server,
         supervisor,
         link,
         dir,
+        db,
         ..
     } = h;
     drop(supervisor);
     wait_until_sole_owner(&link).await;
     drop(link);
-    let link = link_for(&server, dir.path());
-    let (supervisor, report) = Supervisor::start(supervisor_config(dir.path()), link.clone())
+    drop(db);
+    let db = reopen(dir.path()).await;
+    let link = link_for(&server, &db);
+    let (supervisor, report) = Supervisor::start(supervisor_config(dir.path(), &db), link.clone())
         .await
         .expect("restart");
     assert_eq!(report.loaded, 1);
@@ -101,9 +108,9 @@ async fn wait_until_sole_owner<T>(arc: &Arc<T>) {
 
 fn link_for(
     server: &warden_fakewa::FakeServer,
-    dir: &std::path::Path,
+    db: &warden_store::Db,
 ) -> Arc<warden_whatsapp::WaLink> {
-    link(wa_config(&server.url()), dir)
+    link(wa_config(&server.url()), db)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,7 +157,12 @@ async fn assert_logged_out_for_good(h: &mut Harness, phone: &str) {
         })
         .await;
     assert_eq!(info.state, SessionState::LoggedOut);
-    assert!(!db_files_exist(&h.session_dir("s")), "credentials gone");
+    assert!(!h.has_credentials("s").await, "credentials gone");
+    assert_eq!(
+        h.db.rows_of("s").await.unwrap(),
+        1,
+        "only the record is left"
+    );
     let before = h.connections(phone);
     tokio::time::sleep(QUIET).await;
     assert_eq!(h.connections(phone), before, "never retried");
@@ -181,7 +193,7 @@ async fn replaced_is_not_retried() {
     let plan = Plan::always(login_then([Step::conflict("replaced")]));
     let (h, info) = after_login(PHONE, plan, SessionState::Replaced).await;
     assert_eq!(info.reason.as_deref(), Some("replaced"));
-    assert!(db_files_exist(&h.session_dir("s")), "credentials kept");
+    assert!(h.has_credentials("s").await, "credentials kept");
     let before = h.connections(PHONE);
     tokio::time::sleep(QUIET).await;
     assert_eq!(h.connections(PHONE), before);
@@ -355,37 +367,20 @@ async fn sending_checks_the_recipient_and_the_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_link_on_the_same_folder_is_refused() {
+async fn a_second_process_on_the_same_database_is_refused() {
     const PHONE: &str = "15550000112";
     let mut h = Harness::new(server(PHONE, Plan::always(Scenario::login())).await, |_| {}).await;
     h.paired("s", PHONE).await;
-    let other = link(wa_config(&h.server.url()), h.dir.path());
-    let (s, _) = sink();
-    let token = warden_core::Token::parse("s").unwrap();
-    match warden_core::Link::open(&*other, &token, OpenOptions::default(), s).await {
-        Err(LinkError::Open(message)) => assert!(message.contains("in use"), "{message}"),
-        Ok(_) => panic!("a second client for the same session"),
-        Err(other) => panic!("{other:?}"),
+    // What a second daemon (or embedder) on the same folder would do first.
+    match warden_store::Db::open_in(h.dir.path()) {
+        Err(warden_store::DbError::InUse { .. }) => {}
+        other => panic!("a second opener got {other:?}"),
     }
     assert_eq!(h.connections(PHONE), 2);
-    // After a logout the lock is free again.
-    h.supervisor.logout("s").await.unwrap();
-    let (s, _) = sink();
-    let conn = warden_core::Link::open(&*other, &token, OpenOptions::default(), s).await;
-    assert!(conn.is_ok());
-}
-
-fn sink() -> (
-    warden_core::LifecycleSink,
-    tokio::sync::mpsc::UnboundedReceiver<warden_core::LifecycleEvent>,
-) {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    (
-        warden_core::LifecycleSink::new(move |e| {
-            let _ = tx.send(e);
-        }),
-        rx,
-    )
+    assert_eq!(
+        h.supervisor.status("s").unwrap().state,
+        SessionState::Connected
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,8 @@ use clap::{Parser, Subcommand};
     long_about,
     after_long_help = "Exit codes: 0 done; 1 failed; 2 bad usage; 3 no such session; \
 4 refused (bad request, invalid token, conflict, cooldown); 5 the daemon is not running; \
-6 `start` ended without connecting; 78 invalid configuration.\n\n\
+6 `start` ended without connecting; 7 the daemon is at capacity (no more live sessions); \
+78 invalid configuration.\n\n\
 Docs: docs/operations.md, docs/control-protocol.md, docs/configuration.md."
 )]
 pub struct Cli {

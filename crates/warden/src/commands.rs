@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use warden_control::protocol::{
     DeletedView, HealthView, ListView, ReapView, SentView, SessionView,
 };
-use warden_control::{ClientError, ControlClient, EventLine, Op};
+use warden_control::{ClientError, ControlClient, ErrorCode, EventLine, Op};
 
 use crate::cli::Command;
 use crate::exit;
@@ -27,6 +27,13 @@ pub async fn run(socket: &Path, command: Command, json: bool) -> ExitCode {
                 println!("{}", serde_json::json!({"ok": false, "error": body}));
             } else {
                 eprintln!("warden: {e}");
+                if matches!(&e, ClientError::Refused(body) if body.code == ErrorCode::Capacity) {
+                    eprintln!(
+                        "warden: the daemon is at capacity; stop or log out a session first \
+                         (`warden sessions` lists them), or give the daemon more file \
+                         descriptors (LimitNOFILE, ulimit -n) or a higher [daemon] max_sessions"
+                    );
+                }
             }
             exit::for_error(&e)
         }

@@ -55,6 +55,9 @@ pub struct DaemonConfig {
     pub max_line_bytes: usize,
     /// How many control clients may be connected at once.
     pub max_clients: usize,
+    /// The most sessions live (connecting or connected) at once; 0: as many as the
+    /// file-descriptor limit allows. When set, the smaller of the two applies.
+    pub max_sessions: usize,
     /// The bound on a graceful shutdown.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -73,6 +76,7 @@ impl Default for DaemonConfig {
             log_level: "info".into(),
             max_line_bytes: 64 * 1024,
             max_clients: 256,
+            max_sessions: 0,
             shutdown_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
         }
@@ -371,6 +375,27 @@ mod tests {
         assert!(e.contains("log_level"), "{e}");
         let e = err("[whatsapp]\nurl = \"http://x\"\n", &[]);
         assert!(e.contains("[whatsapp]"), "{e}");
+    }
+
+    #[test]
+    fn max_sessions_defaults_to_the_fd_limit_and_can_be_set() {
+        assert_eq!(ok("", &[]).daemon.max_sessions, 0);
+        assert_eq!(
+            ok("[daemon]\nmax_sessions = 500\n", &[])
+                .daemon
+                .max_sessions,
+            500
+        );
+        assert_eq!(
+            ok("", &[("WARDEN_DAEMON_MAX_SESSIONS", "40")])
+                .daemon
+                .max_sessions,
+            40
+        );
+        let e = err("[daemon]\nmax_sessions = -1\n", &[]);
+        assert!(e.contains("line 2") && e.contains("max_sessions"), "{e}");
+        let e = err("", &[("WARDEN_DAEMON_MAX_SESSIONS", "lots")]);
+        assert!(e.contains("WARDEN_DAEMON_MAX_SESSIONS"), "{e}");
     }
 
     #[test]

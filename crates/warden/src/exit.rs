@@ -16,6 +16,9 @@ pub const REFUSED: u8 = 4;
 pub const NOT_RUNNING: u8 = 5;
 /// `start` waited, and the session ended in a state that needs attention instead of connecting.
 pub const NOT_CONNECTED: u8 = 6;
+/// The daemon is at capacity: it already runs as many live sessions as it may (its
+/// file-descriptor limit, or `[daemon] max_sessions`); nothing was started.
+pub const AT_CAPACITY: u8 = 7;
 
 /// The exit code for a failed request.
 pub fn for_error(error: &ClientError) -> ExitCode {
@@ -27,6 +30,7 @@ pub fn for_error(error: &ClientError) -> ExitCode {
             | ErrorCode::InvalidToken
             | ErrorCode::Conflict
             | ErrorCode::Cooldown => REFUSED,
+            ErrorCode::Capacity => AT_CAPACITY,
             ErrorCode::Unavailable => NOT_RUNNING,
             ErrorCode::Internal => FAILED,
         },

@@ -4,6 +4,7 @@ mod cli;
 mod commands;
 mod config;
 mod exit;
+mod limits;
 mod logging;
 mod output;
 mod serve;
@@ -11,6 +12,7 @@ mod systemd;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -18,6 +20,10 @@ use cli::{Cli, Command};
 
 /// The configuration file used when `--config` is not given.
 const DEFAULT_CONFIG: &str = "daemon.toml";
+
+/// How long the runtime's leftover tasks (a blocking call that never returns, a task that
+/// ignores cancellation) may hold the process once the main future is done.
+const RUNTIME_GRACE: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -31,7 +37,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(cli))
+    let code = runtime.block_on(run(cli));
+    // Not a plain drop, which would wait for every blocking task however long it takes.
+    runtime.shutdown_timeout(RUNTIME_GRACE);
+    code
 }
 
 async fn run(cli: Cli) -> ExitCode {

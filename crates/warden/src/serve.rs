@@ -9,11 +9,15 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use warden_control::{ControlServer, ServerConfig};
 use warden_core::{Supervisor, SupervisorConfig};
+use warden_store::Db;
 use warden_whatsapp::WaLink;
 
 use crate::config::{self, Config};
+use crate::limits;
 use crate::logging::{self, Logging};
 use crate::systemd;
 
@@ -22,6 +26,14 @@ pub const EX_CONFIG: u8 = 78;
 
 /// How often the systemd status line is refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
+
+/// Added to `shutdown_timeout`: the whole shutdown (HTTP, control socket, supervisor, database)
+/// ends within `shutdown_timeout + SHUTDOWN_MARGIN`, whatever is stuck.
+pub const SHUTDOWN_MARGIN: Duration = Duration::from_secs(2);
+
+/// After the shutdown's deadline, how long a wedged process gets before a plain thread ends
+/// it (when even the async runtime cannot make progress).
+const BACKSTOP_AFTER: Duration = Duration::from_secs(3);
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config_path: &Path, explicit: bool, log_flag: Option<&str>) -> ExitCode {
@@ -33,6 +45,8 @@ pub async fn run(config_path: &Path, explicit: bool, log_flag: Option<&str>) -> 
         }
     };
     let config = loaded.config;
+    // File descriptors first, before anything big is opened.
+    let fd_limit = limits::raise_nofile();
     let filter = logging::choose_filter(log_flag, &config.daemon.log_level);
     let logging = match logging::init(&filter, &config.daemon.log_dir) {
         Ok(logging) => logging,
@@ -48,29 +62,72 @@ pub async fn run(config_path: &Path, explicit: bool, log_flag: Option<&str>) -> 
             "no configuration file; running on the defaults"
         ),
     }
-    let link = match WaLink::new(config.whatsapp.clone(), &config.daemon.sessions_dir) {
-        Ok(link) => link,
+    let capacity = match fd_limit.map(|limit| capacity(&config, &limit)) {
+        Ok(Some(capacity)) => capacity,
+        Ok(None) => return ExitCode::FAILURE,
         Err(e) => {
-            tracing::error!("invalid [whatsapp] configuration: {e}");
-            return ExitCode::from(EX_CONFIG);
+            tracing::error!("warden could not start: cannot read the file-descriptor limit: {e}");
+            return ExitCode::FAILURE;
         }
     };
-    match serve(
-        config,
-        config_path,
-        explicit,
-        log_flag,
-        &logging,
-        Arc::new(link),
-    )
-    .await
-    {
-        Ok(()) => ExitCode::SUCCESS,
+    match serve(config, config_path, explicit, log_flag, &logging, capacity).await {
+        Ok(code) => code,
         Err(e) => {
-            tracing::error!("warden stopped: {e:#}");
+            tracing::error!("warden could not start: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs the file-descriptor limits and works out how many sessions may be live at once;
+/// `None` (after logging why) when not a single session fits.
+fn capacity(config: &Config, limit: &limits::FdLimit) -> Option<usize> {
+    match &limit.error {
+        None => tracing::info!(
+            before = limit.before,
+            after = limit.soft,
+            hard = limit.hard,
+            "file-descriptor limit: soft {} -> {} (hard {})",
+            limit.before,
+            limit.soft,
+            limit.hard
+        ),
+        Some(e) => tracing::warn!(
+            before = limit.before,
+            after = limit.soft,
+            hard = limit.hard,
+            "file-descriptor limit: soft {} could not be raised to the hard limit {}: {e}",
+            limit.before,
+            limit.hard
+        ),
+    }
+    let reserve = limits::Reserve::new(config.daemon.max_clients, config.http.enabled);
+    let capacity = limits::capacity(limit.soft, &reserve, config.daemon.max_sessions);
+    if capacity == 0 {
+        tracing::error!(
+            "warden could not start: the file-descriptor limit {} leaves no room for a single \
+             session after the reserve of {} (the process, {} control clients, HTTP, a margin); \
+             raise it (LimitNOFILE=, ulimit -n) or lower [daemon] max_clients",
+            limit.soft,
+            reserve.total(),
+            config.daemon.max_clients
+        );
+        return None;
+    }
+    let set_by = if config.daemon.max_sessions != 0 && capacity == config.daemon.max_sessions {
+        "; [daemon] max_sessions"
+    } else {
+        ""
+    };
+    tracing::info!(
+        capacity,
+        soft_limit = limit.soft,
+        reserve = reserve.total(),
+        "capacity: {capacity} live sessions (fd soft limit {}, reserve {}{set_by})",
+        limit.soft,
+        reserve.total()
+    );
+    Some(capacity)
 }
 
 async fn serve(
@@ -79,8 +136,8 @@ async fn serve(
     explicit: bool,
     log_flag: Option<&str>,
     logging: &Logging,
-    link: Arc<WaLink>,
-) -> anyhow::Result<()> {
+    capacity: usize,
+) -> anyhow::Result<ExitCode> {
     // One daemon per sessions folder, whatever socket it is given.
     let _lock = lock_sessions_dir(&config.daemon.sessions_dir)?;
     // The socket next: a second daemon must refuse before it touches a single session.
@@ -95,6 +152,39 @@ async fn serve(
     .await
     .context("cannot open the control socket")?;
     tracing::info!(socket = %server.path().display(), "control socket ready");
+    // Handlers before anything slow: a SIGTERM from here on is a graceful shutdown.
+    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+
+    // One database for every session, shared by the supervisor and the link.
+    let sessions_dir = config.daemon.sessions_dir.clone();
+    let db = tokio::task::spawn_blocking(move || Db::open_in(&sessions_dir))
+        .await
+        .context("opening the session database")??;
+    tracing::info!(database = %db.path().display(), "session database open");
+    let import = warden_whatsapp::import_legacy(&db, &config.daemon.sessions_dir).await;
+    for (token, why) in &import.failed {
+        tracing::warn!(
+            token = %token,
+            "WhatsApp store of an earlier release not imported, its folder is left as it is: {why}"
+        );
+    }
+    tracing::info!(
+        imported = import.imported.len(),
+        failed = import.failed.len(),
+        "legacy WhatsApp stores: {} imported into the session database, {} failed",
+        import.imported.len(),
+        import.failed.len()
+    );
+    let link = match WaLink::new(config.whatsapp.clone(), db.clone()) {
+        Ok(link) => Arc::new(link),
+        Err(e) => {
+            tracing::error!("invalid [whatsapp] configuration: {e}");
+            return Ok(ExitCode::from(EX_CONFIG));
+        }
+    };
+
     let http_listener = if config.http.enabled {
         let listener = tokio::net::TcpListener::bind(config.http.bind)
             .await
@@ -119,6 +209,8 @@ async fn serve(
         admission: config.admission.clone(),
         close_timeout: config.daemon.close_timeout,
         shutdown_timeout: config.daemon.shutdown_timeout,
+        max_active: Some(capacity),
+        db: Some(db.clone()),
         ..SupervisorConfig::new(&config.daemon.sessions_dir)
     };
     let (supervisor, report) = Supervisor::start(supervisor_config, link)
@@ -155,13 +247,11 @@ async fn serve(
     tracing::info!(
         sessions_dir = %config.daemon.sessions_dir.display(),
         loaded = report.loaded,
+        capacity,
         "warden is ready ({summary})"
     );
     systemd::ready(&summary);
 
-    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut status_tick = tokio::time::interval(STATUS_EVERY);
     let watchdog_every = systemd::watchdog_interval();
     let mut watchdog_tick =
@@ -185,20 +275,106 @@ async fn serve(
     }
 
     systemd::stopping();
+    let bound = config.daemon.shutdown_timeout + SHUTDOWN_MARGIN;
+    let deadline = Instant::now() + bound;
+    backstop(bound + BACKSTOP_AFTER);
     let _ = stop_server.send(());
     let _ = stop_http.send(());
-    if let Some(http) = http {
-        match http.await {
-            Ok(Err(e)) => tracing::error!("HTTP gateway: {e}"),
-            Err(e) => tracing::error!("HTTP gateway task: {e}"),
-            Ok(Ok(())) => {}
-        }
+    let stuck = shutdown(deadline, bound, &supervisor, &db, http, served).await;
+    if stuck.is_empty() {
+        tracing::info!("warden stopped: every session closed, every record flushed");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        tracing::error!(
+            "warden stopped, but the shutdown did not complete: {}",
+            stuck.join("; ")
+        );
+        Ok(ExitCode::FAILURE)
     }
-    let stopped = supervisor.shutdown().await;
-    let _ = served.await;
-    stopped.context("graceful shutdown")?;
-    tracing::info!("warden stopped: every session closed, every record flushed");
-    Ok(())
+}
+
+/// The bounded part of the shutdown: the HTTP gateway, the control socket and the supervisor
+/// stop side by side (the database commits what is queued once the supervisor is done), all
+/// before `deadline`.
+/// Returns what was stuck (empty: everything closed and every record is saved).
+async fn shutdown(
+    deadline: Instant,
+    bound: Duration,
+    supervisor: &Supervisor,
+    db: &Db,
+    http: Option<JoinHandle<Result<(), warden_http::ServeError>>>,
+    mut served: JoinHandle<()>,
+) -> Vec<String> {
+    let late = |what: &str| format!("{what} did not finish within {} s", bound.as_secs_f64());
+    let http_stopped = async {
+        let mut http = http?;
+        match tokio::time::timeout_at(deadline, &mut http).await {
+            Ok(Ok(Ok(()))) => None,
+            Ok(Ok(Err(e))) => {
+                tracing::error!("HTTP gateway: {e}");
+                None
+            }
+            Ok(Err(e)) => {
+                tracing::error!("HTTP gateway task: {e}");
+                None
+            }
+            Err(_) => {
+                http.abort();
+                Some(late("the HTTP gateway"))
+            }
+        }
+    };
+    let socket_stopped = async {
+        match tokio::time::timeout_at(deadline, &mut served).await {
+            Ok(_) => None,
+            Err(_) => {
+                served.abort();
+                Some(late("the control socket"))
+            }
+        }
+    };
+    let supervisor_stopped = async {
+        let mut stuck = Vec::new();
+        match tokio::time::timeout_at(deadline, supervisor.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(warden_core::Error::Unavailable(what))) => stuck.push(what),
+            Ok(Err(e)) => stuck.push(e.to_string()),
+            Err(_) => stuck.push(late(
+                "the supervisor's shutdown (closing sessions, saving records)",
+            )),
+        }
+        // Then a barrier: whatever the link queued (credentials, keys) is committed too.
+        if Instant::now() < deadline {
+            match tokio::time::timeout_at(deadline, db.sync()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => stuck.push(format!("the session database: {e}")),
+                Err(_) => stuck.push(late("committing the session database's queued writes")),
+            }
+        }
+        stuck
+    };
+    let (http, socket, mut stuck) = tokio::join!(http_stopped, socket_stopped, supervisor_stopped);
+    stuck.extend(socket);
+    stuck.extend(http);
+    stuck
+}
+
+/// Ends the process after `after`, from a plain thread, if it is still running then: the last
+/// resort when the async runtime itself is wedged and cannot honour its own deadlines.
+fn backstop(after: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("warden-shutdown-backstop".into())
+        .spawn(move || {
+            std::thread::sleep(after);
+            eprintln!(
+                "warden: the shutdown is still stuck after {} s; exiting now",
+                after.as_secs_f64()
+            );
+            std::process::exit(1);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("no shutdown backstop thread: {e}");
+    }
 }
 
 /// SIGHUP: re-reads the file and applies `[policy]`, `[janitor]`, `[admission]` and the log
@@ -250,5 +426,82 @@ fn lock_sessions_dir(sessions_dir: &Path) -> anyhow::Result<std::fs::File> {
             sessions_dir.display()
         ),
         Err(e) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warden_core::{Connection, LifecycleEvent, LifecycleSink, Link, LinkError, OpenOptions};
+    use warden_core::{Token, link::SendFuture};
+
+    /// Connections that log in at once and never finish closing.
+    struct Stuck;
+
+    struct StuckConnection(#[allow(dead_code)] LifecycleSink);
+
+    #[async_trait::async_trait]
+    impl Link for Stuck {
+        async fn open(
+            &self,
+            _token: &Token,
+            _options: OpenOptions,
+            sink: LifecycleSink,
+        ) -> Result<Box<dyn Connection>, LinkError> {
+            sink.emit(LifecycleEvent::Connected {
+                jid: "15551234567@s.whatsapp.net".into(),
+                name: None,
+            });
+            Ok(Box::new(StuckConnection(sink)))
+        }
+
+        async fn delete_credentials(&self, _token: &Token) -> Result<(), LinkError> {
+            Ok(())
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Connection for StuckConnection {
+        async fn close(&mut self) {
+            std::future::pending::<()>().await;
+        }
+
+        fn send_text(&self, _to: &str, _text: &str) -> SendFuture<Result<String, LinkError>> {
+            Box::pin(async { Err(LinkError::NotConnected) })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stuck_shutdown_is_bounded_and_says_what_was_stuck() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_in(dir.path()).unwrap();
+        let config = SupervisorConfig {
+            close_timeout: Duration::from_millis(100),
+            shutdown_timeout: Duration::from_millis(300),
+            db: Some(db.clone()),
+            ..SupervisorConfig::new(dir.path())
+        };
+        let (supervisor, _) = Supervisor::start(config, Arc::new(Stuck)).await.unwrap();
+        supervisor.create(None, Some("shop1")).await.unwrap();
+        supervisor
+            .start_session("shop1", OpenOptions::default())
+            .await
+            .unwrap();
+        let mut events = supervisor.subscribe();
+        while supervisor.status("shop1").unwrap().state != warden_core::SessionState::Connected {
+            let _ = events.recv().await;
+        }
+        let never = tokio::spawn(std::future::pending::<()>());
+        let bound = Duration::from_millis(300) + SHUTDOWN_MARGIN;
+        let started = Instant::now();
+        let stuck = shutdown(started + bound, bound, &supervisor, &db, None, never).await;
+        assert!(started.elapsed() <= bound + Duration::from_millis(200));
+        assert!(!stuck.is_empty());
+        let said = stuck.join("; ");
+        // The supervisor bounded the close itself; the control socket never finished.
+        assert_eq!(
+            said, "the control socket did not finish within 2.3 s",
+            "{said}"
+        );
     }
 }

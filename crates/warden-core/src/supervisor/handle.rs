@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -16,8 +17,9 @@ use crate::janitor::JanitorConfig;
 use crate::link::{Link, OpenOptions};
 use crate::policy::PolicyConfig;
 use crate::state::{SessionInfo, SessionList};
-use crate::store;
+use crate::store::{self, StoreWriter};
 use crate::token::Token;
+use warden_store::Db;
 
 use super::messages::{Reaped, SupervisorMsg};
 use super::{Snapshot, SupervisorActor, SupervisorArgs};
@@ -41,6 +43,11 @@ pub struct SupervisorConfig {
     pub call_timeout: Duration,
     /// How many events a subscriber may fall behind before it misses some.
     pub event_capacity: usize,
+    /// The session database, shared with the link; `None` opens `<sessions_dir>/warden.db`.
+    pub db: Option<Db>,
+    /// How many sessions may be live (queued, connecting or connected) at once; a start past
+    /// it is refused with [`Error::Capacity`]. `None`: no limit.
+    pub max_active: Option<usize>,
 }
 
 impl SupervisorConfig {
@@ -55,7 +62,15 @@ impl SupervisorConfig {
             shutdown_timeout: Duration::from_secs(10),
             call_timeout: Duration::from_secs(30),
             event_capacity: 1024,
+            db: None,
+            max_active: None,
         }
+    }
+
+    /// The same configuration on an already opened session database (the one the link uses).
+    pub fn with_db(mut self, db: Db) -> Self {
+        self.db = Some(db);
+        self
     }
 
     /// Checks every value makes sense.
@@ -87,6 +102,8 @@ impl SupervisorConfig {
 pub struct StartReport {
     /// Sessions loaded from the store.
     pub loaded: usize,
+    /// Sessions whose `session.toml` (from an earlier release) moved into the database.
+    pub imported: Vec<Token>,
     /// Entries that could not be read; reported, never deleted.
     pub problems: Vec<StoreError>,
 }
@@ -102,6 +119,10 @@ pub struct Supervisor {
     events: broadcast::Sender<SessionEvent>,
     call_timeout: Duration,
     shutdown_timeout: Duration,
+    /// The record writer: an operation's answer waits until its changes are committed.
+    store: StoreWriter,
+    /// How many connections did not close at shutdown (set by the supervisor actor).
+    stuck: Arc<AtomicUsize>,
 }
 
 impl Supervisor {
@@ -112,17 +133,36 @@ impl Supervisor {
         link: Arc<dyn Link>,
     ) -> Result<(Self, StartReport), Error> {
         config.validate()?;
-        let dir = config.sessions_dir.clone();
-        let loaded = tokio::task::spawn_blocking(move || store::load_all(&dir))
-            .await
-            .map_err(|e| Error::Unavailable(format!("loading the session store: {e}")))??;
-        for problem in &loaded.problems {
+        let db = match config.db.clone() {
+            Some(db) => db,
+            None => {
+                let dir = config.sessions_dir.clone();
+                tokio::task::spawn_blocking(move || Db::open_in(&dir))
+                    .await
+                    .map_err(|e| Error::Unavailable(format!("opening the session store: {e}")))?
+                    .map_err(StoreError::from)?
+            }
+        };
+        let imported = store::import_legacy_records(&db, &config.sessions_dir).await;
+        let loaded = store::load_all(&db).await?;
+        let mut problems = imported.problems;
+        problems.extend(loaded.problems);
+        for problem in &problems {
             tracing::warn!(problem = %problem, "skipping an unreadable session entry");
+        }
+        if !imported.imported.is_empty() {
+            tracing::info!(
+                imported = imported.imported.len(),
+                "session records of an earlier release moved into the session database"
+            );
         }
         let report = StartReport {
             loaded: loaded.records.len(),
-            problems: loaded.problems,
+            imported: imported.imported,
+            problems,
         };
+        let writer = StoreWriter::spawn(db);
+        let stuck = Arc::new(AtomicUsize::new(0));
         let snapshot: Snapshot = Arc::new(DashMap::new());
         let (events, _) = broadcast::channel(config.event_capacity.max(1));
         let handle_config = (config.call_timeout, config.shutdown_timeout);
@@ -132,6 +172,8 @@ impl Supervisor {
             records: loaded.records,
             snapshot: snapshot.clone(),
             events: events.clone(),
+            store: writer.clone(),
+            stuck: stuck.clone(),
         };
         let (actor, _) = Actor::spawn(None, SupervisorActor, args)
             .await
@@ -142,6 +184,8 @@ impl Supervisor {
             events,
             call_timeout: handle_config.0,
             shutdown_timeout: handle_config.1,
+            store: writer,
+            stuck,
         };
         // The restore runs before the first message is handled: once this answers, every
         // restored session shows where it really is (queued, not its last recorded state).
@@ -149,7 +193,7 @@ impl Supervisor {
         Ok((handle, report))
     }
 
-    async fn call<T: Send + 'static>(
+    async fn ask<T: Send + 'static>(
         &self,
         build: impl FnOnce(RpcReplyPort<Result<T, Error>>) -> SupervisorMsg,
     ) -> Result<T, Error> {
@@ -163,6 +207,17 @@ impl Supervisor {
                 Err(Error::Unavailable("the supervisor has stopped".into()))
             }
         }
+    }
+
+    /// Sends an operation and answers only once what it changed is committed: a reply never
+    /// claims a change that a kill -9 could still lose.
+    async fn call<T: Send + 'static>(
+        &self,
+        build: impl FnOnce(RpcReplyPort<Result<T, Error>>) -> SupervisorMsg,
+    ) -> Result<T, Error> {
+        let answer = self.ask(build).await;
+        self.store.flush().await?;
+        answer
     }
 
     /// Creates a session (stopped). `token` is chosen by the caller or generated; `name`
@@ -284,14 +339,14 @@ impl Supervisor {
         .await
     }
 
-    /// Resolves once every change to the session records made so far is on disk.
+    /// Resolves once every change to the session records made so far is committed.
     pub async fn flush(&self) -> Result<(), Error> {
-        self.call(|reply| SupervisorMsg::Flush { reply }).await
+        Ok(self.store.flush().await?)
     }
 
     /// Answers once the supervisor's loop has handled a message: proof of life.
     pub async fn ping(&self) -> Result<(), Error> {
-        self.call(|reply| SupervisorMsg::Ping { reply }).await
+        self.ask(|reply| SupervisorMsg::Ping { reply }).await
     }
 
     /// One session's current view, from the snapshot.
@@ -341,13 +396,35 @@ impl Supervisor {
         )
     }
 
-    /// Shuts down gracefully: every connection closed, every record flushed, within the
-    /// configured bound. The records keep their desired state, so the next start restores them.
+    /// Shuts down gracefully: every connection closed, every record committed, within the
+    /// configured bound. The records keep their desired state, so the next start restores
+    /// them. Fails, naming what was stuck, when anything did not finish in time.
     pub async fn shutdown(&self) -> Result<(), Error> {
-        let bound = self.shutdown_timeout * 2 + Duration::from_secs(1);
-        self.actor
+        let bound = self.shutdown_timeout + Duration::from_secs(1);
+        let stopped = self
+            .actor
             .stop_and_wait(Some("shutdown".into()), Some(bound))
-            .await
-            .map_err(|e| Error::Unavailable(format!("shutdown did not finish: {e}")))
+            .await;
+        let mut stuck = Vec::new();
+        if let Err(e) = stopped {
+            stuck.push(format!("the supervisor did not stop ({e})"));
+        }
+        let connections = self.stuck.load(Ordering::SeqCst);
+        if connections > 0 {
+            stuck.push(format!("{connections} connections did not close"));
+        }
+        match tokio::time::timeout(self.shutdown_timeout, self.store.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => stuck.push(format!("session records were not saved: {e}")),
+            Err(_) => stuck.push("session records were not saved in time".into()),
+        }
+        if stuck.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Unavailable(format!(
+                "shutdown did not finish: {}",
+                stuck.join("; ")
+            )))
+        }
     }
 }

@@ -86,10 +86,6 @@ pub(crate) enum SupervisorMsg {
         admission: AdmissionConfig,
         reply: RpcReplyPort<Result<(), Error>>,
     },
-    /// Answers once every record change made so far is on disk.
-    Flush {
-        reply: RpcReplyPort<Result<(), Error>>,
-    },
     /// Answers at once: proves the supervisor's loop is alive.
     Ping {
         reply: RpcReplyPort<Result<(), Error>>,

@@ -12,6 +12,7 @@ mod outcome;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -50,6 +51,9 @@ pub(crate) struct SupervisorArgs {
     pub records: Vec<(Token, SessionRecord)>,
     pub snapshot: Snapshot,
     pub events: broadcast::Sender<SessionEvent>,
+    pub store: StoreWriter,
+    /// Set at shutdown to how many connections did not close in time.
+    pub stuck: Arc<AtomicUsize>,
 }
 
 /// The supervisor's state.
@@ -69,6 +73,10 @@ pub(crate) struct SupervisorState {
     snapshot: Snapshot,
     events: broadcast::Sender<SessionEvent>,
     store: StoreWriter,
+    /// Set at shutdown to how many connections did not close in time.
+    stuck: Arc<AtomicUsize>,
+    /// How many sessions may be queued or live at once (`None`: no limit).
+    max_active: Option<usize>,
     janitor: Option<ActorRef<JanitorMsg>>,
     /// Retry, ban, quarantine and stability deadlines.
     deadlines: Deadlines,
@@ -91,6 +99,8 @@ impl Actor for SupervisorActor {
             records,
             snapshot,
             events,
+            store,
+            stuck,
         } = args;
         let mut state = SupervisorState {
             policy: config.policy,
@@ -104,7 +114,9 @@ impl Actor for SupervisorActor {
             admission_tick_pending: false,
             snapshot,
             events,
-            store: StoreWriter::spawn(config.sessions_dir),
+            store,
+            stuck,
+            max_active: config.max_active,
             janitor: None,
             deadlines: Deadlines::default(),
         };
@@ -170,18 +182,25 @@ impl Actor for SupervisorActor {
         myself: ActorRef<SupervisorMsg>,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        // Graceful shutdown: every connection closed (bounded), every record flushed. The
-        // records keep their desired state, so the next start restores the same sessions.
+        // Graceful shutdown: every connection closed (bounded). The records keep their
+        // desired state, so the next start restores the same sessions; the handle then waits
+        // (bounded) for them to be committed.
         let live = state.by_actor.len();
         tracing::info!(live, "supervisor shutting down");
         myself
             .stop_children_and_wait(Some("shutdown".into()), Some(state.shutdown_timeout))
             .await;
-        if tokio::time::timeout(state.shutdown_timeout, state.store.flush())
-            .await
-            .is_err()
-        {
-            tracing::error!("session records were not flushed in time");
+        let stuck = myself
+            .get_children()
+            .iter()
+            .filter(|c| state.by_actor.contains_key(&c.get_id()))
+            .count();
+        state.stuck.store(stuck, Ordering::SeqCst);
+        if stuck > 0 {
+            tracing::error!(
+                stuck,
+                "connections did not close within the shutdown timeout"
+            );
         }
         Ok(())
     }
@@ -278,13 +297,6 @@ impl SupervisorState {
             } => {
                 self.reload(myself, policy, janitor, admission).await;
                 let _ = reply.send(Ok(()));
-            }
-            M::Flush { reply } => {
-                let store = self.store.clone();
-                tokio::spawn(async move {
-                    store.flush().await;
-                    let _ = reply.send(Ok(()));
-                });
             }
             M::Ping { reply } => {
                 let _ = reply.send(Ok(()));

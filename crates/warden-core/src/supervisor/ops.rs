@@ -155,6 +155,15 @@ impl SupervisorState {
             }));
             return;
         }
+        let already = entry.live.is_some() || entry.queued || entry.intent.is_some();
+        if let Some(limit) = self.max_active
+            && !already
+            && self.active() >= limit
+        {
+            tracing::warn!(token = %token, limit, "start refused: at capacity");
+            let _ = reply.send(Err(Error::Capacity { limit }));
+            return;
+        }
         let Some(reply) = self.defer_connect(myself, &token, reply) else {
             return;
         };

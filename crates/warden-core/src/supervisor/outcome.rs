@@ -33,11 +33,33 @@ impl SupervisorState {
         if entry.live.is_some() || entry.queued {
             return;
         }
+        if let Some(limit) = self.max_active
+            && self.active() >= limit
+        {
+            // No room now: try again later, without counting an attempt.
+            tracing::warn!(token = %token, limit, "at capacity; the session waits for room");
+            let wait = self.policy.backoff_cap;
+            let entry = self.sessions.get_mut(token).expect("checked above");
+            entry.set_state(
+                entry.state(),
+                Some(format!("capacity: {limit} sessions are live")),
+                Instant::now(),
+            );
+            self.schedule_retry(myself, token, wait);
+            self.publish(token);
+            return;
+        }
+        let entry = self.sessions.get_mut(token).expect("checked above");
         entry.queued = true;
         entry.set_state(SessionState::Queued, None, Instant::now());
         self.admission.enqueue(token.clone());
         self.publish(token);
         self.pump(myself).await;
+    }
+
+    /// How many sessions are queued or live now (what capacity limits).
+    pub(super) fn active(&self) -> usize {
+        self.by_actor.len() + self.admission.queued()
     }
 
     /// Starts as many queued sessions as admission control allows now.

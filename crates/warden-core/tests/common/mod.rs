@@ -8,10 +8,13 @@ use warden_core::scripted::{EventWaiter, Script, ScriptedLink};
 use warden_core::{
     AdmissionConfig, PolicyConfig, SessionInfo, SessionState, Supervisor, SupervisorConfig,
 };
+use warden_store::Db;
 
-/// A config for tests: no jitter, admission out of the way, room for many events.
+/// A config for tests: no jitter, admission out of the way, room for many events, and a
+/// session database in memory whose calls run inline (a commit on another thread would let
+/// tokio's paused clock jump while a test waits for it).
 pub fn config(dir: &std::path::Path) -> SupervisorConfig {
-    let mut config = SupervisorConfig::new(dir);
+    let mut config = SupervisorConfig::new(dir).with_db(Db::in_memory().expect("database"));
     config.policy = PolicyConfig {
         jitter: 0.0,
         ..PolicyConfig::default()
@@ -39,6 +42,8 @@ pub struct Harness {
     pub link: ScriptedLink,
     pub events: Events,
     pub dir: tempfile::TempDir,
+    /// The session database (what a restarted supervisor finds again).
+    pub db: Db,
 }
 
 impl Harness {
@@ -54,7 +59,9 @@ impl Harness {
     ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let link = ScriptedLink::new(default);
-        let (supervisor, _) = Supervisor::start(adjust(dir.path()), Arc::new(link.clone()))
+        let config = adjust(dir.path());
+        let db = config.db.clone().expect("the test config has a database");
+        let (supervisor, _) = Supervisor::start(config, Arc::new(link.clone()))
             .await
             .expect("supervisor starts");
         let events = events_of(&supervisor);
@@ -63,6 +70,7 @@ impl Harness {
             link,
             events,
             dir,
+            db,
         }
     }
 

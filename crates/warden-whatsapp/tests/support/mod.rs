@@ -14,6 +14,7 @@ use warden_core::{
 use warden_fakewa::{
     FakeServer, PairSpec, Plan, QrSpec, Recorder, Scenario, Script, ServerConfig, Step,
 };
+use warden_store::Db;
 use warden_whatsapp::{WaConfig, WaLink};
 
 /// A version recent enough that wa-rs never looks one up over HTTP.
@@ -41,18 +42,18 @@ pub fn wa_config(url: &str) -> WaConfig {
     }
 }
 
-/// A link to `url` with sessions in `dir`.
-pub fn link(config: WaConfig, dir: &Path) -> Arc<WaLink> {
+/// A link keeping credentials in `db`.
+pub fn link(config: WaConfig, db: &Db) -> Arc<WaLink> {
     Arc::new(
-        WaLink::new(config, dir)
+        WaLink::new(config, db.clone())
             .expect("valid config")
             .with_http_client(Arc::new(NoHttp)),
     )
 }
 
-/// Short backoff, no jitter, admission out of the way.
-pub fn supervisor_config(dir: &Path) -> SupervisorConfig {
-    let mut config = SupervisorConfig::new(dir);
+/// Short backoff, no jitter, admission out of the way, on `db`.
+pub fn supervisor_config(dir: &Path, db: &Db) -> SupervisorConfig {
+    let mut config = SupervisorConfig::new(dir).with_db(db.clone());
     config.policy = PolicyConfig {
         jitter: 0.0,
         backoff_base: Duration::from_millis(100),
@@ -121,6 +122,8 @@ pub struct Harness {
     pub link: Arc<WaLink>,
     pub events: Events,
     pub dir: tempfile::TempDir,
+    /// The session database the supervisor and the link share.
+    pub db: Db,
 }
 
 impl Harness {
@@ -129,8 +132,9 @@ impl Harness {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = wa_config(&server.url());
         adjust(&mut config);
-        let link = link(config, dir.path());
-        let (supervisor, _) = Supervisor::start(supervisor_config(dir.path()), link.clone())
+        let db = Db::open_in(dir.path()).expect("session database");
+        let link = link(config, &db);
+        let (supervisor, _) = Supervisor::start(supervisor_config(dir.path(), &db), link.clone())
             .await
             .expect("supervisor starts");
         let events = EventWaiter::new(&supervisor, LIMIT);
@@ -140,6 +144,7 @@ impl Harness {
             link,
             events,
             dir,
+            db,
         }
     }
 
@@ -170,9 +175,9 @@ impl Harness {
         info
     }
 
-    /// The session folder of `token`.
-    pub fn session_dir(&self, token: &str) -> std::path::PathBuf {
-        self.dir.path().join(token)
+    /// Whether `token` has credentials in the database.
+    pub async fn has_credentials(&self, token: &str) -> bool {
+        has_credentials(&self.db, token).await
     }
 
     /// The recorder of the fake server.
@@ -193,9 +198,21 @@ impl Harness {
     }
 }
 
-/// Whether any of the session database files exist in `dir`.
-pub fn db_files_exist(dir: &Path) -> bool {
-    std::iter::once(warden_whatsapp::DB_FILE)
-        .chain(warden_whatsapp::DB_SIDE_FILES)
-        .any(|f| dir.join(f).exists())
+/// Whether `token` has credentials (a device row) in `db`.
+pub async fn has_credentials(db: &Db, token: &str) -> bool {
+    db.find_device(token).await.expect("database").is_some()
+}
+
+/// Opens the database in `dir` again once its previous owner thread has let go of it.
+pub async fn reopen(dir: &Path) -> Db {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        match Db::open_in(dir) {
+            Ok(db) => return db,
+            Err(warden_store::DbError::InUse { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("reopening the database: {e}"),
+        }
+    }
 }

@@ -85,8 +85,10 @@ pub struct Daemon {
     pub socket: PathBuf,
     /// Where the HTTP gateway listens.
     pub http: std::net::SocketAddr,
-    /// The daemon's stderr, line by line.
+    /// The daemon's stderr, line by line, from the first line after it became ready.
     pub log: mpsc::UnboundedReceiver<String>,
+    /// Its stderr up to and including the "warden is ready" line.
+    pub startup: Vec<String>,
 }
 
 impl Daemon {
@@ -97,7 +99,21 @@ impl Daemon {
 
     /// Same, with extra environment variables.
     pub async fn start_with(dir: &Path, env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(BIN)
+        Self::start_under(dir, &[], env).await
+    }
+
+    /// Same, started through `wrapper` (e.g. `["prlimit", "--nofile=400:400", "--"]`), which
+    /// must exec the daemon (so the child is the daemon itself).
+    pub async fn start_under(dir: &Path, wrapper: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(BIN);
+                command
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = command
             .args(["serve", "--config"])
             .arg(dir.join("daemon.toml"))
             .envs(env.iter().copied())
@@ -115,13 +131,16 @@ impl Daemon {
                 let _ = tx.send(line);
             }
         });
+        let mut startup = Vec::new();
         let ready = async {
             let mut http = None;
             while let Some(line) = log.recv().await {
                 if let Some(rest) = line.split("listening on http://").nth(1) {
                     http = rest.split_whitespace().next().and_then(|a| a.parse().ok());
                 }
-                if line.contains("warden is ready") {
+                let ready = line.contains("warden is ready");
+                startup.push(line);
+                if ready {
                     return http;
                 }
             }
@@ -131,13 +150,32 @@ impl Daemon {
             .await
             .ok()
             .flatten()
-            .expect("the daemon became ready with its HTTP gateway");
+            .unwrap_or_else(|| {
+                panic!(
+                    "the daemon became ready with its HTTP gateway; it said:\n{}",
+                    startup.join("\n")
+                )
+            });
         Self {
             child,
             socket: dir.join("run/warden.sock"),
             http,
             log,
+            startup,
         }
+    }
+
+    /// The startup line containing `needle`.
+    pub fn startup_line(&self, needle: &str) -> &str {
+        self.startup
+            .iter()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no startup line with {needle:?} in:\n{}",
+                    self.startup.join("\n")
+                )
+            })
     }
 
     /// Runs the CLI against this daemon.

@@ -1,0 +1,46 @@
+//! [`DbError`]: what the session database can say went wrong. Each message says what to do.
+
+use std::path::PathBuf;
+
+/// An operation on the session database failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DbError {
+    /// The database file could not be opened or prepared.
+    #[error("cannot open the session database {}: {message}", path.display())]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite or the OS said.
+        message: String,
+    },
+    /// Another process holds the database (a second daemon on the same `sessions/`).
+    #[error(
+        "the session database {} is in use by another process: stop the other daemon first",
+        path.display()
+    )]
+    InUse {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// A statement or a commit failed; nothing of the operation was kept.
+    #[error("the session database failed: {0}")]
+    Sqlite(String),
+    /// The session's credentials were deleted (logout or delete): later writes are refused.
+    #[error("the session's credentials were deleted; its store is closed")]
+    Closed,
+    /// The database's owner thread has stopped (the daemon is shutting down).
+    #[error("the session database is shut down")]
+    Unavailable,
+    /// An operation panicked inside the database thread; it was rolled back.
+    #[error("a database operation panicked and was rolled back: {0}")]
+    Panicked(String),
+    /// Stored bytes could not be decoded.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+}
+
+impl From<rusqlite::Error> for DbError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sqlite(e.to_string())
+    }
+}

@@ -1,0 +1,140 @@
+//! # warden-store: one database for every session
+//!
+//! [`Db`] is the single SQLite database (`sessions/warden.db`) that holds everything warden
+//! persists: each session's record (written by the supervisor) and each session's WhatsApp
+//! credentials and keys (written by the link through [`Kv`]).
+//!
+//! - **One owner thread, whatever the number of sessions.** The connection lives on one thread
+//!   ([`engine`]); callers queue jobs (bounded: when full, callers wait). No pool, no thread,
+//!   no file per session: the process holds the database and its WAL, two descriptors.
+//! - **Committed before acknowledged.** The thread runs every waiting job in one transaction
+//!   (group commit: one fsync for many callers) and answers each one only after `COMMIT`, with
+//!   `synchronous = FULL`. A reply survives a kill -9, and a power loss.
+//! - **One daemon.** The database is opened with an exclusive lock: a second process is
+//!   refused with [`DbError::InUse`].
+//! - **Deletion is final.** Logout and delete remove a session's rows in one transaction, with
+//!   `secure_delete` on, and later writes for that set of credentials are refused
+//!   ([`DbError::Closed`]).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), warden_store::DbError> {
+//! let db = warden_store::Db::open(std::path::Path::new("sessions/warden.db"))?;
+//! let device = db.open_device("shop1").await?;
+//! db.kv(device, |kv| kv.put(1, b"identity", b"...")).await?;
+//! # Ok(()) }
+//! ```
+
+mod devices;
+pub mod engine;
+mod error;
+mod records;
+pub mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use devices::{DeviceId, Entries, Kv};
+pub use error::DbError;
+pub use records::RecordChange;
+
+/// The database's file name inside `sessions/`.
+pub const DB_FILE: &str = "warden.db";
+
+/// A handle to the session database. Cheap to clone; every clone talks to the same owner
+/// thread, which ends (closing the file) when the last clone is dropped.
+#[derive(Clone)]
+pub struct Db {
+    queue: engine::Queue,
+    path: Arc<PathBuf>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("path", &self.path).finish()
+    }
+}
+
+impl Db {
+    /// Opens (or creates) the database at `path`, takes its exclusive lock, brings the schema
+    /// up to date and starts the owner thread. Blocking: call it at startup.
+    pub fn open(path: &Path) -> Result<Self, DbError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| DbError::Open {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        }
+        let open_error = |e: rusqlite::Error| {
+            if matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            ) {
+                DbError::InUse {
+                    path: path.to_owned(),
+                }
+            } else {
+                DbError::Open {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                }
+            }
+        };
+        let conn = rusqlite::Connection::open(path).map_err(open_error)?;
+        schema::prepare(&conn).map_err(open_error)?;
+        let queue = engine::spawn(conn).map_err(|e| DbError::Open {
+            path: path.to_owned(),
+            message: format!("cannot start the database thread: {e}"),
+        })?;
+        Ok(Self {
+            queue,
+            path: Arc::new(path.to_owned()),
+        })
+    }
+
+    /// Opens a database in memory, in inline mode: every call runs on the calling thread (see
+    /// [`engine`]). For tests on tokio's paused clock and examples; nothing survives the
+    /// process.
+    pub fn in_memory() -> Result<Self, DbError> {
+        let path = PathBuf::from(":memory:");
+        let conn = rusqlite::Connection::open_in_memory().map_err(|e| DbError::Open {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        schema::prepare(&conn).map_err(|e| DbError::Open {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(Self {
+            queue: engine::Queue::Inline(Arc::new(std::sync::Mutex::new(conn))),
+            path: Arc::new(path),
+        })
+    }
+
+    /// Opens `<sessions_dir>/warden.db`.
+    pub fn open_in(sessions_dir: &Path) -> Result<Self, DbError> {
+        Self::open(&sessions_dir.join(DB_FILE))
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Resolves once every job queued before it is committed: a barrier.
+    pub async fn sync(&self) -> Result<(), DbError> {
+        self.queue.call(|_| Ok(())).await
+    }
+
+    /// Runs SQLite's `PRAGMA integrity_check`; `Ok(())` when it says "ok".
+    pub async fn integrity_check(&self) -> Result<(), DbError> {
+        let answer: String = self
+            .queue
+            .call(|conn| Ok(conn.query_row("PRAGMA integrity_check", [], |row| row.get(0))?))
+            .await?;
+        if answer == "ok" {
+            Ok(())
+        } else {
+            Err(DbError::Corrupt(answer))
+        }
+    }
+}

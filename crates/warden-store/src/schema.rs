@@ -1,0 +1,62 @@
+//! The tables, and how the connection is prepared.
+//!
+//! The SQL is kept portable (plain types, no SQLite-only functions in queries) so a PostgreSQL
+//! implementation of the same store can follow; `WITHOUT ROWID` and the pragmas are SQLite's
+//! own and live only here.
+
+use rusqlite::Connection;
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Every table. Each row belongs to one session: `session_records` by token, `devices` by
+/// token (one row per set of credentials, with an id that is never reused), `kv` by device id.
+const TABLES: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS session_records (
+    token TEXT PRIMARY KEY,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS devices (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    token TEXT NOT NULL UNIQUE,
+    device BLOB
+);
+CREATE TABLE IF NOT EXISTS kv (
+    device_id INTEGER NOT NULL,
+    ns INTEGER NOT NULL,
+    k BLOB NOT NULL,
+    v BLOB NOT NULL,
+    PRIMARY KEY (device_id, ns, k)
+) WITHOUT ROWID;
+";
+
+/// Prepares a freshly opened connection: WAL, full fsync at commit (a reply means the change
+/// survives a kill -9 and a power loss), private keys overwritten when deleted, exclusive
+/// locking (no `-shm` file, and a second process cannot open the database).
+pub(crate) fn prepare(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_millis(200))?;
+    conn.execute_batch(
+        "PRAGMA locking_mode = EXCLUSIVE;
+         PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA secure_delete = ON;
+         PRAGMA foreign_keys = ON;
+         PRAGMA temp_store = MEMORY;
+         PRAGMA cache_size = -8192;",
+    )?;
+    // The exclusive lock is taken by the first write; take it now, so a second daemon is
+    // refused at open rather than at its first write.
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    conn.execute_batch(TABLES)?;
+    conn.execute(
+        "INSERT INTO meta (name, value) VALUES ('schema_version', ?1)
+         ON CONFLICT (name) DO NOTHING",
+        [SCHEMA_VERSION.to_string()],
+    )?;
+    conn.execute_batch("COMMIT")?;
+    Ok(())
+}
