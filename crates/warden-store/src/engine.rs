@@ -12,7 +12,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::DbError;
 
@@ -88,7 +88,7 @@ pub(crate) enum Queue {
     /// Jobs run on the calling thread, one transaction each, under a lock: for tests on
     /// tokio's paused clock (a wait on another thread would let that clock jump) and tiny
     /// embedders. Never used by the daemon.
-    Inline(Arc<Mutex<Connection>>),
+    Inline(Arc<InlineConn>),
 }
 
 impl Queue {
@@ -109,8 +109,8 @@ impl Queue {
                 tx.send(job).await.map_err(|_| DbError::Unavailable)?;
                 answer.await.map_err(|_| DbError::Unavailable)?
             }
-            Queue::Inline(conn) => {
-                let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            Queue::Inline(inline) => {
+                let conn = inline.conn.lock().unwrap_or_else(|e| e.into_inner());
                 let mut batch = [job];
                 let commit = run_batch(&conn, &mut batch);
                 let [job] = batch;
@@ -121,14 +121,41 @@ impl Queue {
     }
 }
 
-/// Starts the owner thread on `conn`. The thread ends (closing the database) when every
-/// [`Queue`] is dropped and the jobs already queued are done.
-pub(crate) fn spawn(conn: Connection) -> std::io::Result<Queue> {
+/// Tells, by its sender being dropped, that the database file is closed.
+pub(crate) type Closed = watch::Receiver<()>;
+
+/// Starts the owner thread on `conn`. The thread ends (closing the database, then dropping
+/// the [`Closed`] sender) when every [`Queue`] is dropped and the jobs already queued are done.
+pub(crate) fn spawn(conn: Connection) -> std::io::Result<(Queue, Closed)> {
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+    let (closing, closed) = watch::channel(());
     std::thread::Builder::new()
         .name("warden-db".into())
-        .spawn(move || run(conn, rx))?;
-    Ok(Queue::Thread(tx))
+        .spawn(move || {
+            run(conn, rx);
+            drop(closing);
+        })?;
+    Ok((Queue::Thread(tx), closed))
+}
+
+/// Inline mode: the connection closes when the last [`Queue`] holding it is dropped, and then
+/// the [`Closed`] sender goes with it.
+pub(crate) fn inline(conn: Connection) -> (Queue, Closed) {
+    let (closing, closed) = watch::channel(());
+    (
+        Queue::Inline(Arc::new(InlineConn {
+            conn: Mutex::new(conn),
+            _closing: closing,
+        })),
+        closed,
+    )
+}
+
+/// The inline connection; fields drop in order, so the connection is closed before the
+/// sender announces it.
+pub(crate) struct InlineConn {
+    conn: Mutex<Connection>,
+    _closing: watch::Sender<()>,
 }
 
 fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>) {

@@ -45,6 +45,7 @@ pub const DB_FILE: &str = "warden.db";
 #[derive(Clone)]
 pub struct Db {
     queue: engine::Queue,
+    closed: engine::Closed,
     path: Arc<PathBuf>,
 }
 
@@ -81,12 +82,13 @@ impl Db {
         };
         let conn = rusqlite::Connection::open(path).map_err(open_error)?;
         schema::prepare(&conn).map_err(open_error)?;
-        let queue = engine::spawn(conn).map_err(|e| DbError::Open {
+        let (queue, closed) = engine::spawn(conn).map_err(|e| DbError::Open {
             path: path.to_owned(),
             message: format!("cannot start the database thread: {e}"),
         })?;
         Ok(Self {
             queue,
+            closed,
             path: Arc::new(path.to_owned()),
         })
     }
@@ -104,8 +106,10 @@ impl Db {
             path: path.clone(),
             message: e.to_string(),
         })?;
+        let (queue, closed) = engine::inline(conn);
         Ok(Self {
-            queue: engine::Queue::Inline(Arc::new(std::sync::Mutex::new(conn))),
+            queue,
+            closed,
             path: Arc::new(path),
         })
     }
@@ -118,6 +122,16 @@ impl Db {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Lets go of this handle and resolves once the database is closed: every job queued
+    /// before is done, every other clone has been dropped too, and the file (with its
+    /// exclusive lock) is released, so another process may open it.
+    pub async fn close(self) {
+        let mut closed = self.closed.clone();
+        drop(self);
+        // Only ever ends with the sender dropped: nothing is sent on it.
+        let _ = closed.changed().await;
     }
 
     /// Resolves once every job queued before it is committed: a barrier.

@@ -1,8 +1,6 @@
 //! The session database through its public API: commit before answer, one daemon, deletion
 //! that cannot be undone by a late writer, jobs isolated from each other's failures.
 
-use std::sync::Arc;
-
 use warden_store::{Db, DbError, RecordChange};
 
 fn open() -> (tempfile::TempDir, Db) {
@@ -30,9 +28,9 @@ async fn records_are_written_replaced_removed_and_read_back_after_reopening() {
     ])
     .await
     .unwrap();
-    drop(db);
-    // The owner thread closes the file once the last handle is gone; reopen until it has.
-    let db = reopen(dir.path()).await;
+    // The owner thread closes the file once the last handle is gone.
+    db.close().await;
+    let db = Db::open_in(dir.path()).unwrap();
     assert_eq!(
         db.load_records().await.unwrap(),
         vec![("a".into(), "uno".into()), ("c".into(), "three".into())]
@@ -45,18 +43,6 @@ async fn records_are_written_replaced_removed_and_read_back_after_reopening() {
     db.integrity_check().await.unwrap();
 }
 
-async fn reopen(dir: &std::path::Path) -> Db {
-    for _ in 0..200 {
-        match Db::open_in(dir) {
-            Ok(db) => return db,
-            Err(DbError::InUse { .. }) => tokio::task::yield_now().await,
-            Err(e) => panic!("{e}"),
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    panic!("the database was never released");
-}
-
 #[tokio::test]
 async fn a_second_opener_is_refused_while_the_first_holds_the_database() {
     let (dir, db) = open();
@@ -65,6 +51,18 @@ async fn a_second_opener_is_refused_while_the_first_holds_the_database() {
     let message = second.unwrap_err().to_string();
     assert!(message.contains("in use by another process"), "{message}");
     db.sync().await.unwrap();
+    // Closing waits for every handle: a clone that is still alive keeps the file held.
+    let clone = db.clone();
+    let closing = tokio::spawn(db.close());
+    clone.sync().await.unwrap();
+    assert!(!closing.is_finished(), "closed while a clone was alive");
+    assert!(matches!(
+        Db::open_in(dir.path()),
+        Err(DbError::InUse { .. })
+    ));
+    drop(clone);
+    closing.await.unwrap();
+    Db::open_in(dir.path()).expect("released once closed");
 }
 
 #[tokio::test]
@@ -177,7 +175,6 @@ async fn a_failing_job_is_rolled_back_alone_and_others_in_its_batch_commit() {
 #[tokio::test]
 async fn many_concurrent_callers_are_all_answered_and_kept() {
     let (dir, db) = open();
-    let db = Arc::new(db);
     let mut calls = Vec::new();
     for i in 0..5000u32 {
         let db = db.clone();
@@ -188,7 +185,7 @@ async fn many_concurrent_callers_are_all_answered_and_kept() {
     for call in calls {
         call.await.unwrap().unwrap();
     }
-    drop(db);
-    let db = reopen(dir.path()).await;
+    db.close().await;
+    let db = Db::open_in(dir.path()).unwrap();
     assert_eq!(db.load_records().await.unwrap().len(), 5000);
 }

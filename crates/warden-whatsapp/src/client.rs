@@ -6,9 +6,10 @@
 //! that is not connecting or connected holds no client, no task and no file descriptor, only
 //! its rows in the database. A connection that starts while the previous one is still letting
 //! go reuses the same session (and waits for its slot). Within a session, the client is reused
-//! across attempts, except after a run that did not leave the device paired: a QR rotation
-//! task of that run may still be alive and would later call `disconnect()` on that client
-//! (wa-rs-notes §0.3), so the next attempt gets a fresh `Client`.
+//! across attempts, except after a run that was not a login from stored credentials (one that
+//! showed QR codes or paired): a QR rotation task of that run may still be alive and would
+//! later call `disconnect()` on that client (wa-rs-notes §0.3), so the next attempt gets a
+//! fresh `Client`.
 //!
 //! wa-rs's background saver (a task that never ends) is not started: the device state
 //! (credentials, pairing, push name, routing info) is saved by the connection when it matters
@@ -16,7 +17,7 @@
 //! committed before the connection reports what it saved.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -36,9 +37,31 @@ use crate::transport::WsFactory;
 /// Bound on one `disconnect()` of a wa-rs client.
 pub(crate) const DISCONNECT_BOUND: Duration = Duration::from_secs(2);
 
+static CLIENTS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many wa-rs clients exist in the process (those whose last `Arc` has not been dropped),
+/// for metrics and leak tests. Counted through the event tap, which the client owns and
+/// drops only when it is itself dropped.
+pub fn clients_alive() -> usize {
+    CLIENTS.load(Ordering::Relaxed)
+}
+
 /// A synchronous handler on wa-rs's event bus: keeps dispatch order, and holds no
 /// `Arc<Client>` (which would keep the client alive for ever).
 struct Tap(mpsc::UnboundedSender<Seen>);
+
+impl Tap {
+    fn new(events: mpsc::UnboundedSender<Seen>) -> Self {
+        CLIENTS.fetch_add(1, Ordering::Relaxed);
+        Self(events)
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        CLIENTS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 impl EventHandler for Tap {
     fn handle_event(&self, event: &Event) {
@@ -52,8 +75,8 @@ impl EventHandler for Tap {
 pub(crate) struct Incarnation {
     pub client: Arc<Client>,
     pub events: mpsc::UnboundedReceiver<Seen>,
-    /// The last run did not leave the device paired, so a QR rotation task of this client may
-    /// still be running: build a new one next time.
+    /// The last run was not a login from stored credentials, so a QR rotation task of this
+    /// client may still be running: build a new one next time.
     pub stale: bool,
 }
 
@@ -137,7 +160,7 @@ impl Session {
             // One `run()` is one attempt: only the supervisor reconnects.
             client.enable_auto_reconnect.store(false, Ordering::SeqCst);
             let (tx, events) = mpsc::unbounded_channel();
-            client.register_handler(Arc::new(Tap(tx)));
+            client.register_handler(Arc::new(Tap::new(tx)));
             *slot = Some(Incarnation {
                 client,
                 events,

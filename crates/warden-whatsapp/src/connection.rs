@@ -307,8 +307,10 @@ async fn drive(
     *lock(&control.client) = None;
     facts.transport = probe.facts();
     let reason = classify::classify(&seen, &facts);
-    // A run that did not leave the device paired may have left a QR rotation task behind.
-    incarnation.stale = !paired_now;
+    // A run that was not logged in from stored credentials may have left a QR rotation task
+    // behind: one that lost the race with the pairing's cancel (wa-rs sets the cancel only
+    // after spawning it) would call `disconnect()` on the logged-in client 60 s later.
+    incarnation.stale = !paired_before || !paired_now;
     if tokio::time::timeout(FLUSH_BOUND, session.flush())
         .await
         .is_err()

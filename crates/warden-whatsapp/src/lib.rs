@@ -19,10 +19,14 @@
 //! ```
 //!
 //! ## How a session is driven
-//! - **One client per token**, built on first use and reused for every attempt; its SQLite
-//!   store is `<sessions_dir>/<token>/session.db` (beside the supervisor's `session.toml`). A
-//!   fresh `Client` (same store) replaces it after any run that did not leave the device
-//!   paired, because a QR rotation task of that run could later disconnect it.
+//! - **One database for every session**: each token's credentials and Signal state are rows
+//!   of the shared [`warden_store::Db`] (one SQLite file, one owner thread), reached through a
+//!   small per-session [`store::SessionStore`] that implements wa-rs's `Backend`. A session
+//!   exists only while a connection uses it: a stopped session holds no client, task or file
+//!   descriptor ([`clients_alive`] counts the wa-rs clients in the process).
+//! - **One client per connection run of a logged-in session**, reused across attempts; a
+//!   fresh `Client` (same rows) replaces it after any run that showed QR codes or paired,
+//!   because a QR rotation task of that run could later disconnect it.
 //! - **Only the supervisor reconnects**: wa-rs's auto-reconnect is off, so one `run()` is one
 //!   connection attempt. `Bot::run` is not used (it leaks the client); the link drives
 //!   `client.run()` itself, one at a time, and always calls `disconnect()` before aborting it.
@@ -42,11 +46,13 @@
 //!   pings; after `liveness_timeout` of silence it closes the connection (`TimedOut`).
 //! - **Stopping** is bounded: `disconnect()` within 2 s, then the run is aborted; dropping a
 //!   [`WaConnection`] closes its socket and aborts its run at once.
-//! - **One live connection per token, across processes**: an exclusive `flock` on
-//!   `<sessions_dir>/<token>/lock` ([`lock`]) is held while the link holds the session's client;
-//!   a second process gets `LinkError::Open("… in use …")`.
-//! - **Logout** (`delete_credentials`) drops the client, closes the database (see [`store`]) and
-//!   deletes `session.db`, `-wal`, `-shm`; `forget` also removes the lock file.
+//! - **One live connection per token**: the link keeps one session per token while a
+//!   connection uses it, and a connection takes the session's slot before it drives the
+//!   client. Across processes, the daemon's exclusive hold on the database keeps a second
+//!   daemon out (`warden_store::DbError::InUse`).
+//! - **Logout** (`delete_credentials`) and `forget` let go of the client, then delete every row
+//!   of the session in one transaction; a write from a wa-rs task that still runs is refused
+//!   after that (the credentials stay deleted).
 //!
 //! ## Why a connection ended
 //! [`classify::classify`] decides from the events of the run (the last decisive one wins) and
@@ -77,10 +83,11 @@
 //! ## What outlives a connection, and a session
 //! None of the link's own tasks ([`tasks::alive`]) and no socket survive a connection. wa-rs
 //! keeps, for a bounded time, a task per query in flight at the stop (it does not fail pending
-//! queries on disconnect; they end at its 75 s query timeout) and a post-login task that waits
-//! up to 5 s for app-state keys. wa-rs's device saver task never ends (one per session ever
-//! opened in the process); [`store::SessionStore`] lets the link close the database under it
-//! when the session is forgotten or the link dropped.
+//! queries on disconnect; they end at its 75 s query timeout), a post-login task that waits up
+//! to 5 s for app-state keys, and a QR rotation task that missed the pairing's cancel (until
+//! its 60 s code expires); each holds its client until then. wa-rs's device saver task is not
+//! started: the device state is saved when it matters (after a pairing, once connected, when
+//! the connection ends), and a logout or delete closes the session's rows to any later write.
 //!
 //! ## Secrets
 //! QR codes, pair codes and keys are never logged by this crate (tracing always carries the
@@ -89,9 +96,10 @@
 //!
 //! ## Modules
 //! [`config`] (the `[whatsapp]` table), [`transport`] (WebSocket), [`classify`] (events to
-//! lifecycle, pure), [`watchdog`] (liveness rule), [`lock`] (folder lock), [`store`] (the
-//! detachable SQLite store), [`tasks`] (a count of the link's own tasks); the client cache and
-//! the connection driver are private.
+//! lifecycle, pure), [`watchdog`] (liveness rule), [`store`] (wa-rs's `Backend` over the shared
+//! database), [`legacy`] (import of an earlier release's per-session folders), [`lock`] (the
+//! folder lock that import takes), [`tasks`] (a count of the link's own tasks); the session,
+//! its client and the connection driver are private.
 
 pub mod classify;
 mod client;
@@ -105,6 +113,7 @@ pub mod tasks;
 pub mod transport;
 pub mod watchdog;
 
+pub use client::clients_alive;
 pub use config::{ConfigError, WHATSAPP_WS_URL, WaConfig};
 pub use connection::{WaConnection, parse_recipient};
 pub use legacy::{ImportReport, import_legacy};

@@ -68,8 +68,7 @@ async fn qr_scan_pairs_then_a_new_supervisor_logs_in_without_qr() {
     drop(supervisor);
     wait_until_sole_owner(&link).await;
     drop(link);
-    drop(db);
-    let db = reopen(dir.path()).await;
+    let db = reopen(db, dir.path()).await;
     let link = link_for(&server, &db);
     let (supervisor, report) = Supervisor::start(supervisor_config(dir.path(), &db), link.clone())
         .await

@@ -11,6 +11,10 @@ Phases, each printed as one line:
   restored   the daemon restarted on the same sessions/: time until all N are connected again
              (from stored credentials, no QR), then RSS/threads/fds 8 s later, and idle CPU
              over the next 10 s
+  stopped    every session stopped through the socket, 8 s later
+  cycle      every session started again (logged in), stopped again, 8 s later: the growth
+             over the cycle per session is what a stopped session really keeps (the allocator
+             keeps the pages the first stop freed, so "stopped" alone overstates it)
 Per-session figures are (phase - base) / N. Admission is wide open, HTTP off.
 """
 
@@ -107,6 +111,22 @@ def wait_connected(c, n, limit=300):
     raise SystemExit(f"only {counts} after {limit} s")
 
 
+def wait_none_connected(c, limit=300):
+    start = time.time()
+    while time.time() - start < limit:
+        counts = c.one({"op": "health"})["result"].get("counts", {})
+        if counts.get("connected", 0) == 0 and counts.get("connecting", 0) == 0:
+            return time.time() - start
+        time.sleep(0.05)
+    raise SystemExit(f"still {counts} after {limit} s")
+
+
+def every(c, op, tokens):
+    for chunk in range(0, len(tokens), 500):
+        answers = c.many([{"op": op, "token": t} for t in tokens[chunk:chunk + 500]])
+        assert all(a.get("ok") for a in answers), [a for a in answers if not a.get("ok")][:3]
+
+
 def settle_and_measure(pid):
     time.sleep(8)
     return proc_stats(pid)
@@ -175,6 +195,19 @@ version = "{VERSION}"
         per = lambda i: (restored[i] - base[i]) / n
         print(f"| {n} | restored, connected idle | {per(0):.1f} kB | {restored[1]} total | "
               f"{per(2):.2f} | {back:.2f} s | {cpu * 100:.2f} % |")
+
+        every(c, "stop", tokens)
+        wait_none_connected(c)
+        stopped = settle_and_measure(proc.pid)
+        print(f"stopped: RSS {stopped[0]} kB, {stopped[1]} threads, {stopped[2]} fds "
+              f"(base {base[2]} fds)")
+        every(c, "start", tokens)
+        wait_connected(c, n)
+        every(c, "stop", tokens)
+        wait_none_connected(c)
+        cycled = settle_and_measure(proc.pid)
+        print(f"cycle: RSS {cycled[0]} kB, {cycled[1]} threads, {cycled[2]} fds; "
+              f"growth over the cycle {(cycled[0] - stopped[0]) * 1024 / n:.0f} bytes per session")
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
     finally:

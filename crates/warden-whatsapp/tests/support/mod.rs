@@ -203,16 +203,10 @@ pub async fn has_credentials(db: &Db, token: &str) -> bool {
     db.find_device(token).await.expect("database").is_some()
 }
 
-/// Opens the database in `dir` again once its previous owner thread has let go of it.
-pub async fn reopen(dir: &Path) -> Db {
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
-        match Db::open_in(dir) {
-            Ok(db) => return db,
-            Err(warden_store::DbError::InUse { .. }) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Err(e) => panic!("reopening the database: {e}"),
-        }
-    }
+/// Closes `db` (every other handle must be gone too) and opens the file in `dir` again.
+pub async fn reopen(db: Db, dir: &Path) -> Db {
+    tokio::time::timeout(LIMIT, db.close())
+        .await
+        .expect("every handle on the database was dropped");
+    Db::open_in(dir).expect("reopening the database")
 }
