@@ -375,10 +375,31 @@ impl SocketOwner {
 
     /// Answers one client stanza; returns the stanzas to send back.
     fn handle(&mut self, node: &Node) -> Vec<Node> {
-        if node.tag != "iq" {
-            return Vec::new();
-        }
         let rec = &self.shared.recorder;
+        match node.tag.as_str() {
+            "iq" => {}
+            "ack" => {
+                rec.event(
+                    self.conn,
+                    ServerEvent::ClientAck {
+                        class: attr(node, "class").unwrap_or_default(),
+                        id: attr(node, "id").unwrap_or_default(),
+                    },
+                );
+                return Vec::new();
+            }
+            "receipt" => {
+                rec.event(
+                    self.conn,
+                    ServerEvent::ClientReceipt {
+                        kind: attr(node, "type").unwrap_or_default(),
+                        id: attr(node, "id").unwrap_or_default(),
+                    },
+                );
+                return Vec::new();
+            }
+            _ => return Vec::new(),
+        }
         let kind = attr(node, "type").unwrap_or_default();
         let xmlns = attr(node, "xmlns").unwrap_or_default();
         let id = attr(node, "id");

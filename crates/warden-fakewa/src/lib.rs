@@ -54,5 +54,7 @@ pub use record::{
     CloseKind, ConnId, Connection, Record, Recorder, ServerEvent, Snapshot, WaitTimeout,
 };
 pub use registry::{PairedDevice, Registry};
-pub use scenario::{FailureSpec, PairSpec, Plan, QrSpec, Scenario, Script, Step, StreamErrorSpec};
+pub use scenario::{
+    FailureSpec, MessageSpec, PairSpec, Plan, QrSpec, Scenario, Script, Step, StreamErrorSpec,
+};
 pub use server::{Error, FakeServer, ListenerMode};

@@ -250,6 +250,23 @@ pub fn stream_error_conflict(kind: &str) -> Node {
         .build()
 }
 
+/// `<message from=… id=… type="text"><enc v="2" type="msg">…</enc></message>`: an incoming
+/// message whose payload the client cannot decrypt (the server holds no Signal session).
+pub fn message(from: &str, id: &str) -> Node {
+    NodeBuilder::new("message")
+        .attrs([
+            ("from", from.to_string()),
+            ("id", id.to_string()),
+            ("type", "text".to_string()),
+            ("t", unix_now().as_secs().to_string()),
+        ])
+        .children([NodeBuilder::new("enc")
+            .attrs([("v", "2"), ("type", "msg")])
+            .bytes(b"fakewa: no signal session".to_vec())
+            .build()])
+        .build()
+}
+
 /// `<xmlstreamend/>`: the server ends the stream.
 pub fn stream_end() -> Node {
     NodeBuilder::new("xmlstreamend").build()

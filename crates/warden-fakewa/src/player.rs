@@ -189,6 +189,14 @@ impl Player {
                 }
                 Flow::Next
             }
+            Step::Message(spec) => {
+                self.send(nodes::message(&spec.from, &spec.id));
+                self.event(ServerEvent::MessageSent {
+                    id: spec.id,
+                    from: spec.from,
+                });
+                Flow::Next
+            }
             Step::StreamEnd => {
                 self.send(nodes::stream_end());
                 self.event(ServerEvent::StreamEndSent);

@@ -114,6 +114,28 @@ pub enum ServerEvent {
     StreamErrorSent(String),
     /// `<xmlstreamend/>` was sent.
     StreamEndSent,
+    /// An incoming message was delivered to the client.
+    MessageSent {
+        /// The stanza's id.
+        id: String,
+        /// Its sender.
+        from: String,
+    },
+    /// The client acknowledged a stanza (`<ack class=… id=…>`).
+    ClientAck {
+        /// What it acknowledged: `message`, `receipt`, `notification`, `call`.
+        class: String,
+        /// The acknowledged stanza's id.
+        id: String,
+    },
+    /// The client sent a receipt (`<receipt type=… id=…>`; `type` is empty for a delivery
+    /// receipt, `retry` when it could not decrypt).
+    ClientReceipt {
+        /// Its `type`.
+        kind: String,
+        /// The id of the message it is about.
+        id: String,
+    },
     /// The connection ended.
     Closed(CloseKind),
 }

@@ -40,6 +40,33 @@ pub enum Step {
     StreamError(StreamErrorSpec),
     /// `<xmlstreamend/>`.
     StreamEnd,
+    /// Deliver an incoming message (see [`MessageSpec`]); the client answers with an `<ack>`,
+    /// recorded as [`ServerEvent::ClientAck`](crate::ServerEvent::ClientAck).
+    Message(MessageSpec),
+}
+
+/// An incoming message stanza, `<message from=… id=… type="text"><enc …/></message>`.
+///
+/// The server has no Signal session with the client, so the `enc` payload is opaque bytes the
+/// client cannot decrypt: enough for everything a client does on receipt before decryption
+/// (per-chat queueing, the `<ack>`, its retry receipt), not for reading the text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageSpec {
+    /// The sender's JID, e.g. `15550001111@s.whatsapp.net`; it is also the chat.
+    pub from: String,
+    /// The stanza's id.
+    pub id: String,
+}
+
+impl MessageSpec {
+    /// A message from `from` with id `id`.
+    pub fn new(from: impl Into<String>, id: impl Into<String>) -> Self {
+        Self {
+            from: from.into(),
+            id: id.into(),
+        }
+    }
 }
 
 /// QR reference timings. Defaults are WhatsApp's: 6 refs, the first shown 60 s, then 20 s each.
@@ -251,6 +278,7 @@ impl fmt::Display for Step {
                 write!(f, "stream_error(conflict {c})")
             }
             Step::StreamEnd => f.write_str("stream_end"),
+            Step::Message(m) => write!(f, "message({} from {})", m.id, m.from),
         }
     }
 }

@@ -14,8 +14,8 @@ use wa_rs::request::IqError;
 use wa_rs_core::iq::keepalive::KeepaliveSpec;
 use wa_rs_core::types::events::{ConnectFailureReason as Reason, TempBanReason};
 use warden_fakewa::{
-    CloseKind, FailureSpec, FakeServer, ListenerMode, ListenerPhase, PairSpec, Plan, QrSpec,
-    Scenario, Script, ServerConfig, ServerEvent, Step, StreamErrorSpec,
+    CloseKind, FailureSpec, FakeServer, ListenerMode, ListenerPhase, MessageSpec, PairSpec, Plan,
+    QrSpec, Scenario, Script, ServerConfig, ServerEvent, Step, StreamErrorSpec,
 };
 
 const PHONE: &str = "15551234567";
@@ -444,6 +444,32 @@ async fn stream_end_ends_the_run_without_event() {
             .snapshot()
             .any(|r| r.event == ServerEvent::StreamEndSent)
     );
+}
+
+#[tokio::test]
+async fn a_delivered_message_is_acknowledged() {
+    let from = "15550001111@s.whatsapp.net";
+    let login = Scenario::new([Step::Login, Step::Message(MessageSpec::new(from, "m1"))]);
+    let server = server(Plan::always(login)).await;
+    let mut c = paired_client(&server, PHONE).await;
+    c.start();
+    c.until(|e| *e == Ev::Connected).await;
+    let rec = server.recorder();
+    rec.wait_for(LIMIT, |r| {
+        r.event
+            == ServerEvent::ClientAck {
+                class: "message".into(),
+                id: "m1".into(),
+            }
+    })
+    .await
+    .expect("the client acknowledged the message");
+    assert!(rec.snapshot().any(|r| r.event
+        == ServerEvent::MessageSent {
+            id: "m1".into(),
+            from: from.into()
+        }));
+    c.stop().await;
 }
 
 #[tokio::test]

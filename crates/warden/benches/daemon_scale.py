@@ -28,7 +28,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-BIN = os.path.join(ROOT, "target", "release")
+# WARDEN_BIN: another build's binaries (e.g. an older commit's), to compare.
+BIN = os.environ.get("WARDEN_BIN") or os.path.join(ROOT, "target", "release")
 VERSION = "2.3000.1027868167"
 
 
@@ -132,12 +133,8 @@ def settle_and_measure(pid):
     return proc_stats(pid)
 
 
-def main():
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
-    port = free_port()
-    fake = subprocess.Popen([os.path.join(BIN, "warden-fakewa"), "--listen", f"127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    work = tempfile.mkdtemp(prefix="warden-bench-")
+def write_config(work, port):
+    """The daemon's config in `work`: HTTP off, admission wide open, version pinned."""
     with open(os.path.join(work, "daemon.toml"), "w") as f:
         f.write(f"""
 [daemon]
@@ -158,6 +155,15 @@ enabled = false
 url = "ws://127.0.0.1:{port}/ws/chat"
 version = "{VERSION}"
 """)
+
+
+def main():
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
+    port = free_port()
+    fake = subprocess.Popen([os.path.join(BIN, "warden-fakewa"), "--listen", f"127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    work = tempfile.mkdtemp(prefix="warden-bench-")
+    write_config(work, port)
     env = dict(os.environ)
     try:
         proc, c = start_daemon(work, env)

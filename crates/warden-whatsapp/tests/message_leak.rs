@@ -1,0 +1,210 @@
+//! Sessions that received messages leave nothing behind once stopped.
+//!
+//! wa-rs starts a worker task for each chat on its first incoming message; the worker holds
+//! `Arc<Client>`, and the sender of its queue sits in the client's `message_queues` cache
+//! (five-minute time to live). So after its session stops, a client that received messages is
+//! kept alive by its own workers until those entries expire; with moka 0.12, expired entries
+//! are only removed by housekeeping that runs on cache activity, which a stopped client never
+//! has, and the client lived for ever. The workspace's moka stand-in (`crates/patches/moka`)
+//! sweeps expired entries from one process-wide thread; this test runs that sweep as of five
+//! minutes later instead of waiting for it.
+//!
+//! 100 sessions are paired and connected through the real supervisor and link; each receives
+//! two messages from two chats on every login and acknowledges them; then all are stopped.
+//! Two rounds: the second shows what a round leaves behind.
+//!
+//! Alone in its test binary, so nothing else runs in the process while it counts.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+use warden_core::SessionState;
+use warden_fakewa::{MessageSpec, PairSpec, Plan, QrSpec, Scenario, Script, ServerEvent, Step};
+
+const SESSIONS: usize = 100;
+/// Chats that send each session a message on every login.
+const CHATS: [&str; 2] = ["15550001111@s.whatsapp.net", "15550002222@s.whatsapp.net"];
+/// How long sockets, tasks and threads may take to go once the sessions are stopped.
+const SETTLE: Duration = Duration::from_secs(30);
+/// How long a wa-rs client may outlive its session for reasons other than messages (see
+/// `idle_cost.rs`): a QR rotation task of the pairing run, a query in flight.
+const CLIENT_LINGER: Duration = Duration::from_secs(90);
+/// The time to live wa-rs gives its per-chat queues, plus a margin.
+const QUEUE_EXPIRY: Duration = Duration::from_secs(301);
+
+fn count(dir: &str) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+fn rss_kb() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+/// Waits (bounded by `within`) until `measure` gives at most `expected`; returns the last value.
+async fn settles_within(within: Duration, expected: usize, measure: impl Fn() -> usize) -> usize {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let now = measure();
+        if now <= expected || tokio::time::Instant::now() >= deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `measure` gives the same value for a while, and returns it.
+async fn steady(measure: impl Fn() -> usize) -> usize {
+    let mut last = measure();
+    let mut same = 0;
+    while same < 5 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = measure();
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_received_messages_are_freed_after_their_sessions_stop() {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let registration = Plan::always(Scenario::new([
+        Step::Qr(QrSpec::new(
+            1,
+            Duration::from_secs(30),
+            Duration::from_secs(30),
+        )),
+        Step::wait(Duration::from_millis(20)),
+        Step::Pair(PairSpec {
+            restart_after: Duration::from_millis(20),
+            ..PairSpec::default()
+        }),
+    ]));
+    let login = Plan::always(Scenario::new(
+        std::iter::once(Step::Login).chain(
+            CHATS
+                .iter()
+                .enumerate()
+                .map(|(n, chat)| Step::Message(MessageSpec::new(*chat, format!("m{n}")))),
+        ),
+    ));
+    let script = Script::default()
+        .with_registration(registration)
+        .with_login(login);
+    let server = server_with(script).await;
+    let mut h = Harness::new(server, |c| c.connect_timeout = Duration::from_secs(20)).await;
+    let threads_before = threads();
+    let fds_before = count("/proc/self/fd");
+    let tasks_before = steady(tasks).await;
+    let rss_before = rss_kb();
+
+    let tokens: Vec<String> = (0..SESSIONS).map(|n| format!("s{n}")).collect();
+    for t in &tokens {
+        h.supervisor.create(None, Some(t)).await.expect("create");
+    }
+    let mut rss_after_round = Vec::new();
+    for round in 0..2 {
+        let starts = tokens
+            .iter()
+            .map(|t| h.supervisor.start_session(t, Default::default()));
+        for started in futures_util::future::join_all(starts).await {
+            started.expect("start");
+        }
+        for t in &tokens {
+            h.events
+                .wait(t, |i| {
+                    i.state == SessionState::Connected && i.counters.connects as usize > round
+                })
+                .await;
+        }
+        // Every session acknowledged both messages: each chat's worker exists.
+        let acks = (round + 1) * SESSIONS * CHATS.len();
+        h.recorder()
+            .wait_until(LIMIT, |s| {
+                s.count(|r| matches!(&r.event, ServerEvent::ClientAck { class, .. } if class == "message"))
+                    >= acks
+            })
+            .await
+            .expect("every message acknowledged");
+
+        let stops = tokens.iter().map(|t| h.supervisor.stop(t));
+        for stopped in futures_util::future::join_all(stops).await {
+            assert_eq!(stopped.expect("stop").state, SessionState::Stopped);
+        }
+        assert_eq!(
+            settles_within(SETTLE, 0, || h.link.held().len()).await,
+            0,
+            "a stopped session is not held by the link"
+        );
+        // Until their queues expire, the chat workers keep exactly the clients that received
+        // messages: one per session.
+        let stopped_at = Instant::now();
+        let held = settles_within(CLIENT_LINGER, SESSIONS, warden_whatsapp::clients_alive).await;
+        eprintln!(
+            "round {round}: {held} clients alive {:?} after the stop",
+            stopped_at.elapsed()
+        );
+        assert_eq!(
+            held, SESSIONS,
+            "each client that received messages is held by its chat workers until they expire"
+        );
+
+        // The sweeper's pass once the queues' time to live is over.
+        moka::sweep_expired_as_of(Instant::now() + QUEUE_EXPIRY);
+        assert_eq!(
+            settles_within(SETTLE, 0, warden_whatsapp::clients_alive).await,
+            0,
+            "no wa-rs client survives its session once its queues expired"
+        );
+        let fds_after = settles_within(SETTLE, fds_before, || count("/proc/self/fd")).await;
+        assert!(
+            fds_after <= fds_before,
+            "{fds_after} fds open, {fds_before} before the sessions"
+        );
+        let threads_after = settles_within(SETTLE, threads_before, threads).await;
+        assert!(
+            threads_after <= threads_before,
+            "{threads_after} threads, {threads_before} before the sessions"
+        );
+        // The chat workers are gone with their clients. What may stay for at most 75 s: a
+        // wa-rs task per query that was in flight when a session stopped.
+        let bound = tasks_before + SESSIONS;
+        let tasks_after = settles_within(SETTLE, bound, tasks).await;
+        eprintln!(
+            "round {round}: settled {:?} after the stop",
+            stopped_at.elapsed()
+        );
+        assert!(
+            tasks_after <= bound,
+            "{tasks_after} tasks alive, {tasks_before} before the sessions"
+        );
+        rss_after_round.push(rss_kb());
+    }
+    h.assert_one_at_a_time();
+    // The second round must not grow the process by anything like a client per session
+    // (about 70 kB, and its workers): see idle_cost.rs for what a stopped session keeps.
+    let growth = rss_after_round[1].saturating_sub(rss_after_round[0]) * 1024 / SESSIONS;
+    eprintln!(
+        "RSS after the first round: {} kB over the start; growth in the second round: {growth} \
+         bytes per session",
+        rss_after_round[0].saturating_sub(rss_before)
+    );
+    assert!(
+        growth <= 32 * 1024,
+        "a connect/message/stop cycle left {growth} bytes per session behind"
+    );
+}
