@@ -44,6 +44,7 @@ pub mod policy;
 #[cfg(feature = "scripted-link")]
 pub mod scripted;
 mod session;
+pub mod start_rule;
 pub mod state;
 pub mod store;
 mod supervisor;

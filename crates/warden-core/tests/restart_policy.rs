@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{Harness, gaps, mins, secs};
 use warden_core::scripted::{Script, Step};
 use warden_core::{DisconnectReason, SessionState};
@@ -235,4 +237,70 @@ async fn reconnects_do_not_reset_attempts_only_a_stable_connection_does() {
     h.wait_state("steady", SessionState::Connected).await;
     let opens = h.link.stats("steady").opens;
     assert_eq!(gaps(&opens), vec![63, 66, 660 + 3]);
+}
+
+/// A `start` while a retry is scheduled keeps the schedule: a client polling `start` does not
+/// turn the backoff into a connect-reconnect loop (`restart` is the way to connect now).
+#[tokio::test(start_paused = true)]
+async fn start_on_a_backing_off_session_keeps_its_schedule() {
+    let mut h = Harness::new(lost_at_once()).await;
+    h.run("s1", []).await;
+    h.wait_state("s1", SessionState::BackingOff).await;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let info = h
+            .supervisor
+            .start_session("s1", Default::default())
+            .await
+            .expect("start answers");
+        assert_eq!(info.state, SessionState::BackingOff);
+    }
+    assert_eq!(
+        h.link.stats("s1").opens.len(),
+        1,
+        "no connection before its time"
+    );
+    h.wait_state("s1", SessionState::Failed).await;
+    assert_eq!(gaps(&h.link.stats("s1").opens), vec![3, 6, 12]);
+}
+
+/// `start` takes a session out of `failed` with a fresh round of attempts, but at most once
+/// per restart cooldown (30 s): polling it costs one round per cooldown, not a loop.
+#[tokio::test(start_paused = true)]
+async fn starts_out_of_failed_are_limited_to_one_per_cooldown() {
+    let mut h = Harness::new(lost_at_once()).await;
+    h.run("s1", []).await;
+    h.wait_state("s1", SessionState::Failed).await;
+    assert_eq!(h.link.stats("s1").opens.len(), 4);
+
+    // The operator's first start: a fresh round (1 + 3 retries, 21 s), failed again.
+    let info = h
+        .supervisor
+        .start_session("s1", Default::default())
+        .await
+        .expect("start out of failed");
+    assert_eq!(info.attempts, 0);
+    h.wait_state("s1", SessionState::Failed).await;
+    assert_eq!(h.link.stats("s1").opens.len(), 8);
+
+    // 21 s after that start: refused, with the 9 s left.
+    match h.supervisor.start_session("s1", Default::default()).await {
+        Err(warden_core::Error::Cooldown { retry_after, .. }) => {
+            assert_eq!(retry_after.as_secs(), 9)
+        }
+        other => panic!("expected a cooldown, got {other:?}"),
+    }
+    assert_eq!(h.link.stats("s1").opens.len(), 8, "nothing connected");
+    assert_eq!(
+        h.supervisor.status("s1").unwrap().state,
+        SessionState::Failed
+    );
+
+    tokio::time::sleep(secs(9)).await;
+    h.supervisor
+        .start_session("s1", Default::default())
+        .await
+        .expect("allowed once the cooldown is over");
+    h.wait_state("s1", SessionState::Failed).await;
+    assert_eq!(h.link.stats("s1").opens.len(), 12);
 }

@@ -23,6 +23,9 @@ use crate::systemd;
 
 /// `sysexits.h`'s EX_CONFIG: the configuration is wrong; systemd should not restart us.
 pub const EX_CONFIG: u8 = 78;
+/// `sysexits.h`'s EX_SOFTWARE: an internal failure (the supervisor ended on its own); the
+/// service manager should restart us.
+pub const EX_SOFTWARE: u8 = 70;
 
 /// How often the systemd status line is refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
@@ -256,9 +259,21 @@ async fn serve(
     let watchdog_every = systemd::watchdog_interval();
     let mut watchdog_tick =
         tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
+    let mut supervisor_died = false;
     loop {
         tokio::select! {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            () = supervisor.stopped() => {
+                // It ended without being asked (a panic in its handler): no session is managed
+                // any more. Exit non-zero so that the service manager restarts the daemon,
+                // which restores every session from the database.
+                tracing::error!(
+                    "the supervisor stopped on its own: no session is managed any more; \
+                     exiting with status {EX_SOFTWARE} so that warden is restarted"
+                );
+                supervisor_died = true;
+                break;
+            }
             _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
             _ = sighup.recv() => reload(config_path, explicit, log_flag, logging, &supervisor).await,
             _ = status_tick.tick() => systemd::status(&systemd::summary(&supervisor.list())),
@@ -281,6 +296,9 @@ async fn serve(
     let _ = stop_server.send(());
     let _ = stop_http.send(());
     let stuck = shutdown(deadline, bound, &supervisor, &db, http, served).await;
+    if supervisor_died {
+        return Ok(ExitCode::from(EX_SOFTWARE));
+    }
     if stuck.is_empty() {
         tracing::info!("warden stopped: every session closed, every record flushed");
         Ok(ExitCode::SUCCESS)

@@ -71,6 +71,8 @@ pub(crate) struct Entry {
     pub connected_at: Option<Instant>,
     /// When the last connection was started (for the restart cooldown).
     pub last_start: Option<Instant>,
+    /// When a `start` last took it out of a parked state (see `start_rule`).
+    pub last_unpark: Option<Instant>,
     /// How the next connection should be opened.
     pub options: OpenOptions,
     /// The token's single connection slot, shared with its session actors.
@@ -111,6 +113,7 @@ impl Entry {
             in_flight: false,
             connected_at: None,
             last_start: None,
+            last_unpark: None,
             options: OpenOptions::default(),
             slot: Arc::new(Semaphore::new(1)),
             retry_timer: None,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef, RpcReplyPort};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::admission::AdmissionConfig;
 use crate::error::{Error, StoreError};
@@ -123,6 +123,8 @@ pub struct Supervisor {
     store: StoreWriter,
     /// How many connections did not close at shutdown (set by the supervisor actor).
     stuck: Arc<AtomicUsize>,
+    /// Becomes true once the supervisor actor has ended, for whatever reason.
+    ended: watch::Receiver<bool>,
 }
 
 impl Supervisor {
@@ -175,9 +177,14 @@ impl Supervisor {
             store: writer.clone(),
             stuck: stuck.clone(),
         };
-        let (actor, _) = Actor::spawn(None, SupervisorActor, args)
+        let (actor, join) = Actor::spawn(None, SupervisorActor, args)
             .await
             .map_err(|e| Error::Unavailable(format!("could not start the supervisor: {e}")))?;
+        let (ended_tx, ended) = watch::channel(false);
+        tokio::spawn(async move {
+            let _ = join.await;
+            let _ = ended_tx.send(true);
+        });
         let handle = Self {
             actor,
             snapshot,
@@ -186,6 +193,7 @@ impl Supervisor {
             shutdown_timeout: handle_config.1,
             store: writer,
             stuck,
+            ended,
         };
         // The restore runs before the first message is handled: once this answers, every
         // restored session shows where it really is (queued, not its last recorded state).
@@ -396,6 +404,15 @@ impl Supervisor {
         )
     }
 
+    /// Resolves once the supervisor has ended: after [`Supervisor::shutdown`], or on its own
+    /// (a panic in its handler ends it, and no session is managed any more). An application
+    /// that did not ask for the shutdown should treat it as fatal; `warden serve` exits with
+    /// a non-zero status so that its service manager restarts it.
+    pub async fn stopped(&self) {
+        let mut ended = self.ended.clone();
+        let _ = ended.wait_for(|ended| *ended).await;
+    }
+
     /// Shuts down gracefully: every connection closed, every record committed, within the
     /// configured bound. The records keep their desired state, so the next start restores
     /// them. Fails, naming what was stuck, when anything did not finish in time.
@@ -426,5 +443,35 @@ impl Supervisor {
                 stuck.join("; ")
             )))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scripted::{Script, ScriptedLink};
+
+    /// A supervisor that dies on its own (as a panic in its handler ends it) is seen to be
+    /// gone: `stopped` resolves, `is_running` says so, and operations fail as unavailable.
+    #[tokio::test]
+    async fn stopped_resolves_when_the_supervisor_dies_on_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_in(dir.path()).unwrap();
+        let config = SupervisorConfig::new(dir.path()).with_db(db);
+        let link = Arc::new(ScriptedLink::new(Script::new()));
+        let (supervisor, _) = Supervisor::start(config, link).await.unwrap();
+        let waiting = tokio::time::timeout(Duration::from_millis(50), supervisor.stopped());
+        assert!(waiting.await.is_err(), "still running");
+        assert!(supervisor.is_running());
+
+        supervisor.actor.kill();
+        tokio::time::timeout(Duration::from_secs(5), supervisor.stopped())
+            .await
+            .expect("stopped resolves once the actor is gone");
+        assert!(!supervisor.is_running());
+        assert!(matches!(
+            supervisor.ping().await,
+            Err(Error::Unavailable(_))
+        ));
     }
 }

@@ -9,6 +9,7 @@ use crate::error::Error;
 use crate::events::SessionEvent;
 use crate::link::OpenOptions;
 use crate::session::SessionMsg;
+use crate::start_rule::{self, StartDecision, StartFacts};
 use crate::state::{Desired, SessionState};
 use crate::store::SessionRecord;
 use crate::token::Token;
@@ -163,6 +164,35 @@ impl SupervisorState {
             tracing::warn!(token = %token, limit, "start refused: at capacity");
             let _ = reply.send(Err(Error::Capacity { limit }));
             return;
+        }
+        if !already {
+            let cooldown = self.policy.restart_cooldown;
+            let entry = self.sessions.get_mut(&token).expect("checked above");
+            let facts = StartFacts {
+                state: entry.state(),
+                retry_scheduled: entry.retry_timer.is_some(),
+                last_unpark: entry.last_unpark,
+                now: Instant::now(),
+                cooldown,
+            };
+            match start_rule::decide(facts) {
+                StartDecision::KeepSchedule => {
+                    let _ = reply.send(Ok(entry.info()));
+                    return;
+                }
+                StartDecision::TooSoon(retry_after) => {
+                    let _ = reply.send(Err(Error::Cooldown {
+                        token: token.clone(),
+                        retry_after,
+                    }));
+                    return;
+                }
+                StartDecision::Connect { unparks } => {
+                    if unparks {
+                        entry.last_unpark = Some(facts.now);
+                    }
+                }
+            }
         }
         let Some(reply) = self.defer_connect(myself, &token, reply) else {
             return;
