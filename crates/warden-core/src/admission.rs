@@ -68,6 +68,9 @@ pub struct Admission {
     config: AdmissionConfig,
     /// Sessions waiting to connect, first come first served.
     queue: VecDeque<Token>,
+    /// Sessions whose reconnection is a protocol step (the restart WhatsApp asks for after a
+    /// pairing), not a new attempt: admitted before `queue` and not charged to the bucket.
+    priority: VecDeque<Token>,
     /// Connections admitted whose handshake has not finished.
     in_flight: usize,
     /// Attempts that may start right now (the token bucket), at most `burst`.
@@ -83,6 +86,7 @@ impl Admission {
         Self {
             config,
             queue: VecDeque::new(),
+            priority: VecDeque::new(),
             in_flight: 0,
             tokens,
             refilled_at: now,
@@ -100,9 +104,16 @@ impl Admission {
         self.queue.push_back(token);
     }
 
+    /// Queues a session ahead of everyone, exempt from the rate limit (still within
+    /// `max_in_flight`): for the immediate restart after a pairing.
+    pub fn enqueue_priority(&mut self, token: Token) {
+        self.priority.push_back(token);
+    }
+
     /// Takes a session out of the queue (it was stopped or deleted while waiting).
     pub fn dequeue(&mut self, token: &Token) {
         self.queue.retain(|t| t != token);
+        self.priority.retain(|t| t != token);
     }
 
     /// Frees one in-flight slot (the handshake finished, or the connection ended first).
@@ -117,16 +128,21 @@ impl Admission {
 
     /// Sessions waiting in the queue.
     pub fn queued(&self) -> usize {
-        self.queue.len()
+        self.queue.len() + self.priority.len()
     }
 
-    /// Admits the next queued session if both limits allow it.
+    /// Admits the next queued session if the limits allow it: a priority session needs only
+    /// an in-flight slot; the others also need a token from the bucket.
     pub fn next(&mut self, now: Instant) -> Admit {
-        if self.queue.is_empty() {
+        if self.queue.is_empty() && self.priority.is_empty() {
             return Admit::Idle;
         }
         if self.in_flight >= self.config.max_in_flight {
             return Admit::WaitForSlot;
+        }
+        if let Some(token) = self.priority.pop_front() {
+            self.in_flight += 1;
+            return Admit::Go(token);
         }
         self.refill(now);
         if self.tokens < 1.0 {
@@ -194,6 +210,24 @@ mod tests {
         assert_eq!(a.next(now), Admit::WaitForSlot);
         a.release();
         assert_eq!(a.next(now), Admit::Go(t("b")));
+    }
+
+    #[test]
+    fn priority_sessions_go_first_and_free_of_the_rate_limit() {
+        let (mut a, now) = admission(2, 0.01, 1);
+        a.enqueue(t("a"));
+        a.enqueue(t("b"));
+        assert_eq!(a.next(now), Admit::Go(t("a"))); // the bucket's one token
+        a.enqueue_priority(t("paired"));
+        assert_eq!(a.queued(), 2);
+        assert_eq!(a.next(now), Admit::Go(t("paired")), "no token needed");
+        assert_eq!(a.next(now), Admit::WaitForSlot, "but a slot is");
+        a.release();
+        assert_eq!(a.next(now), Admit::WaitFor(Duration::from_secs(100)));
+        a.enqueue_priority(t("p2"));
+        a.dequeue(&t("p2"));
+        assert_eq!(a.queued(), 1);
+        assert_eq!(a.next(now + Duration::from_secs(100)), Admit::Go(t("b")));
     }
 
     #[test]

@@ -304,3 +304,47 @@ async fn starts_out_of_failed_are_limited_to_one_per_cooldown() {
     h.wait_state("s1", SessionState::Failed).await;
     assert_eq!(h.link.stats("s1").opens.len(), 12);
 }
+
+/// The restart WhatsApp asks for right after a pairing (515) is immediate even when admission
+/// control holds a queue: it goes first and is not charged to the rate limit, so a freshly
+/// paired phone does not wait behind a large restore.
+#[tokio::test(start_paused = true)]
+async fn restart_after_pairing_jumps_the_admission_queue() {
+    let mut h = Harness::with_config(Script::login("x@s.whatsapp.net"), |dir| {
+        let mut config = common::config(dir);
+        config.admission = warden_core::AdmissionConfig {
+            max_in_flight: 100,
+            per_second: 0.01, // one connection per 100 s
+            burst: 1,
+        };
+        config
+    })
+    .await;
+    let pairing = Script::new()
+        .qr("ref1", secs(60))
+        .wait(secs(5))
+        .paired("15551234567@s.whatsapp.net")
+        .disconnect(DisconnectReason::RestartRequired);
+    h.run("s1", [pairing, Script::login("15551234567@s.whatsapp.net")])
+        .await;
+    // Two more sessions wait for the rate limit behind it.
+    for token in ["s2", "s3"] {
+        h.run(token, []).await;
+        assert_eq!(
+            h.supervisor.status(token).unwrap().state,
+            SessionState::Queued
+        );
+    }
+    let info = h.wait_state("s1", SessionState::Connected).await;
+    assert_eq!(info.counters.restarts, 1);
+    assert_eq!(
+        gaps(&h.link.stats("s1").opens),
+        vec![5],
+        "reconnected at once"
+    );
+    assert_eq!(
+        h.supervisor.status("s2").unwrap().state,
+        SessionState::Queued,
+        "the queue kept its order for everyone else"
+    );
+}

@@ -27,6 +27,25 @@ impl SupervisorState {
         myself: &ActorRef<SupervisorMsg>,
         token: &Token,
     ) {
+        self.queue_connect(myself, token, false).await;
+    }
+
+    /// [`request_connect`](Self::request_connect) for a reconnection that is a protocol step
+    /// (the restart after a pairing): first in the queue, not charged to the rate limit.
+    pub(super) async fn request_reconnect_now(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        token: &Token,
+    ) {
+        self.queue_connect(myself, token, true).await;
+    }
+
+    async fn queue_connect(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        token: &Token,
+        priority: bool,
+    ) {
         let Some(entry) = self.sessions.get_mut(token) else {
             return;
         };
@@ -52,7 +71,11 @@ impl SupervisorState {
         let entry = self.sessions.get_mut(token).expect("checked above");
         entry.queued = true;
         entry.set_state(SessionState::Queued, None, Instant::now());
-        self.admission.enqueue(token.clone());
+        if priority {
+            self.admission.enqueue_priority(token.clone());
+        } else {
+            self.admission.enqueue(token.clone());
+        }
         self.publish(token);
         self.pump(myself).await;
     }
@@ -349,7 +372,7 @@ impl SupervisorState {
         match outcome.decision {
             Decision::RestartNow => {
                 entry.record.counters.restarts += 1;
-                self.request_connect(myself, token).await;
+                self.request_reconnect_now(myself, token).await;
             }
             Decision::RetryAfter { delay, attempt } => {
                 tracing::info!(token = %token, attempt, delay = ?delay, "Reconnect attempts: {attempt}");
