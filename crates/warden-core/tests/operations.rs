@@ -381,3 +381,70 @@ async fn a_start_during_a_delete_is_refused_and_a_start_during_a_logout_waits_fo
     assert!(err.to_string().contains("being deleted"), "{err}");
     assert!(matches!(h.supervisor.status("s1"), Err(Error::NotFound(_))));
 }
+
+/// A `start` that arrives while a logout deletes the credentials asks to connect once they
+/// are gone; a `stop` (or a second logout) after it must win: the session stays logged out and
+/// nothing connects, whatever came before.
+#[tokio::test(start_paused = true)]
+async fn a_stop_or_logout_during_a_credentials_deletion_is_not_overridden() {
+    for second in ["stop", "logout"] {
+        let mut h = Harness::new(Script::login(JID)).await;
+        h.run("s1", []).await;
+        h.wait_state("s1", SessionState::Connected).await;
+        let hold = h.link.hold_deletions();
+        let supervisor = h.supervisor.clone();
+        let logout = tokio::spawn(async move { supervisor.logout("s1").await });
+        // The connection is gone; the deletion is under way (held).
+        h.wait_state("s1", SessionState::LoggedOut).await;
+        let (start, then, ()) = tokio::join!(
+            h.supervisor.start_session("s1", Default::default()),
+            async {
+                match second {
+                    "stop" => h.supervisor.stop("s1").await,
+                    _ => h.supervisor.logout("s1").await,
+                }
+            },
+            async {
+                // Both were sent before this; once it is answered, they were handled.
+                h.supervisor.ping().await.unwrap();
+                drop(hold);
+            },
+        );
+        logout.await.unwrap().unwrap();
+        start.unwrap();
+        assert_eq!(then.unwrap().state, SessionState::LoggedOut, "{second}");
+        tokio::time::sleep(mins(10)).await;
+        let stats = h.link.stats("s1");
+        assert_eq!(stats.opens.len(), 1, "nothing connected after a {second}");
+        assert!(stats.credentials_deleted >= 1);
+        let info = h.supervisor.status("s1").unwrap();
+        assert_eq!(info.state, SessionState::LoggedOut, "{second}");
+        assert_eq!(info.desired, warden_core::Desired::Stopped, "{second}");
+    }
+}
+
+/// A logout whose credentials deletion fails tells its caller; a `delete` that came meanwhile
+/// is not failed with it: it goes on and answers for itself.
+#[tokio::test(start_paused = true)]
+async fn a_failed_credentials_deletion_does_not_fail_a_concurrent_delete() {
+    let mut h = Harness::new(Script::login(JID)).await;
+    h.run("s1", []).await;
+    h.wait_state("s1", SessionState::Connected).await;
+    h.link.fail_next_deletion();
+    let hold = h.link.hold_deletions();
+    let supervisor = h.supervisor.clone();
+    let logout = tokio::spawn(async move { supervisor.logout("s1").await });
+    h.wait_state("s1", SessionState::LoggedOut).await;
+    let (deleted, ()) = tokio::join!(h.supervisor.delete("s1"), async {
+        h.supervisor.ping().await.unwrap();
+        drop(hold);
+    });
+    let err = logout.await.unwrap().unwrap_err();
+    assert!(
+        err.to_string().contains("scripted deletion failure"),
+        "{err}"
+    );
+    deleted.expect("the delete succeeded, and says so");
+    assert!(matches!(h.supervisor.status("s1"), Err(Error::NotFound(_))));
+    assert_eq!(h.link.stats("s1").forgotten, 1);
+}

@@ -348,3 +348,67 @@ async fn restart_after_pairing_jumps_the_admission_queue() {
         "the queue kept its order for everyone else"
     );
 }
+
+/// A ban that lands while a stop is in flight leaves the session banned, stopped, with no
+/// retry scheduled (recorded here directly: the race is a matter of mailbox order). The ban is
+/// kept (a start before its expiry is refused, and says the truth: nothing retries a stopped
+/// session), but it does not park the session for good: past the expiry, a start goes ahead.
+#[tokio::test(start_paused = true)]
+async fn a_ban_on_a_stopped_session_holds_until_its_expiry_and_no_longer() {
+    let jid = "1@s.whatsapp.net";
+    let db = warden_store::Db::in_memory().unwrap();
+    let now = std::time::SystemTime::now();
+    let banned = |until| {
+        let mut record = warden_core::store::SessionRecord::new("banned".into(), now);
+        record.desired = warden_core::Desired::Stopped;
+        record.state = SessionState::Banned;
+        record.banned_until = Some(until);
+        record.jid = Some(jid.into());
+        record.encode().unwrap()
+    };
+    db.write_records(vec![
+        warden_store::RecordChange::Put {
+            token: "long".into(),
+            text: banned(now + mins(60)),
+        },
+        warden_store::RecordChange::Put {
+            token: "over".into(),
+            text: banned(now - secs(1)),
+        },
+    ])
+    .await
+    .unwrap();
+    let mut h = Harness::with_config(Script::login(jid), |dir| {
+        common::config(dir).with_db(db.clone())
+    })
+    .await;
+    assert_eq!(
+        h.supervisor.status("long").unwrap().state,
+        SessionState::Banned
+    );
+
+    let refused = h
+        .supervisor
+        .start_session("long", Default::default())
+        .await
+        .unwrap_err();
+    let message = refused.to_string();
+    assert!(message.contains("banned until"), "{message}");
+    assert!(message.contains("start it again then"), "{message}");
+    assert!(!message.contains("will be retried"), "{message}");
+    tokio::time::sleep(mins(120)).await;
+    assert_eq!(
+        h.link.stats("long").opens.len(),
+        0,
+        "a stopped session is not retried"
+    );
+
+    // The other ban is over: a start goes ahead.
+    h.supervisor
+        .start_session("over", Default::default())
+        .await
+        .expect("a start after the ban's expiry");
+    let info = h.wait_state("over", SessionState::Connected).await;
+    assert_eq!(info.banned_until, None);
+    assert_eq!(h.link.stats("over").opens.len(), 1);
+}

@@ -120,12 +120,21 @@ struct Inner {
     scripts: HashMap<Token, VecDeque<Script>>,
     stats: HashMap<Token, TokenStats>,
     default: Script,
+    /// How many of the next credentials deletions fail.
+    failing_deletions: u32,
 }
 
 /// The scripted link. Cheap to clone; clones share scripts and statistics.
 #[derive(Clone, Default)]
 pub struct ScriptedLink {
     inner: Arc<Mutex<Inner>>,
+    /// Credentials deletions wait while a [`ScriptedLink::hold_deletions`] guard is held.
+    deletions: Arc<tokio::sync::RwLock<()>>,
+}
+
+/// Holds every credentials deletion of a [`ScriptedLink`] until dropped.
+pub struct DeletionHold {
+    _held: tokio::sync::OwnedRwLockWriteGuard<()>,
 }
 
 impl ScriptedLink {
@@ -136,6 +145,24 @@ impl ScriptedLink {
                 default,
                 ..Inner::default()
             })),
+            deletions: Arc::default(),
+        }
+    }
+
+    /// Makes the next credentials deletion fail (a storage error).
+    pub fn fail_next_deletion(&self) {
+        self.lock().failing_deletions += 1;
+    }
+
+    /// Makes credentials deletions wait (once started, they are "running") until the guard
+    /// is dropped: for operations that arrive during a logout's deletion.
+    pub fn hold_deletions(&self) -> DeletionHold {
+        DeletionHold {
+            _held: self
+                .deletions
+                .clone()
+                .try_write_owned()
+                .expect("deletions are not already held"),
         }
     }
 
@@ -275,7 +302,12 @@ impl Link for ScriptedLink {
     }
 
     async fn delete_credentials(&self, token: &Token) -> Result<(), LinkError> {
+        drop(self.deletions.read().await);
         let mut inner = self.lock();
+        if inner.failing_deletions > 0 {
+            inner.failing_deletions -= 1;
+            return Err(LinkError::Storage("scripted deletion failure".into()));
+        }
         let stats = inner.stats.entry(token.clone()).or_default();
         if stats.live > 0 {
             return Err(LinkError::Storage(

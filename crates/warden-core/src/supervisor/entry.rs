@@ -211,6 +211,21 @@ impl Entry {
         }
     }
 
+    /// Answers the operations waiting for a session view with an error; those waiting for a
+    /// deletion keep waiting for it.
+    pub fn fail_info_waiters(&mut self, error: &Error) {
+        let (info_waiters, rest): (Vec<_>, Vec<_>) = self
+            .waiters
+            .drain(..)
+            .partition(|w| matches!(w, Waiter::Info(_)));
+        self.waiters = rest;
+        for waiter in info_waiters {
+            if let Waiter::Info(reply) = waiter {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+
     /// Answers everyone waiting with an error.
     pub fn fail_waiters(&mut self, error: &Error) {
         for waiter in self.waiters.drain(..) {

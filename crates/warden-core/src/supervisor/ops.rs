@@ -141,18 +141,28 @@ impl SupervisorState {
         reply: InfoReply,
     ) {
         let entry = entry_or_reply!(self, token, reply);
-        if entry.state() == SessionState::Banned {
+        // A ban holds until its expiry; past it (or with none known), a start goes ahead.
+        let ban_holds = entry.state() == SessionState::Banned
+            && entry
+                .record
+                .banned_until
+                .is_some_and(|until| until > SystemTime::now());
+        if ban_holds {
             let until = entry
                 .record
                 .banned_until
                 .map(|t| humantime::format_rfc3339_seconds(t).to_string())
-                .unwrap_or_else(|| "unknown".into());
+                .unwrap_or_default();
+            // Only a session that is meant to run has its retry scheduled at the expiry.
+            let then = if entry.retry_timer.is_some() {
+                "it will be retried then"
+            } else {
+                "start it again then"
+            };
             let _ = reply.send(Err(Error::Conflict {
                 token: token.clone(),
                 state: SessionState::Banned,
-                message: format!(
-                    "it is banned until {until}; it will be retried then (restart --force overrides)"
-                ),
+                message: format!("it is banned until {until}; {then} (restart --force overrides)"),
             }));
             return;
         }
@@ -214,8 +224,9 @@ impl SupervisorState {
             return;
         }
         if entry.state().is_parked() {
-            // An operator start is the way out of a parked state.
+            // An operator start is the way out of a parked state (a ban only once it expired).
             entry.record.attempts = 0;
+            entry.record.banned_until = None;
         }
         entry.cancel_retry();
         tracing::info!(token = %token, "starting session");
@@ -233,6 +244,7 @@ impl SupervisorState {
     ) {
         let entry = entry_or_reply!(self, token, reply);
         entry.record.desired = Desired::Stopped;
+        entry.connect_after_cleanup = false;
         let intent = Intent::Stop {
             reason: reason.clone(),
         };
@@ -356,6 +368,7 @@ impl SupervisorState {
         let entry = entry_or_reply!(self, token, reply);
         tracing::info!(token = %token, "logging out");
         entry.record.desired = Desired::Stopped;
+        entry.connect_after_cleanup = false;
         entry.waiters.push(Waiter::Info(reply));
         if self.close_with(&token, Intent::Logout) {
             return;

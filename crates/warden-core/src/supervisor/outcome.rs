@@ -597,7 +597,10 @@ impl SupervisorState {
                 if !why.ends_with("credentials deleted") {
                     entry.record.reason = Some(format!("{why}; credentials deleted"));
                 }
-                let connect = std::mem::take(&mut entry.connect_after_cleanup);
+                // Connect only if that is still what the operator wants: a stop or a second
+                // logout after the start that asked for it wins.
+                let connect = std::mem::take(&mut entry.connect_after_cleanup)
+                    && entry.record.desired == Desired::Running;
                 self.publish(token);
                 if connect && !self.sessions[token].deleting {
                     self.request_connect(myself, token).await;
@@ -611,7 +614,9 @@ impl SupervisorState {
                 entry.cleaning_credentials = false;
                 entry.connect_after_cleanup = false;
                 entry.record.reason = Some(format!("credentials not deleted: {e}"));
-                entry.fail_waiters(&e);
+                // A delete waiting behind this logout goes on (it removes the credentials
+                // with everything else) and answers for itself.
+                entry.fail_info_waiters(&e);
                 self.publish(token);
             }
             (Cleanup::Delete, Ok(())) => {
