@@ -201,6 +201,9 @@ pub struct RunFacts {
     pub stopped: bool,
     /// The watchdog found the link dead and closed it.
     pub liveness_expired: bool,
+    /// The device was not paired when the run began and its credentials are stored now: the
+    /// run paired it, whether or not wa-rs got to report `PairSuccess` before the run ended.
+    pub newly_paired: bool,
     /// What the transport saw.
     pub transport: TransportFacts,
 }
@@ -221,7 +224,7 @@ pub fn classify(seen: &[Seen], facts: &RunFacts) -> DisconnectReason {
     let paired_after_login = seen.iter().enumerate().any(|(i, s)| {
         matches!(s, Seen::PairSuccess { .. }) && last_connected.is_none_or(|c| i > c)
     });
-    if paired_after_login {
+    if paired_after_login || facts.newly_paired {
         return DisconnectReason::RestartRequired;
     }
     let end = facts.transport.end.as_ref();
@@ -528,6 +531,24 @@ mod tests {
                 vec![qr(), qr()],
                 open(Some(SocketEnd::ClosedHere)),
                 R::QrExpired,
+            ),
+            (
+                "paired (credentials stored), 515 before wa-rs reported PairSuccess",
+                vec![qr()],
+                RunFacts {
+                    newly_paired: true,
+                    ..open(Some(SocketEnd::ClosedHere))
+                },
+                R::RestartRequired,
+            ),
+            (
+                "paired, then logged out at once: the logout wins",
+                vec![qr(), logged_out(ConnectFailureReason::LoggedOut, false)],
+                RunFacts {
+                    newly_paired: true,
+                    ..open(Some(SocketEnd::ClosedHere))
+                },
+                R::LoggedOut,
             ),
             (
                 "no event: dial failed",

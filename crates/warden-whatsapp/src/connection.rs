@@ -306,6 +306,9 @@ async fn drive(
     }
     *lock(&control.client) = None;
     facts.transport = probe.facts();
+    // The credentials say whether this run paired the device, even when wa-rs's `PairSuccess`
+    // came too late: such a run wants the immediate restart, never `qr_expired`.
+    facts.newly_paired = !paired_before && paired_now;
     let reason = classify::classify(&seen, &facts);
     // A run that was not logged in from stored credentials may have left a QR rotation task
     // behind: one that lost the race with the pairing's cancel (wa-rs sets the cancel only

@@ -36,7 +36,8 @@
 //!   which avoids wa-rs's post-pairing race; the supervisor restarts it at once. wa-rs
 //!   dispatches `PairSuccess` from a task after the signature is sent while the 515 is handled
 //!   inline, so a run that newly paired the device waits (up to 2 s) for that event before it
-//!   is classified. A `Connected` is reported only while the client is logged in (a late one
+//!   is classified; if it never comes, the stored credentials still tell `classify` that the
+//!   run paired the device, and it ends with `RestartRequired` (never `QrExpired`). A `Connected` is reported only while the client is logged in (a late one
 //!   from an earlier run's post-login task is ignored). Messages left in the channel between
 //!   connections are still delivered; other leftover events are dropped.
 //! - **Transport** ([`transport`]): its own WebSocket (rustls + webpki roots for `wss`), one
@@ -71,7 +72,7 @@
 //! | `ConnectFailure` 400, 501 or any other code | `ConnectFailed("failure N: …")` |
 //! | `StreamError { code }` (unknown stream error) | `StreamError(code)` |
 //! | `PairError` | `ConnectFailed("pairing failed: …")` |
-//! | `PairSuccess` (then 515) | `RestartRequired` |
+//! | `PairSuccess` (then 515), or credentials stored by this run without a `PairSuccess` yet | `RestartRequired` |
 //! | `Disconnected` after a close frame / otherwise | `ConnectionClosed` / `ConnectionLost` |
 //! | no event; dial (DNS, TCP, TLS, upgrade) failed / timed out | `ConnectFailed(error)` / `TimedOut` |
 //! | no event; no handshake reply within `connect_timeout` | `TimedOut` |
