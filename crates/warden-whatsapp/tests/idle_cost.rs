@@ -21,32 +21,6 @@ const SETTLE: Duration = Duration::from_secs(30);
 /// in flight when it disconnects (each ends at its 75 s query timeout).
 const CLIENT_LINGER: Duration = Duration::from_secs(90);
 
-fn count(dir: &str) -> usize {
-    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
-}
-
-fn rss_kb() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Waits (bounded by `within`) until `measure` gives at most `expected`; returns the last value.
-async fn settles_within(within: Duration, expected: usize, measure: impl Fn() -> usize) -> usize {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let now = measure();
-        if now <= expected || tokio::time::Instant::now() >= deadline {
-            return now;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_sessions_hold_no_client_thread_or_descriptor() {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
@@ -65,7 +39,7 @@ async fn stopped_sessions_hold_no_client_thread_or_descriptor() {
     let server = server_with(Script::default().with_registration(registration)).await;
     let mut h = Harness::new(server, |c| c.connect_timeout = Duration::from_secs(20)).await;
     let threads_before = threads();
-    let fds_before = count("/proc/self/fd");
+    let fds_before = entries("/proc/self/fd");
     let rss_before = rss_kb();
 
     let tokens: Vec<String> = (0..SESSIONS).map(|n| format!("s{n}")).collect();
@@ -95,7 +69,7 @@ async fn stopped_sessions_hold_no_client_thread_or_descriptor() {
             SESSIONS,
             "every connected session has a client"
         );
-        let fds_connected = count("/proc/self/fd");
+        let fds_connected = entries("/proc/self/fd");
         assert!(fds_connected >= fds_before + SESSIONS, "one socket each");
 
         let stops = tokens.iter().map(|t| h.supervisor.stop(t));
@@ -114,7 +88,7 @@ async fn stopped_sessions_hold_no_client_thread_or_descriptor() {
             stopped_at.elapsed()
         );
         assert_eq!(clients, 0, "every wa-rs client is dropped");
-        let fds_after = settles_within(SETTLE, fds_before, || count("/proc/self/fd")).await;
+        let fds_after = settles_within(SETTLE, fds_before, || entries("/proc/self/fd")).await;
         assert!(
             fds_after <= fds_before,
             "{fds_after} fds open, {fds_before} before the sessions"

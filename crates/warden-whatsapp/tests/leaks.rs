@@ -66,12 +66,6 @@ fn threads_named(prefix: &str) -> usize {
         .count()
 }
 
-fn tasks() -> usize {
-    tokio::runtime::Handle::current()
-        .metrics()
-        .num_alive_tasks()
-}
-
 /// Waits (bounded) until `measure` gives `expected`; returns the last value.
 async fn settles(expected: usize, measure: impl Fn() -> usize) -> usize {
     settles_to(|n| n == expected, measure).await
@@ -87,20 +81,6 @@ async fn settles_to(ok: impl Fn(usize) -> bool, measure: impl Fn() -> usize) -> 
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Waits until `measure` gives the same value for a while (the settling of wa-rs's one-shot
-/// tasks after the first connections), and returns it.
-async fn steady(measure: impl Fn() -> usize) -> usize {
-    let mut last = measure();
-    let mut same = 0;
-    while same < 5 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let now = measure();
-        same = if now == last { same + 1 } else { 0 };
-        last = now;
-    }
-    last
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

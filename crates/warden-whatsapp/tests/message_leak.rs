@@ -34,51 +34,6 @@ const CLIENT_LINGER: Duration = Duration::from_secs(90);
 /// The time to live wa-rs gives its per-chat queues, plus a margin.
 const QUEUE_EXPIRY: Duration = Duration::from_secs(301);
 
-fn count(dir: &str) -> usize {
-    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
-}
-
-fn rss_kb() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn tasks() -> usize {
-    tokio::runtime::Handle::current()
-        .metrics()
-        .num_alive_tasks()
-}
-
-/// Waits (bounded by `within`) until `measure` gives at most `expected`; returns the last value.
-async fn settles_within(within: Duration, expected: usize, measure: impl Fn() -> usize) -> usize {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let now = measure();
-        if now <= expected || tokio::time::Instant::now() >= deadline {
-            return now;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Waits until `measure` gives the same value for a while, and returns it.
-async fn steady(measure: impl Fn() -> usize) -> usize {
-    let mut last = measure();
-    let mut same = 0;
-    while same < 5 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let now = measure();
-        same = if now == last { same + 1 } else { 0 };
-        last = now;
-    }
-    last
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_received_messages_are_freed_after_their_sessions_stop() {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
@@ -108,7 +63,7 @@ async fn clients_that_received_messages_are_freed_after_their_sessions_stop() {
     let server = server_with(script).await;
     let mut h = Harness::new(server, |c| c.connect_timeout = Duration::from_secs(20)).await;
     let threads_before = threads();
-    let fds_before = count("/proc/self/fd");
+    let fds_before = entries("/proc/self/fd");
     let tasks_before = steady(tasks).await;
     let rss_before = rss_kb();
 
@@ -170,7 +125,7 @@ async fn clients_that_received_messages_are_freed_after_their_sessions_stop() {
             0,
             "no wa-rs client survives its session once its queues expired"
         );
-        let fds_after = settles_within(SETTLE, fds_before, || count("/proc/self/fd")).await;
+        let fds_after = settles_within(SETTLE, fds_before, || entries("/proc/self/fd")).await;
         assert!(
             fds_after <= fds_before,
             "{fds_after} fds open, {fds_before} before the sessions"

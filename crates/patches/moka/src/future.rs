@@ -381,6 +381,22 @@ where
         RefKeyEntrySelector { cache: self, key }
     }
 
+    /// `or_insert_with` of both selectors: under `compute`, the current value, or `init`'s.
+    async fn or_insert_with(
+        &self,
+        make_key: impl Fn() -> K,
+        init: impl Future<Output = V>,
+    ) -> Entry<K, V> {
+        let _compute = self.inner.compute.lock().await;
+        let key = make_key();
+        if let Some(v) = self.get_now(&key) {
+            return Entry::new(Arc::new(key), v, false, false);
+        }
+        let v = init.await;
+        self.insert_now(make_key(), v.clone());
+        Entry::new(Arc::new(key), v, true, false)
+    }
+
     /// The compute step shared by both selectors; the caller holds `compute`.
     async fn compute<F, Fut>(&self, make_key: impl Fn() -> K, f: F) -> CompResult<K, V>
     where
@@ -516,13 +532,7 @@ where
     /// The entry's value, inserting the value of `init` if there is none.
     pub async fn or_insert_with(self, init: impl Future<Output = V>) -> Entry<K, V> {
         let key = self.key;
-        let _compute = self.cache.inner.compute.lock().await;
-        if let Some(v) = self.cache.get_now(&key) {
-            return Entry::new(Arc::new(key), v, false, false);
-        }
-        let v = init.await;
-        self.cache.insert_now(key.clone(), v.clone());
-        Entry::new(Arc::new(key), v, true, false)
+        self.cache.or_insert_with(|| key.clone(), init).await
     }
 
     /// Computes the entry from its current value, atomically; see [`Op`].
@@ -557,13 +567,8 @@ where
 
     /// The entry's value, inserting the value of `init` if there is none.
     pub async fn or_insert_with(self, init: impl Future<Output = V>) -> Entry<K, V> {
-        let _compute = self.cache.inner.compute.lock().await;
-        if let Some(v) = self.cache.get_now(self.key) {
-            return Entry::new(Arc::new(self.key.to_owned()), v, false, false);
-        }
-        let v = init.await;
-        self.cache.insert_now(self.key.to_owned(), v.clone());
-        Entry::new(Arc::new(self.key.to_owned()), v, true, false)
+        let key = self.key;
+        self.cache.or_insert_with(|| key.to_owned(), init).await
     }
 
     /// Computes the entry from its current value, atomically; see [`Op`].

@@ -199,31 +199,33 @@ impl Entry {
     /// Answers the operations waiting for a session view (not those waiting for a deletion).
     pub fn answer_info_waiters(&mut self) {
         let info = self.info();
-        let (info_waiters, rest): (Vec<_>, Vec<_>) = self
-            .waiters
-            .drain(..)
-            .partition(|w| matches!(w, Waiter::Info(_)));
-        self.waiters = rest;
-        for waiter in info_waiters {
-            if let Waiter::Info(reply) = waiter {
-                let _ = reply.send(Ok(info.clone()));
-            }
+        for reply in self.take_info_waiters() {
+            let _ = reply.send(Ok(info.clone()));
         }
     }
 
     /// Answers the operations waiting for a session view with an error; those waiting for a
     /// deletion keep waiting for it.
     pub fn fail_info_waiters(&mut self, error: &Error) {
+        for reply in self.take_info_waiters() {
+            let _ = reply.send(Err(error.clone()));
+        }
+    }
+
+    /// Takes the waiters that want a session view out of the list; the others stay.
+    fn take_info_waiters(&mut self) -> Vec<InfoReply> {
         let (info_waiters, rest): (Vec<_>, Vec<_>) = self
             .waiters
             .drain(..)
             .partition(|w| matches!(w, Waiter::Info(_)));
         self.waiters = rest;
-        for waiter in info_waiters {
-            if let Waiter::Info(reply) = waiter {
-                let _ = reply.send(Err(error.clone()));
-            }
-        }
+        info_waiters
+            .into_iter()
+            .filter_map(|waiter| match waiter {
+                Waiter::Info(reply) => Some(reply),
+                Waiter::Unit(_) => None,
+            })
+            .collect()
     }
 
     /// Answers everyone waiting with an error.

@@ -220,3 +220,56 @@ pub fn threads() -> usize {
         .filter(|name| name.trim_end() != "moka-sweeper")
         .count()
 }
+
+/// How many entries `dir` has (`/proc/self/fd`: open descriptors; `/proc/self/task`: threads).
+pub fn entries(dir: &str) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+/// The process's resident memory, in kB.
+pub fn rss_kb() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The tokio tasks alive in the current runtime.
+pub fn tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+/// Waits (bounded by `within`) until `measure` gives at most `expected`; returns the last value.
+pub async fn settles_within(
+    within: Duration,
+    expected: usize,
+    measure: impl Fn() -> usize,
+) -> usize {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let now = measure();
+        if now <= expected || tokio::time::Instant::now() >= deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `measure` gives the same value for a while (the settling of wa-rs's one-shot
+/// tasks), and returns it.
+pub async fn steady(measure: impl Fn() -> usize) -> usize {
+    let mut last = measure();
+    let mut same = 0;
+    while same < 5 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = measure();
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+    }
+    last
+}
