@@ -10,8 +10,7 @@ mod support;
 use std::time::Duration;
 
 use support::*;
-use warden_core::SessionState;
-use warden_fakewa::{PairSpec, Plan, QrSpec, Scenario, Script, Step};
+use warden_fakewa::Script;
 
 const SESSIONS: usize = 500;
 /// How long sockets and threads may take to go once the sessions are stopped.
@@ -24,46 +23,20 @@ const CLIENT_LINGER: Duration = Duration::from_secs(90);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_sessions_hold_no_client_thread_or_descriptor() {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let registration = Plan::always(Scenario::new([
-        Step::Qr(QrSpec::new(
-            1,
-            Duration::from_secs(30),
-            Duration::from_secs(30),
-        )),
-        Step::wait(Duration::from_millis(20)),
-        Step::Pair(PairSpec {
-            restart_after: Duration::from_millis(20),
-            ..PairSpec::default()
-        }),
-    ]));
+    let registration = pairing_any();
     let server = server_with(Script::default().with_registration(registration)).await;
     let mut h = Harness::new(server, |c| c.connect_timeout = Duration::from_secs(20)).await;
     let threads_before = threads();
     let fds_before = entries("/proc/self/fd");
     let rss_before = rss_kb();
 
-    let tokens: Vec<String> = (0..SESSIONS).map(|n| format!("s{n}")).collect();
-    for t in &tokens {
-        h.supervisor.create(None, Some(t)).await.expect("create");
-    }
+    let tokens = h.create_many(SESSIONS).await;
     // Two rounds: the first pairs every session, the second logs them in again. The
     // allocator keeps the pages the first round freed, so the second round shows what a
     // session really leaves behind.
     let mut rss_after_round = Vec::new();
     for round in 0..2 {
-        let starts = tokens
-            .iter()
-            .map(|t| h.supervisor.start_session(t, Default::default()));
-        for started in futures_util::future::join_all(starts).await {
-            started.expect("start");
-        }
-        for t in &tokens {
-            h.events
-                .wait(t, |i| {
-                    i.state == SessionState::Connected && i.counters.connects as usize > round
-                })
-                .await;
-        }
+        h.start_all_until_connected(&tokens, round + 1).await;
         assert_eq!(
             h.link.held().len(),
             SESSIONS,
@@ -72,10 +45,7 @@ async fn stopped_sessions_hold_no_client_thread_or_descriptor() {
         let fds_connected = entries("/proc/self/fd");
         assert!(fds_connected >= fds_before + SESSIONS, "one socket each");
 
-        let stops = tokens.iter().map(|t| h.supervisor.stop(t));
-        for stopped in futures_util::future::join_all(stops).await {
-            assert_eq!(stopped.expect("stop").state, SessionState::Stopped);
-        }
+        h.stop_all(&tokens).await;
         assert_eq!(
             settles_within(SETTLE, 0, || h.link.held().len()).await,
             0,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use support::*;
 use tokio::sync::mpsc;
 use warden_core::{DisconnectReason, LifecycleEvent, LifecycleSink, Link, OpenOptions, Token};
-use warden_fakewa::{ListenerMode, PairSpec, Plan, QrSpec, Scenario, Script, ServerEvent, Step};
+use warden_fakewa::{ListenerMode, Script, ServerEvent};
 
 const SESSIONS: usize = 20;
 const ROUNDS: usize = 10;
@@ -85,18 +85,7 @@ async fn settles_to(ok: impl Fn(usize) -> bool, measure: impl Fn() -> usize) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_stopped_connections_leave_nothing_behind() {
-    let registration = Plan::always(Scenario::new([
-        Step::Qr(QrSpec::new(
-            1,
-            Duration::from_secs(30),
-            Duration::from_secs(30),
-        )),
-        Step::wait(Duration::from_millis(20)),
-        Step::Pair(PairSpec {
-            restart_after: Duration::from_millis(20),
-            ..PairSpec::default()
-        }),
-    ]));
+    let registration = pairing_any();
     let server = server_with(Script::default().with_registration(registration)).await;
     let dir = tempfile::tempdir().unwrap();
     let db = warden_store::Db::open_in(dir.path()).unwrap();

@@ -20,8 +20,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::*;
-use warden_core::SessionState;
-use warden_fakewa::{MessageSpec, PairSpec, Plan, QrSpec, Scenario, Script, ServerEvent, Step};
+use warden_fakewa::{MessageSpec, Plan, Scenario, Script, ServerEvent, Step};
 
 const SESSIONS: usize = 100;
 /// Chats that send each session a message on every login.
@@ -37,18 +36,7 @@ const QUEUE_EXPIRY: Duration = Duration::from_secs(301);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_received_messages_are_freed_after_their_sessions_stop() {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let registration = Plan::always(Scenario::new([
-        Step::Qr(QrSpec::new(
-            1,
-            Duration::from_secs(30),
-            Duration::from_secs(30),
-        )),
-        Step::wait(Duration::from_millis(20)),
-        Step::Pair(PairSpec {
-            restart_after: Duration::from_millis(20),
-            ..PairSpec::default()
-        }),
-    ]));
+    let registration = pairing_any();
     let login = Plan::always(Scenario::new(
         std::iter::once(Step::Login).chain(
             CHATS
@@ -67,25 +55,10 @@ async fn clients_that_received_messages_are_freed_after_their_sessions_stop() {
     let tasks_before = steady(tasks).await;
     let rss_before = rss_kb();
 
-    let tokens: Vec<String> = (0..SESSIONS).map(|n| format!("s{n}")).collect();
-    for t in &tokens {
-        h.supervisor.create(None, Some(t)).await.expect("create");
-    }
+    let tokens = h.create_many(SESSIONS).await;
     let mut rss_after_round = Vec::new();
     for round in 0..2 {
-        let starts = tokens
-            .iter()
-            .map(|t| h.supervisor.start_session(t, Default::default()));
-        for started in futures_util::future::join_all(starts).await {
-            started.expect("start");
-        }
-        for t in &tokens {
-            h.events
-                .wait(t, |i| {
-                    i.state == SessionState::Connected && i.counters.connects as usize > round
-                })
-                .await;
-        }
+        h.start_all_until_connected(&tokens, round + 1).await;
         // Every session acknowledged both messages: each chat's worker exists.
         let acks = (round + 1) * SESSIONS * CHATS.len();
         h.recorder()
@@ -96,10 +69,7 @@ async fn clients_that_received_messages_are_freed_after_their_sessions_stop() {
             .await
             .expect("every message acknowledged");
 
-        let stops = tokens.iter().map(|t| h.supervisor.stop(t));
-        for stopped in futures_util::future::join_all(stops).await {
-            assert_eq!(stopped.expect("stop").state, SessionState::Stopped);
-        }
+        h.stop_all(&tokens).await;
         assert_eq!(
             settles_within(SETTLE, 0, || h.link.held().len()).await,
             0,

@@ -87,6 +87,23 @@ pub fn pairing(phone: &str, scan: Duration) -> Plan {
     ]))
 }
 
+/// Registration for many sessions: one QR ref, "scanned" after 20 ms, paired as the next
+/// phone number of the server's pool, restarted (515) 20 ms later.
+pub fn pairing_any() -> Plan {
+    Plan::always(Scenario::new([
+        Step::Qr(QrSpec::new(
+            1,
+            Duration::from_secs(30),
+            Duration::from_secs(30),
+        )),
+        Step::wait(Duration::from_millis(20)),
+        Step::Pair(PairSpec {
+            restart_after: Duration::from_millis(20),
+            ..PairSpec::default()
+        }),
+    ]))
+}
+
 /// A server that pairs registrations as `phone` and plays `login` for its logins.
 pub async fn server(phone: &str, login: Plan) -> FakeServer {
     server_with(
@@ -173,6 +190,40 @@ impl Harness {
         let info = self.events.state(token, SessionState::Connected).await;
         assert_eq!(info.jid.as_deref(), Some(device_jid(phone).as_str()));
         info
+    }
+
+    /// Creates sessions `s0` … `s{n-1}` (stopped) and returns their tokens.
+    pub async fn create_many(&mut self, n: usize) -> Vec<String> {
+        let tokens: Vec<String> = (0..n).map(|n| format!("s{n}")).collect();
+        for t in &tokens {
+            self.supervisor.create(None, Some(t)).await.expect("create");
+        }
+        tokens
+    }
+
+    /// Starts every token at once and waits until each has connected `times` times in all.
+    pub async fn start_all_until_connected(&mut self, tokens: &[String], times: usize) {
+        let starts = tokens
+            .iter()
+            .map(|t| self.supervisor.start_session(t, Default::default()));
+        for started in futures_util::future::join_all(starts).await {
+            started.expect("start");
+        }
+        for t in tokens {
+            self.events
+                .wait(t, |i| {
+                    i.state == SessionState::Connected && i.counters.connects as usize >= times
+                })
+                .await;
+        }
+    }
+
+    /// Stops every token at once; each must end `stopped`.
+    pub async fn stop_all(&mut self, tokens: &[String]) {
+        let stops = tokens.iter().map(|t| self.supervisor.stop(t));
+        for stopped in futures_util::future::join_all(stops).await {
+            assert_eq!(stopped.expect("stop").state, SessionState::Stopped);
+        }
     }
 
     /// Whether `token` has credentials in the database.
