@@ -28,7 +28,13 @@ pub struct HttpConfig {
     /// The key every request must carry (`Authorization: Bearer KEY` or `X-Api-Key: KEY`),
     /// except `/healthz` and the dashboard's static files. Never logged.
     pub api_key: Option<String>,
+    /// The most HTTP connections open at once; past it a new connection is closed at once.
+    /// The daemon's descriptor reserve counts exactly this many.
+    pub max_connections: usize,
 }
+
+/// The default of [`HttpConfig::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
 impl Default for HttpConfig {
     fn default() -> Self {
@@ -36,6 +42,7 @@ impl Default for HttpConfig {
             enabled: true,
             bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 3000)),
             api_key: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -47,6 +54,7 @@ impl fmt::Debug for HttpConfig {
             .field("enabled", &self.enabled)
             .field("bind", &self.bind)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -70,6 +78,9 @@ pub enum ConfigError {
          characters without spaces (for example the output of `openssl rand -hex 32`)"
     )]
     BadKey(&'static str),
+    /// `max_connections` is 0: the gateway could answer nobody.
+    #[error("[http] max_connections must be at least 1 (set enabled = false to turn HTTP off)")]
+    NoConnections,
 }
 
 impl HttpConfig {
@@ -87,6 +98,9 @@ impl HttpConfig {
         }
         if self.api_key.is_none() && !self.bind.ip().is_loopback() {
             return Err(ConfigError::KeyRequired { bind: self.bind });
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::NoConnections);
         }
         Ok(())
     }
@@ -134,6 +148,11 @@ mod tests {
         check(r#"bind = "0.0.0.0:3000""#, Err("an API key is required"));
         check(r#"bind = "0.0.0.0:3000""#, Err("WARDEN_HTTP_API_KEY"));
         check(r#"bind = "[::]:3000""#, Err("not a loopback address"));
+        check("max_connections = 1", Ok(()));
+        check(
+            "max_connections = 0",
+            Err("max_connections must be at least 1"),
+        );
         check(
             "bind = \"0.0.0.0:3000\"\napi_key = \"secret-secret-secret\"",
             Ok(()),

@@ -37,6 +37,7 @@ pub mod error;
 pub mod events;
 mod extract;
 pub mod legacy;
+pub mod listener;
 pub mod metrics;
 pub mod openapi;
 pub mod origin;
@@ -54,6 +55,7 @@ use warden_core::Supervisor;
 
 pub use config::{ConfigError, HttpConfig};
 pub use error::ApiError;
+pub use listener::CappedListener;
 pub use metrics::Metrics;
 pub use routes::{ROUTES, Route};
 pub use state::ServeOptions;
@@ -126,6 +128,7 @@ pub async fn serve_with(
         api_key = if config.api_key.is_some() { "required" } else { "none" },
         "HTTP gateway listening"
     );
+    let listener = CappedListener::new(listener, config.max_connections);
     let server = axum::serve(listener, routes::router(app))
         .with_graceful_shutdown(stopping.clone().cancelled_owned())
         .into_future();

@@ -753,3 +753,93 @@ async fn browsers_of_other_origins_are_refused_without_a_key_and_allowed_with_on
     assert_eq!(raw(keyed.addr, no_key).await.0, 401);
     keyed.stop().await;
 }
+
+/// `GET /healthz` for the gateway at `host`.
+fn healthz_request(host: std::net::SocketAddr) -> Vec<u8> {
+    format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes()
+}
+
+/// One request on an open keep-alive connection; answers the status line.
+async fn status_line_on(stream: &mut tokio::net::TcpStream) -> String {
+    let host = stream.peer_addr().unwrap();
+    stream.write_all(&healthz_request(host)).await.unwrap();
+    let mut head = vec![0u8; 1024];
+    let n = stream.read(&mut head).await.unwrap();
+    String::from_utf8_lossy(&head[..n])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The gateway keeps at most `[http] max_connections` open: past the cap a new connection is
+/// closed before any answer, and once one of the open ones goes, new ones are served again.
+#[tokio::test]
+async fn connections_past_the_cap_are_closed_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (supervisor, _) = warden_core::Supervisor::start(
+        common::supervisor_config(dir.path()),
+        std::sync::Arc::new(warden_core::scripted::ScriptedLink::default()),
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = HttpConfig {
+        bind: addr,
+        max_connections: 2,
+        ..HttpConfig::default()
+    };
+    tokio::spawn(warden_http::serve(
+        listener,
+        supervisor.clone(),
+        config,
+        std::sync::Arc::new(Metrics::new()),
+        std::future::pending(),
+    ));
+    let connect = || tokio::net::TcpStream::connect(addr);
+    // Two connections, each answered and kept open.
+    let mut first = connect().await.unwrap();
+    let mut second = connect().await.unwrap();
+    let line = status_line_on(&mut first).await;
+    assert!(line.contains("200"), "{line:?}");
+    assert!(status_line_on(&mut second).await.contains("200"));
+
+    // A third is closed at once: no answer, whatever it sends.
+    let mut third = connect().await.unwrap();
+    let _ = third.write_all(&healthz_request(addr)).await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf))
+        .await
+        .expect("closed, not left hanging");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "answered past the cap: {read:?}"
+    );
+    assert!(
+        status_line_on(&mut first).await.contains("200"),
+        "the open ones still work"
+    );
+
+    // One open connection goes: new connections are served again (the slot is freed once
+    // the server has seen the close).
+    drop(second);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut next = connect().await.unwrap();
+        let _ = next.write_all(&healthz_request(addr)).await;
+        let mut head = [0u8; 64];
+        if let Ok(n) = next.read(&mut head).await
+            && n > 0
+        {
+            assert!(String::from_utf8_lossy(&head[..n]).contains("200"));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a freed slot was never reused"
+        );
+        tokio::task::yield_now().await;
+    }
+    supervisor.shutdown().await.unwrap();
+}

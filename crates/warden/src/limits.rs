@@ -18,10 +18,6 @@ pub const PER_SESSION: u64 = 1;
 /// and one spare.
 pub const PROCESS: u64 = 16;
 
-/// HTTP connections the reserve makes room for. warden-http (axum) does not cap its
-/// connections itself; this is what the reserve assumes.
-pub const HTTP_CONNECTIONS: u64 = 256;
-
 /// Room for the unforeseen: DNS lookups while sessions connect, files read for a moment,
 /// connections closing while new ones open.
 pub const MARGIN: u64 = 64;
@@ -66,23 +62,21 @@ pub struct Reserve {
     pub process: u64,
     /// The control socket's listener and its `max_clients` clients.
     pub control: u64,
-    /// The HTTP listener and its [`HTTP_CONNECTIONS`] connections (0 when HTTP is off).
+    /// The HTTP listener and its `[http] max_connections` connections (the gateway refuses
+    /// more; 0 when HTTP is off).
     pub http: u64,
     /// [`MARGIN`].
     pub margin: u64,
 }
 
 impl Reserve {
-    /// The reserve for a daemon with `max_clients` control clients, with or without HTTP.
-    pub fn new(max_clients: usize, http_enabled: bool) -> Self {
+    /// The reserve for a daemon with `max_clients` control clients, and HTTP with at most
+    /// that many connections (`None`: HTTP off).
+    pub fn new(max_clients: usize, http_connections: Option<usize>) -> Self {
         Self {
             process: PROCESS,
             control: 1 + max_clients as u64,
-            http: if http_enabled {
-                1 + HTTP_CONNECTIONS
-            } else {
-                0
-            },
+            http: http_connections.map_or(0, |n| 1 + n as u64),
             margin: MARGIN,
         }
     }
@@ -111,14 +105,15 @@ mod tests {
 
     #[test]
     fn the_reserve_counts_the_socket_http_and_a_margin() {
-        let reserve = Reserve::new(256, true);
+        let reserve = Reserve::new(256, Some(256));
         assert_eq!(reserve.total(), 16 + 257 + 257 + 64);
-        assert_eq!(Reserve::new(8, false).total(), 16 + 9 + 64);
+        assert_eq!(Reserve::new(8, None).total(), 16 + 9 + 64);
+        assert_eq!(Reserve::new(8, Some(1000)).total(), 16 + 9 + 1001 + 64);
     }
 
     #[test]
     fn capacity_is_what_the_limit_leaves_capped_by_max_sessions() {
-        let reserve = Reserve::new(256, true);
+        let reserve = Reserve::new(256, Some(256));
         // The machine: ulimit -n 20000.
         assert_eq!(capacity(20_000, &reserve, 0), 20_000 - 594);
         assert_eq!(capacity(20_000, &reserve, 3_000), 3_000);

@@ -104,7 +104,10 @@ fn capacity(config: &Config, limit: &limits::FdLimit) -> Option<usize> {
             limit.hard
         ),
     }
-    let reserve = limits::Reserve::new(config.daemon.max_clients, config.http.enabled);
+    let reserve = limits::Reserve::new(
+        config.daemon.max_clients,
+        config.http.enabled.then_some(config.http.max_connections),
+    );
     let capacity = limits::capacity(limit.soft, &reserve, config.daemon.max_sessions);
     if capacity == 0 {
         tracing::error!(

@@ -134,6 +134,7 @@ impl Gateway {
             enabled: true,
             bind: addr,
             api_key: setup.key.map(str::to_owned),
+            ..HttpConfig::default()
         };
         let metrics = Arc::new(Metrics::new());
         let (stop, stopped) = oneshot::channel::<()>();
