@@ -4,6 +4,8 @@ use std::fmt;
 
 use wa_rs_proto::whatsapp as wa;
 
+use crate::signal::SignalKeys;
+
 /// Whether the client logs in with credentials or registers a new device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientKind {
@@ -32,6 +34,8 @@ pub struct ClientInfo {
     pub passive: bool,
     /// The client's app version, `primary.secondary.tertiary`.
     pub version: Option<String>,
+    /// The Signal keys a registering client announces (what contacts encrypt to).
+    pub signal: Option<SignalKeys>,
 }
 
 /// The payload is neither a usable login nor a usable registration.
@@ -62,11 +66,16 @@ impl ClientInfo {
             .as_ref()
             .and_then(|ua| ua.app_version.as_ref())
             .map(|v| format!("{}.{}.{}", v.primary(), v.secondary(), v.tertiary()));
+        let signal = payload
+            .device_pairing_data
+            .as_ref()
+            .and_then(SignalKeys::from_pairing_data);
         Ok(Self {
             kind,
             noise_key,
             passive: payload.passive.unwrap_or(false),
             version,
+            signal,
         })
     }
 

@@ -48,6 +48,7 @@ pub(crate) struct ConnOptions {
 pub(crate) struct Shared {
     pub recorder: Recorder,
     pub registry: Registry,
+    pub contacts: crate::signal::Contacts,
     pub script: RwLock<Script>,
     pub attempts: Mutex<HashMap<String, u32>>,
     pub options: ConnOptions,

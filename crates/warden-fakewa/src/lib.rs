@@ -47,6 +47,7 @@ pub mod record;
 pub mod registry;
 pub mod scenario;
 pub mod server;
+pub mod signal;
 
 pub use client::{ClientInfo, ClientKind};
 pub use config::{ConfigError, ListenerPhase, ServerConfig};
@@ -58,3 +59,4 @@ pub use scenario::{
     FailureSpec, MessageSpec, PairSpec, Plan, QrSpec, Scenario, Script, Step, StreamErrorSpec,
 };
 pub use server::{Error, FakeServer, ListenerMode};
+pub use signal::SignalKeys;

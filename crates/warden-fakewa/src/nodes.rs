@@ -250,8 +250,26 @@ pub fn stream_error_conflict(kind: &str) -> Node {
         .build()
 }
 
+/// `<message from=… id=… type="text"><enc v="2" type="pkmsg">…</enc></message>`: an incoming
+/// message encrypted for the client (see [`crate::signal`]).
+pub fn encrypted_message(from: &str, id: &str, pkmsg: Vec<u8>) -> Node {
+    NodeBuilder::new("message")
+        .attrs([
+            ("from", from.to_string()),
+            ("id", id.to_string()),
+            ("type", "text".to_string()),
+            ("t", unix_now().as_secs().to_string()),
+            ("notify", "Fake Contact".to_string()),
+        ])
+        .children([NodeBuilder::new("enc")
+            .attrs([("v", "2"), ("type", "pkmsg")])
+            .bytes(pkmsg)
+            .build()])
+        .build()
+}
+
 /// `<message from=… id=… type="text"><enc v="2" type="msg">…</enc></message>`: an incoming
-/// message whose payload the client cannot decrypt (the server holds no Signal session).
+/// message whose payload the client cannot decrypt.
 pub fn message(from: &str, id: &str) -> Node {
     NodeBuilder::new("message")
         .attrs([

@@ -15,7 +15,9 @@ use crate::conn::Shared;
 use crate::nodes::{self, PairTarget, attr};
 use crate::record::{ConnId, Recorder, ServerEvent};
 use crate::registry::{PairedDevice, lid_for};
-use crate::scenario::{FailureSpec, PairSpec, QrSpec, Scenario, Step, StreamErrorSpec};
+use crate::scenario::{
+    FailureSpec, MessageSpec, PairSpec, QrSpec, Scenario, Step, StreamErrorSpec,
+};
 
 /// How long the pair step waits for the client's signature.
 const PAIR_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -190,7 +192,12 @@ impl Player {
                 Flow::Next
             }
             Step::Message(spec) => {
-                self.send(nodes::message(&spec.from, &spec.id));
+                let encrypted = self.encrypt_for_client(&spec).await;
+                let node = match encrypted {
+                    Some(pkmsg) => nodes::encrypted_message(&spec.from, &spec.id, pkmsg),
+                    None => nodes::message(&spec.from, &spec.id),
+                };
+                self.send(node);
                 self.event(ServerEvent::MessageSent {
                     id: spec.id,
                     from: spec.from,
@@ -202,6 +209,35 @@ impl Player {
                 self.event(ServerEvent::StreamEndSent);
                 self.shared.recorder.retire(self.conn);
                 Flow::Next
+            }
+        }
+    }
+
+    /// The message's text encrypted for this connection's client, when it has a text and the
+    /// client is a device this server paired (whose Signal keys it keeps).
+    async fn encrypt_for_client(&self, spec: &MessageSpec) -> Option<Vec<u8>> {
+        let text = spec.text.as_deref()?;
+        let ClientKind::Login { phone, device } = &self.client.kind else {
+            return None;
+        };
+        let Some(keys) = self.shared.registry.signal_keys(phone, *device) else {
+            tracing::warn!(
+                conn = self.conn,
+                "no Signal keys for {phone}:{device} (not paired by this server): sending the message opaque"
+            );
+            return None;
+        };
+        let contact = spec.from.split('@').next().unwrap_or(&spec.from);
+        match self
+            .shared
+            .contacts
+            .encrypt_text(contact, &keys, text)
+            .await
+        {
+            Ok(pkmsg) => Some(pkmsg),
+            Err(e) => {
+                tracing::warn!(conn = self.conn, "{e}: sending the message opaque");
+                None
             }
         }
     }
@@ -279,6 +315,7 @@ impl Player {
             lid,
             noise_key: self.client.noise_key,
             identity_key,
+            signal: self.client.signal.clone(),
             paired_at: SystemTime::now(),
         });
         self.shared.recorder.set_account(self.conn, phone);

@@ -528,6 +528,7 @@ mod tests {
             noise_key: [0; 32],
             passive: true,
             version: None,
+            signal: None,
         }
     }
 

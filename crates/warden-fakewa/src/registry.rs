@@ -3,6 +3,8 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
+use crate::signal::SignalKeys;
+
 /// A companion device paired by this server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PairedDevice {
@@ -16,6 +18,8 @@ pub struct PairedDevice {
     pub noise_key: [u8; 32],
     /// The client's identity key.
     pub identity_key: [u8; 32],
+    /// The Signal keys it announced when it registered (what contacts encrypt to).
+    pub signal: Option<SignalKeys>,
     /// When the pairing completed.
     pub paired_at: SystemTime,
 }
@@ -98,6 +102,15 @@ impl Registry {
             .any(|d| d.phone == phone && d.device == device && &d.noise_key == noise_key)
     }
 
+    /// The Signal keys of `phone:device`, if it was paired here and announced them.
+    pub fn signal_keys(&self, phone: &str, device: u16) -> Option<SignalKeys> {
+        self.lock()
+            .devices
+            .iter()
+            .find(|d| d.phone == phone && d.device == device)
+            .and_then(|d| d.signal.clone())
+    }
+
     /// The account a Noise key was paired as, if any.
     pub fn phone_of(&self, noise_key: &[u8; 32]) -> Option<String> {
         self.lock()
@@ -137,6 +150,7 @@ mod tests {
             lid: lid_for(phone),
             noise_key: [key; 32],
             identity_key: [key; 32],
+            signal: None,
             paired_at: SystemTime::now(),
         }
     }

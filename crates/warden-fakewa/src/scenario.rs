@@ -47,9 +47,11 @@ pub enum Step {
 
 /// An incoming message stanza, `<message from=… id=… type="text"><enc …/></message>`.
 ///
-/// The server has no Signal session with the client, so the `enc` payload is opaque bytes the
-/// client cannot decrypt: enough for everything a client does on receipt before decryption
-/// (per-chat queueing, the `<ack>`, its retry receipt), not for reading the text.
+/// With `text`, and a client this server paired (it keeps the Signal keys the client announced
+/// when it registered), the contact `from` encrypts the text for the client (`pkmsg`): the
+/// client decrypts it and reports the message. Otherwise the payload is opaque bytes the client
+/// cannot decrypt: enough for what a client does on receipt before decryption (per-chat
+/// queueing, the `<ack>`), not for reading anything.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MessageSpec {
@@ -57,14 +59,26 @@ pub struct MessageSpec {
     pub from: String,
     /// The stanza's id.
     pub id: String,
+    /// The text, encrypted for the client; `None` sends an opaque payload.
+    #[serde(default)]
+    pub text: Option<String>,
 }
 
 impl MessageSpec {
-    /// A message from `from` with id `id`.
+    /// An opaque message from `from` with id `id`.
     pub fn new(from: impl Into<String>, id: impl Into<String>) -> Self {
         Self {
             from: from.into(),
             id: id.into(),
+            text: None,
+        }
+    }
+
+    /// A text message from `from` with id `id`, encrypted for the client.
+    pub fn text(from: impl Into<String>, id: impl Into<String>, text: impl Into<String>) -> Self {
+        Self {
+            text: Some(text.into()),
+            ..Self::new(from, id)
         }
     }
 }

@@ -83,6 +83,7 @@ impl FakeServer {
         let shared = Arc::new(Shared {
             recorder: Recorder::new(),
             registry: Registry::new(config.first_phone),
+            contacts: crate::signal::Contacts::default(),
             script: RwLock::new(config.script),
             attempts: Mutex::new(HashMap::new()),
             options: ConnOptions {

@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 use support::*;
 use warden_core::{Error, LinkError, OpenOptions, SessionEvent, SessionState, Supervisor};
 use warden_fakewa::{
-    ClientKind, FailureSpec, ListenerMode, PairSpec, Plan, QrSpec, Scenario, Script, ServerEvent,
-    Step,
+    ClientKind, FailureSpec, ListenerMode, MessageSpec, PairSpec, Plan, QrSpec, Scenario, Script,
+    ServerEvent, Step,
 };
 
 /// A window in which something must not happen.
@@ -470,4 +470,53 @@ async fn a_restart_right_after_the_pair_signature_still_counts_as_paired() {
     }
     h.assert_one_at_a_time();
     assert_eq!(registrations(&h), 6);
+}
+
+/// A contact's message, encrypted with Signal by the fake server for the keys the client
+/// announced when it paired, is decrypted by the real client and arrives through the link and
+/// the supervisor as a `message` event with its id, chat, sender and text; the client
+/// acknowledges it and sends its delivery receipt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contacts_encrypted_message_arrives_with_its_text() {
+    const PHONE: &str = "15551230001";
+    const CONTACT: &str = "15550001111@s.whatsapp.net";
+    let login = Plan::always(Scenario::new([
+        Step::Login,
+        Step::Message(MessageSpec::text(CONTACT, "m1", "hello from a contact")),
+        Step::Message(MessageSpec::text(CONTACT, "m2", "and a second one")),
+    ]));
+    let mut h = Harness::new(server(PHONE, login).await, |_| {}).await;
+    let mut events = h.supervisor.subscribe();
+    h.start("s").await;
+    let mut texts = Vec::new();
+    tokio::time::timeout(LIMIT, async {
+        while texts.len() < 2 {
+            if let SessionEvent::Message { token, message } = events.recv().await.expect("events") {
+                assert_eq!(token.as_str(), "s");
+                assert_eq!(message.chat, CONTACT);
+                assert!(message.sender.starts_with("15550001111"), "{message:?}");
+                texts.push((message.id, message.text));
+            }
+        }
+    })
+    .await
+    .expect("both messages arrive");
+    // Each is a standalone pre-key message (a fresh Signal session per message), so the client
+    // may finish them in either order.
+    texts.sort();
+    assert_eq!(
+        texts,
+        vec![
+            ("m1".to_string(), Some("hello from a contact".to_string())),
+            ("m2".to_string(), Some("and a second one".to_string())),
+        ]
+    );
+    for id in ["m1", "m2"] {
+        h.recorder()
+            .wait_for(LIMIT, |r| {
+                matches!(&r.event, ServerEvent::ClientAck { class, id: acked } if class == "message" && acked == id)
+            })
+            .await
+            .expect("acknowledged");
+    }
 }
