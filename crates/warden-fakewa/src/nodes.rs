@@ -253,6 +253,16 @@ pub fn stream_error_conflict(kind: &str) -> Node {
 /// `<message from=… id=… type="text"><enc v="2" type="pkmsg">…</enc></message>`: an incoming
 /// message encrypted for the client (see [`crate::signal`]).
 pub fn encrypted_message(from: &str, id: &str, pkmsg: Vec<u8>) -> Node {
+    incoming(from, id, "pkmsg", pkmsg)
+}
+
+/// `<message from=… id=… type="text"><enc v="2" type="msg">…</enc></message>`: an incoming
+/// message whose payload the client cannot decrypt.
+pub fn message(from: &str, id: &str) -> Node {
+    incoming(from, id, "msg", b"fakewa: no signal session".to_vec())
+}
+
+fn incoming(from: &str, id: &str, enc_type: &str, payload: Vec<u8>) -> Node {
     NodeBuilder::new("message")
         .attrs([
             ("from", from.to_string()),
@@ -262,25 +272,8 @@ pub fn encrypted_message(from: &str, id: &str, pkmsg: Vec<u8>) -> Node {
             ("notify", "Fake Contact".to_string()),
         ])
         .children([NodeBuilder::new("enc")
-            .attrs([("v", "2"), ("type", "pkmsg")])
-            .bytes(pkmsg)
-            .build()])
-        .build()
-}
-
-/// `<message from=… id=… type="text"><enc v="2" type="msg">…</enc></message>`: an incoming
-/// message whose payload the client cannot decrypt.
-pub fn message(from: &str, id: &str) -> Node {
-    NodeBuilder::new("message")
-        .attrs([
-            ("from", from.to_string()),
-            ("id", id.to_string()),
-            ("type", "text".to_string()),
-            ("t", unix_now().as_secs().to_string()),
-        ])
-        .children([NodeBuilder::new("enc")
-            .attrs([("v", "2"), ("type", "msg")])
-            .bytes(b"fakewa: no signal session".to_vec())
+            .attrs([("v", "2"), ("type", enc_type)])
+            .bytes(payload)
             .build()])
         .build()
 }
