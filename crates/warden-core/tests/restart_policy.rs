@@ -26,16 +26,20 @@ async fn three_retries_at_3_6_12_seconds_then_failed() {
     assert_eq!(h.link.stats("s1").opens.len(), 4);
 }
 
-#[tokio::test(start_paused = true)]
-async fn restart_after_pairing_is_immediate_and_not_counted() {
-    let mut h = Harness::new(Script::new()).await;
+/// A QR shown, scanned 5 s later, paired, the 515; then a login.
+fn paired_then_logged_in() -> [Script; 2] {
     let pairing = Script::new()
         .qr("ref1", secs(60))
         .wait(secs(5))
         .paired("15551234567@s.whatsapp.net")
         .disconnect(DisconnectReason::RestartRequired);
-    h.run("s1", [pairing, Script::login("15551234567@s.whatsapp.net")])
-        .await;
+    [pairing, Script::login("15551234567@s.whatsapp.net")]
+}
+
+#[tokio::test(start_paused = true)]
+async fn restart_after_pairing_is_immediate_and_not_counted() {
+    let mut h = Harness::new(Script::new()).await;
+    h.run("s1", paired_then_logged_in()).await;
     h.wait_state("s1", SessionState::WaitingForScan).await;
     h.wait_state("s1", SessionState::Pairing).await;
     let info = h.wait_state("s1", SessionState::Connected).await;
@@ -320,13 +324,7 @@ async fn restart_after_pairing_jumps_the_admission_queue() {
         config
     })
     .await;
-    let pairing = Script::new()
-        .qr("ref1", secs(60))
-        .wait(secs(5))
-        .paired("15551234567@s.whatsapp.net")
-        .disconnect(DisconnectReason::RestartRequired);
-    h.run("s1", [pairing, Script::login("15551234567@s.whatsapp.net")])
-        .await;
+    h.run("s1", paired_then_logged_in()).await;
     // Two more sessions wait for the rate limit behind it.
     for token in ["s2", "s3"] {
         h.run(token, []).await;

@@ -637,14 +637,7 @@ async fn start_answers_with_whatever_comes_first() {
 
 #[tokio::test]
 async fn a_network_bind_without_a_key_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let (supervisor, _) = warden_core::Supervisor::start(
-        common::supervisor_config(dir.path()),
-        std::sync::Arc::new(warden_core::scripted::ScriptedLink::default()),
-    )
-    .await
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (supervisor, listener, _dir) = common::bare_supervisor_and_listener().await;
     let config = HttpConfig {
         bind: "0.0.0.0:3000".parse().unwrap(),
         ..HttpConfig::default()
@@ -776,14 +769,7 @@ async fn status_line_on(stream: &mut tokio::net::TcpStream) -> String {
 /// closed before any answer, and once one of the open ones goes, new ones are served again.
 #[tokio::test]
 async fn connections_past_the_cap_are_closed_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let (supervisor, _) = warden_core::Supervisor::start(
-        common::supervisor_config(dir.path()),
-        std::sync::Arc::new(warden_core::scripted::ScriptedLink::default()),
-    )
-    .await
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (supervisor, listener, _dir) = common::bare_supervisor_and_listener().await;
     let addr = listener.local_addr().unwrap();
     let config = HttpConfig {
         bind: addr,

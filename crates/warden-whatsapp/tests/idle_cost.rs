@@ -13,12 +13,6 @@ use support::*;
 use warden_fakewa::Script;
 
 const SESSIONS: usize = 500;
-/// How long sockets and threads may take to go once the sessions are stopped.
-const SETTLE: Duration = Duration::from_secs(30);
-/// How long a wa-rs client may outlive its session: a QR rotation task that missed the
-/// pairing's cancel holds it until its 60 s code expires, and wa-rs does not fail the queries
-/// in flight when it disconnects (each ends at its 75 s query timeout).
-const CLIENT_LINGER: Duration = Duration::from_secs(90);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_sessions_hold_no_client_thread_or_descriptor() {

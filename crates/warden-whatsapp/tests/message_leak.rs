@@ -25,11 +25,6 @@ use warden_fakewa::{MessageSpec, Plan, Scenario, Script, ServerEvent, Step};
 const SESSIONS: usize = 100;
 /// Chats that send each session a message on every login.
 const CHATS: [&str; 2] = ["15550001111@s.whatsapp.net", "15550002222@s.whatsapp.net"];
-/// How long sockets, tasks and threads may take to go once the sessions are stopped.
-const SETTLE: Duration = Duration::from_secs(30);
-/// How long a wa-rs client may outlive its session for reasons other than messages (see
-/// `idle_cost.rs`): a QR rotation task of the pairing run, a query in flight.
-const CLIENT_LINGER: Duration = Duration::from_secs(90);
 /// The time to live wa-rs gives its per-chat queues, plus a margin.
 const QUEUE_EXPIRY: Duration = Duration::from_secs(301);
 

@@ -118,6 +118,21 @@ pub fn supervisor_config(dir: &std::path::Path) -> SupervisorConfig {
     config
 }
 
+/// A supervisor on the scripted link (in a temporary folder, kept alive by the returned guard)
+/// and a TCP listener on a free loopback port, for tests that serve the gateway themselves.
+pub async fn bare_supervisor_and_listener()
+-> (Supervisor, tokio::net::TcpListener, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let (supervisor, _) = Supervisor::start(
+        supervisor_config(dir.path()),
+        Arc::new(ScriptedLink::default()),
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    (supervisor, listener, dir)
+}
+
 impl Gateway {
     /// Starts a supervisor and a gateway in front of it.
     pub async fn start(setup: Setup) -> Self {

@@ -21,6 +21,12 @@ use warden_whatsapp::{WaConfig, WaLink};
 pub const VERSION: &str = "2.3000.1027868167";
 /// Upper bound on anything a test waits for; nothing normally comes close.
 pub const LIMIT: Duration = Duration::from_secs(20);
+/// How long sockets, tasks and threads may take to go once sessions are stopped.
+pub const SETTLE: Duration = Duration::from_secs(30);
+/// How long a wa-rs client may outlive its session: a QR rotation task that missed the
+/// pairing's cancel holds it until its 60 s code expires, and wa-rs does not fail the queries
+/// in flight when it disconnects (each ends at its 75 s query timeout).
+pub const CLIENT_LINGER: Duration = Duration::from_secs(90);
 
 /// Refuses every request: nothing here may need HTTP.
 pub struct NoHttp;
