@@ -390,10 +390,8 @@ async fn serve_client(stream: UnixStream, context: Arc<Context>, cancel: Cancell
                 .error
                 .as_ref()
                 .is_some_and(|e| e.code == ErrorCode::BadRequest);
-        if unparsed {
-            if let Some(observe) = &context.observer {
-                observe("bad_request", false);
-            }
+        if unparsed && let Some(observe) = &context.observer {
+            observe("bad_request", false);
         }
         if write_line(&mut write, &reply, context.write_timeout)
             .await
@@ -476,16 +474,16 @@ async fn watch<R, W>(
     W: AsyncWrite + Unpin,
 {
     let supervisor = &context.supervisor;
-    if let Some(token) = &token {
-        if let Err(e) = supervisor.status(token) {
-            let _ = write_line(
-                writer,
-                &Reply::err(id, ErrorBody::from(&e)),
-                context.write_timeout,
-            )
-            .await;
-            return;
-        }
+    if let Some(token) = &token
+        && let Err(e) = supervisor.status(token)
+    {
+        let _ = write_line(
+            writer,
+            &Reply::err(id, ErrorBody::from(&e)),
+            context.write_timeout,
+        )
+        .await;
+        return;
     }
     // Subscribe before reading the snapshot, so no change falls between the two.
     let mut events = supervisor.subscribe();

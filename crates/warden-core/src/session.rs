@@ -150,13 +150,12 @@ impl Actor for SessionActor {
         _myself: ActorRef<SessionMsg>,
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(mut connection) = state.connection.take() {
-            if tokio::time::timeout(state.close_timeout, connection.close())
+        if let Some(mut connection) = state.connection.take()
+            && tokio::time::timeout(state.close_timeout, connection.close())
                 .await
                 .is_err()
-            {
-                tracing::warn!(token = %state.token, "connection did not close in time; dropped");
-            }
+        {
+            tracing::warn!(token = %state.token, "connection did not close in time; dropped");
         }
         state.slot_permit = None;
         Ok(())

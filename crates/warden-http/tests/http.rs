@@ -74,10 +74,10 @@ async fn raw(addr: std::net::SocketAddr, request: &str) -> (u16, String, Vec<u8>
         if line == "\r\n" {
             break;
         }
-        if let Some((name, value)) = line.split_once(':') {
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse().unwrap();
-            }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap();
         }
         head.push_str(&line);
     }

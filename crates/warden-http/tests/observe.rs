@@ -157,19 +157,19 @@ fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
         };
         let name = series.split('{').next().unwrap();
         assert!(name_ok(name), "bad metric name: {line}");
-        if let Some(labels) = series.strip_prefix(name) {
-            if !labels.is_empty() {
-                let inner = labels
-                    .strip_prefix('{')
-                    .and_then(|l| l.strip_suffix('}'))
-                    .expect(line);
-                for pair in inner.split(',') {
-                    let (label, v) = pair.split_once('=').expect(line);
-                    assert!(
-                        name_ok(label) && v.starts_with('"') && v.ends_with('"') && v.len() >= 2,
-                        "bad label: {line}"
-                    );
-                }
+        if let Some(labels) = series.strip_prefix(name)
+            && !labels.is_empty()
+        {
+            let inner = labels
+                .strip_prefix('{')
+                .and_then(|l| l.strip_suffix('}'))
+                .expect(line);
+            for pair in inner.split(',') {
+                let (label, v) = pair.split_once('=').expect(line);
+                assert!(
+                    name_ok(label) && v.starts_with('"') && v.ends_with('"') && v.len() >= 2,
+                    "bad label: {line}"
+                );
             }
         }
         let family = types

@@ -1058,7 +1058,7 @@ mod tests {
         let entry = |token: u8, token_timestamp: i64| TcTokenEntry {
             token: vec![token; 3],
             token_timestamp,
-            sender_timestamp: (token % 2 == 0).then_some(token_timestamp + 1),
+            sender_timestamp: token.is_multiple_of(2).then_some(token_timestamp + 1),
         };
         assert!(s.get_tc_token("a@lid").await.unwrap().is_none());
         for (jid, token, ts) in [

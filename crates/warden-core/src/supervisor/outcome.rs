@@ -150,11 +150,11 @@ impl SupervisorState {
     }
 
     fn release_admission(&mut self, token: &Token) {
-        if let Some(entry) = self.sessions.get_mut(token) {
-            if entry.in_flight {
-                entry.in_flight = false;
-                self.admission.release();
-            }
+        if let Some(entry) = self.sessions.get_mut(token)
+            && entry.in_flight
+        {
+            entry.in_flight = false;
+            self.admission.release();
         }
     }
 
@@ -321,10 +321,10 @@ impl SupervisorState {
             Some(Intent::Reap { state, reason }) => {
                 tracing::info!(token = %token, "Should reconnect: false");
                 entry.set_state(state, Some(reason), now);
-                if state == SessionState::Failed {
-                    if let Some(after) = self.policy.retry_failed_after {
-                        self.schedule_retry(myself, token, after);
-                    }
+                if state == SessionState::Failed
+                    && let Some(after) = self.policy.retry_failed_after
+                {
+                    self.schedule_retry(myself, token, after);
                 }
                 self.publish(token);
                 self.answer(token);
