@@ -377,29 +377,22 @@ impl SocketOwner {
     /// Answers one client stanza; returns the stanzas to send back.
     fn handle(&mut self, node: &Node) -> Vec<Node> {
         let rec = &self.shared.recorder;
-        match node.tag.as_str() {
-            "iq" => {}
-            "ack" => {
-                rec.event(
-                    self.conn,
-                    ServerEvent::ClientAck {
-                        class: attr(node, "class").unwrap_or_default(),
-                        id: attr(node, "id").unwrap_or_default(),
-                    },
-                );
-                return Vec::new();
-            }
-            "receipt" => {
-                rec.event(
-                    self.conn,
-                    ServerEvent::ClientReceipt {
-                        kind: attr(node, "type").unwrap_or_default(),
-                        id: attr(node, "id").unwrap_or_default(),
-                    },
-                );
-                return Vec::new();
-            }
+        let id = || attr(node, "id").unwrap_or_default();
+        let recorded = match node.tag.as_str() {
+            "iq" => None,
+            "ack" => Some(ServerEvent::ClientAck {
+                class: attr(node, "class").unwrap_or_default(),
+                id: id(),
+            }),
+            "receipt" => Some(ServerEvent::ClientReceipt {
+                kind: attr(node, "type").unwrap_or_default(),
+                id: id(),
+            }),
             _ => return Vec::new(),
+        };
+        if let Some(event) = recorded {
+            rec.event(self.conn, event);
+            return Vec::new();
         }
         let kind = attr(node, "type").unwrap_or_default();
         let xmlns = attr(node, "xmlns").unwrap_or_default();

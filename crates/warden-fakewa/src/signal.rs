@@ -90,9 +90,9 @@ impl Contacts {
         keys: &SignalKeys,
         text: &str,
     ) -> Result<Vec<u8>, EncryptError> {
-        let mut store = ContactStore {
-            identity: self.identity(contact),
-            sessions: HashMap::new(),
+        let mut sessions = ContactSessions::default();
+        let mut identity = ContactIdentity {
+            pair: self.identity(contact),
             known: HashMap::new(),
         };
         let bundle = PreKeyBundle::new(
@@ -105,11 +105,10 @@ impl Contacts {
             IdentityKey::new(PublicKey::from_djb_public_key_bytes(&keys.identity_key)?),
         )?;
         let client = ProtocolAddress::new("client@c.us".to_owned(), 0u32.into());
-        let mut identities = store.clone();
         process_prekey_bundle(
             &client,
-            &mut store,
-            &mut identities,
+            &mut sessions,
+            &mut identity,
             &bundle,
             &mut rand::rngs::OsRng.unwrap_err(),
             UsePQRatchet::No,
@@ -121,8 +120,7 @@ impl Contacts {
         }
         .encode_to_vec();
         pad(&mut plaintext);
-        let mut identities = store.clone();
-        let message = message_encrypt(&plaintext, &client, &mut store, &mut identities).await?;
+        let message = message_encrypt(&plaintext, &client, &mut sessions, &mut identity).await?;
         Ok(message.serialize().to_vec())
     }
 }
@@ -133,16 +131,20 @@ fn pad(plaintext: &mut Vec<u8>) {
     plaintext.extend(std::iter::repeat_n(n, usize::from(n)));
 }
 
-/// One contact's Signal state while it encrypts one message.
-#[derive(Clone)]
-struct ContactStore {
-    identity: IdentityKeyPair,
+/// One contact's Signal sessions while it encrypts one message.
+#[derive(Default)]
+struct ContactSessions {
     sessions: HashMap<ProtocolAddress, SessionRecord>,
+}
+
+/// One contact's identity, and the identities it has seen.
+struct ContactIdentity {
+    pair: IdentityKeyPair,
     known: HashMap<ProtocolAddress, IdentityKey>,
 }
 
 #[async_trait]
-impl SessionStore for ContactStore {
+impl SessionStore for ContactSessions {
     async fn load_session(
         &self,
         address: &ProtocolAddress,
@@ -161,9 +163,9 @@ impl SessionStore for ContactStore {
 }
 
 #[async_trait]
-impl IdentityKeyStore for ContactStore {
+impl IdentityKeyStore for ContactIdentity {
     async fn get_identity_key_pair(&self) -> Result<IdentityKeyPair, SignalProtocolError> {
-        Ok(self.identity.clone())
+        Ok(self.pair.clone())
     }
 
     async fn get_local_registration_id(&self) -> Result<u32, SignalProtocolError> {

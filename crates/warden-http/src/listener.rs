@@ -7,7 +7,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -24,7 +23,8 @@ pub struct CappedListener {
     inner: TcpListener,
     slots: Arc<Semaphore>,
     max: usize,
-    refused: Arc<AtomicU64>,
+    /// Connections refused so far (logged, at most once per [`LOG_EVERY`]).
+    refused: u64,
     last_log: Option<Instant>,
 }
 
@@ -36,18 +36,13 @@ impl CappedListener {
             inner,
             slots: Arc::new(Semaphore::new(max)),
             max,
-            refused: Arc::new(AtomicU64::new(0)),
+            refused: 0,
             last_log: None,
         }
     }
 
-    /// Connections refused so far because the cap was reached.
-    pub fn refused(&self) -> Arc<AtomicU64> {
-        self.refused.clone()
-    }
-
     fn note_refusal(&mut self, peer: SocketAddr) {
-        let total = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        self.refused += 1;
         let now = Instant::now();
         if self
             .last_log
@@ -57,7 +52,7 @@ impl CappedListener {
             tracing::warn!(
                 %peer,
                 max_connections = self.max,
-                refused_so_far = total,
+                refused_so_far = self.refused,
                 "HTTP connection refused: the gateway has as many open connections as [http] max_connections"
             );
         }

@@ -37,9 +37,10 @@
 //!   dispatches `PairSuccess` from a task after the signature is sent while the 515 is handled
 //!   inline, so a run that newly paired the device waits (up to 2 s) for that event before it
 //!   is classified; if it never comes, the stored credentials still tell `classify` that the
-//!   run paired the device, and it ends with `RestartRequired` (never `QrExpired`). A `Connected` is reported only while the client is logged in (a late one
-//!   from an earlier run's post-login task is ignored). Messages left in the channel between
-//!   connections are still delivered; other leftover events are dropped.
+//!   run paired the device, and it ends with `RestartRequired` (never `QrExpired`). A
+//!   `Connected` is reported only while the client is logged in (a late one from an earlier
+//!   run's post-login task is ignored). Messages left in the channel between connections are
+//!   still delivered; other leftover events are dropped.
 //! - **Transport** ([`transport`]): its own WebSocket (rustls + webpki roots for `wss`), one
 //!   `connect_timeout` for dial, TLS, upgrade and the server's first handshake reply, and a read
 //!   task and socket that are always released.

@@ -52,16 +52,7 @@ async fn stopped_sessions_hold_no_client_thread_or_descriptor() {
             stopped_at.elapsed()
         );
         assert_eq!(clients, 0, "every wa-rs client is dropped");
-        let fds_after = settles_within(SETTLE, fds_before, || entries("/proc/self/fd")).await;
-        assert!(
-            fds_after <= fds_before,
-            "{fds_after} fds open, {fds_before} before the sessions"
-        );
-        let threads_after = settles_within(SETTLE, threads_before, threads).await;
-        assert!(
-            threads_after <= threads_before,
-            "{threads_after} threads, {threads_before} before the sessions"
-        );
+        assert_fds_and_threads_back(fds_before, threads_before).await;
         rss_after_round.push(rss_kb());
     }
     h.assert_one_at_a_time();

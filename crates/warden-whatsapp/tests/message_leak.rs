@@ -90,16 +90,7 @@ async fn clients_that_received_messages_are_freed_after_their_sessions_stop() {
             0,
             "no wa-rs client survives its session once its queues expired"
         );
-        let fds_after = settles_within(SETTLE, fds_before, || entries("/proc/self/fd")).await;
-        assert!(
-            fds_after <= fds_before,
-            "{fds_after} fds open, {fds_before} before the sessions"
-        );
-        let threads_after = settles_within(SETTLE, threads_before, threads).await;
-        assert!(
-            threads_after <= threads_before,
-            "{threads_after} threads, {threads_before} before the sessions"
-        );
+        assert_fds_and_threads_back(fds_before, threads_before).await;
         // The chat workers are gone with their clients. What may stay for at most 75 s: a
         // wa-rs task per query that was in flight when a session stopped.
         let bound = tasks_before + SESSIONS;

@@ -25,7 +25,7 @@ use crate::systemd;
 pub const EX_CONFIG: u8 = 78;
 /// `sysexits.h`'s EX_SOFTWARE: an internal failure (the supervisor ended on its own); the
 /// service manager should restart us.
-pub const EX_SOFTWARE: u8 = 70;
+const EX_SOFTWARE: u8 = 70;
 
 /// How often the systemd status line is refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(10);

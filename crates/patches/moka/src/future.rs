@@ -397,12 +397,14 @@ where
         Entry::new(Arc::new(key), v, true, false)
     }
 
-    /// The compute step shared by both selectors; the caller holds `compute`.
+    /// `and_compute_with` of both selectors: under `compute`, `f` decides from the current
+    /// value.
     async fn compute<F, Fut>(&self, make_key: impl Fn() -> K, f: F) -> CompResult<K, V>
     where
         F: FnOnce(Option<Entry<K, V>>) -> Fut,
         Fut: Future<Output = Op<V>>,
     {
+        let _compute = self.inner.compute.lock().await;
         let key = Arc::new(make_key());
         let current = self.get_now(key.as_ref());
         let existed = current.is_some();
@@ -541,7 +543,6 @@ where
         F: FnOnce(Option<Entry<K, V>>) -> Fut,
         Fut: Future<Output = Op<V>>,
     {
-        let _compute = self.cache.inner.compute.lock().await;
         let key = self.key;
         self.cache.compute(|| key.clone(), f).await
     }
@@ -577,7 +578,6 @@ where
         F: FnOnce(Option<Entry<K, V>>) -> Fut,
         Fut: Future<Output = Op<V>>,
     {
-        let _compute = self.cache.inner.compute.lock().await;
         let key = self.key;
         self.cache.compute(|| key.to_owned(), f).await
     }

@@ -330,3 +330,18 @@ pub async fn steady(measure: impl Fn() -> usize) -> usize {
     }
     last
 }
+
+/// Asserts that open descriptors and threads (the sweeper aside) settle back to where they
+/// were before the sessions existed.
+pub async fn assert_fds_and_threads_back(fds_before: usize, threads_before: usize) {
+    let fds_after = settles_within(SETTLE, fds_before, || entries("/proc/self/fd")).await;
+    assert!(
+        fds_after <= fds_before,
+        "{fds_after} fds open, {fds_before} before the sessions"
+    );
+    let threads_after = settles_within(SETTLE, threads_before, threads).await;
+    assert!(
+        threads_after <= threads_before,
+        "{threads_after} threads, {threads_before} before the sessions"
+    );
+}
