@@ -7,6 +7,7 @@
 //! listen = "127.0.0.1:0"
 //! accept_unknown_devices = true
 //! first_phone = 15550000001
+//! receipts = "delivered"        # what a contact sends back: "none", "delivered" or "read"
 //!
 //! [[listener]]                  # optional listener timeline
 //! mode = "refuse"
@@ -17,6 +18,9 @@
 //!
 //! [login]                       # logins of accounts not listed below
 //! default = ["login"]
+//!
+//! [contacts]                    # devices per contact number (default: [0], its phone)
+//! 15557654321 = [0, 3]
 //!
 //! [accounts.15551234567]        # logins of one account, by attempt
 //! attempts = [[{ failure = { reason = 503 } }], ["login", { wait = "30s" }, "drop"]]
@@ -31,6 +35,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::chat::Receipts;
 use crate::scenario::{Plan, Script};
 use crate::server::ListenerMode;
 
@@ -85,6 +90,10 @@ pub struct ServerConfig {
     pub online_timeout: Duration,
     /// Listener timeline at startup; empty means normal from the start.
     pub listener: Vec<ListenerPhase>,
+    /// What a contact sends back once it has decrypted a message.
+    pub receipts: Receipts,
+    /// The devices of some contact numbers; every other number has one, its phone (0).
+    pub contact_devices: BTreeMap<String, Vec<u16>>,
 }
 
 impl Default for ServerConfig {
@@ -98,6 +107,8 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(20),
             online_timeout: Duration::from_secs(10),
             listener: Vec::new(),
+            receipts: Receipts::default(),
+            contact_devices: BTreeMap::new(),
         }
     }
 }
@@ -132,6 +143,11 @@ impl ServerConfig {
     /// Checks the script and timeline.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.script.validate().map_err(ConfigError::Invalid)?;
+        if let Some((number, _)) = self.contact_devices.iter().find(|(_, d)| d.is_empty()) {
+            return Err(ConfigError::Invalid(format!(
+                "contact {number} has no devices"
+            )));
+        }
         if let Some(i) = self.listener.iter().position(|p| p.duration.is_none())
             && i + 1 != self.listener.len()
         {
@@ -156,6 +172,8 @@ struct ScenarioFile {
     login: Option<Plan>,
     #[serde(default)]
     accounts: BTreeMap<String, Plan>,
+    #[serde(default)]
+    contacts: BTreeMap<String, Vec<u16>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,6 +187,7 @@ struct ServerSection {
     handshake_timeout: Duration,
     #[serde(with = "humantime_serde")]
     online_timeout: Duration,
+    receipts: Receipts,
 }
 
 impl Default for ServerSection {
@@ -181,6 +200,7 @@ impl Default for ServerSection {
             prekey_count: d.prekey_count,
             handshake_timeout: d.handshake_timeout,
             online_timeout: d.online_timeout,
+            receipts: d.receipts,
         }
     }
 }
@@ -202,6 +222,8 @@ impl ScenarioFile {
             handshake_timeout: s.handshake_timeout,
             online_timeout: s.online_timeout,
             listener: self.listener,
+            receipts: s.receipts,
+            contact_devices: self.contacts,
         }
     }
 }
@@ -226,6 +248,10 @@ mod tests {
             listen = "127.0.0.1:7000"
             accept_unknown_devices = false
             first_phone = 4900000001
+            receipts = "read"
+
+            [contacts]
+            4915550001 = [0, 3]
 
             [[listener]]
             mode = "refuse"
@@ -246,12 +272,17 @@ mod tests {
               [{ failure = { reason = 402, code = 101, expire = "1h" } }],
               ["login", "ignore_pings", { stream_error = { code = 516 } }, { stream_error = { conflict = "replaced" } }],
             ]
-            default = ["login", { wait = "1s" }, "drop", "close", "stall", "stream_end"]
+            default = ["login", { wait = "1s" }, { await_sent = 2 }, "drop", "close", "stall", "stream_end"]
         "#;
         let c = ServerConfig::from_toml(text).unwrap();
         assert_eq!(c.listen.port(), 7000);
         assert!(!c.accept_unknown_devices);
         assert_eq!(c.first_phone, 4900000001);
+        assert_eq!(c.receipts, Receipts::Read);
+        assert_eq!(
+            c.contact_devices,
+            BTreeMap::from([("4915550001".to_string(), vec![0, 3])])
+        );
         assert_eq!(
             c.listener[0],
             ListenerPhase {
@@ -292,13 +323,22 @@ mod tests {
                 Step::StreamError(StreamErrorSpec::replaced()),
             ]
         );
-        assert_eq!(plan.for_attempt(3).steps().len(), 6);
+        assert_eq!(plan.for_attempt(3).steps().len(), 7);
+        assert_eq!(plan.for_attempt(3).steps()[2], Step::AwaitSent(2));
         // Logins of other accounts keep the default plan.
         assert_eq!(c.script.login_plan("1"), &Plan::always(Scenario::login()));
     }
 
     #[test]
     fn rejects_typos_and_impossible_values() {
+        assert!(matches!(
+            ServerConfig::from_toml("[contacts]\n1555 = []"),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            ServerConfig::from_toml("[server]\nreceipts = \"sometimes\""),
+            Err(ConfigError::Parse(_))
+        ));
         assert!(matches!(
             ServerConfig::from_toml("[server]\nlisten_on = \"x\""),
             Err(ConfigError::Parse(_))

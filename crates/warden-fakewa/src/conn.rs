@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_websockets::{Message, ServerBuilder, WebSocketStream};
 use wa_rs_binary::node::Node;
 
+use crate::chat;
 use crate::client::{ClientInfo, ClientKind};
 use crate::frame::FrameReader;
 use crate::nodes::{self, attr};
@@ -29,6 +30,7 @@ use crate::record::{CloseKind, ConnId, Recorder, ServerEvent};
 use crate::registry::Registry;
 use crate::scenario::{Scenario, Script};
 use crate::server::ListenerMode;
+use crate::signal::DeviceAddress;
 
 type Ws = WebSocketStream<TcpStream>;
 
@@ -42,6 +44,7 @@ pub(crate) struct ConnOptions {
     pub prekey_count: u32,
     pub handshake_timeout: Duration,
     pub online_timeout: Duration,
+    pub receipts: crate::chat::Receipts,
 }
 
 /// State shared by the listener and all connections.
@@ -243,6 +246,8 @@ async fn session(shared: &Arc<Shared>, conn: ConnId, mut ws: Ws) -> CloseKind {
 struct SocketOwner {
     shared: Arc<Shared>,
     conn: ConnId,
+    /// The logged-in device, for the messages it sends; `None` while registering.
+    device: Option<DeviceAddress>,
     session: Session,
     flags: Arc<Flags>,
     online: watch::Sender<bool>,
@@ -260,6 +265,10 @@ impl SocketOwner {
         mut reader: FrameReader,
         scenario: Scenario,
     ) -> CloseKind {
+        let device = match &client.kind {
+            ClientKind::Login { phone, device } => Some(DeviceAddress::new(phone.clone(), *device)),
+            ClientKind::Registration { .. } => None,
+        };
         let (player, link) = Player::new(shared.clone(), conn, client);
         let PlayerLink {
             commands: mut cmd_rx,
@@ -270,6 +279,7 @@ impl SocketOwner {
         let mut this = Self {
             shared,
             conn,
+            device,
             session,
             flags,
             online,
@@ -368,18 +378,22 @@ impl SocketOwner {
                 }
             };
             tracing::debug!(conn = self.conn, "<- {}", nodes::summary(&node));
-            for reply in self.handle(&node) {
+            for reply in self.handle(&node).await {
                 self.send(sink, &reply).await?;
             }
         }
     }
 
     /// Answers one client stanza; returns the stanzas to send back.
-    fn handle(&mut self, node: &Node) -> Vec<Node> {
+    async fn handle(&mut self, node: &Node) -> Vec<Node> {
         let rec = &self.shared.recorder;
         let id = || attr(node, "id").unwrap_or_default();
         let recorded = match node.tag.as_str() {
             "iq" => None,
+            "message" => {
+                return chat::client_message(&self.shared, self.conn, self.device.as_ref(), node)
+                    .await;
+            }
             "ack" => Some(ServerEvent::ClientAck {
                 class: attr(node, "class").unwrap_or_default(),
                 id: id(),
@@ -429,21 +443,24 @@ impl SocketOwner {
                 Vec::new()
             };
         }
-        let mut out = vec![
-            if node.get_optional_child("link_code_companion_reg").is_some() {
-                nodes::link_code_reply(&id)
-            } else if xmlns == "encrypt"
-                && kind == "get"
-                && node.get_optional_child("count").is_some()
-            {
-                nodes::iq_result_with(
-                    &id,
-                    vec![nodes::prekey_count(self.shared.options.prekey_count)],
-                )
-            } else {
-                nodes::iq_result(&id)
-            },
-        ];
+        let chat_answer = match (xmlns.as_str(), kind.as_str()) {
+            ("usync", "get") => chat::device_lists(&self.shared, node),
+            ("encrypt", "get") => chat::pre_key_bundles(&self.shared, node).await,
+            _ => None,
+        };
+        let mut out = vec![if let Some(answer) = chat_answer {
+            answer
+        } else if node.get_optional_child("link_code_companion_reg").is_some() {
+            nodes::link_code_reply(&id)
+        } else if xmlns == "encrypt" && kind == "get" && node.get_optional_child("count").is_some()
+        {
+            nodes::iq_result_with(
+                &id,
+                vec![nodes::prekey_count(self.shared.options.prekey_count)],
+            )
+        } else {
+            nodes::iq_result(&id)
+        }];
         let logged_in = self.flags.logged_in.load(Ordering::Relaxed);
         if logged_in && xmlns == "passive" && node.get_optional_child("active").is_some() {
             out.push(nodes::offline_done(0));

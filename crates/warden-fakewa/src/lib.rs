@@ -36,6 +36,7 @@
 //! [`config`] (settings and the TOML file), [`record`] (what happened),
 //! [`registry`] (paired devices), [`server`] (the listener).
 
+pub mod chat;
 pub mod client;
 pub mod config;
 mod conn;
@@ -49,6 +50,7 @@ pub mod scenario;
 pub mod server;
 pub mod signal;
 
+pub use chat::Receipts;
 pub use client::{ClientInfo, ClientKind};
 pub use config::{ConfigError, ListenerPhase, ServerConfig};
 pub use record::{
@@ -59,4 +61,4 @@ pub use scenario::{
     FailureSpec, MessageSpec, PairSpec, Plan, QrSpec, Scenario, Script, Step, StreamErrorSpec,
 };
 pub use server::{Error, FakeServer, ListenerMode};
-pub use signal::SignalKeys;
+pub use signal::{DeviceAddress, Plaintext, SignalKeys};

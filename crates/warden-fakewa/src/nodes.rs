@@ -250,10 +250,10 @@ pub fn stream_error_conflict(kind: &str) -> Node {
         .build()
 }
 
-/// `<message from=… id=… type="text"><enc v="2" type="pkmsg">…</enc></message>`: an incoming
-/// message encrypted for the client (see [`crate::signal`]).
-pub fn encrypted_message(from: &str, id: &str, pkmsg: Vec<u8>) -> Node {
-    incoming(from, id, "pkmsg", pkmsg)
+/// `<message from=… id=… type="text"><enc v="2" type="pkmsg|msg">…</enc></message>`: an
+/// incoming message encrypted for the client (see [`crate::signal`]).
+pub fn encrypted_message(from: &str, id: &str, enc_type: &str, payload: Vec<u8>) -> Node {
+    incoming(from, id, enc_type, payload)
 }
 
 /// `<message from=… id=… type="text"><enc v="2" type="msg">…</enc></message>`: an incoming
@@ -283,7 +283,8 @@ pub fn stream_end() -> Node {
     NodeBuilder::new("xmlstreamend").build()
 }
 
-fn unix_now() -> Duration {
+/// The time since the Unix epoch, for `t` attributes.
+pub(crate) fn unix_now() -> Duration {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()

@@ -18,6 +18,7 @@ use crate::registry::{PairedDevice, lid_for};
 use crate::scenario::{
     FailureSpec, MessageSpec, PairSpec, QrSpec, Scenario, Step, StreamErrorSpec,
 };
+use crate::signal::{DeviceAddress, Encrypted};
 
 /// How long the pair step waits for the client's signature.
 const PAIR_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,6 +64,9 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
+
+/// How long an `await_sent` step waits at most; in practice until the connection ends.
+const AWAIT_SENT_LIMIT: Duration = Duration::from_secs(24 * 3600);
 
 /// Whether the player goes on after a step.
 enum Flow {
@@ -194,7 +198,9 @@ impl Player {
             Step::Message(spec) => {
                 let encrypted = self.encrypt_for_client(&spec).await;
                 let node = match encrypted {
-                    Some(pkmsg) => nodes::encrypted_message(&spec.from, &spec.id, pkmsg),
+                    Some(e) => {
+                        nodes::encrypted_message(&spec.from, &spec.id, e.enc_type, e.payload)
+                    }
                     None => nodes::message(&spec.from, &spec.id),
                 };
                 self.send(node);
@@ -202,6 +208,15 @@ impl Player {
                     id: spec.id,
                     from: spec.from,
                 });
+                Flow::Next
+            }
+            Step::AwaitSent(n) => {
+                let conn = self.conn;
+                let _ = self
+                    .shared
+                    .recorder
+                    .wait_until(AWAIT_SENT_LIMIT, |s| s.messages_sent_on(conn) >= n)
+                    .await;
                 Flow::Next
             }
             Step::StreamEnd => {
@@ -215,7 +230,7 @@ impl Player {
 
     /// The message's text encrypted for this connection's client, when it has a text and the
     /// client is a device this server paired (whose Signal keys it keeps).
-    async fn encrypt_for_client(&self, spec: &MessageSpec) -> Option<Vec<u8>> {
+    async fn encrypt_for_client(&self, spec: &MessageSpec) -> Option<Encrypted> {
         let text = spec.text.as_deref()?;
         let ClientKind::Login { phone, device } = &self.client.kind else {
             return None;
@@ -227,14 +242,22 @@ impl Player {
             );
             return None;
         };
-        let contact = spec.from.split('@').next().unwrap_or(&spec.from);
+        let Some(contact) = DeviceAddress::parse(&spec.from) else {
+            tracing::warn!(
+                conn = self.conn,
+                "{:?} is not a JID: sending the message opaque",
+                spec.from
+            );
+            return None;
+        };
+        let client = DeviceAddress::new(phone.clone(), *device);
         match self
             .shared
             .contacts
-            .encrypt_text(contact, &keys, text)
+            .encrypt_text(&contact, &client, &keys, text)
             .await
         {
-            Ok(pkmsg) => Some(pkmsg),
+            Ok(encrypted) => Some(encrypted),
             Err(e) => {
                 tracing::warn!(conn = self.conn, "{e}: sending the message opaque");
                 None

@@ -136,6 +136,20 @@ pub enum ServerEvent {
         /// The id of the message it is about.
         id: String,
     },
+    /// A copy of a message the client sent, for one device, and what that device read in it
+    /// (or why it could not).
+    ClientMessage {
+        /// The message's id.
+        id: String,
+        /// The chat it was sent to (the stanza's `to`).
+        chat: String,
+        /// The device this copy was encrypted for.
+        device: String,
+        /// `pkmsg` (it started a Signal session) or `msg`.
+        enc_type: String,
+        /// What the device decrypted, or why it could not.
+        plaintext: Result<crate::signal::Plaintext, String>,
+    },
     /// The connection ended.
     Closed(CloseKind),
 }
@@ -248,6 +262,22 @@ impl Snapshot {
             .iter()
             .filter(|c| c.closed.is_none())
             .count()
+    }
+
+    /// How many messages (distinct ids) the client sent on connection `conn`.
+    pub fn messages_sent_on(&self, conn: ConnId) -> usize {
+        let mut ids: Vec<&str> = self
+            .records
+            .iter()
+            .filter(|r| r.conn == conn)
+            .filter_map(|r| match &r.event {
+                ServerEvent::ClientMessage { id, .. } => Some(id.as_str()),
+                _ => None,
+            })
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.len()
     }
 
     /// Keepalive pings received from `account`, answered or not.

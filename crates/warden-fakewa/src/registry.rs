@@ -111,6 +111,27 @@ impl Registry {
             .and_then(|d| d.signal.clone())
     }
 
+    /// The companion device numbers paired here for `phone`, in order.
+    pub fn companions_of(&self, phone: &str) -> Vec<u16> {
+        let mut devices: Vec<u16> = self
+            .lock()
+            .devices
+            .iter()
+            .filter(|d| d.phone == phone)
+            .map(|d| d.device)
+            .collect();
+        devices.sort_unstable();
+        devices
+    }
+
+    /// Whether `phone:device` is a companion paired here.
+    pub fn is_companion(&self, phone: &str, device: u16) -> bool {
+        self.lock()
+            .devices
+            .iter()
+            .any(|d| d.phone == phone && d.device == device)
+    }
+
     /// The account a Noise key was paired as, if any.
     pub fn phone_of(&self, noise_key: &[u8; 32]) -> Option<String> {
         self.lock()

@@ -43,6 +43,9 @@ pub enum Step {
     /// Deliver an incoming message (see [`MessageSpec`]); the client answers with an `<ack>`,
     /// recorded as [`ServerEvent::ClientAck`](crate::ServerEvent::ClientAck).
     Message(MessageSpec),
+    /// Wait until the client has sent this many messages on this connection (counted by id,
+    /// as [`ServerEvent::ClientMessage`](crate::ServerEvent::ClientMessage) records them).
+    AwaitSent(usize),
 }
 
 /// An incoming message stanza, `<message from=… id=… type="text"><enc …/></message>`.
@@ -293,6 +296,7 @@ impl fmt::Display for Step {
             }
             Step::StreamEnd => f.write_str("stream_end"),
             Step::Message(m) => write!(f, "message({} from {})", m.id, m.from),
+            Step::AwaitSent(n) => write!(f, "await_sent({n})"),
         }
     }
 }

@@ -83,7 +83,7 @@ impl FakeServer {
         let shared = Arc::new(Shared {
             recorder: Recorder::new(),
             registry: Registry::new(config.first_phone),
-            contacts: crate::signal::Contacts::default(),
+            contacts: crate::signal::Contacts::new(config.contact_devices.clone()),
             script: RwLock::new(config.script),
             attempts: Mutex::new(HashMap::new()),
             options: ConnOptions {
@@ -91,6 +91,7 @@ impl FakeServer {
                 prekey_count: config.prekey_count,
                 handshake_timeout: config.handshake_timeout,
                 online_timeout: config.online_timeout,
+                receipts: config.receipts,
             },
             shutdown: shutdown_rx,
         });

@@ -797,10 +797,11 @@ async fn binary_pairs_and_logs_in_standalone() {
         .args(["--listen", "127.0.0.1:0", "--scenario"])
         .arg(&file)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("spawn warden-fakewa");
+    let mut log = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
     let stdout = child.stdout.take().unwrap();
     let mut line = String::new();
     tokio::time::timeout(
@@ -830,6 +831,24 @@ async fn binary_pairs_and_logs_in_standalone() {
     );
     c.start();
     assert_eq!(c.until(|e| *e == Ev::Connected).await, connected());
+
+    // With its defaults, any number is a contact, and what it decrypts is logged with its text.
+    let to: wa_rs_binary::jid::Jid = "15550009999@s.whatsapp.net".parse().unwrap();
+    let message = wa_rs_proto::whatsapp::Message {
+        conversation: Some("hello, standalone".into()),
+        ..Default::default()
+    };
+    c.client.send_message(to, message).await.expect("sent");
+    tokio::time::timeout(LIMIT, async {
+        while let Some(line) = log.next_line().await.unwrap() {
+            if line.contains("decrypted message: hello, standalone") {
+                return;
+            }
+        }
+        panic!("stderr ended");
+    })
+    .await
+    .expect("the decrypted text is logged");
     c.stop().await;
     child.kill().await.unwrap();
 }

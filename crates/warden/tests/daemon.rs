@@ -114,6 +114,77 @@ async fn link_a_phone_operate_it_and_survive_a_kill() {
     assert_eq!(status["desired"], json!("running"), "{status}");
 }
 
+/// Waits until the fake contact's phone has decrypted a message with `text`; returns its id.
+async fn decrypted_by_contact(whatsapp: &FakeServer, contact: &str, text: &str) -> String {
+    let device = format!("{contact}@s.whatsapp.net");
+    let record = whatsapp
+        .recorder()
+        .wait_for(Duration::from_secs(20), |r| {
+            matches!(&r.event, ServerEvent::ClientMessage { device: d, plaintext: Ok(p), .. }
+                if *d == device && p.text.as_deref() == Some(text))
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{contact} reads {text:?}"));
+    match record.event {
+        ServerEvent::ClientMessage { id, .. } => id,
+        _ => unreachable!(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_sent_through_the_cli_the_socket_and_http_reaches_the_contact() {
+    const CONTACT: &str = "15557654321";
+    let whatsapp = fake_whatsapp().await;
+    let dir = workspace(&whatsapp.url());
+    let daemon = Daemon::start(dir.path()).await;
+    daemon.json(&["create", "--token", "shop1"]).await;
+    let (code, out, err) = daemon.cli(&["start", "shop1"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+
+    // The CLI, as README shows it.
+    let sent = daemon
+        .json(&[
+            "send",
+            "shop1",
+            "--to",
+            "+1 555 765 4321",
+            "--text",
+            "from the cli",
+        ])
+        .await;
+    let id = decrypted_by_contact(&whatsapp, CONTACT, "from the cli").await;
+    assert_eq!(sent["message_id"], json!(id), "{sent}");
+
+    // The socket, one JSON line.
+    let (read, mut write) = UnixStream::connect(&daemon.socket)
+        .await
+        .unwrap()
+        .into_split();
+    let request =
+        json!({"op": "send_text", "token": "shop1", "to": CONTACT, "text": "from the socket"});
+    write
+        .write_all(format!("{request}\n").as_bytes())
+        .await
+        .unwrap();
+    let line = BufReader::new(read)
+        .lines()
+        .next_line()
+        .await
+        .unwrap()
+        .expect("a reply");
+    let reply: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(reply["ok"], json!(true), "{reply}");
+    let id = decrypted_by_contact(&whatsapp, CONTACT, "from the socket").await;
+    assert_eq!(reply["result"]["message_id"], json!(id), "{reply}");
+
+    // HTTP, the gateway's send route.
+    let body = format!(r#"{{"to":"{CONTACT}","text":"from http"}}"#);
+    let (status, sent) = curl(daemon.http, "POST", "/session/send/shop1", Some(&body)).await;
+    assert_eq!(status, 200, "{sent}");
+    let id = decrypted_by_contact(&whatsapp, CONTACT, "from http").await;
+    assert_eq!(sent["messageId"], json!(id), "{sent}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_get_clear_errors_and_change_nothing() {
     let whatsapp = fake_whatsapp().await;

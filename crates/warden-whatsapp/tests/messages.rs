@@ -1,0 +1,248 @@
+//! Sending text through the real supervisor and the real `WaLink`: the fake server answers the
+//! client's device lists and pre-key fetches, its fake contacts decrypt what arrives, and the
+//! recorder says what each device read. Every wait is on an event.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use support::*;
+use warden_core::{SessionEvent, Supervisor};
+use warden_fakewa::{
+    FakeServer, MessageSpec, Plaintext, Plan, Recorder, Scenario, Script, ServerConfig,
+    ServerEvent, Step,
+};
+
+/// One device's copy of a sent message, as the fake server recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Copy {
+    device: String,
+    enc_type: String,
+    plaintext: Result<Plaintext, String>,
+}
+
+/// Waits until `devices` copies of message `id` are recorded, and returns them by device.
+async fn copies(recorder: &Recorder, id: &str, devices: usize) -> BTreeMap<String, Copy> {
+    let of_id = |s: &warden_fakewa::Snapshot| {
+        s.records()
+            .iter()
+            .filter_map(|r| match &r.event {
+                ServerEvent::ClientMessage {
+                    id: got,
+                    device,
+                    enc_type,
+                    plaintext,
+                    ..
+                } if got == id => Some((
+                    device.clone(),
+                    Copy {
+                        device: device.clone(),
+                        enc_type: enc_type.clone(),
+                        plaintext: plaintext.clone(),
+                    },
+                )),
+                _ => None,
+            })
+            .collect::<BTreeMap<_, _>>()
+    };
+    recorder
+        .wait_until(LIMIT, |s| of_id(s).len() >= devices)
+        .await
+        .unwrap_or_else(|_| panic!("{devices} copies of {id}: {:?}", recorder.inspect(of_id)));
+    recorder.inspect(of_id)
+}
+
+fn text(copy: &Copy) -> Option<&str> {
+    copy.plaintext.as_ref().ok()?.text.as_deref()
+}
+
+async fn server_with_contacts(phone: &str, login: Plan, contacts: &[(&str, &[u16])]) -> FakeServer {
+    FakeServer::start(ServerConfig {
+        online_timeout: Duration::from_secs(5),
+        contact_devices: contacts
+            .iter()
+            .map(|(n, d)| (n.to_string(), d.to_vec()))
+            .collect(),
+        ..ServerConfig::with_script(
+            Script::default()
+                .with_registration(pairing(phone, Duration::from_millis(50)))
+                .with_account(phone, login),
+        )
+    })
+    .await
+    .expect("fake server")
+}
+
+/// Waits for the incoming message `id` on `supervisor`'s events; returns its text.
+async fn incoming(
+    events: &mut tokio::sync::broadcast::Receiver<SessionEvent>,
+    id: &str,
+) -> Option<String> {
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            if let SessionEvent::Message { message, .. } = events.recv().await.expect("events")
+                && message.id == id
+            {
+                return message.text;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("message {id} arrives"))
+}
+
+fn subscribe(supervisor: &Supervisor) -> tokio::sync::broadcast::Receiver<SessionEvent> {
+    supervisor.subscribe()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_reaches_every_device_of_the_contact_and_the_own_phone() {
+    const PHONE: &str = "15550000301";
+    const CONTACT: &str = "15557654321";
+    let server = server_with_contacts(
+        PHONE,
+        Plan::always(Scenario::login()),
+        &[(CONTACT, &[0, 3])],
+    )
+    .await;
+    let mut h = Harness::new(server, |_| {}).await;
+    h.paired("s", PHONE).await;
+
+    let id = h
+        .supervisor
+        .send_text("s", "+1 555 765 4321", "hello there")
+        .await
+        .expect("sent");
+    let got = copies(h.recorder(), &id, 3).await;
+    let contact_phone = format!("{CONTACT}@s.whatsapp.net");
+    let contact_laptop = format!("{CONTACT}:3@s.whatsapp.net");
+    let own_phone = format!("{PHONE}@s.whatsapp.net");
+    assert_eq!(
+        got.keys().cloned().collect::<Vec<_>>(),
+        {
+            let mut want = vec![
+                contact_phone.clone(),
+                contact_laptop.clone(),
+                own_phone.clone(),
+            ];
+            want.sort();
+            want
+        },
+        "one copy per device of the contact, one for the account's phone, none for itself"
+    );
+    for device in [&contact_phone, &contact_laptop] {
+        let copy = &got[device];
+        assert_eq!(text(copy), Some("hello there"), "{copy:?}");
+        assert_eq!(
+            copy.enc_type, "pkmsg",
+            "a fresh session starts with a pre-key message"
+        );
+        assert!(!copy.plaintext.as_ref().unwrap().device_sent);
+    }
+    let own = &got[&own_phone];
+    assert_eq!(text(own), Some("hello there"), "{own:?}");
+    assert!(
+        own.plaintext.as_ref().unwrap().device_sent,
+        "the own phone gets the copy for the sender's devices"
+    );
+
+    // The server acknowledged it, and the contact's phone sent a delivery receipt, which the
+    // client acknowledged in turn.
+    h.recorder()
+        .wait_for(LIMIT, |r| {
+            matches!(&r.event, ServerEvent::ClientAck { class, id: acked } if class == "receipt" && *acked == id)
+        })
+        .await
+        .expect("the delivery receipt is acknowledged");
+
+    // A second message goes to the same devices, on the sessions the first one started.
+    let second = h
+        .supervisor
+        .send_text("s", &contact_phone, "and again")
+        .await
+        .expect("sent");
+    assert_ne!(second, id);
+    let got = copies(h.recorder(), &second, 3).await;
+    for copy in got.values() {
+        assert_eq!(text(copy), Some("and again"), "{copy:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_go_both_ways_on_one_session() {
+    const PHONE: &str = "15550000302";
+    const CONTACT: &str = "15557650002@s.whatsapp.net";
+    // The contact answers the client's first message, then the client writes again.
+    let login = Plan::always(Scenario::new([
+        Step::Login,
+        Step::AwaitSent(1),
+        Step::Message(MessageSpec::text(CONTACT, "reply-1", "got it")),
+    ]));
+    let server = server_with_contacts(PHONE, login, &[]).await;
+    let mut h = Harness::new(server, |_| {}).await;
+    h.paired("s", PHONE).await;
+    let mut events = subscribe(&h.supervisor);
+
+    let first = h
+        .supervisor
+        .send_text("s", CONTACT, "first")
+        .await
+        .expect("sent");
+    let got = copies(h.recorder(), &first, 2).await;
+    assert_eq!(got[CONTACT].enc_type, "pkmsg");
+    assert_eq!(text(&got[CONTACT]), Some("first"));
+
+    // The contact's reply goes on the session the client started: a plain `msg`.
+    assert_eq!(
+        incoming(&mut events, "reply-1").await.as_deref(),
+        Some("got it")
+    );
+    assert!(
+        h.recorder()
+            .inspect(|s| s.records().iter().any(|r| matches!(
+                &r.event,
+                ServerEvent::MessageSent { id, .. } if id == "reply-1"
+            )))
+    );
+
+    // Now that the contact has answered, the client's next message is a `msg` too.
+    let second = h
+        .supervisor
+        .send_text("s", CONTACT, "second")
+        .await
+        .expect("sent");
+    let got = copies(h.recorder(), &second, 1).await;
+    assert_eq!(got[CONTACT].enc_type, "msg", "{got:?}");
+    assert_eq!(text(&got[CONTACT]), Some("second"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_goes_on_the_session_the_contact_started() {
+    const PHONE: &str = "15550000303";
+    const CONTACT: &str = "15557650003@s.whatsapp.net";
+    let login = Plan::always(Scenario::new([
+        Step::Login,
+        Step::Message(MessageSpec::text(CONTACT, "hello-1", "are you there?")),
+    ]));
+    let server = server_with_contacts(PHONE, login, &[]).await;
+    let mut h = Harness::new(server, |_| {}).await;
+    let mut events = subscribe(&h.supervisor);
+    h.paired("s", PHONE).await;
+    assert_eq!(
+        incoming(&mut events, "hello-1").await.as_deref(),
+        Some("are you there?")
+    );
+
+    let id = h
+        .supervisor
+        .send_text("s", CONTACT, "yes")
+        .await
+        .expect("sent");
+    let got = copies(h.recorder(), &id, 2).await;
+    assert_eq!(
+        got[CONTACT].enc_type, "msg",
+        "the contact's session is reused: {got:?}"
+    );
+    assert_eq!(text(&got[CONTACT]), Some("yes"));
+}
