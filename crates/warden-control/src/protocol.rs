@@ -19,7 +19,9 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use warden_core::{Error, IncomingMessage, Reaped, SessionEvent, SessionInfo, SessionList};
+use warden_core::{
+    Error, IncomingMessage, OutgoingMessage, Reaped, SessionEvent, SessionInfo, SessionList,
+};
 
 /// One operation a client can ask for. The `op` field names it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,7 +92,8 @@ pub enum Op {
     },
     /// Every session with counts per state: `{"op":"list"}`.
     List {},
-    /// Send a text message: `{"op":"send_text","token":"shop1","to":"15551234567","text":"hi"}`.
+    /// Queue a text message:
+    /// `{"op":"send_text","token":"shop1","to":"15551234567","text":"hi","key":"order-42"}`.
     SendText {
         /// The session that sends.
         token: String,
@@ -98,6 +101,39 @@ pub enum Op {
         to: String,
         /// The text.
         text: String,
+        /// The idempotency key (at most 128 bytes): a second send with the same key answers
+        /// with the first message and sends nothing. Made when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+    },
+    /// One outgoing message, by id or key: `{"op":"message_status","token":"shop1","id":"order-42"}`.
+    MessageStatus {
+        /// The session.
+        token: String,
+        /// The message's id or idempotency key.
+        id: String,
+    },
+    /// A session's queued and failed messages: `{"op":"outbox","token":"shop1"}`.
+    Outbox {
+        /// The session.
+        token: String,
+        /// At most this many (default 100).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<usize>,
+    },
+    /// Queue a failed message again: `{"op":"retry_message","token":"shop1","id":"order-42"}`.
+    RetryMessage {
+        /// The session.
+        token: String,
+        /// The message's id or idempotency key.
+        id: String,
+    },
+    /// Cancel a queued or failed message: `{"op":"cancel_message","token":"shop1","id":"order-42"}`.
+    CancelMessage {
+        /// The session.
+        token: String,
+        /// The message's id or idempotency key.
+        id: String,
     },
     /// Reap stuck sessions now: `{"op":"reap"}`.
     Reap {},
@@ -127,6 +163,10 @@ impl Op {
             Self::Status { .. } => "status",
             Self::List {} => "list",
             Self::SendText { .. } => "send_text",
+            Self::MessageStatus { .. } => "message_status",
+            Self::Outbox { .. } => "outbox",
+            Self::RetryMessage { .. } => "retry_message",
+            Self::CancelMessage { .. } => "cancel_message",
             Self::Reap {} => "reap",
             Self::Health {} => "health",
             Self::Watch { .. } => "watch",
@@ -135,7 +175,7 @@ impl Op {
 }
 
 /// The names of every op, for error messages.
-pub const OPS: [&str; 15] = [
+pub const OPS: [&str; 19] = [
     "create",
     "start",
     "stop",
@@ -148,6 +188,10 @@ pub const OPS: [&str; 15] = [
     "status",
     "list",
     "send_text",
+    "message_status",
+    "outbox",
+    "retry_message",
+    "cancel_message",
     "reap",
     "health",
     "watch",
@@ -323,7 +367,8 @@ impl From<&Error> for ErrorBody {
     fn from(error: &Error) -> Self {
         let code = match error {
             Error::InvalidToken(_) => ErrorCode::InvalidToken,
-            Error::NotFound(_) => ErrorCode::NotFound,
+            Error::NotFound(_) | Error::MessageNotFound { .. } => ErrorCode::NotFound,
+            Error::InvalidRequest(_) => ErrorCode::BadRequest,
             Error::AlreadyExists(_) | Error::Conflict { .. } | Error::NotConnected { .. } => {
                 ErrorCode::Conflict
             }
@@ -407,6 +452,18 @@ pub struct SessionView {
     pub pair_code: Option<String>,
     /// Lifetime counters.
     pub counters: CountersView,
+    /// Until when its sends to new chats are paused after a 463 refusal (RFC 3339); absent
+    /// when they are not (and in lists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_chats_paused_until: Option<String>,
+}
+
+impl SessionView {
+    /// The view with the outbox's pause of new chats, if any.
+    pub fn with_pause(mut self, until: Option<SystemTime>) -> Self {
+        self.new_chats_paused_until = until.map(time);
+        self
+    }
 }
 
 impl From<&SessionInfo> for SessionView {
@@ -438,6 +495,7 @@ impl From<&SessionInfo> for SessionView {
                 disconnects: info.counters.disconnects,
                 restarts: info.counters.restarts,
             },
+            new_chats_paused_until: None,
         }
     }
 }
@@ -475,11 +533,69 @@ pub struct DeletedView {
     pub deleted: String,
 }
 
-/// The result of `send_text`.
+/// An outgoing message: the result of `send_text`, `message_status`, `retry_message` and
+/// `cancel_message`, and what `message_status` events carry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SentView {
-    /// The id of the message sent.
+pub struct OutgoingView {
+    /// Its WhatsApp message id.
     pub message_id: String,
+    /// Its idempotency key (the id when none was given).
+    pub key: String,
+    /// The recipient (a JID).
+    pub to: String,
+    /// `queued`, `sent`, `delivered`, `read`, `failed` or `cancelled`.
+    pub status: String,
+    /// Why it failed, or what the server said.
+    pub reason: Option<String>,
+    /// The server's error code, when it refused it (463: too many new chats).
+    pub code: Option<u16>,
+    /// How many sends of it failed.
+    pub attempts: u32,
+    /// When it was accepted (RFC 3339).
+    pub created_at: String,
+    /// When its status last changed (RFC 3339).
+    pub updated_at: String,
+    /// When it expires if still queued (RFC 3339).
+    pub expires_at: Option<String>,
+}
+
+impl From<&OutgoingMessage> for OutgoingView {
+    fn from(m: &OutgoingMessage) -> Self {
+        Self {
+            message_id: m.id.clone(),
+            key: m.key.clone(),
+            to: m.to.clone(),
+            status: m.status.as_str().to_owned(),
+            reason: m.reason.clone(),
+            code: m.code,
+            attempts: m.attempts,
+            created_at: time(m.created_at),
+            updated_at: time(m.updated_at),
+            expires_at: m.expires_at.map(time),
+        }
+    }
+}
+
+/// The result of `outbox`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxView {
+    /// The session.
+    pub token: String,
+    /// Its queued and failed messages, oldest first.
+    pub messages: Vec<OutgoingView>,
+    /// Until when its sends to new chats are paused (RFC 3339), if they are.
+    pub new_chats_paused_until: Option<String>,
+}
+
+impl OutboxView {
+    /// The view of `messages` of `token`.
+    pub fn new(token: &str, messages: &[OutgoingMessage], paused: Option<SystemTime>) -> Self {
+        Self {
+            token: token.to_owned(),
+            messages: messages.iter().map(OutgoingView::from).collect(),
+            new_chats_paused_until: paused.map(time),
+        }
+    }
 }
 
 /// One session cleaned up by a reap.
@@ -546,7 +662,10 @@ pub struct MessageView {
     pub sender: String,
     /// When it was sent (RFC 3339).
     pub timestamp: String,
-    /// Its text, if any.
+    /// `text`, `image`, `video`, `audio`, `document`, `sticker`, `reaction`, `location`,
+    /// `contact` or `other`.
+    pub kind: String,
+    /// Its text, caption or reaction, if any.
     pub text: Option<String>,
 }
 
@@ -557,6 +676,7 @@ impl From<&IncomingMessage> for MessageView {
             chat: m.chat.clone(),
             sender: m.sender.clone(),
             timestamp: time(m.timestamp),
+            kind: m.kind.clone(),
             text: m.text.clone(),
         }
     }
@@ -594,6 +714,20 @@ pub enum EventLine {
         /// The message.
         message: MessageView,
     },
+    /// An outgoing message changed status.
+    MessageStatus {
+        /// The session that sends it.
+        token: String,
+        /// The message as it is now.
+        message: OutgoingView,
+    },
+    /// WhatsApp refused a message to a new chat (463): sends to new chats are paused.
+    NewChatsPaused {
+        /// The session.
+        token: String,
+        /// When they resume (RFC 3339).
+        until: String,
+    },
     /// A session was deleted.
     Removed {
         /// The session.
@@ -628,6 +762,14 @@ impl From<&SessionEvent> for EventLine {
             SessionEvent::Message { token, message } => Self::Message {
                 token: token.to_string(),
                 message: MessageView::from(message),
+            },
+            SessionEvent::MessageStatus(message) => Self::MessageStatus {
+                token: message.token.to_string(),
+                message: OutgoingView::from(message.as_ref()),
+            },
+            SessionEvent::NewChatsPaused { token, until } => Self::NewChatsPaused {
+                token: token.to_string(),
+                until: time(*until),
             },
             SessionEvent::Removed { token } => Self::Removed {
                 token: token.to_string(),
@@ -747,6 +889,22 @@ mod tests {
             Op::RefreshQr { token: "t".into() },
             Op::ForceCleanup { token: "t".into() },
             Op::ResetReconnect { token: "t".into() },
+            Op::Outbox {
+                token: "t".into(),
+                limit: None,
+            },
+            Op::MessageStatus {
+                token: "t".into(),
+                id: "k".into(),
+            },
+            Op::RetryMessage {
+                token: "t".into(),
+                id: "k".into(),
+            },
+            Op::CancelMessage {
+                token: "t".into(),
+                id: "k".into(),
+            },
         ];
         for op in ops {
             assert!(OPS.contains(&op.name()), "{}", op.name());
@@ -757,13 +915,16 @@ mod tests {
 
     #[test]
     fn request_lines_round_trip() {
-        let op = Op::SendText {
-            token: "t".into(),
-            to: "155".into(),
-            text: "hi".into(),
-        };
-        let line = serde_json::to_string(&RequestLine { id: 3, op: &op }).unwrap();
-        assert_eq!(Request::parse(&line).unwrap().op, op);
+        for key in [None, Some("order-42".to_string())] {
+            let op = Op::SendText {
+                token: "t".into(),
+                to: "155".into(),
+                text: "hi".into(),
+                key,
+            };
+            let line = serde_json::to_string(&RequestLine { id: 3, op: &op }).unwrap();
+            assert_eq!(Request::parse(&line).unwrap().op, op);
+        }
     }
 
     #[test]

@@ -12,12 +12,12 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use warden_core::{OpenOptions, Supervisor};
+use warden_core::{OpenOptions, OutgoingMessage, SendRequest, Supervisor};
 
 use crate::lines::{Line, LineReader};
 use crate::protocol::{
-    DeletedView, ErrorBody, ErrorCode, EventLine, HealthView, ListView, Op, ReapView, ReapedView,
-    Reply, Request, SentView, SessionView, WatchingView, counts,
+    DeletedView, ErrorBody, ErrorCode, EventLine, HealthView, ListView, Op, OutboxView,
+    OutgoingView, ReapView, ReapedView, Reply, Request, SessionView, WatchingView, counts,
 };
 
 /// How the control socket is set up.
@@ -409,6 +409,10 @@ async fn handle(context: &Context, id: Value, op: Op) -> Reply {
         Ok(info) => Reply::ok(id.clone(), SessionView::from(&info)),
         Err(e) => Reply::err(id.clone(), ErrorBody::from(&e)),
     };
+    let outgoing = |result: Result<OutgoingMessage, warden_core::Error>| match result {
+        Ok(message) => Reply::ok(id.clone(), OutgoingView::from(&message)),
+        Err(e) => Reply::err(id.clone(), ErrorBody::from(&e)),
+    };
     match op {
         Op::Create { name, token } => session(s.create(name, token.as_deref()).await),
         Op::Start { token, phone } => {
@@ -421,14 +425,38 @@ async fn handle(context: &Context, id: Value, op: Op) -> Reply {
         Op::Logout { token } => session(s.logout(&token).await),
         Op::ForceCleanup { token } => session(s.force_cleanup(&token).await),
         Op::ResetReconnect { token } => session(s.reset_reconnect(&token).await),
-        Op::Status { token } => session(s.status(&token)),
+        Op::Status { token } => match s.status(&token) {
+            Ok(info) => Reply::ok(
+                id,
+                SessionView::from(&info).with_pause(s.new_chats_paused_until(&token)),
+            ),
+            Err(e) => Reply::err(id, ErrorBody::from(&e)),
+        },
         Op::Delete { token } => match s.delete(&token).await {
             Ok(()) => Reply::ok(id, DeletedView { deleted: token }),
             Err(e) => Reply::err(id, ErrorBody::from(&e)),
         },
         Op::List {} => Reply::ok(id, ListView::from(&s.list())),
-        Op::SendText { token, to, text } => match s.send_text(&token, &to, &text).await {
-            Ok(message_id) => Reply::ok(id, SentView { message_id }),
+        Op::SendText {
+            token,
+            to,
+            text,
+            key,
+        } => outgoing(s.send(&token, SendRequest { to, text, key }).await),
+        Op::MessageStatus { token, id: message } => {
+            outgoing(s.message_status(&token, &message).await)
+        }
+        Op::RetryMessage { token, id: message } => {
+            outgoing(s.retry_message(&token, &message).await)
+        }
+        Op::CancelMessage { token, id: message } => {
+            outgoing(s.cancel_message(&token, &message).await)
+        }
+        Op::Outbox { token, limit } => match s.outbox(&token, limit.unwrap_or(100)).await {
+            Ok(messages) => Reply::ok(
+                id,
+                OutboxView::new(&token, &messages, s.new_chats_paused_until(&token)),
+            ),
             Err(e) => Reply::err(id, ErrorBody::from(&e)),
         },
         Op::Reap {} => match s.reap_now().await {

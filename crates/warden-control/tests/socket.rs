@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::oneshot;
-use warden_control::protocol::{ListView, SessionView};
+use warden_control::protocol::{ListView, OutgoingView, SessionView};
 use warden_control::{BindError, ControlClient, ControlServer, EventLine, Op, ServerConfig};
 use warden_core::scripted::{Script, ScriptedLink};
 use warden_core::{DisconnectReason, Supervisor, SupervisorConfig};
@@ -167,15 +167,44 @@ async fn operations_round_trip_over_the_socket() {
         }
         other => panic!("{other}"),
     }
-    let sent: warden_control::protocol::SentView = client
-        .call(&Op::SendText {
+    let send = Op::SendText {
+        token: "shop1".into(),
+        to: "15550001111".into(),
+        text: "hello".into(),
+        key: Some("order-1".into()),
+    };
+    let sent: OutgoingView = client.call(&send).await.unwrap();
+    assert!(sent.message_id.starts_with("3EB0"), "{sent:?}");
+    assert_eq!(
+        (sent.key.as_str(), sent.to.as_str()),
+        ("order-1", "15550001111@s.whatsapp.net")
+    );
+    let again: OutgoingView = client.call(&send).await.unwrap();
+    assert_eq!(
+        again.message_id, sent.message_id,
+        "the key names the message"
+    );
+    let status: OutgoingView = client
+        .call(&Op::MessageStatus {
             token: "shop1".into(),
-            to: "15550001111".into(),
-            text: "hello".into(),
+            id: "order-1".into(),
         })
         .await
         .unwrap();
-    assert_eq!(sent.message_id, "scripted-1");
+    assert_eq!(status.message_id, sent.message_id);
+    let missing = client
+        .call::<OutgoingView>(&Op::MessageStatus {
+            token: "shop1".into(),
+            id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    match missing {
+        warden_control::ClientError::Refused(body) => {
+            assert_eq!(body.code, warden_control::ErrorCode::NotFound)
+        }
+        other => panic!("{other}"),
+    }
     let health: warden_control::protocol::HealthView = client.call(&Op::Health {}).await.unwrap();
     assert_eq!((health.status.as_str(), health.sessions), ("ok", 1));
     d.stop().await;

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use warden_core::link::SendFuture;
+use warden_core::link::{Outgoing, SendFuture, SendOutcome};
 use warden_core::scripted::{Script, ScriptedLink};
 use warden_core::{
     AdmissionConfig, Connection, LifecycleEvent, LifecycleSink, Link, LinkError, OpenOptions,
@@ -31,7 +31,7 @@ struct IdleConnection {
 #[async_trait::async_trait]
 impl Connection for IdleConnection {
     async fn close(&mut self) {}
-    fn send_text(&self, _to: &str, _text: &str) -> SendFuture<Result<String, LinkError>> {
+    fn send(&self, _message: Outgoing) -> SendFuture<Result<SendOutcome, LinkError>> {
         Box::pin(async { Err(LinkError::NotConnected) })
     }
 }

@@ -50,6 +50,18 @@ pub enum Error {
         /// Its state.
         state: SessionState,
     },
+    /// The request is malformed (a bad recipient, an empty or too long text, a bad key);
+    /// nothing was stored or changed.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The session has no outgoing message with this id or key.
+    #[error("session {token} has no message {id:?}")]
+    MessageNotFound {
+        /// The session.
+        token: Token,
+        /// The id or key asked for.
+        id: String,
+    },
     /// The link failed.
     #[error("session {token}: {source}")]
     Link {

@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
+use std::time::SystemTime;
+
 use crate::lifecycle::IncomingMessage;
+use crate::outbox::OutgoingMessage;
 use crate::state::SessionInfo;
 use crate::token::Token;
 
@@ -35,6 +38,16 @@ pub enum SessionEvent {
         /// The message.
         message: IncomingMessage,
     },
+    /// An outgoing message changed status (queued, sent, delivered, read, failed, cancelled).
+    MessageStatus(Box<OutgoingMessage>),
+    /// WhatsApp refused a message to a new chat (463): the session's sends to chats it has
+    /// not written to are paused until `until`.
+    NewChatsPaused {
+        /// The session.
+        token: Token,
+        /// When sends to new chats resume.
+        until: SystemTime,
+    },
     /// A session was deleted.
     Removed {
         /// The session.
@@ -47,9 +60,11 @@ impl SessionEvent {
     pub fn token(&self) -> &Token {
         match self {
             Self::Updated(info) => &info.token,
+            Self::MessageStatus(message) => &message.token,
             Self::Qr { token, .. }
             | Self::PairCode { token, .. }
             | Self::Message { token, .. }
+            | Self::NewChatsPaused { token, .. }
             | Self::Removed { token } => token,
         }
     }

@@ -15,6 +15,8 @@
 //! - [`link`]: the [`Link`] and [`Connection`] traits, the seam to WhatsApp.
 //! - [`lifecycle`]: lifecycle events and disconnect reasons.
 //! - [`policy`]: the restart policy, a pure function.
+//! - [`outbox`]: outgoing messages, stored before they are acknowledged and sent in order by
+//!   each connected session; [`outbox::status`] is a message's life as a pure function.
 //! - [`admission`]: the global limit on connection attempts.
 //! - [`store`]: the session records on disk, written atomically.
 //! - [`state`], [`events`]: what status reads and subscribers see.
@@ -40,6 +42,7 @@ pub mod events;
 mod janitor;
 pub mod lifecycle;
 pub mod link;
+pub mod outbox;
 pub mod policy;
 #[cfg(feature = "scripted-link")]
 pub mod scripted;
@@ -54,8 +57,9 @@ pub use admission::AdmissionConfig;
 pub use error::{Error, StoreError};
 pub use events::SessionEvent;
 pub use janitor::JanitorConfig;
-pub use lifecycle::{DisconnectReason, IncomingMessage, LifecycleEvent};
-pub use link::{Connection, LifecycleSink, Link, LinkError, OpenOptions};
+pub use lifecycle::{DisconnectReason, Inbound, IncomingMessage, LifecycleEvent};
+pub use link::{Connection, LifecycleSink, Link, LinkError, OpenOptions, Outgoing, SendOutcome};
+pub use outbox::{MessageStatus, OutboxConfig, OutgoingMessage, ReceiptKind, SendRequest};
 pub use policy::PolicyConfig;
 pub use state::{Counters, Desired, QrCode, SessionInfo, SessionList, SessionState};
 pub use supervisor::{Reaped, StartReport, Supervisor, SupervisorConfig};

@@ -32,12 +32,27 @@ pub enum LifecycleEvent {
         /// The account's display name, when known.
         name: Option<String>,
     },
-    /// A message arrived for this account.
-    Message(IncomingMessage),
     /// The connection ended. Always the last event of a connection.
     Disconnected {
         /// Why it ended.
         reason: DisconnectReason,
+    },
+}
+
+/// What a connection receives for the account besides its lifecycle; it travels on its own
+/// bounded path ([`LifecycleSink::inbound`](crate::LifecycleSink::inbound)).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    /// A message arrived.
+    Message(IncomingMessage),
+    /// A recipient's receipt for messages this account sent.
+    Receipt {
+        /// The chat.
+        chat: String,
+        /// The messages it is about.
+        ids: Vec<String>,
+        /// What it says.
+        kind: crate::outbox::ReceiptKind,
     },
 }
 
@@ -52,7 +67,10 @@ pub struct IncomingMessage {
     pub sender: String,
     /// When it was sent.
     pub timestamp: SystemTime,
-    /// Its text, when it has one.
+    /// What it is: `text`, `image`, `video`, `audio`, `document`, `sticker`, `reaction`,
+    /// `location`, `contact`, or `other` (anything else, named by nothing more).
+    pub kind: String,
+    /// Its text; for media its caption; for a reaction its emoji. `None` when it has none.
     pub text: Option<String>,
 }
 

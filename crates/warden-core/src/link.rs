@@ -6,10 +6,17 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::SystemTime;
 
-use crate::lifecycle::{DisconnectReason, LifecycleEvent};
+use tokio::sync::mpsc;
+
+use crate::lifecycle::{DisconnectReason, Inbound, LifecycleEvent};
 use crate::token::Token;
+
+/// How many incoming messages and receipts one connection may have waiting for the session
+/// to take them; past it, new ones are dropped (see [`LifecycleSink::inbound`]).
+pub const INBOUND_CAPACITY: usize = 1024;
 
 /// A boxed, sendable future that owns everything it needs.
 pub type SendFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -76,10 +83,37 @@ pub trait Connection: Send + 'static {
     /// Closes the connection gracefully. The caller bounds the time it may take.
     async fn close(&mut self);
 
-    /// Sends a text message to a phone number or JID; resolves to the message id.
+    /// Sends one message under its id and resolves once the server answered: accepted, or
+    /// refused with a code. A second send of the same id must be safe (recipients drop a copy
+    /// with an id they have).
     ///
     /// The returned future owns what it needs, so the session actor need not wait for it.
-    fn send_text(&self, to: &str, text: &str) -> SendFuture<Result<String, LinkError>>;
+    fn send(&self, message: Outgoing) -> SendFuture<Result<SendOutcome, LinkError>>;
+}
+
+/// A message for the link to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Its WhatsApp message id.
+    pub id: String,
+    /// The recipient JID (already checked: `digits@s.whatsapp.net`, `…@lid` or `…@g.us`).
+    pub to: String,
+    /// The text.
+    pub text: String,
+}
+
+/// What the server said to a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// It acknowledged it.
+    Accepted,
+    /// It refused it.
+    Refused {
+        /// Its error code (463: the reach-out timelock).
+        code: u16,
+        /// When the refusal's lock ends, when the server said.
+        until: Option<SystemTime>,
+    },
 }
 
 /// Where a connection reports its lifecycle. Cheap to clone.
@@ -97,17 +131,62 @@ struct SinkInner {
     deliver: Box<dyn Fn(LifecycleEvent) + Send + Sync>,
     /// Set once a `Disconnected` went out; later events are dropped.
     ended: AtomicBool,
+    /// The bounded path of incoming messages and receipts, apart from the lifecycle.
+    inbound: Option<mpsc::Sender<Inbound>>,
+    /// How many of them were dropped because the path was full.
+    dropped: AtomicU64,
 }
 
 impl LifecycleSink {
-    /// A sink that calls `deliver` for every event.
+    /// A sink that calls `deliver` for every event, and drops incoming messages.
     pub fn new(deliver: impl Fn(LifecycleEvent) + Send + Sync + 'static) -> Self {
+        Self::with_inbound(deliver, None)
+    }
+
+    /// A sink that calls `deliver` for every lifecycle event, and queues incoming messages
+    /// and receipts on `inbound` (bounded).
+    pub fn with_inbound(
+        deliver: impl Fn(LifecycleEvent) + Send + Sync + 'static,
+        inbound: Option<mpsc::Sender<Inbound>>,
+    ) -> Self {
         Self {
             inner: Arc::new(SinkInner {
                 deliver: Box::new(deliver),
                 ended: AtomicBool::new(false),
+                inbound,
+                dropped: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// Queues an incoming message or receipt for the session, apart from its lifecycle, so a
+    /// chatty account never delays a control operation or a connection's end. The queue is
+    /// bounded ([`INBOUND_CAPACITY`]): when it is full the item is dropped, counted and
+    /// logged, and `false` is returned. The server has had its ack (wa-rs acks on receipt), so
+    /// a dropped message is not delivered again: subscribers miss it.
+    pub fn inbound(&self, item: Inbound) -> bool {
+        let Some(tx) = &self.inner.inbound else {
+            return false;
+        };
+        match tx.try_send(item) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let n = self.inner.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if n == 1 || n.is_multiple_of(1000) {
+                    tracing::warn!(
+                        dropped = n,
+                        "incoming messages arrive faster than they are published: dropped"
+                    );
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// How many incoming messages and receipts were dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped.load(Ordering::Relaxed)
     }
 
     /// Reports one event. Events after the first `Disconnected` are ignored.

@@ -12,7 +12,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::lifecycle::{DisconnectReason, LifecycleEvent};
-use crate::link::{Connection, LifecycleSink, Link, LinkError, OpenOptions};
+use crate::link::{
+    Connection, INBOUND_CAPACITY, LifecycleSink, Link, LinkError, OpenOptions, Outgoing,
+    SendOutcome,
+};
+use crate::outbox::{self, MessageEvent, Outbox};
 use crate::supervisor::messages::SupervisorMsg;
 use crate::token::Token;
 
@@ -20,12 +24,20 @@ use crate::token::Token;
 pub(crate) enum SessionMsg {
     /// A lifecycle message from the connection.
     Lifecycle(LifecycleEvent),
-    /// Send a text message over the connection.
-    SendText {
-        to: String,
-        text: String,
-        reply: RpcReplyPort<Result<String, LinkError>>,
+    /// Send one message over the connection (from the session's outbox drain).
+    Send {
+        message: Outgoing,
+        reply: RpcReplyPort<Result<SendOutcome, LinkError>>,
     },
+}
+
+/// A task that is aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The session actor (stateless; everything is in [`SessionState`]).
@@ -43,6 +55,8 @@ pub(crate) struct SessionArgs {
     pub options: OpenOptions,
     /// The bound on a graceful close.
     pub close_timeout: Duration,
+    /// Where the session's messages wait to be sent, and receipts are recorded.
+    pub outbox: Outbox,
 }
 
 /// The session actor's state. Dropping it (even after a panic, where `post_stop` is skipped)
@@ -60,6 +74,9 @@ pub(crate) struct SessionState {
     // Only needed until the connection is opened.
     pending_open: Option<(Arc<dyn Link>, Arc<Semaphore>, OpenOptions)>,
     close_timeout: Duration,
+    outbox: Outbox,
+    /// The outbox drain, while the connection is logged in.
+    drain: Option<AbortOnDrop>,
 }
 
 impl Actor for SessionActor {
@@ -82,6 +99,8 @@ impl Actor for SessionActor {
             outcome: None,
             pending_open: Some((args.link, args.slot, args.options)),
             close_timeout: args.close_timeout,
+            outbox: args.outbox,
+            drain: None,
         })
     }
 
@@ -97,9 +116,20 @@ impl Actor for SessionActor {
         let permit = slot.acquire_owned().await?;
         state.slot_permit = Some(permit);
         let me = myself.clone();
-        let sink = LifecycleSink::new(move |event| {
-            let _ = me.cast(SessionMsg::Lifecycle(event));
-        });
+        // Messages and receipts take their own bounded path to a task of this connection,
+        // which ends once the connection's sinks are gone and the queue is empty.
+        let (inbound, inbound_rx) = tokio::sync::mpsc::channel(INBOUND_CAPACITY);
+        tokio::spawn(outbox::consume(
+            state.outbox.clone(),
+            state.token.clone(),
+            inbound_rx,
+        ));
+        let sink = LifecycleSink::with_inbound(
+            move |event| {
+                let _ = me.cast(SessionMsg::Lifecycle(event));
+            },
+            Some(inbound),
+        );
         match link.open(&state.token, options, sink).await {
             Ok(connection) => state.connection = Some(connection),
             Err(err) => {
@@ -124,15 +154,22 @@ impl Actor for SessionActor {
                 myself.stop(None);
             }
             SessionMsg::Lifecycle(event) => {
+                if matches!(event, LifecycleEvent::Connected { .. }) && state.drain.is_none() {
+                    state.drain = Some(AbortOnDrop(tokio::spawn(outbox::drain(
+                        state.outbox.clone(),
+                        state.token.clone(),
+                        myself.clone(),
+                    ))));
+                }
                 let _ = state.supervisor.cast(SupervisorMsg::Lifecycle {
                     token: state.token.clone(),
                     generation: state.generation,
                     event,
                 });
             }
-            SessionMsg::SendText { to, text, reply } => match &state.connection {
+            SessionMsg::Send { message, reply } => match &state.connection {
                 Some(connection) => {
-                    let sending = connection.send_text(&to, &text);
+                    let sending = connection.send(message);
                     tokio::spawn(async move {
                         let _ = reply.send(sending.await);
                     });
@@ -158,6 +195,22 @@ impl Actor for SessionActor {
             tracing::warn!(token = %state.token, "connection did not close in time; dropped");
         }
         state.slot_permit = None;
+        if state.drain.take().is_some() {
+            state.outbox.drop_waker(&state.token);
+            if state.outbox.config().ttl.is_zero() {
+                // `ttl = 0`: messages live only while the session is connected.
+                let (outbox, token) = (state.outbox.clone(), state.token.clone());
+                tokio::spawn(async move {
+                    let reason = "expired: the session disconnected ([outbox] ttl = 0)";
+                    if let Err(e) = outbox
+                        .fail_queued(&token, MessageEvent::Expired, reason)
+                        .await
+                    {
+                        tracing::warn!(token = %token, error = %e, "queued messages not failed");
+                    }
+                });
+            }
+        }
         Ok(())
     }
 }

@@ -4,7 +4,7 @@ mod common;
 
 use common::{Harness, mins, secs};
 use warden_core::scripted::Script;
-use warden_core::{DisconnectReason, Error, SessionState, TokenError};
+use warden_core::{DisconnectReason, Error, MessageStatus, SessionEvent, SessionState, TokenError};
 
 const JID: &str = "15551234567@s.whatsapp.net";
 
@@ -181,13 +181,19 @@ async fn refresh_qr_only_fits_a_session_that_shows_or_showed_one() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn send_text_needs_a_connected_session() {
+async fn send_text_needs_a_session_that_is_connected_or_on_its_way_back() {
     let mut h = Harness::new(Script::new()).await;
     h.run("s1", [Script::new().qr("a", secs(60))]).await;
     h.wait_state("s1", SessionState::WaitingForScan).await;
-    let err = h.supervisor.send_text("s1", "123", "hi").await.unwrap_err();
+    let err = h
+        .supervisor
+        .send_text("s1", "15550001111", "hi")
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::NotConnected { .. }), "{err}");
+    assert!(h.supervisor.outbox("s1", 10).await.unwrap().is_empty());
 
+    let mut events = h.supervisor.subscribe();
     h.run("s2", [Script::login(JID)]).await;
     h.wait_state("s2", SessionState::Connected).await;
     let id = h
@@ -195,10 +201,23 @@ async fn send_text_needs_a_connected_session() {
         .send_text("s2", "15550001111", "hello")
         .await
         .unwrap();
-    assert_eq!(id, "scripted-1");
+    loop {
+        if let SessionEvent::MessageStatus(m) = events.recv().await.unwrap()
+            && m.id == id
+            && m.status == MessageStatus::Sent
+        {
+            break;
+        }
+    }
+    let sent = h.link.stats("s2").sent;
+    assert_eq!(sent.len(), 1);
     assert_eq!(
-        h.link.stats("s2").sent,
-        vec![("15550001111".to_string(), "hello".to_string())]
+        (
+            sent[0].id.as_str(),
+            sent[0].to.as_str(),
+            sent[0].text.as_str()
+        ),
+        (id.as_str(), "15550001111@s.whatsapp.net", "hello")
     );
 }
 

@@ -13,6 +13,7 @@ use wa_rs_binary::node::{Node, NodeContent};
 use crate::conn::Shared;
 use crate::nodes::{self, attr};
 use crate::record::{ConnId, ServerEvent};
+use crate::scenario::RefuseSpec;
 use crate::signal::{Bundle, DeviceAddress, Plaintext};
 
 /// What a contact's phone sends back once it has decrypted a message.
@@ -186,12 +187,36 @@ pub(crate) async fn client_message(
     conn: ConnId,
     client: Option<&DeviceAddress>,
     message: &Node,
+    refusal: Option<RefuseSpec>,
 ) -> Vec<Node> {
     let id = attr(message, "id").unwrap_or_default();
     let chat = attr(message, "to").unwrap_or_default();
+    if let Some(refusal) = refusal {
+        tracing::info!(conn, id = %id, code = refusal.code, "refusing a message");
+        shared.recorder.event(
+            conn,
+            ServerEvent::MessageRefused {
+                id: id.clone(),
+                chat: chat.clone(),
+                code: refusal.code,
+            },
+        );
+        return vec![refusal_ack(&id, &chat, &refusal)];
+    }
     let mut delivered = false;
     for copy in copies(message, &chat) {
         let plaintext = decrypt_copy(shared, client, &copy).await;
+        // A copy with an id this device already read is a resend: recipients drop it.
+        let duplicate = plaintext.is_ok()
+            && !shared
+                .seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((
+                    client.map(DeviceAddress::jid).unwrap_or_default(),
+                    copy.device.clone(),
+                    id.clone(),
+                ));
         match &plaintext {
             Ok(p) => {
                 delivered |= !p.device_sent;
@@ -216,6 +241,7 @@ pub(crate) async fn client_message(
                 device: copy.device,
                 enc_type: copy.enc_type,
                 plaintext,
+                duplicate,
             },
         );
     }
@@ -241,6 +267,24 @@ async fn decrypt_copy(
         .decrypt(&to, client, &copy.enc_type, copy.payload)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// `<ack class="message" id=… from=chat error=code [expiration=…]/>`: the server refuses it.
+fn refusal_ack(id: &str, chat: &str, refusal: &RefuseSpec) -> Node {
+    let mut b = NodeBuilder::new("ack").attrs([
+        ("class", "message".to_string()),
+        ("id", id.to_string()),
+        ("from", chat.to_string()),
+        ("error", refusal.code.to_string()),
+        ("t", nodes::unix_now().as_secs().to_string()),
+    ]);
+    if let Some(expire) = refusal.expire {
+        b = b.attr(
+            "expiration",
+            (nodes::unix_now() + expire).as_secs().to_string(),
+        );
+    }
+    b.build()
 }
 
 /// `<ack class="message" id=… from=chat t=…/>`: the server has the message.

@@ -52,6 +52,8 @@ pub(crate) struct Shared {
     pub recorder: Recorder,
     pub registry: Registry,
     pub contacts: crate::signal::Contacts,
+    /// (sender device, recipient device, message id) of every copy decrypted, to tell resends.
+    pub seen: Mutex<std::collections::HashSet<(String, String, String)>>,
     pub script: RwLock<Script>,
     pub attempts: Mutex<HashMap<String, u32>>,
     pub options: ConnOptions,
@@ -391,8 +393,20 @@ impl SocketOwner {
         let recorded = match node.tag.as_str() {
             "iq" => None,
             "message" => {
-                return chat::client_message(&self.shared, self.conn, self.device.as_ref(), node)
-                    .await;
+                let refusal = self
+                    .flags
+                    .refusals
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .pop_front();
+                return chat::client_message(
+                    &self.shared,
+                    self.conn,
+                    self.device.as_ref(),
+                    node,
+                    refusal,
+                )
+                .await;
             }
             "ack" => Some(ServerEvent::ClientAck {
                 class: attr(node, "class").unwrap_or_default(),

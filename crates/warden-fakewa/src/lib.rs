@@ -58,7 +58,8 @@ pub use record::{
 };
 pub use registry::{PairedDevice, Registry};
 pub use scenario::{
-    FailureSpec, MessageSpec, PairSpec, Plan, QrSpec, Scenario, Script, Step, StreamErrorSpec,
+    FailureSpec, MessageSpec, PairSpec, Plan, QrSpec, RefuseSpec, Scenario, Script, Step,
+    StreamErrorSpec,
 };
 pub use server::{Error, FakeServer, ListenerMode};
 pub use signal::{DeviceAddress, Plaintext, SignalKeys};

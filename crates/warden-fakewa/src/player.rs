@@ -15,6 +15,7 @@ use crate::conn::Shared;
 use crate::nodes::{self, PairTarget, attr};
 use crate::record::{ConnId, Recorder, ServerEvent};
 use crate::registry::{PairedDevice, lid_for};
+use crate::scenario::RefuseSpec;
 use crate::scenario::{
     FailureSpec, MessageSpec, PairSpec, QrSpec, Scenario, Step, StreamErrorSpec,
 };
@@ -42,6 +43,8 @@ pub(crate) struct Flags {
     pub stalled: AtomicBool,
     /// `<success>` was sent: deliver the offline backlog when the client goes active.
     pub logged_in: AtomicBool,
+    /// How the next messages the client sends are refused, in order.
+    pub refusals: std::sync::Mutex<std::collections::VecDeque<RefuseSpec>>,
 }
 
 /// Plays a scenario's steps; talks to the socket owner through channels.
@@ -208,6 +211,14 @@ impl Player {
                     id: spec.id,
                     from: spec.from,
                 });
+                Flow::Next
+            }
+            Step::RefuseNext(spec) => {
+                self.flags
+                    .refusals
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_back(spec);
                 Flow::Next
             }
             Step::AwaitSent(n) => {

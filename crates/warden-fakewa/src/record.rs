@@ -149,6 +149,18 @@ pub enum ServerEvent {
         enc_type: String,
         /// What the device decrypted, or why it could not.
         plaintext: Result<crate::signal::Plaintext, String>,
+        /// This device had already read a message with this id from this sender: a resend,
+        /// which a real recipient drops.
+        duplicate: bool,
+    },
+    /// A message the client sent was refused (`RefuseNext`), with this code.
+    MessageRefused {
+        /// The message's id.
+        id: String,
+        /// The chat.
+        chat: String,
+        /// The error code sent.
+        code: u16,
     },
     /// The connection ended.
     Closed(CloseKind),

@@ -43,6 +43,9 @@ pub enum Step {
     /// Deliver an incoming message (see [`MessageSpec`]); the client answers with an `<ack>`,
     /// recorded as [`ServerEvent::ClientAck`](crate::ServerEvent::ClientAck).
     Message(MessageSpec),
+    /// Refuse the next message the client sends on this connection: an error `<ack>` with
+    /// this code (463 is WhatsApp's reach-out timelock), and no copy is delivered.
+    RefuseNext(RefuseSpec),
     /// Wait until the client has sent this many messages on this connection (counted by id,
     /// as [`ServerEvent::ClientMessage`](crate::ServerEvent::ClientMessage) records them).
     AwaitSent(usize),
@@ -83,6 +86,25 @@ impl MessageSpec {
             text: Some(text.into()),
             ..Self::new(from, id)
         }
+    }
+}
+
+/// How a message is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefuseSpec {
+    /// The `error` code of the `<ack>`.
+    pub code: u16,
+    /// When the refusal's lock ends, from now (sent as `expiration`, Unix seconds); none when
+    /// absent.
+    #[serde(default, with = "humantime_serde")]
+    pub expire: Option<Duration>,
+}
+
+impl RefuseSpec {
+    /// WhatsApp's reach-out timelock (463), ending after `expire`.
+    pub fn timelock(expire: Option<Duration>) -> Self {
+        Self { code: 463, expire }
     }
 }
 
@@ -297,6 +319,7 @@ impl fmt::Display for Step {
             Step::StreamEnd => f.write_str("stream_end"),
             Step::Message(m) => write!(f, "message({} from {})", m.id, m.from),
             Step::AwaitSent(n) => write!(f, "await_sent({n})"),
+            Step::RefuseNext(r) => write!(f, "refuse_next({})", r.code),
         }
     }
 }

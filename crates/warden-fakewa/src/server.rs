@@ -84,6 +84,7 @@ impl FakeServer {
             recorder: Recorder::new(),
             registry: Registry::new(config.first_phone),
             contacts: crate::signal::Contacts::new(config.contact_devices.clone()),
+            seen: Mutex::new(std::collections::HashSet::new()),
             script: RwLock::new(config.script),
             attempts: Mutex::new(HashMap::new()),
             options: ConnOptions {

@@ -52,6 +52,8 @@ fn event(line: &EventLine) -> Event {
         EventLine::Qr { .. } => "qr",
         EventLine::PairCode { .. } => "pair_code",
         EventLine::Message { .. } => "message",
+        EventLine::MessageStatus { .. } => "message_status",
+        EventLine::NewChatsPaused { .. } => "new_chats_paused",
         EventLine::Removed { .. } => "removed",
         EventLine::Closed { .. } => "closed",
     };

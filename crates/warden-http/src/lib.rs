@@ -5,7 +5,8 @@
 //!
 //! - the legacy Node.js gateway's routes, with its JSON field names, so the legacy guide's curl
 //!   commands and an existing frontend keep working ([`legacy`]);
-//! - QR codes as SVG, PNG or text, sending, and reaping ([`routes`]);
+//! - QR codes as SVG, PNG or text, and reaping ([`routes`]);
+//! - sending, one message's status, a session's outbox, retry and cancel ([`messages`]);
 //! - `GET /events`, server-sent events: current state first, then changes ([`events`]);
 //! - `GET /metrics` in the Prometheus text format ([`metrics`]) and `GET /healthz`;
 //! - `GET /openapi.json` ([`openapi`]) and a dashboard at `/` (no build step, embedded).
@@ -38,6 +39,7 @@ pub mod events;
 mod extract;
 pub mod legacy;
 pub mod listener;
+pub mod messages;
 pub mod metrics;
 pub mod openapi;
 pub mod origin;

@@ -11,13 +11,13 @@ use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use warden_control::protocol::HealthView;
 
 use crate::error::ApiError;
-use crate::extract::{JsonBody, QueryOf, TokenPath};
+use crate::extract::{QueryOf, TokenPath};
 use crate::state::AppState;
-use crate::{auth, dashboard, events, legacy, openapi, origin, qr};
+use crate::{auth, dashboard, events, legacy, messages, openapi, origin, qr};
 
 /// One route of the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +52,7 @@ const fn public(method: &'static str, path: &'static str, summary: &'static str)
 
 /// Every route the gateway serves. The OpenAPI document is built from this table, and the
 /// tests check that the router serves exactly these.
-pub const ROUTES: [Route; 21] = [
+pub const ROUTES: [Route; 25] = [
     public("GET", "/", "The dashboard page"),
     public("GET", "/dashboard/app.js", "The dashboard's script"),
     public("GET", "/dashboard/style.css", "The dashboard's style sheet"),
@@ -120,7 +120,31 @@ pub const ROUTES: [Route; 21] = [
         "/session/qr/{token}",
         "The QR code on show, as SVG, PNG or text",
     ),
-    route("POST", "/session/send/{token}", "Send a text message"),
+    route(
+        "POST",
+        "/session/send/{token}",
+        "Queue a text message (with an optional idempotency key)",
+    ),
+    route(
+        "GET",
+        "/session/message/{token}/{id}",
+        "One outgoing message, by id or idempotency key",
+    ),
+    route(
+        "POST",
+        "/session/message/{token}/{id}/retry",
+        "Queue a failed message again",
+    ),
+    route(
+        "POST",
+        "/session/message/{token}/{id}/cancel",
+        "Cancel a queued or failed message",
+    ),
+    route(
+        "GET",
+        "/session/outbox/{token}",
+        "A session's queued and failed messages",
+    ),
     route(
         "POST",
         "/reap",
@@ -192,7 +216,14 @@ pub fn router(app: Arc<AppState>) -> Router {
             post(legacy::reset_reconnect),
         )
         .route("/session/qr/{token}", get(qr_image))
-        .route("/session/send/{token}", post(send))
+        .route("/session/send/{token}", post(messages::send))
+        .route("/session/message/{token}/{id}", get(messages::status))
+        .route("/session/message/{token}/{id}/retry", post(messages::retry))
+        .route(
+            "/session/message/{token}/{id}/cancel",
+            post(messages::cancel),
+        )
+        .route("/session/outbox/{token}", get(messages::outbox))
         .route("/reap", post(reap))
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
@@ -316,52 +347,6 @@ async fn qr_image(
         body,
     )
         .into_response())
-}
-
-/// The body of `POST /session/send/{token}`.
-#[derive(Debug, Deserialize)]
-pub struct SendBody {
-    /// A phone number (digits with country code) or a JID.
-    pub to: String,
-    /// The text.
-    pub text: String,
-}
-
-/// The answer of `POST /session/send/{token}`.
-#[derive(Debug, Serialize)]
-pub struct SentReply {
-    /// Always `true`.
-    pub success: bool,
-    /// What was done.
-    pub message: String,
-    /// The session that sent it.
-    pub token: String,
-    /// The id of the message sent.
-    #[serde(rename = "messageId")]
-    pub message_id: String,
-}
-
-/// `POST /session/send/{token}`.
-async fn send(
-    State(app): State<Arc<AppState>>,
-    TokenPath(token): TokenPath,
-    JsonBody(body): JsonBody<SendBody>,
-) -> Result<Json<SentReply>, ApiError> {
-    if body.to.trim().is_empty() || body.text.is_empty() {
-        return Err(ApiError::bad_request(
-            "\"to\" (a phone number or JID) and \"text\" must not be empty",
-        ));
-    }
-    let id = app
-        .supervisor
-        .send_text(&token, &body.to, &body.text)
-        .await?;
-    Ok(Json(SentReply {
-        success: true,
-        message: "Message sent".into(),
-        token,
-        message_id: id,
-    }))
 }
 
 /// `POST /reap`: reaps stuck sessions now.

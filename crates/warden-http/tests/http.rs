@@ -370,19 +370,63 @@ async fn a_session_from_creation_to_deletion() {
         (409, json!("no_qr"))
     );
 
+    let mut events = gw.supervisor.subscribe();
     let sent = gw
         .call(
             "POST",
             "/session/send/phone",
-            Some(r#"{"to":"15550001111","text":"hello"}"#),
+            Some(r#"{"to":"15550001111","text":"hello","key":"k-1"}"#),
         )
         .await;
     assert_eq!(sent.status, 200, "{}", sent.text());
-    assert_eq!(sent.json()["messageId"], "scripted-1");
+    let id = sent.json()["messageId"].as_str().unwrap().to_owned();
+    // Stored, then sent by the session's drain: wait for its `sent`.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(warden_core::SessionEvent::MessageStatus(m)) = events.recv().await
+                && m.id == id
+                && m.status == warden_core::MessageStatus::Sent
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the message is sent");
+    let link_sent = gw.link.stats("phone").sent;
+    assert_eq!(link_sent.len(), 1);
     assert_eq!(
-        gw.link.stats("phone").sent,
-        vec![("15550001111".into(), "hello".into())]
+        (
+            link_sent[0].id.as_str(),
+            link_sent[0].to.as_str(),
+            link_sent[0].text.as_str()
+        ),
+        (id.as_str(), "15550001111@s.whatsapp.net", "hello")
     );
+    // The same key again: the same message, nothing sent twice.
+    let again = gw
+        .call(
+            "POST",
+            "/session/send/phone",
+            Some(r#"{"to":"15550001111","text":"hello","key":"k-1"}"#),
+        )
+        .await;
+    assert_eq!(again.json()["messageId"], json!(id));
+    let status = gw
+        .call("GET", &format!("/session/message/phone/{id}"), None)
+        .await;
+    assert_eq!(status.status, 200, "{}", status.text());
+    assert_eq!(status.json()["status"], json!("sent"));
+    let bad = gw
+        .call(
+            "POST",
+            "/session/send/phone",
+            Some(r#"{"to":"15550001111","text":" "}"#),
+        )
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert!(bad.text().contains("empty"), "{}", bad.text());
+    assert_eq!(gw.link.stats("phone").sent.len(), 1);
     let not_connected = gw
         .call(
             "POST",

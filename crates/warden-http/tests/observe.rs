@@ -81,6 +81,7 @@ async fn the_event_stream_sends_the_current_state_then_changes() {
         chat: "15550001111@s.whatsapp.net".into(),
         sender: "15550001111@s.whatsapp.net".into(),
         timestamp: std::time::SystemTime::now(),
+        kind: "text".into(),
         text: Some("halo".into()),
     };
     gw.link.script("m", [Script::login(JID).message(message)]);

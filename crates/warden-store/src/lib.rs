@@ -2,7 +2,8 @@
 //!
 //! [`Db`] is the single SQLite database (`sessions/warden.db`) that holds everything warden
 //! persists: each session's record (written by the supervisor) and each session's WhatsApp
-//! credentials and keys (written by the link through [`Kv`]).
+//! credentials and keys (written by the link through [`Kv`]), and each session's outbox of
+//! messages to send ([`OutboxRow`]).
 //!
 //! - **One owner thread, whatever the number of sessions.** The connection lives on one thread
 //!   ([`engine`]); callers queue jobs (bounded: when full, callers wait). No pool, no thread,
@@ -27,6 +28,7 @@
 mod devices;
 pub mod engine;
 mod error;
+mod outbox;
 mod records;
 pub mod schema;
 
@@ -35,6 +37,7 @@ use std::sync::Arc;
 
 pub use devices::{DeviceId, Entries, Kv};
 pub use error::DbError;
+pub use outbox::{NewOutboxMessage, OutboxChange, OutboxRow};
 pub use records::RecordChange;
 
 /// The database's file name inside `sessions/`.

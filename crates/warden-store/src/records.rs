@@ -16,7 +16,7 @@ pub enum RecordChange {
         /// The encoded record.
         text: String,
     },
-    /// Removes the session: its record, its credentials and all its keys.
+    /// Removes the session: its record, its credentials, all its keys and its outbox.
     Remove {
         /// The session.
         token: String,
@@ -45,6 +45,7 @@ impl Db {
                         RecordChange::Remove { token } => {
                             conn.execute("DELETE FROM session_records WHERE token = ?1", [token])?;
                             crate::devices::delete_device_rows(conn, token)?;
+                            crate::outbox::delete_session_rows(conn, token)?;
                         }
                     }
                 }

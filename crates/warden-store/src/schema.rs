@@ -10,7 +10,9 @@ use rusqlite::Connection;
 pub const SCHEMA_VERSION: i64 = 1;
 
 /// Every table. Each row belongs to one session: `session_records` by token, `devices` by
-/// token (one row per set of credentials, with an id that is never reused), `kv` by device id.
+/// token (one row per set of credentials, with an id that is never reused), `kv` by device id,
+/// `outbox` by token (its messages to send, in `seq` order). A database of an earlier build
+/// gains the tables it lacks when it is opened.
 const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
@@ -32,6 +34,25 @@ CREATE TABLE IF NOT EXISTS kv (
     v BLOB NOT NULL,
     PRIMARY KEY (device_id, ns, k)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    token TEXT NOT NULL,
+    id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    body TEXT NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT,
+    code INTEGER,
+    attempts INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    UNIQUE (token, key),
+    UNIQUE (token, id)
+);
+CREATE INDEX IF NOT EXISTS outbox_by_status ON outbox (token, status, seq);
+CREATE INDEX IF NOT EXISTS outbox_by_expiry ON outbox (status, expires_at);
 ";
 
 /// Prepares a freshly opened connection: WAL, full fsync at commit (a reply means the change

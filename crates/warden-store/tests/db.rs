@@ -189,3 +189,117 @@ async fn many_concurrent_callers_are_all_answered_and_kept() {
     let db = Db::open_in(dir.path()).unwrap();
     assert_eq!(db.load_records().await.unwrap().len(), 5000);
 }
+
+fn message(token: &str, id: &str, key: &str, to: &str) -> warden_store::NewOutboxMessage {
+    warden_store::NewOutboxMessage {
+        token: token.into(),
+        id: id.into(),
+        key: key.into(),
+        to: to.into(),
+        text: format!("text of {id}"),
+        status: "queued".into(),
+        created_at: 1_000,
+        expires_at: Some(5_000),
+    }
+}
+
+#[tokio::test]
+async fn the_outbox_keeps_one_message_per_key_in_order_across_a_reopen() {
+    let (dir, db) = open();
+    let (first, new) = db
+        .outbox_insert(message("s", "A1", "k1", "1@x"))
+        .await
+        .unwrap();
+    assert!(new);
+    let (again, new) = db
+        .outbox_insert(message("s", "A2", "k1", "2@x"))
+        .await
+        .unwrap();
+    assert!(!new, "a repeated key is not a new message");
+    assert_eq!(again, first, "and answers with the first one");
+    db.outbox_insert(message("s", "B1", "k2", "1@x"))
+        .await
+        .unwrap();
+    db.outbox_insert(message("other", "C1", "k1", "1@x"))
+        .await
+        .unwrap();
+
+    // A change is decided from the row as it is, in the same transaction.
+    let (after, changed) = db
+        .outbox_apply("s", "A1", |row| {
+            assert_eq!(row.status, "queued");
+            Some(warden_store::OutboxChange {
+                status: "sent".into(),
+                reason: None,
+                code: None,
+                attempts: row.attempts + 1,
+                at: 2_000,
+                expires_at: row.expires_at,
+            })
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(changed);
+    assert_eq!(
+        (after.status.as_str(), after.attempts, after.updated_at),
+        ("sent", 1, 2_000)
+    );
+    let (_, changed) = db.outbox_apply("s", "A1", |_| None).await.unwrap().unwrap();
+    assert!(!changed);
+    assert!(
+        db.outbox_apply("s", "nope", |_| None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    db.close().await;
+    let db = Db::open_in(dir.path()).unwrap();
+    let queued = db.outbox_list("s", &["queued"], 10).await.unwrap();
+    assert_eq!(
+        queued.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["B1"]
+    );
+    let all = db.outbox_list("s", &["sent", "queued"], 10).await.unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["A1", "B1"],
+        "send order"
+    );
+    assert_eq!(
+        db.outbox_get("s", "k2").await.unwrap().unwrap().id,
+        "B1",
+        "by key"
+    );
+    assert_eq!(db.outbox_by_key("s", "k2").await.unwrap().unwrap().id, "B1");
+    assert!(
+        db.outbox_by_key("s", "B1").await.unwrap().is_none(),
+        "an id is not a key"
+    );
+    assert_eq!(
+        db.outbox_get("s", "A1").await.unwrap().unwrap().key,
+        "k1",
+        "by id"
+    );
+    assert!(db.outbox_has_chat("s", "1@x", &["sent"]).await.unwrap());
+    assert!(!db.outbox_has_chat("s", "2@x", &["sent"]).await.unwrap());
+    let expiring = db.outbox_expiring("queued", 5_000).await.unwrap();
+    assert_eq!(
+        expiring.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["B1", "C1"]
+    );
+    assert!(
+        db.outbox_expiring("queued", 4_999)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Removing a session removes its outbox, and only its own.
+    db.write_records(vec![RecordChange::Remove { token: "s".into() }])
+        .await
+        .unwrap();
+    assert!(db.outbox_get("s", "A1").await.unwrap().is_none());
+    assert!(db.outbox_get("other", "C1").await.unwrap().is_some());
+}

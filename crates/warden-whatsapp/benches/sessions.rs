@@ -211,6 +211,7 @@ fn link(url: &str, dir: &std::path::Path) -> Arc<WaLink> {
         version: "2.3000.1027868167".into(),
         connect_timeout: Duration::from_secs(600),
         liveness_timeout: Duration::from_secs(600),
+        ack_timeout: Duration::from_secs(30),
     };
     // One measurement per process: the database is opened once, by this link.
     let db = warden_store::Db::open_in(dir).expect("session database");

@@ -13,9 +13,11 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
+use wa_rs::wa_rs_proto::whatsapp as wa;
 use wa_rs_core::proto_helpers::MessageExt;
 use wa_rs_core::types::events::Event;
-use warden_core::{DisconnectReason, IncomingMessage, LifecycleEvent};
+use wa_rs_core::types::presence::ReceiptType;
+use warden_core::{DisconnectReason, IncomingMessage, LifecycleEvent, ReceiptKind, SendOutcome};
 
 use crate::transport::{Dial, SocketEnd, TransportFacts};
 
@@ -81,6 +83,30 @@ pub enum Seen {
     },
     /// `Message`.
     Message(IncomingMessage),
+    /// `Receipt`: a recipient's delivery or read receipt.
+    Receipt {
+        /// The chat.
+        chat: String,
+        /// The messages it is about.
+        ids: Vec<String>,
+        /// Delivered or read.
+        kind: ReceiptKind,
+    },
+}
+
+impl Seen {
+    /// What travels on the session's bounded inbound path, if this does.
+    pub fn inbound(&self) -> Option<warden_core::Inbound> {
+        match self {
+            Self::Message(m) => Some(warden_core::Inbound::Message(m.clone())),
+            Self::Receipt { chat, ids, kind } => Some(warden_core::Inbound::Receipt {
+                chat: chat.clone(),
+                ids: ids.clone(),
+                kind: *kind,
+            }),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Debug for Seen {
@@ -110,6 +136,9 @@ impl fmt::Debug for Seen {
             }
             Self::StreamError { code } => write!(f, "StreamError {{ code: {code:?} }}"),
             Self::Message(m) => write!(f, "Message {{ id: {:?}, chat: {:?} }}", m.id, m.chat),
+            Self::Receipt { ids, kind, .. } => {
+                write!(f, "Receipt {{ ids: {ids:?}, kind: {kind:?} }}")
+            }
         }
     }
 }
@@ -168,15 +197,80 @@ pub fn tap(event: &Event) -> Option<Seen> {
         Event::StreamError(s) => Seen::StreamError {
             code: s.code.clone(),
         },
-        Event::Message(message, info) => Seen::Message(IncomingMessage {
-            id: info.id.clone(),
-            chat: info.source.chat.to_string(),
-            sender: info.source.sender.to_string(),
-            timestamp: SystemTime::from(info.timestamp),
-            text: message.text_content().map(str::to_owned),
-        }),
+        Event::Message(message, info) => {
+            let (kind, text) = describe(message);
+            Seen::Message(IncomingMessage {
+                id: info.id.clone(),
+                chat: info.source.chat.to_string(),
+                sender: info.source.sender.to_string(),
+                timestamp: SystemTime::from(info.timestamp),
+                kind: kind.to_owned(),
+                text,
+            })
+        }
+        Event::Receipt(receipt) => {
+            // A delivery receipt has no `type`; wa-rs 0.2 reads that as "delivery", which it
+            // then reports as `Other("delivery")` rather than `Delivered`.
+            let kind = match &receipt.r#type {
+                ReceiptType::Delivered => ReceiptKind::Delivered,
+                ReceiptType::Other(t) if t == "delivery" => ReceiptKind::Delivered,
+                ReceiptType::Read | ReceiptType::Played => ReceiptKind::Read,
+                _ => return None,
+            };
+            Seen::Receipt {
+                chat: receipt.source.chat.to_string(),
+                ids: receipt.message_ids.clone(),
+                kind,
+            }
+        }
         _ => return None,
     })
+}
+
+/// What the server's `<ack>` of a sent message says: accepted, or refused with the code in
+/// its `error` attribute. A refusal's lock end, when the server gives one, is read from an
+/// `expiration` attribute (Unix seconds).
+pub fn send_outcome(ack: &wa_rs_binary::node::Node) -> SendOutcome {
+    let attr = |k: &str| ack.attrs.get(k).map(|v| v.to_string_value());
+    match attr("error").and_then(|e| e.parse::<u16>().ok()) {
+        None => SendOutcome::Accepted,
+        Some(code) => SendOutcome::Refused {
+            code,
+            until: attr("expiration")
+                .and_then(|t| t.parse::<u64>().ok())
+                .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs)),
+        },
+    }
+}
+
+/// What kind of message `message` is, and its text: the text of a text message, the caption
+/// of media, the emoji of a reaction.
+pub fn describe(message: &wa::Message) -> (&'static str, Option<String>) {
+    let base = message.get_base_message();
+    let text = |t: Option<&str>| t.filter(|t| !t.is_empty()).map(str::to_owned);
+    if let Some(t) = message.text_content() {
+        return ("text", text(Some(t)));
+    }
+    let caption = text(message.get_caption());
+    if base.image_message.is_some() {
+        ("image", caption)
+    } else if base.video_message.is_some() {
+        ("video", caption)
+    } else if base.document_message.is_some() {
+        ("document", caption)
+    } else if base.audio_message.is_some() {
+        ("audio", None)
+    } else if base.sticker_message.is_some() {
+        ("sticker", None)
+    } else if let Some(r) = &base.reaction_message {
+        ("reaction", text(r.text.as_deref()))
+    } else if base.location_message.is_some() || base.live_location_message.is_some() {
+        ("location", None)
+    } else if base.contact_message.is_some() || base.contacts_array_message.is_some() {
+        ("contact", None)
+    } else {
+        ("other", None)
+    }
 }
 
 /// The lifecycle event to report for `seen` while the connection lives. `Connected` is left
@@ -189,7 +283,6 @@ pub fn lifecycle(seen: &Seen) -> Option<LifecycleEvent> {
         },
         Seen::PairCode { code } => LifecycleEvent::PairCode { code: code.clone() },
         Seen::PairSuccess { jid } => LifecycleEvent::Paired { jid: jid.clone() },
-        Seen::Message(message) => LifecycleEvent::Message(message.clone()),
         _ => return None,
     })
 }
@@ -723,8 +816,118 @@ mod tests {
             chat: "15550001111@s.whatsapp.net".into(),
             sender: "15550001111@s.whatsapp.net".into(),
             timestamp: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            kind: "text".into(),
             text: Some("hello".into()),
         };
-        assert_eq!(lifecycle(&seen), Some(LifecycleEvent::Message(expected)));
+        assert_eq!(lifecycle(&seen), None, "messages are not lifecycle events");
+        assert_eq!(
+            seen.inbound(),
+            Some(warden_core::Inbound::Message(expected))
+        );
+    }
+
+    #[test]
+    fn message_kinds_and_their_text() {
+        use wa_rs::wa_rs_proto::whatsapp::{self as wa, message as m};
+        let table: Vec<(wa::Message, &str, Option<&str>)> = vec![
+            (
+                wa::Message {
+                    conversation: Some("hi".into()),
+                    ..Default::default()
+                },
+                "text",
+                Some("hi"),
+            ),
+            (
+                wa::Message {
+                    extended_text_message: Some(Box::new(m::ExtendedTextMessage {
+                        text: Some("a link".into()),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                },
+                "text",
+                Some("a link"),
+            ),
+            (
+                wa::Message {
+                    image_message: Some(Box::new(m::ImageMessage {
+                        caption: Some("a cat".into()),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                },
+                "image",
+                Some("a cat"),
+            ),
+            (
+                wa::Message {
+                    document_message: Some(Box::new(m::DocumentMessage {
+                        caption: Some("invoice".into()),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                },
+                "document",
+                Some("invoice"),
+            ),
+            (
+                wa::Message {
+                    reaction_message: Some(m::ReactionMessage {
+                        text: Some("👍".into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                "reaction",
+                Some("👍"),
+            ),
+            (
+                wa::Message {
+                    audio_message: Some(Box::new(m::AudioMessage::default())),
+                    ..Default::default()
+                },
+                "audio",
+                None,
+            ),
+            (wa::Message::default(), "other", None),
+        ];
+        for (message, kind, text) in table {
+            assert_eq!(
+                describe(&message),
+                (kind, text.map(str::to_owned)),
+                "{kind}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_ack_with_an_error_is_a_refusal() {
+        use wa_rs_binary::builder::NodeBuilder;
+        let ack = |attrs: &[(&str, &str)]| {
+            let mut b = NodeBuilder::new("ack");
+            for (k, v) in attrs {
+                b = b.attr(*k, *v);
+            }
+            b.build()
+        };
+        assert_eq!(
+            send_outcome(&ack(&[("id", "x"), ("class", "message")])),
+            SendOutcome::Accepted
+        );
+        assert_eq!(
+            send_outcome(&ack(&[("id", "x"), ("error", "463")])),
+            SendOutcome::Refused {
+                code: 463,
+                until: None
+            }
+        );
+        assert_eq!(
+            send_outcome(&ack(&[("error", "463"), ("expiration", "1700000000")])),
+            SendOutcome::Refused {
+                code: 463,
+                until: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+            }
+        );
     }
 }

@@ -33,6 +33,10 @@ pub struct WaConfig {
     /// as timed out. Pings go out after a third of it without traffic.
     #[serde(with = "humantime_serde")]
     pub liveness_timeout: Duration,
+    /// How long the server may take to acknowledge a sent message; past it the send counts
+    /// as failed and the message is sent again later under the same id.
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
 }
 
 impl Default for WaConfig {
@@ -42,6 +46,7 @@ impl Default for WaConfig {
             version: String::new(),
             connect_timeout: Duration::from_secs(20),
             liveness_timeout: Duration::from_secs(90),
+            ack_timeout: Duration::from_secs(30),
         }
     }
 }

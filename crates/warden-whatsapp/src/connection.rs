@@ -18,7 +18,8 @@ use wa_rs::wa_rs_proto::whatsapp as wa;
 use wa_rs_core::iq::keepalive::KeepaliveSpec;
 use warden_core::link::SendFuture;
 use warden_core::{
-    Connection, DisconnectReason, LifecycleEvent, LifecycleSink, LinkError, OpenOptions,
+    Connection, DisconnectReason, LifecycleEvent, LifecycleSink, LinkError, OpenOptions, Outgoing,
+    SendOutcome,
 };
 
 use crate::classify::{self, RunFacts, Seen};
@@ -41,6 +42,8 @@ struct Control {
     /// The task running `client.run()`.
     run: Mutex<Option<AbortHandle>>,
     probe: Arc<Probe>,
+    /// How long a sent message's ack may take.
+    ack_timeout: Duration,
 }
 
 /// One live connection; see the module docs. Dropping it stops the connection at once: the
@@ -64,6 +67,7 @@ impl std::fmt::Debug for WaConnection {
 pub(crate) struct DriveConfig {
     pub watchdog: Watchdog,
     pub connect_timeout: Duration,
+    pub ack_timeout: Duration,
 }
 
 impl WaConnection {
@@ -78,6 +82,7 @@ impl WaConnection {
             stop: CancellationToken::new(),
             client: Mutex::new(None),
             run: Mutex::new(None),
+            ack_timeout: config.ack_timeout,
             probe: session.factory.probe(),
         });
         let driver = crate::tasks::spawn(drive(session, options, sink, control.clone(), config));
@@ -107,21 +112,22 @@ impl Connection for WaConnection {
         }
     }
 
-    fn send_text(&self, to: &str, text: &str) -> SendFuture<Result<String, LinkError>> {
-        let recipient = parse_recipient(to);
+    fn send(&self, message: Outgoing) -> SendFuture<Result<SendOutcome, LinkError>> {
+        let recipient = parse_recipient(&message.to);
         let client = lock(&self.control.client).clone();
-        let text = text.to_owned();
+        let ack_timeout = self.control.ack_timeout;
         Box::pin(async move {
             let jid = recipient?;
             let client = client.ok_or(LinkError::NotConnected)?;
-            let message = wa::Message {
-                conversation: Some(text),
+            let body = wa::Message {
+                conversation: Some(message.text),
                 ..Default::default()
             };
-            client
-                .send_message(jid, message)
+            let ack = client
+                .send_message_with_id_acked(jid, body, message.id, ack_timeout)
                 .await
-                .map_err(|e| LinkError::Send(e.to_string()))
+                .map_err(|e| LinkError::Send(e.to_string()))?;
+            Ok(classify::send_outcome(&ack))
         })
     }
 }
@@ -179,8 +185,8 @@ async fn drive(
     // Lifecycle events dispatched between connections (by wa-rs tasks that outlived a run)
     // are stale; messages decrypted after the previous connection's last look are not.
     while let Ok(event) = incarnation.events.try_recv() {
-        if let Seen::Message(message) = event {
-            sink.emit(LifecycleEvent::Message(message));
+        if let Some(item) = event.inbound() {
+            sink.inbound(item);
         }
     }
     if control.stop.is_cancelled() {
@@ -372,7 +378,11 @@ impl Forward<'_> {
                         self.session.flush().await;
                         tracing::info!(token = %self.token, jid = %jid, "paired")
                     }
-                    Seen::Message(_) => {}
+                    Seen::Message(_) | Seen::Receipt { .. } => {
+                        if let Some(item) = other.inbound() {
+                            self.sink.inbound(item);
+                        }
+                    }
                     ending => tracing::info!(token = %self.token, event = ?ending, "wa-rs event"),
                 }
                 if let Some(lifecycle) = classify::lifecycle(other) {

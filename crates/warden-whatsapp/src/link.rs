@@ -129,6 +129,7 @@ impl Link for WaLink {
         let config = DriveConfig {
             watchdog: Watchdog::new(self.config.liveness_timeout),
             connect_timeout: self.config.connect_timeout,
+            ack_timeout: self.config.ack_timeout,
         };
         Ok(Box::new(WaConnection::start(
             session, options, sink, config,

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use support::*;
-use warden_core::{SessionEvent, Supervisor};
+use warden_core::{MessageStatus, SendRequest, SessionEvent, Supervisor};
 use warden_fakewa::{
-    FakeServer, MessageSpec, Plaintext, Plan, Recorder, Scenario, Script, ServerConfig,
+    FakeServer, MessageSpec, Plaintext, Plan, Recorder, RefuseSpec, Scenario, Script, ServerConfig,
     ServerEvent, Step,
 };
 
@@ -92,6 +92,27 @@ async fn incoming(
     .unwrap_or_else(|_| panic!("message {id} arrives"))
 }
 
+/// The statuses message `id` goes through, until `last`.
+async fn statuses(
+    events: &mut tokio::sync::broadcast::Receiver<SessionEvent>,
+    id: &str,
+    last: MessageStatus,
+) -> Vec<MessageStatus> {
+    let mut seen = Vec::new();
+    tokio::time::timeout(LIMIT, async {
+        while seen.last() != Some(&last) {
+            if let SessionEvent::MessageStatus(m) = events.recv().await.expect("events")
+                && m.id == id
+            {
+                seen.push(m.status);
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{id} reaches {last}: {seen:?}"));
+    seen
+}
+
 fn subscribe(supervisor: &Supervisor) -> tokio::sync::broadcast::Receiver<SessionEvent> {
     supervisor.subscribe()
 }
@@ -109,11 +130,21 @@ async fn a_text_reaches_every_device_of_the_contact_and_the_own_phone() {
     let mut h = Harness::new(server, |_| {}).await;
     h.paired("s", PHONE).await;
 
+    let mut events = subscribe(&h.supervisor);
     let id = h
         .supervisor
         .send_text("s", "+1 555 765 4321", "hello there")
         .await
         .expect("sent");
+    // queued → sent (the server's ack) → delivered (the contact's phone's receipt).
+    assert_eq!(
+        statuses(&mut events, &id, MessageStatus::Delivered).await,
+        [
+            MessageStatus::Queued,
+            MessageStatus::Sent,
+            MessageStatus::Delivered
+        ]
+    );
     let got = copies(h.recorder(), &id, 3).await;
     let contact_phone = format!("{CONTACT}@s.whatsapp.net");
     let contact_laptop = format!("{CONTACT}:3@s.whatsapp.net");
@@ -245,4 +276,81 @@ async fn a_reply_goes_on_the_session_the_contact_started() {
         "the contact's session is reused: {got:?}"
     );
     assert_eq!(text(&got[CONTACT]), Some("yes"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_463_fails_the_message_and_pauses_new_chats_only() {
+    const PHONE: &str = "15550000304";
+    const KNOWN: &str = "15557650004@s.whatsapp.net";
+    const NEW: &str = "15557650005@s.whatsapp.net";
+    // The first message goes through; the server refuses the next one with 463.
+    let login = Plan::always(Scenario::new([
+        Step::Login,
+        Step::AwaitSent(1),
+        Step::RefuseNext(RefuseSpec::timelock(Some(Duration::from_secs(3600)))),
+    ]));
+    let server = server_with_contacts(PHONE, login, &[]).await;
+    let mut h = Harness::new(server, |_| {}).await;
+    h.paired("s", PHONE).await;
+    let mut events = subscribe(&h.supervisor);
+
+    let first = h.supervisor.send_text("s", KNOWN, "hello").await.unwrap();
+    statuses(&mut events, &first, MessageStatus::Sent).await;
+    let refused = h
+        .supervisor
+        .send_text("s", NEW, "hi, new here")
+        .await
+        .unwrap();
+    statuses(&mut events, &refused, MessageStatus::Failed).await;
+    let failed = h.supervisor.message_status("s", &refused).await.unwrap();
+    assert_eq!(failed.code, Some(463), "{failed:?}");
+    assert!(
+        failed.reason.as_deref().unwrap().contains("463"),
+        "{failed:?}"
+    );
+    let until = h
+        .supervisor
+        .new_chats_paused_until("s")
+        .expect("new chats are paused");
+    let left = until
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    assert!(
+        left > Duration::from_secs(3000),
+        "the server's expiry: {left:?}"
+    );
+    assert!(h.recorder().inspect(|s| s.any(|r| matches!(
+        &r.event,
+        ServerEvent::MessageRefused { id, code: 463, .. } if *id == refused
+    ))));
+
+    // While paused, a message to a new chat waits; one to a chat the account has written to
+    // goes, although it was queued after.
+    let waiting = h.supervisor.send_text("s", NEW, "again").await.unwrap();
+    let keyed = h
+        .supervisor
+        .send(
+            "s",
+            SendRequest {
+                to: KNOWN.into(),
+                text: "to a known chat".into(),
+                key: Some("known-2".into()),
+            },
+        )
+        .await
+        .unwrap();
+    statuses(&mut events, &keyed.id, MessageStatus::Sent).await;
+    let still = h.supervisor.message_status("s", &waiting).await.unwrap();
+    assert_eq!(still.status, MessageStatus::Queued, "{still:?}");
+    let outbox = h.supervisor.outbox("s", 10).await.unwrap();
+    assert_eq!(
+        outbox
+            .iter()
+            .map(|m| (m.id.as_str(), m.status))
+            .collect::<Vec<_>>(),
+        [
+            (refused.as_str(), MessageStatus::Failed),
+            (waiting.as_str(), MessageStatus::Queued)
+        ]
+    );
 }

@@ -113,7 +113,8 @@ pub enum Command {
     },
     /// List every session with counts per state.
     Sessions,
-    /// Send a text message from a connected session.
+    /// Queue a text message of a session that is connected or on its way back; it is sent
+    /// in order, paced. Prints its id; follow it with `warden message`.
     Send {
         /// The session's token.
         token: String,
@@ -123,6 +124,39 @@ pub enum Command {
         /// The text to send.
         #[arg(long)]
         text: String,
+        /// An idempotency key (at most 128 bytes): sending again with the same key answers
+        /// with the first message and sends nothing.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// One outgoing message's status, by id or idempotency key.
+    Message {
+        /// The session's token.
+        token: String,
+        /// The message's id or key.
+        id: String,
+    },
+    /// A session's queued and failed messages.
+    Outbox {
+        /// The session's token.
+        token: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Queue a failed message again.
+    RetryMessage {
+        /// The session's token.
+        token: String,
+        /// The message's id or key.
+        id: String,
+    },
+    /// Cancel a queued or failed message.
+    CancelMessage {
+        /// The session's token.
+        token: String,
+        /// The message's id or key.
+        id: String,
     },
     /// Follow events (state changes, QR codes, messages) as they happen.
     Watch {

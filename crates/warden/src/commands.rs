@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use warden_control::protocol::{
-    DeletedView, HealthView, ListView, ReapView, SentView, SessionView,
+    DeletedView, HealthView, ListView, OutboxView, OutgoingView, ReapView, SessionView,
 };
 use warden_control::{ClientError, ControlClient, ErrorCode, EventLine, Op};
 
@@ -84,11 +84,42 @@ async fn dispatch(socket: &Path, command: Command, json: bool) -> Result<ExitCod
             let d: DeletedView = client.call(&Op::Delete { token }).await?;
             print(json, &d, || format!("deleted session {}\n", d.deleted));
         }
-        Command::Send { token, to, text } => {
-            let sent: SentView = client.call(&Op::SendText { token, to, text }).await?;
-            print(json, &sent, || {
-                format!("sent, message id {}\n", sent.message_id)
-            });
+        Command::Send {
+            token,
+            to,
+            text,
+            key,
+        } => {
+            let sent: OutgoingView = client
+                .call(&Op::SendText {
+                    token,
+                    to,
+                    text,
+                    key,
+                })
+                .await?;
+            print(json, &sent, || output::outgoing(&sent));
+        }
+        Command::Message { token, id } => {
+            let m: OutgoingView = client.call(&Op::MessageStatus { token, id }).await?;
+            print(json, &m, || output::outgoing(&m));
+        }
+        Command::RetryMessage { token, id } => {
+            let m: OutgoingView = client.call(&Op::RetryMessage { token, id }).await?;
+            print(json, &m, || output::outgoing(&m));
+        }
+        Command::CancelMessage { token, id } => {
+            let m: OutgoingView = client.call(&Op::CancelMessage { token, id }).await?;
+            print(json, &m, || output::outgoing(&m));
+        }
+        Command::Outbox { token, limit } => {
+            let o: OutboxView = client
+                .call(&Op::Outbox {
+                    token,
+                    limit: Some(limit),
+                })
+                .await?;
+            print(json, &o, || output::outbox(&o));
         }
         Command::Cleanup => {
             let reap: ReapView = client.call(&Op::Reap {}).await?;

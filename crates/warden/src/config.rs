@@ -5,16 +5,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use warden_core::{AdmissionConfig, JanitorConfig, PolicyConfig};
+use warden_core::{AdmissionConfig, JanitorConfig, OutboxConfig, PolicyConfig};
 use warden_http::HttpConfig;
 use warden_whatsapp::WaConfig;
 
 /// The tables `daemon.toml` may have (and the `WARDEN_<TABLE>_` prefixes that override them).
-pub const TABLES: [&str; 6] = [
+pub const TABLES: [&str; 7] = [
     "daemon",
     "policy",
     "janitor",
     "admission",
+    "outbox",
     "whatsapp",
     "http",
 ];
@@ -31,6 +32,8 @@ pub struct Config {
     pub janitor: JanitorConfig,
     /// `[admission]`: limits on connection attempts.
     pub admission: AdmissionConfig,
+    /// `[outbox]`: how long messages wait, how fast they go.
+    pub outbox: OutboxConfig,
     /// `[whatsapp]`: how to reach WhatsApp.
     pub whatsapp: WaConfig,
     /// `[http]`: the HTTP gateway and dashboard.
@@ -254,10 +257,11 @@ fn overrides(env: &[(String, String)]) -> Vec<Override> {
 
 /// Checks what types alone cannot, naming the line of the offending key when it is in the file.
 fn validate(config: &Config, text: &str) -> Result<(), String> {
-    let checks: [(&str, Result<(), String>); 5] = [
+    let checks: [(&str, Result<(), String>); 6] = [
         ("policy", config.policy.validate()),
         ("janitor", config.janitor.validate()),
         ("admission", config.admission.validate()),
+        ("outbox", config.outbox.validate()),
         (
             "whatsapp",
             config.whatsapp.validate().map_err(|e| e.to_string()),

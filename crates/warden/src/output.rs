@@ -1,7 +1,7 @@
 //! Human-readable output of the client commands.
 
 use warden_control::EventLine;
-use warden_control::protocol::{ListView, SessionView};
+use warden_control::protocol::{ListView, OutboxView, OutgoingView, SessionView};
 
 /// A session as a short block of text.
 pub fn session(s: &SessionView) -> String {
@@ -97,6 +97,34 @@ pub fn qr(code: &str) -> String {
     }
 }
 
+/// One outgoing message, as one line.
+pub fn outgoing(m: &OutgoingView) -> String {
+    let mut line = format!("message {} to {}: {}", m.message_id, m.to, m.status);
+    if m.key != m.message_id {
+        line += &format!(" (key {})", m.key);
+    }
+    if let Some(reason) = &m.reason {
+        line += &format!(": {reason}");
+    }
+    line + "\n"
+}
+
+/// A session's outbox, one message a line.
+pub fn outbox(o: &OutboxView) -> String {
+    let mut out = String::new();
+    if let Some(until) = &o.new_chats_paused_until {
+        out += &format!("new chats paused until {until} (WhatsApp refused a message with 463)\n");
+    }
+    if o.messages.is_empty() {
+        out += &format!("{}: nothing queued or failed\n", o.token);
+    }
+    for m in &o.messages {
+        out += &format!("{} ", m.created_at);
+        out += &outgoing(m);
+    }
+    out
+}
+
 /// One watch event as a line of text (QR codes are not drawn here).
 pub fn event(event: &EventLine) -> String {
     match event {
@@ -117,6 +145,20 @@ pub fn event(event: &EventLine) -> String {
             "{token:<20} message from {}: {}",
             message.sender,
             message.text.as_deref().unwrap_or("(no text)")
+        ),
+        EventLine::MessageStatus { token, message } => format!(
+            "{token:<20} message {} to {}: {}{}",
+            message.message_id,
+            message.to,
+            message.status,
+            message
+                .reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        ),
+        EventLine::NewChatsPaused { token, until } => format!(
+            "{token:<20} WhatsApp refused a message to a new chat (463): new chats paused until {until}"
         ),
         EventLine::Removed { token } => format!("{token:<20} deleted"),
         EventLine::Closed { reason } => format!("stream closed by the daemon: {reason}"),

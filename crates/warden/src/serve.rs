@@ -213,6 +213,7 @@ async fn serve(
         policy: config.policy.clone(),
         janitor: config.janitor.clone(),
         admission: config.admission.clone(),
+        outbox: config.outbox.clone(),
         close_timeout: config.daemon.close_timeout,
         shutdown_timeout: config.daemon.shutdown_timeout,
         max_active: Some(capacity),
@@ -453,7 +454,10 @@ fn lock_sessions_dir(sessions_dir: &Path) -> anyhow::Result<std::fs::File> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use warden_core::{Connection, LifecycleEvent, LifecycleSink, Link, LinkError, OpenOptions};
+    use warden_core::{
+        Connection, LifecycleEvent, LifecycleSink, Link, LinkError, OpenOptions, Outgoing,
+        SendOutcome,
+    };
     use warden_core::{Token, link::SendFuture};
 
     /// Connections that log in at once and never finish closing.
@@ -487,7 +491,7 @@ mod tests {
             std::future::pending::<()>().await;
         }
 
-        fn send_text(&self, _to: &str, _text: &str) -> SendFuture<Result<String, LinkError>> {
+        fn send(&self, _message: Outgoing) -> SendFuture<Result<SendOutcome, LinkError>> {
             Box::pin(async { Err(LinkError::NotConnected) })
         }
     }

@@ -10,8 +10,11 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::lifecycle::{DisconnectReason, IncomingMessage, LifecycleEvent};
-use crate::link::{Connection, LifecycleSink, Link, LinkError, OpenOptions, SendFuture};
+use crate::lifecycle::{DisconnectReason, Inbound, IncomingMessage, LifecycleEvent};
+use crate::link::{
+    Connection, LifecycleSink, Link, LinkError, OpenOptions, Outgoing, SendFuture, SendOutcome,
+};
+use crate::outbox::ReceiptKind;
 use crate::token::Token;
 
 mod waiter;
@@ -22,6 +25,8 @@ pub use waiter::EventWaiter;
 pub enum Step {
     /// Report a lifecycle event.
     Emit(LifecycleEvent),
+    /// Queue an incoming message or receipt on the bounded inbound path.
+    Inbound(Inbound),
     /// Wait this long (on tokio's clock, so paused-clock tests run instantly).
     Wait(Duration),
     /// Panic inside `open`, i.e. inside the session actor (a crashing session).
@@ -79,7 +84,7 @@ impl Script {
 
     /// Reports an incoming message.
     pub fn message(self, message: IncomingMessage) -> Self {
-        self.then(Step::Emit(LifecycleEvent::Message(message)))
+        self.then(Step::Inbound(Inbound::Message(message)))
     }
 
     /// Ends the connection with `reason`.
@@ -111,8 +116,10 @@ pub struct TokenStats {
     pub credentials_deleted: u32,
     /// How often the token was forgotten (deleted).
     pub forgotten: u32,
-    /// Messages sent: (to, text).
-    pub sent: Vec<(String, String)>,
+    /// Every send the link was asked for, in order (a message sent again appears again).
+    pub sent: Vec<Outgoing>,
+    /// When each of them was asked for (tokio's clock).
+    pub sent_at: Vec<Instant>,
 }
 
 #[derive(Default)]
@@ -122,6 +129,10 @@ struct Inner {
     default: Script,
     /// How many of the next credentials deletions fail.
     failing_deletions: u32,
+    /// What the next sends answer, in order; then `Accepted`.
+    send_outcomes: VecDeque<Result<SendOutcome, LinkError>>,
+    /// The receipt each accepted send is followed by, if any.
+    receipts: Option<ReceiptKind>,
 }
 
 /// The scripted link. Cheap to clone; clones share scripts and statistics.
@@ -147,6 +158,17 @@ impl ScriptedLink {
             })),
             deletions: Arc::default(),
         }
+    }
+
+    /// Makes the next sends answer `outcomes`, in order (then they are accepted again).
+    pub fn answer_sends(&self, outcomes: impl IntoIterator<Item = Result<SendOutcome, LinkError>>) {
+        self.lock().send_outcomes.extend(outcomes);
+    }
+
+    /// Follows every accepted send with a receipt of `kind` from the recipient (`None`: no
+    /// receipts).
+    pub fn send_receipts(&self, kind: Option<ReceiptKind>) {
+        self.lock().receipts = kind;
     }
 
     /// Makes the next credentials deletion fail (a storage error).
@@ -221,6 +243,8 @@ struct ScriptedConnection {
     player: JoinHandle<()>,
     link: ScriptedLink,
     token: Token,
+    /// For the receipts that follow sends.
+    sink: LifecycleSink,
     // Dropped after `player` is told to abort (`Drop` runs before the fields): the count falls
     // when the connection object goes, which is what "live" means here (a player task still
     // finishing a poll on another thread can only emit to a sink nobody listens to).
@@ -239,12 +263,30 @@ impl Connection for ScriptedConnection {
         self.player.abort();
     }
 
-    fn send_text(&self, to: &str, text: &str) -> SendFuture<Result<String, LinkError>> {
+    fn send(&self, message: Outgoing) -> SendFuture<Result<SendOutcome, LinkError>> {
         let mut inner = self.link.lock();
+        let outcome = inner
+            .send_outcomes
+            .pop_front()
+            .unwrap_or(Ok(SendOutcome::Accepted));
+        let receipt = inner
+            .receipts
+            .filter(|_| outcome == Ok(SendOutcome::Accepted));
         let stats = inner.stats.entry(self.token.clone()).or_default();
-        stats.sent.push((to.to_owned(), text.to_owned()));
-        let id = format!("scripted-{}", stats.sent.len());
-        Box::pin(async move { Ok(id) })
+        stats.sent.push(message.clone());
+        stats.sent_at.push(Instant::now());
+        drop(inner);
+        let sink = self.sink.clone();
+        Box::pin(async move {
+            if let Some(kind) = receipt {
+                sink.inbound(Inbound::Receipt {
+                    chat: message.to,
+                    ids: vec![message.id],
+                    kind,
+                });
+            }
+            outcome
+        })
     }
 }
 
@@ -281,10 +323,14 @@ impl Link for ScriptedLink {
             link: self.clone(),
             token: token.clone(),
         };
+        let connection_sink = sink.clone();
         let player = tokio::spawn(async move {
             for step in script.0 {
                 match step {
                     Step::Emit(event) => sink.emit(event),
+                    Step::Inbound(item) => {
+                        sink.inbound(item);
+                    }
                     Step::Wait(duration) => tokio::time::sleep(duration).await,
                     Step::PanicOnOpen | Step::FailOpen(_) => {}
                 }
@@ -297,6 +343,7 @@ impl Link for ScriptedLink {
             player,
             link: self.clone(),
             token: token.clone(),
+            sink: connection_sink,
             _guard: guard,
         }))
     }

@@ -15,6 +15,7 @@ use crate::error::{Error, StoreError};
 use crate::events::SessionEvent;
 use crate::janitor::JanitorConfig;
 use crate::link::{Link, OpenOptions};
+use crate::outbox::{self, MessageEvent, Outbox, OutboxConfig, OutgoingMessage, SendRequest};
 use crate::policy::PolicyConfig;
 use crate::state::{SessionInfo, SessionList};
 use crate::store::{self, StoreWriter};
@@ -48,6 +49,8 @@ pub struct SupervisorConfig {
     /// How many sessions may be live (queued, connecting or connected) at once; a start past
     /// it is refused with [`Error::Capacity`]. `None`: no limit.
     pub max_active: Option<usize>,
+    /// The outbox: time to live, pacing, attempts.
+    pub outbox: OutboxConfig,
 }
 
 impl SupervisorConfig {
@@ -64,6 +67,7 @@ impl SupervisorConfig {
             event_capacity: 1024,
             db: None,
             max_active: None,
+            outbox: OutboxConfig::default(),
         }
     }
 
@@ -84,6 +88,9 @@ impl SupervisorConfig {
         self.admission
             .validate()
             .map_err(|e| Error::Config(format!("[admission] {e}")))?;
+        self.outbox
+            .validate()
+            .map_err(|e| Error::Config(format!("[outbox] {e}")))?;
         for (name, value) in [
             ("close_timeout", self.close_timeout),
             ("shutdown_timeout", self.shutdown_timeout),
@@ -125,6 +132,19 @@ pub struct Supervisor {
     stuck: Arc<AtomicUsize>,
     /// Becomes true once the supervisor actor has ended, for whatever reason.
     ended: watch::Receiver<bool>,
+    /// Every session's outgoing messages.
+    outbox: Outbox,
+    /// The task that expires old queued messages; it goes with the last handle.
+    _expiry: Arc<AbortOnDrop>,
+}
+
+/// A task aborted when the last handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Supervisor {
@@ -163,10 +183,12 @@ impl Supervisor {
             imported: imported.imported,
             problems,
         };
-        let writer = StoreWriter::spawn(db);
+        let writer = StoreWriter::spawn(db.clone());
         let stuck = Arc::new(AtomicUsize::new(0));
         let snapshot: Snapshot = Arc::new(DashMap::new());
         let (events, _) = broadcast::channel(config.event_capacity.max(1));
+        let outbox = Outbox::new(db, config.outbox.clone(), events.clone());
+        let expiry = Arc::new(AbortOnDrop(outbox::spawn_expiry(&outbox)));
         let handle_config = (config.call_timeout, config.shutdown_timeout);
         let args = SupervisorArgs {
             config,
@@ -176,6 +198,7 @@ impl Supervisor {
             events: events.clone(),
             store: writer.clone(),
             stuck: stuck.clone(),
+            outbox: outbox.clone(),
         };
         let (actor, join) = Actor::spawn(None, SupervisorActor, args)
             .await
@@ -194,6 +217,8 @@ impl Supervisor {
             store: writer,
             stuck,
             ended,
+            outbox,
+            _expiry: expiry,
         };
         // The restore runs before the first message is handled: once this answers, every
         // restored session shows where it really is (queued, not its last recorded state).
@@ -309,17 +334,84 @@ impl Supervisor {
             .await
     }
 
-    /// Sends a text message from a connected session; resolves to the message id.
-    pub async fn send_text(&self, token: &str, to: &str, text: &str) -> Result<String, Error> {
+    /// Queues a text message of a session that is connected or on its way back (queued,
+    /// connecting, pairing, backing off), and answers once it is stored: the drain of the
+    /// connected session sends it, in order and paced. A request whose `key` was used before
+    /// answers with that message and sends nothing. Bad input is refused with
+    /// [`Error::InvalidRequest`] and nothing is stored.
+    pub async fn send(&self, token: &str, request: SendRequest) -> Result<OutgoingMessage, Error> {
         let token = Token::parse(token)?;
-        let (to, text) = (to.to_owned(), text.to_owned());
-        self.call(|reply| SupervisorMsg::SendText {
-            token,
-            to,
-            text,
-            reply,
-        })
-        .await
+        let state = self
+            .snapshot
+            .get(&token)
+            .map(|info| info.state)
+            .ok_or_else(|| Error::NotFound(token.clone()))?;
+        let (message, _new) = self.outbox.accept(&token, state, request).await?;
+        Ok(message)
+    }
+
+    /// [`Supervisor::send`] without a key; resolves to the message id.
+    pub async fn send_text(&self, token: &str, to: &str, text: &str) -> Result<String, Error> {
+        let request = SendRequest {
+            to: to.to_owned(),
+            text: text.to_owned(),
+            key: None,
+        };
+        Ok(self.send(token, request).await?.id)
+    }
+
+    /// One outgoing message of a session, by its id or its idempotency key.
+    pub async fn message_status(
+        &self,
+        token: &str,
+        id_or_key: &str,
+    ) -> Result<OutgoingMessage, Error> {
+        let token = self.known(token)?;
+        self.outbox.get(&token, id_or_key).await
+    }
+
+    /// A session's queued and failed messages, oldest first (at most `limit`).
+    pub async fn outbox(&self, token: &str, limit: usize) -> Result<Vec<OutgoingMessage>, Error> {
+        let token = self.known(token)?;
+        self.outbox.pending(&token, limit).await
+    }
+
+    /// Queues a failed message again (its attempts start over, and its time to live).
+    pub async fn retry_message(
+        &self,
+        token: &str,
+        id_or_key: &str,
+    ) -> Result<OutgoingMessage, Error> {
+        let token = self.known(token)?;
+        self.outbox
+            .operate(&token, id_or_key, MessageEvent::Retry)
+            .await
+    }
+
+    /// Cancels a queued or failed message: it will never be sent.
+    pub async fn cancel_message(
+        &self,
+        token: &str,
+        id_or_key: &str,
+    ) -> Result<OutgoingMessage, Error> {
+        let token = self.known(token)?;
+        self.outbox
+            .operate(&token, id_or_key, MessageEvent::Cancel)
+            .await
+    }
+
+    /// Until when a session's sends to new chats are paused (a 463 refusal), if they are.
+    pub fn new_chats_paused_until(&self, token: &str) -> Option<std::time::SystemTime> {
+        let token = Token::parse(token).ok()?;
+        self.outbox.paused_until(&token)
+    }
+
+    fn known(&self, token: &str) -> Result<Token, Error> {
+        let token = Token::parse(token)?;
+        if !self.snapshot.contains_key(&token) {
+            return Err(Error::NotFound(token));
+        }
+        Ok(token)
     }
 
     /// Reaps stuck sessions now (what the janitor does periodically).

@@ -69,12 +69,6 @@ pub(crate) enum SupervisorMsg {
         token: Token,
         reply: InfoReply,
     },
-    SendText {
-        token: Token,
-        to: String,
-        text: String,
-        reply: RpcReplyPort<Result<String, Error>>,
-    },
     /// Reap stuck sessions now (the janitor sends it without a reply port).
     Reap {
         reply: Option<RpcReplyPort<Result<Vec<Reaped>, Error>>>,

@@ -25,6 +25,7 @@ use crate::events::SessionEvent;
 use crate::janitor::{JanitorActor, JanitorConfig, JanitorMsg};
 use crate::lifecycle::DisconnectReason;
 use crate::link::Link;
+use crate::outbox::Outbox;
 use crate::policy::PolicyConfig;
 use crate::session::SessionState as SessionActorState;
 use crate::state::SessionInfo;
@@ -54,6 +55,7 @@ pub(crate) struct SupervisorArgs {
     pub store: StoreWriter,
     /// Set at shutdown to how many connections did not close in time.
     pub stuck: Arc<AtomicUsize>,
+    pub outbox: Outbox,
 }
 
 /// The supervisor's state.
@@ -80,6 +82,8 @@ pub(crate) struct SupervisorState {
     janitor: Option<ActorRef<JanitorMsg>>,
     /// Retry, ban, quarantine and stability deadlines.
     deadlines: Deadlines,
+    /// Every session's outgoing messages.
+    outbox: Outbox,
 }
 
 impl Actor for SupervisorActor {
@@ -101,6 +105,7 @@ impl Actor for SupervisorActor {
             events,
             store,
             stuck,
+            outbox,
         } = args;
         let mut state = SupervisorState {
             policy: config.policy,
@@ -119,6 +124,7 @@ impl Actor for SupervisorActor {
             max_active: config.max_active,
             janitor: None,
             deadlines: Deadlines::default(),
+            outbox,
         };
         for (token, record) in records {
             let entry = Entry::new(token.clone(), record, now);
@@ -277,12 +283,6 @@ impl SupervisorState {
             M::ResetReconnect { token, reply } => {
                 let _ = reply.send(self.reset_reconnect(&token));
             }
-            M::SendText {
-                token,
-                to,
-                text,
-                reply,
-            } => self.send_text(token, to, text, reply),
             M::Reap { reply } => {
                 let reaped = self.reap();
                 if let Some(reply) = reply {

@@ -8,7 +8,6 @@ use tokio::time::Instant;
 use crate::error::Error;
 use crate::events::SessionEvent;
 use crate::link::OpenOptions;
-use crate::session::SessionMsg;
 use crate::start_rule::{self, StartDecision, StartFacts};
 use crate::state::{Desired, SessionState};
 use crate::store::SessionRecord;
@@ -400,40 +399,6 @@ impl SupervisorState {
         tracing::info!(token = %token, "Reconnect attempts: 0 (reset by request)");
         self.publish(token);
         Ok(self.sessions[token].info())
-    }
-
-    pub(super) fn send_text(
-        &mut self,
-        token: Token,
-        to: String,
-        text: String,
-        reply: RpcReplyPort<Result<String, Error>>,
-    ) {
-        let entry = entry_or_reply!(self, token, reply);
-        let live = match (&entry.live, entry.state()) {
-            (Some(live), SessionState::Connected) if entry.intent.is_none() => live,
-            (_, state) => {
-                let _ = reply.send(Err(Error::NotConnected { token, state }));
-                return;
-            }
-        };
-        let (tx, rx) = ractor::concurrency::oneshot();
-        let _ = live.actor.cast(SessionMsg::SendText {
-            to,
-            text,
-            reply: tx.into(),
-        });
-        tokio::spawn(async move {
-            let result = match rx.await {
-                Ok(Ok(id)) => Ok(id),
-                Ok(Err(source)) => Err(Error::Link { token, source }),
-                Err(_) => Err(Error::NotConnected {
-                    token,
-                    state: SessionState::Connecting,
-                }),
-            };
-            let _ = reply.send(result);
-        });
     }
 
     /// The janitor's sweep: sessions stuck connecting or showing a QR too long are stopped.

@@ -10,6 +10,7 @@ use crate::admission::Admit;
 use crate::error::Error;
 use crate::events::SessionEvent;
 use crate::lifecycle::{DisconnectReason, LifecycleEvent};
+use crate::outbox::{MessageEvent, Outbox};
 use crate::policy::{self, Decision, Parked};
 use crate::session::{SessionActor, SessionArgs};
 use crate::state::{Desired, QrCode, SessionState};
@@ -129,6 +130,7 @@ impl SupervisorState {
             slot: entry.slot.clone(),
             options: entry.options.clone(),
             close_timeout: self.close_timeout,
+            outbox: self.outbox.clone(),
         };
         match Actor::spawn_linked(None, SessionActor, args, myself.get_cell()).await {
             Ok((actor, _)) => {
@@ -230,13 +232,6 @@ impl SupervisorState {
                 entry.stable_timer = Some(id);
                 tracing::info!(token = %token, attempts = entry.record.attempts, "Session connected successfully");
                 self.release_admission(token);
-            }
-            LifecycleEvent::Message(message) => {
-                let _ = self.events.send(SessionEvent::Message {
-                    token: token.clone(),
-                    message,
-                });
-                return;
             }
             LifecycleEvent::Disconnected { .. } => return, // the session actor ends with it
         }
@@ -524,9 +519,11 @@ impl SupervisorState {
         entry.cleaning_credentials = true;
         let slot = entry.slot.clone();
         let link = self.link.clone();
+        let outbox = self.outbox.clone();
         let me = myself.clone();
         let t = token.clone();
         tokio::spawn(async move {
+            fail_queued(&outbox, &t, "the session was logged out").await;
             // The slot proves no connection of this token is alive while files go.
             let result = match slot.acquire_owned().await {
                 Ok(_permit) => link.delete_credentials(&t).await,
@@ -553,11 +550,15 @@ impl SupervisorState {
         let slot = entry.slot.clone();
         let link = self.link.clone();
         let store = self.store.clone();
+        let outbox = self.outbox.clone();
         let me = myself.clone();
         let t = token.clone();
         tokio::spawn(async move {
             let result = match slot.acquire_owned().await {
                 Ok(_permit) => {
+                    // Subscribers hear that its queued messages will not go; the rows go
+                    // with the session's record.
+                    fail_queued(&outbox, &t, "the session was deleted").await;
                     let forgotten = link.forget(&t).await.map_err(|source| Error::Link {
                         token: t.clone(),
                         source,
@@ -642,5 +643,18 @@ impl SupervisorState {
         if let Some(entry) = self.sessions.get_mut(token) {
             entry.answer_waiters();
         }
+    }
+}
+
+/// Fails `token`'s queued messages with `reason`; a failure to do so is logged (the messages
+/// then expire).
+async fn fail_queued(outbox: &Outbox, token: &Token, reason: &str) {
+    match outbox
+        .fail_queued(token, MessageEvent::SessionGone, reason)
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(token = %token, failed = n, "queued messages failed: {reason}"),
+        Err(e) => tracing::warn!(token = %token, error = %e, "queued messages not failed"),
     }
 }

@@ -45,6 +45,7 @@ pub fn wa_config(url: &str) -> WaConfig {
         version: VERSION.into(),
         connect_timeout: Duration::from_secs(2),
         liveness_timeout: Duration::from_secs(5),
+        ack_timeout: Duration::from_secs(5),
     }
 }
 
@@ -74,6 +75,8 @@ pub fn supervisor_config(dir: &Path, db: &Db) -> SupervisorConfig {
     };
     config.close_timeout = Duration::from_secs(5);
     config.event_capacity = 1 << 16;
+    // No pacing worth waiting for on loopback (the pacing itself is tested in warden-core).
+    config.outbox.per_minute = 60_000;
     config
 }
 

@@ -1,0 +1,10 @@
+pub mod basic;
+pub mod chatstate;
+pub mod ib;
+pub mod iq;
+pub mod message;
+pub mod notification;
+pub mod receipt;
+pub mod router;
+pub mod traits;
+pub mod unimplemented;

@@ -1,0 +1,1 @@
+pub use wa_rs_core::net::{HttpClient, HttpRequest, HttpResponse};
