@@ -106,12 +106,13 @@ pub enum Op {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         key: Option<String>,
     },
-    /// One outgoing message, by id or key: `{"op":"message_status","token":"shop1","id":"order-42"}`.
+    /// One outgoing message, by id or key:
+    /// `{"op":"message_status","token":"shop1","message":"order-42"}`.
     MessageStatus {
         /// The session.
         token: String,
-        /// The message's id or idempotency key.
-        id: String,
+        /// The message's id or idempotency key (`id` is the request's own id).
+        message: String,
     },
     /// A session's queued and failed messages: `{"op":"outbox","token":"shop1"}`.
     Outbox {
@@ -121,19 +122,21 @@ pub enum Op {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<usize>,
     },
-    /// Queue a failed message again: `{"op":"retry_message","token":"shop1","id":"order-42"}`.
+    /// Queue a failed message again:
+    /// `{"op":"retry_message","token":"shop1","message":"order-42"}`.
     RetryMessage {
         /// The session.
         token: String,
         /// The message's id or idempotency key.
-        id: String,
+        message: String,
     },
-    /// Cancel a queued or failed message: `{"op":"cancel_message","token":"shop1","id":"order-42"}`.
+    /// Cancel a queued or failed message:
+    /// `{"op":"cancel_message","token":"shop1","message":"order-42"}`.
     CancelMessage {
         /// The session.
         token: String,
         /// The message's id or idempotency key.
-        id: String,
+        message: String,
     },
     /// Reap stuck sessions now: `{"op":"reap"}`.
     Reap {},
@@ -895,15 +898,15 @@ mod tests {
             },
             Op::MessageStatus {
                 token: "t".into(),
-                id: "k".into(),
+                message: "k".into(),
             },
             Op::RetryMessage {
                 token: "t".into(),
-                id: "k".into(),
+                message: "k".into(),
             },
             Op::CancelMessage {
                 token: "t".into(),
-                id: "k".into(),
+                message: "k".into(),
             },
         ];
         for op in ops {
@@ -925,6 +928,14 @@ mod tests {
             let line = serde_json::to_string(&RequestLine { id: 3, op: &op }).unwrap();
             assert_eq!(Request::parse(&line).unwrap().op, op);
         }
+        // An op's own fields never collide with the request's `id`.
+        let op = Op::MessageStatus {
+            token: "t".into(),
+            message: "order-42".into(),
+        };
+        let line = serde_json::to_string(&RequestLine { id: 9, op: &op }).unwrap();
+        let parsed = Request::parse(&line).unwrap();
+        assert_eq!((parsed.id, parsed.op), (json!(9), op));
     }
 
     #[test]

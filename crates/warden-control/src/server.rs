@@ -443,15 +443,9 @@ async fn handle(context: &Context, id: Value, op: Op) -> Reply {
             text,
             key,
         } => outgoing(s.send(&token, SendRequest { to, text, key }).await),
-        Op::MessageStatus { token, id: message } => {
-            outgoing(s.message_status(&token, &message).await)
-        }
-        Op::RetryMessage { token, id: message } => {
-            outgoing(s.retry_message(&token, &message).await)
-        }
-        Op::CancelMessage { token, id: message } => {
-            outgoing(s.cancel_message(&token, &message).await)
-        }
+        Op::MessageStatus { token, message } => outgoing(s.message_status(&token, &message).await),
+        Op::RetryMessage { token, message } => outgoing(s.retry_message(&token, &message).await),
+        Op::CancelMessage { token, message } => outgoing(s.cancel_message(&token, &message).await),
         Op::Outbox { token, limit } => match s.outbox(&token, limit.unwrap_or(100)).await {
             Ok(messages) => Reply::ok(
                 id,

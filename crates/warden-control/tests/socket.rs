@@ -187,7 +187,7 @@ async fn operations_round_trip_over_the_socket() {
     let status: OutgoingView = client
         .call(&Op::MessageStatus {
             token: "shop1".into(),
-            id: "order-1".into(),
+            message: "order-1".into(),
         })
         .await
         .unwrap();
@@ -195,7 +195,7 @@ async fn operations_round_trip_over_the_socket() {
     let missing = client
         .call::<OutgoingView>(&Op::MessageStatus {
             token: "shop1".into(),
-            id: "nope".into(),
+            message: "nope".into(),
         })
         .await
         .unwrap_err();

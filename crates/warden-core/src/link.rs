@@ -259,6 +259,27 @@ mod tests {
     }
 
     #[test]
+    fn the_inbound_path_is_bounded_and_counts_what_it_drops() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let sink = LifecycleSink::with_inbound(|_| {}, Some(tx));
+        let receipt = |n: u32| Inbound::Receipt {
+            chat: "c".into(),
+            ids: vec![n.to_string()],
+            kind: crate::outbox::ReceiptKind::Delivered,
+        };
+        assert!(sink.inbound(receipt(1)));
+        assert!(sink.inbound(receipt(2)));
+        assert!(!sink.inbound(receipt(3)), "full: dropped");
+        assert_eq!(sink.dropped(), 1);
+        assert_eq!(rx.try_recv().unwrap(), receipt(1));
+        assert!(sink.inbound(receipt(4)), "room again");
+        assert_eq!(rx.try_recv().unwrap(), receipt(2));
+        assert_eq!(rx.try_recv().unwrap(), receipt(4));
+        // A sink without an inbound path takes nothing.
+        assert!(!LifecycleSink::new(|_| {}).inbound(receipt(5)));
+    }
+
+    #[test]
     fn dropping_the_last_clone_without_an_end_reports_connection_lost() {
         let (sink, seen) = recording_sink();
         let clone = sink.clone();

@@ -101,15 +101,21 @@ async fn dispatch(socket: &Path, command: Command, json: bool) -> Result<ExitCod
             print(json, &sent, || output::outgoing(&sent));
         }
         Command::Message { token, id } => {
-            let m: OutgoingView = client.call(&Op::MessageStatus { token, id }).await?;
+            let m: OutgoingView = client
+                .call(&Op::MessageStatus { token, message: id })
+                .await?;
             print(json, &m, || output::outgoing(&m));
         }
         Command::RetryMessage { token, id } => {
-            let m: OutgoingView = client.call(&Op::RetryMessage { token, id }).await?;
+            let m: OutgoingView = client
+                .call(&Op::RetryMessage { token, message: id })
+                .await?;
             print(json, &m, || output::outgoing(&m));
         }
         Command::CancelMessage { token, id } => {
-            let m: OutgoingView = client.call(&Op::CancelMessage { token, id }).await?;
+            let m: OutgoingView = client
+                .call(&Op::CancelMessage { token, message: id })
+                .await?;
             print(json, &m, || output::outgoing(&m));
         }
         Command::Outbox { token, limit } => {

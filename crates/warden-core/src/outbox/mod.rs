@@ -197,6 +197,26 @@ fn new_message_id() -> String {
     format!("3EB0{:018X}", n & ((1u128 << 72) - 1))
 }
 
+/// Wall-clock time that advances with tokio's clock (so a paused test clock moves it too):
+/// the time at start plus tokio's time since.
+struct Clock {
+    system: SystemTime,
+    instant: tokio::time::Instant,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Self {
+            system: SystemTime::now(),
+            instant: tokio::time::Instant::now(),
+        }
+    }
+
+    fn now(&self) -> SystemTime {
+        self.system + self.instant.elapsed()
+    }
+}
+
 /// The outbox of every session. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Outbox {
@@ -206,6 +226,7 @@ pub(crate) struct Outbox {
 struct Inner {
     db: Db,
     config: OutboxConfig,
+    clock: Clock,
     events: broadcast::Sender<SessionEvent>,
     /// One per session whose drain runs: wakes it when a message is queued.
     wakers: DashMap<Token, Arc<Notify>>,
@@ -223,6 +244,7 @@ impl Outbox {
             inner: Arc::new(Inner {
                 db,
                 config,
+                clock: Clock::new(),
                 events,
                 wakers: DashMap::new(),
                 pauses: DashMap::new(),
@@ -276,7 +298,7 @@ impl Outbox {
             });
         }
         let id = new_message_id();
-        let now = SystemTime::now();
+        let now = self.inner.clock.now();
         let ttl = self.inner.config.ttl;
         let message = NewOutboxMessage {
             token: token.to_string(),
@@ -390,6 +412,7 @@ impl Outbox {
     ) -> Result<Option<OutgoingMessage>, Error> {
         let max_attempts = self.inner.config.max_attempts;
         let retry_ttl = self.inner.config.ttl;
+        let now = self.inner.clock.now();
         let applied = self
             .inner
             .db
@@ -411,7 +434,6 @@ impl Outbox {
                 if to.is_none() && !failed_send {
                     return None;
                 }
-                let now = SystemTime::now();
                 let expires_at = match event {
                     MessageEvent::Retry if !retry_ttl.is_zero() => Some(millis(now + retry_ttl)),
                     _ => row.expires_at,
@@ -484,7 +506,10 @@ impl Outbox {
         let due = self
             .inner
             .db
-            .outbox_expiring(MessageStatus::Queued.as_str(), millis(SystemTime::now()))
+            .outbox_expiring(
+                MessageStatus::Queued.as_str(),
+                millis(self.inner.clock.now()),
+            )
             .await
             .map_err(db)?;
         let mut expired = 0;
@@ -570,7 +595,7 @@ impl Outbox {
 
     /// Pauses `token`'s sends to new chats until `until` (or 24 h from now).
     pub(crate) fn pause_new_chats(&self, token: &Token, until: Option<SystemTime>) -> SystemTime {
-        let until = until.unwrap_or_else(|| SystemTime::now() + DEFAULT_TIMELOCK);
+        let until = until.unwrap_or_else(|| self.inner.clock.now() + DEFAULT_TIMELOCK);
         self.inner.pauses.insert(token.clone(), until);
         tracing::warn!(
             token = %token,
@@ -587,7 +612,7 @@ impl Outbox {
     /// Until when `token`'s sends to new chats are paused, if they are.
     pub(crate) fn paused_until(&self, token: &Token) -> Option<SystemTime> {
         let until = *self.inner.pauses.get(token)?;
-        if until > SystemTime::now() {
+        if until > self.inner.clock.now() {
             return Some(until);
         }
         self.inner.pauses.remove(token);

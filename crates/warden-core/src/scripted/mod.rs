@@ -120,6 +120,10 @@ pub struct TokenStats {
     pub sent: Vec<Outgoing>,
     /// When each of them was asked for (tokio's clock).
     pub sent_at: Vec<Instant>,
+    /// Incoming messages and receipts the bounded inbound queue refused (it was full).
+    pub inbound_dropped: u64,
+    /// Connections whose script was played to its last step.
+    pub scripts_finished: u32,
 }
 
 #[derive(Default)]
@@ -324,17 +328,31 @@ impl Link for ScriptedLink {
             token: token.clone(),
         };
         let connection_sink = sink.clone();
+        let (stats_link, stats_token) = (self.clone(), token.clone());
         let player = tokio::spawn(async move {
             for step in script.0 {
                 match step {
                     Step::Emit(event) => sink.emit(event),
                     Step::Inbound(item) => {
-                        sink.inbound(item);
+                        if !sink.inbound(item) {
+                            let mut inner = stats_link.lock();
+                            inner
+                                .stats
+                                .entry(stats_token.clone())
+                                .or_default()
+                                .inbound_dropped += 1;
+                        }
                     }
                     Step::Wait(duration) => tokio::time::sleep(duration).await,
                     Step::PanicOnOpen | Step::FailOpen(_) => {}
                 }
             }
+            stats_link
+                .lock()
+                .stats
+                .entry(stats_token.clone())
+                .or_default()
+                .scripts_finished += 1;
             // Stay open until closed; the sink lives as long as the connection.
             std::future::pending::<()>().await;
             drop(sink);
