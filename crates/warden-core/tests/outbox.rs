@@ -307,15 +307,10 @@ async fn a_refusal_fails_the_message_and_463_pauses_only_new_chats() {
     // Cancelling the waiting one: it never goes.
     let cancelled = h.supervisor.cancel_message("s", &waiting.id).await.unwrap();
     assert_eq!(cancelled.status, MessageStatus::Cancelled);
+    let pending = h.supervisor.outbox("s", 10).await.unwrap();
     assert_eq!(
-        h.supervisor
-            .outbox("s", 10)
-            .await
-            .unwrap()
-            .iter()
-            .map(|m| m.id.clone())
-            .collect::<Vec<_>>(),
-        [refused.id.clone()],
+        pending.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        [refused.id.as_str()],
         "a cancelled message is not pending"
     );
 }
