@@ -58,8 +58,8 @@ pub use record::{
 };
 pub use registry::{PairedDevice, Registry};
 pub use scenario::{
-    FailureSpec, MessageSpec, PairSpec, Plan, QrSpec, RefuseSpec, Scenario, Script, Step,
-    StreamErrorSpec,
+    FailureSpec, MessageKind, MessageSpec, PairSpec, Plan, QrSpec, RefuseSpec, Scenario, Script,
+    Step, StreamErrorSpec,
 };
 pub use server::{Error, FakeServer, ListenerMode};
 pub use signal::{DeviceAddress, Plaintext, SignalKeys};

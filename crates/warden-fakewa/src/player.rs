@@ -15,10 +15,10 @@ use crate::conn::Shared;
 use crate::nodes::{self, PairTarget, attr};
 use crate::record::{ConnId, Recorder, ServerEvent};
 use crate::registry::{PairedDevice, lid_for};
-use crate::scenario::RefuseSpec;
 use crate::scenario::{
     FailureSpec, MessageSpec, PairSpec, QrSpec, Scenario, Step, StreamErrorSpec,
 };
+use crate::scenario::{MessageKind, RefuseSpec};
 use crate::signal::{DeviceAddress, Encrypted};
 
 /// How long the pair step waits for the client's signature.
@@ -262,10 +262,11 @@ impl Player {
             return None;
         };
         let client = DeviceAddress::new(phone.clone(), *device);
+        let message = content(spec.kind, text);
         match self
             .shared
             .contacts
-            .encrypt_text(&contact, &client, &keys, text)
+            .encrypt(&contact, &client, &keys, &message)
             .await
         {
             Ok(encrypted) => Some(encrypted),
@@ -420,4 +421,44 @@ async fn qr_sequence(
         let _ = cmd.send(Command::Send(nodes::pair_device(&id(0), &[])));
     }
     rec.event(conn, ServerEvent::QrExpired);
+}
+
+/// The WhatsApp message a contact sends: `text` as a text, a caption or an emoji.
+fn content(kind: MessageKind, text: &str) -> wa_rs_proto::whatsapp::Message {
+    use wa_rs_proto::whatsapp::{self as wa, message as m};
+    let text = Some(text.to_owned());
+    match kind {
+        MessageKind::Text => wa::Message {
+            conversation: text,
+            ..Default::default()
+        },
+        MessageKind::Image => wa::Message {
+            image_message: Some(Box::new(m::ImageMessage {
+                caption: text,
+                mimetype: Some("image/jpeg".into()),
+                ..Default::default()
+            })),
+            ..Default::default()
+        },
+        MessageKind::Document => wa::Message {
+            document_message: Some(Box::new(m::DocumentMessage {
+                caption: text,
+                file_name: Some("document.pdf".into()),
+                ..Default::default()
+            })),
+            ..Default::default()
+        },
+        MessageKind::Reaction => wa::Message {
+            reaction_message: Some(m::ReactionMessage {
+                text,
+                key: Some(wa::MessageKey {
+                    id: Some("m0".into()),
+                    from_me: Some(true),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    }
 }

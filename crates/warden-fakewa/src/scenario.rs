@@ -65,9 +65,28 @@ pub struct MessageSpec {
     pub from: String,
     /// The stanza's id.
     pub id: String,
-    /// The text, encrypted for the client; `None` sends an opaque payload.
+    /// The text, encrypted for the client; `None` sends an opaque payload. For an image or a
+    /// document it is the caption, for a reaction the emoji.
     #[serde(default)]
     pub text: Option<String>,
+    /// What the message is.
+    #[serde(default)]
+    pub kind: MessageKind,
+}
+
+/// What kind of message a contact sends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    /// A text.
+    #[default]
+    Text,
+    /// An image (no media is downloadable; the caption is the text).
+    Image,
+    /// A document (likewise).
+    Document,
+    /// A reaction (the emoji is the text) to the client's message `m0`.
+    Reaction,
 }
 
 impl MessageSpec {
@@ -77,6 +96,20 @@ impl MessageSpec {
             from: from.into(),
             id: id.into(),
             text: None,
+            kind: MessageKind::Text,
+        }
+    }
+
+    /// A message of `kind` from `from`, with `text` as its caption or emoji.
+    pub fn of_kind(
+        kind: MessageKind,
+        from: impl Into<String>,
+        id: impl Into<String>,
+        text: impl Into<String>,
+    ) -> Self {
+        Self {
+            kind,
+            ..Self::text(from, id, text)
         }
     }
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 use support::*;
 use warden_core::{MessageStatus, SendRequest, SessionEvent, Supervisor};
 use warden_fakewa::{
-    FakeServer, MessageSpec, Plaintext, Plan, Recorder, RefuseSpec, Scenario, Script, ServerConfig,
-    ServerEvent, Step,
+    FakeServer, MessageKind, MessageSpec, Plaintext, Plan, Recorder, RefuseSpec, Scenario, Script,
+    ServerConfig, ServerEvent, Step,
 };
 
 /// One device's copy of a sent message, as the fake server recorded it.
@@ -92,7 +92,18 @@ async fn incoming(
     .unwrap_or_else(|_| panic!("message {id} arrives"))
 }
 
-/// The statuses message `id` goes through, until `last`.
+/// How far towards the recipient a status is (a failure or cancel is an end too).
+fn progress(status: MessageStatus) -> u8 {
+    match status {
+        MessageStatus::Queued => 0,
+        MessageStatus::Sent => 1,
+        MessageStatus::Delivered => 2,
+        MessageStatus::Read => 3,
+        MessageStatus::Failed | MessageStatus::Cancelled => 4,
+    }
+}
+
+/// The statuses message `id` goes through, until `last` or one past it.
 async fn statuses(
     events: &mut tokio::sync::broadcast::Receiver<SessionEvent>,
     id: &str,
@@ -100,7 +111,7 @@ async fn statuses(
 ) -> Vec<MessageStatus> {
     let mut seen = Vec::new();
     tokio::time::timeout(LIMIT, async {
-        while seen.last() != Some(&last) {
+        while !seen.last().is_some_and(|s| progress(*s) >= progress(last)) {
             if let SessionEvent::MessageStatus(m) = events.recv().await.expect("events")
                 && m.id == id
             {
@@ -353,4 +364,52 @@ async fn a_463_fails_the_message_and_pauses_new_chats_only() {
             (waiting.as_str(), MessageStatus::Queued)
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_text_messages_arrive_with_their_kind_and_caption() {
+    const PHONE: &str = "15550000305";
+    const CONTACT: &str = "15557650006@s.whatsapp.net";
+    let login = Plan::always(Scenario::new([
+        Step::Login,
+        Step::Message(MessageSpec::of_kind(
+            MessageKind::Image,
+            CONTACT,
+            "img-1",
+            "a cat",
+        )),
+        Step::Message(MessageSpec::of_kind(
+            MessageKind::Document,
+            CONTACT,
+            "doc-1",
+            "invoice",
+        )),
+        Step::Message(MessageSpec::of_kind(
+            MessageKind::Reaction,
+            CONTACT,
+            "re-1",
+            "👍",
+        )),
+    ]));
+    let server = server_with_contacts(PHONE, login, &[]).await;
+    let mut h = Harness::new(server, |_| {}).await;
+    let mut events = subscribe(&h.supervisor);
+    h.paired("s", PHONE).await;
+    let mut got = BTreeMap::new();
+    tokio::time::timeout(LIMIT, async {
+        while got.len() < 3 {
+            if let SessionEvent::Message { message, .. } = events.recv().await.expect("events") {
+                got.insert(
+                    message.id.clone(),
+                    (message.kind.clone(), message.text.clone()),
+                );
+            }
+        }
+    })
+    .await
+    .expect("three messages arrive");
+    let want = |kind: &str, text: &str| (kind.to_owned(), Some(text.to_owned()));
+    assert_eq!(got["img-1"], want("image", "a cat"));
+    assert_eq!(got["doc-1"], want("document", "invoice"));
+    assert_eq!(got["re-1"], want("reaction", "👍"));
 }

@@ -309,6 +309,21 @@ impl Contacts {
         keys: &SignalKeys,
         text: &str,
     ) -> Result<Encrypted, EncryptError> {
+        let message = wa::Message {
+            conversation: Some(text.to_owned()),
+            ..Default::default()
+        };
+        self.encrypt(from, client, keys, &message).await
+    }
+
+    /// Any WhatsApp `message` from `from` to `client`, as [`Contacts::encrypt_text`] does it.
+    pub async fn encrypt(
+        &self,
+        from: &DeviceAddress,
+        client: &DeviceAddress,
+        keys: &SignalKeys,
+        message: &wa::Message,
+    ) -> Result<Encrypted, EncryptError> {
         let device = self.device(from);
         let mut device = device.lock().await;
         let FakeDevice {
@@ -339,7 +354,7 @@ impl Contacts {
             .await?;
         }
         let message =
-            message_encrypt(&plaintext::padded_text(text), &remote, sessions, identity).await?;
+            message_encrypt(&plaintext::padded(message), &remote, sessions, identity).await?;
         let enc_type = match message.message_type() {
             CiphertextMessageType::PreKey => "pkmsg",
             _ => "msg",

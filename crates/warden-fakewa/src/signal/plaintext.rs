@@ -17,12 +17,17 @@ pub struct Plaintext {
 }
 
 /// A text message, encoded and padded for encryption.
+#[cfg(test)]
 pub(super) fn padded_text(text: &str) -> Vec<u8> {
-    let mut plaintext = wa::Message {
+    padded(&wa::Message {
         conversation: Some(text.to_owned()),
         ..Default::default()
-    }
-    .encode_to_vec();
+    })
+}
+
+/// `message`, encoded and padded for encryption.
+pub(super) fn padded(message: &wa::Message) -> Vec<u8> {
+    let mut plaintext = message.encode_to_vec();
     pad(&mut plaintext);
     plaintext
 }
