@@ -111,7 +111,7 @@ async fn statuses(
 ) -> Vec<MessageStatus> {
     let mut seen = Vec::new();
     tokio::time::timeout(LIMIT, async {
-        while !seen.last().is_some_and(|s| progress(*s) >= progress(last)) {
+        while seen.last().is_none_or(|s| progress(*s) < progress(last)) {
             if let SessionEvent::MessageStatus(m) = events.recv().await.expect("events")
                 && m.id == id
             {
