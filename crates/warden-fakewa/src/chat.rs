@@ -14,7 +14,7 @@ use crate::conn::Shared;
 use crate::nodes::{self, attr};
 use crate::record::{ConnId, ServerEvent};
 use crate::scenario::RefuseSpec;
-use crate::signal::{Bundle, DeviceAddress, Plaintext};
+use crate::signal::{Bundle, DeviceAddress, Plaintext, SignalKeys};
 
 /// What a contact's phone sends back once it has decrypted a message.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,13 +104,77 @@ pub(crate) async fn pre_key_bundles(shared: &Shared, iq: &Node) -> Option<Node> 
     ))
 }
 
+/// A client's pre-key upload (`<iq xmlns="encrypt" type="set">` with `<list>`): its keys and
+/// one-time pre-keys are kept for contacts to use. `None` when `iq` is not one.
+pub(crate) fn pre_key_upload(
+    shared: &Shared,
+    conn: ConnId,
+    client: Option<&DeviceAddress>,
+    iq: &Node,
+) -> Option<Node> {
+    let id = attr(iq, "id")?;
+    let list = iq.get_optional_child("list")?;
+    let pre_keys: Vec<(u32, [u8; 32])> = list
+        .get_children_by_tag("key")
+        .filter_map(|k| {
+            Some((
+                id24(k.get_optional_child("id")?)?,
+                key32(k.get_optional_child("value")?)?,
+            ))
+        })
+        .collect();
+    let keys = uploaded_keys(iq);
+    let count = pre_keys.len();
+    let kept = client.is_some_and(|c| {
+        shared
+            .registry
+            .store_upload(&c.user, c.device, keys, pre_keys)
+    });
+    shared
+        .recorder
+        .event(conn, ServerEvent::PreKeysUploaded { count, kept });
+    Some(nodes::iq_result(&id))
+}
+
+fn content(node: &Node) -> Option<&[u8]> {
+    match &node.content {
+        Some(NodeContent::Bytes(b)) => Some(b),
+        _ => None,
+    }
+}
+
+fn id24(node: &Node) -> Option<u32> {
+    match content(node)? {
+        [a, b, c] => Some(u32::from_be_bytes([0, *a, *b, *c])),
+        _ => None,
+    }
+}
+
+fn key32(node: &Node) -> Option<[u8; 32]> {
+    content(node)?.try_into().ok()
+}
+
+/// The registration id, identity and signed pre-key of an upload, when all are there.
+fn uploaded_keys(iq: &Node) -> Option<SignalKeys> {
+    let registration = content(iq.get_optional_child("registration")?)?;
+    let skey = iq.get_optional_child("skey")?;
+    Some(SignalKeys {
+        registration_id: u32::from_be_bytes(registration.try_into().ok()?),
+        identity_key: key32(iq.get_optional_child("identity")?)?,
+        signed_pre_key_id: id24(skey.get_optional_child("id")?)?,
+        signed_pre_key: key32(skey.get_optional_child("value")?)?,
+        signature: content(skey.get_optional_child("signature")?)?.to_vec(),
+    })
+}
+
 /// A paired companion's announced keys (none if it announced none), or a fake device's bundle.
 async fn bundle_for(shared: &Shared, address: &DeviceAddress) -> Option<Bundle> {
     if shared.registry.is_companion(&address.user, address.device) {
-        return shared
-            .registry
-            .signal_keys(&address.user, address.device)
-            .map(|k| Bundle::from(&k));
+        let keys = shared.registry.signal_keys(&address.user, address.device)?;
+        return Some(Bundle {
+            pre_key: shared.registry.take_pre_key(&address.user, address.device),
+            ..Bundle::from(&keys)
+        });
     }
     if !devices_of(shared, &address.user).contains(&address.device) {
         return None;

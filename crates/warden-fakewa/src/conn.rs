@@ -460,6 +460,9 @@ impl SocketOwner {
         let chat_answer = match (xmlns.as_str(), kind.as_str()) {
             ("usync", "get") => chat::device_lists(&self.shared, node),
             ("encrypt", "get") => chat::pre_key_bundles(&self.shared, node).await,
+            ("encrypt", "set") => {
+                chat::pre_key_upload(&self.shared, self.conn, self.device.as_ref(), node)
+            }
             _ => None,
         };
         let mut out = vec![if let Some(answer) = chat_answer {

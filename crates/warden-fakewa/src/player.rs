@@ -68,7 +68,8 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// How long an `await_sent` step waits at most; in practice until the connection ends.
+/// How long an `await_sent` or `await_upload` step waits at most; in practice until the
+/// connection ends.
 const AWAIT_SENT_LIMIT: Duration = Duration::from_secs(24 * 3600);
 
 /// Whether the player goes on after a step.
@@ -221,6 +222,17 @@ impl Player {
                     .push_back(spec);
                 Flow::Next
             }
+            Step::AwaitUpload => {
+                let conn = self.conn;
+                let _ = self
+                    .shared
+                    .recorder
+                    .wait_for(AWAIT_SENT_LIMIT, |r| {
+                        r.conn == conn && matches!(r.event, ServerEvent::PreKeysUploaded { .. })
+                    })
+                    .await;
+                Flow::Next
+            }
             Step::AwaitSent(n) => {
                 let conn = self.conn;
                 let _ = self
@@ -263,10 +275,12 @@ impl Player {
         };
         let client = DeviceAddress::new(phone.clone(), *device);
         let message = content(spec.kind, text);
+        let registry = &self.shared.registry;
+        let pre_key = || registry.take_pre_key(phone, *device);
         match self
             .shared
             .contacts
-            .encrypt(&contact, &client, &keys, &message)
+            .encrypt(&contact, &client, &keys, pre_key, &message)
             .await
         {
             Ok(encrypted) => Some(encrypted),
@@ -351,6 +365,7 @@ impl Player {
             noise_key: self.client.noise_key,
             identity_key,
             signal: self.client.signal.clone(),
+            pre_keys: Vec::new(),
             paired_at: SystemTime::now(),
         });
         self.shared.recorder.set_account(self.conn, phone);

@@ -153,6 +153,14 @@ pub enum ServerEvent {
         /// which a real recipient drops.
         duplicate: bool,
     },
+    /// The client uploaded `count` one-time pre-keys (and its keys); `kept` when it is a
+    /// device paired here, whose keys contacts then use.
+    PreKeysUploaded {
+        /// How many one-time pre-keys.
+        count: usize,
+        /// Whether they were kept.
+        kept: bool,
+    },
     /// A message the client sent was refused (`RefuseNext`), with this code.
     MessageRefused {
         /// The message's id.

@@ -18,8 +18,11 @@ pub struct PairedDevice {
     pub noise_key: [u8; 32],
     /// The client's identity key.
     pub identity_key: [u8; 32],
-    /// The Signal keys it announced when it registered (what contacts encrypt to).
+    /// The Signal keys it announced when it registered, or uploaded since (what contacts
+    /// encrypt to).
     pub signal: Option<SignalKeys>,
+    /// The one-time pre-keys it uploaded and no contact has used yet: (id, public key).
+    pub pre_keys: Vec<(u32, [u8; 32])>,
     /// When the pairing completed.
     pub paired_at: SystemTime,
 }
@@ -111,6 +114,44 @@ impl Registry {
             .and_then(|d| d.signal.clone())
     }
 
+    /// Keeps what `phone:device` uploaded (`<iq xmlns="encrypt" type="set">`): its keys, and
+    /// one-time pre-keys added to those not used yet. `false` when the device is not paired here.
+    pub fn store_upload(
+        &self,
+        phone: &str,
+        device: u16,
+        keys: Option<SignalKeys>,
+        pre_keys: Vec<(u32, [u8; 32])>,
+    ) -> bool {
+        let mut inner = self.lock();
+        let Some(d) = inner
+            .devices
+            .iter_mut()
+            .find(|d| d.phone == phone && d.device == device)
+        else {
+            return false;
+        };
+        if let Some(keys) = keys {
+            d.signal = Some(keys);
+        }
+        d.pre_keys.extend(pre_keys);
+        true
+    }
+
+    /// Takes one unused one-time pre-key of `phone:device`, for a contact starting a session.
+    pub fn take_pre_key(&self, phone: &str, device: u16) -> Option<(u32, [u8; 32])> {
+        let mut inner = self.lock();
+        let d = inner
+            .devices
+            .iter_mut()
+            .find(|d| d.phone == phone && d.device == device)?;
+        if d.pre_keys.is_empty() {
+            None
+        } else {
+            Some(d.pre_keys.remove(0))
+        }
+    }
+
     /// The companion device numbers paired here for `phone`, in order.
     pub fn companions_of(&self, phone: &str) -> Vec<u16> {
         let mut devices: Vec<u16> = self
@@ -172,6 +213,7 @@ mod tests {
             noise_key: [key; 32],
             identity_key: [key; 32],
             signal: None,
+            pre_keys: Vec::new(),
             paired_at: SystemTime::now(),
         }
     }

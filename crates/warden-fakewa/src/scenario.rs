@@ -46,6 +46,9 @@ pub enum Step {
     /// Refuse the next message the client sends on this connection: an error `<ack>` with
     /// this code (463 is WhatsApp's reach-out timelock), and no copy is delivered.
     RefuseNext(RefuseSpec),
+    /// Wait until the client has uploaded pre-keys on this connection (it does when the
+    /// server reports fewer than it wants: `prekey_count` below 5).
+    AwaitUpload,
     /// Wait until the client has sent this many messages on this connection (counted by id,
     /// as [`ServerEvent::ClientMessage`](crate::ServerEvent::ClientMessage) records them).
     AwaitSent(usize),
@@ -352,6 +355,7 @@ impl fmt::Display for Step {
             Step::StreamEnd => f.write_str("stream_end"),
             Step::Message(m) => write!(f, "message({} from {})", m.id, m.from),
             Step::AwaitSent(n) => write!(f, "await_sent({n})"),
+            Step::AwaitUpload => f.write_str("await_upload"),
             Step::RefuseNext(r) => write!(f, "refuse_next({})", r.code),
         }
     }

@@ -89,9 +89,32 @@ async fn the_event_stream_sends_the_current_state_then_changes() {
     gw.call("POST", "/session/start/m", None).await;
     let got = all.until(|e| e.name == "message").await;
     assert_eq!(
-        (&got.data["token"], &got.data["message"]["text"]),
-        (&json!("m"), &json!("halo"))
+        (
+            &got.data["token"],
+            &got.data["message"]["text"],
+            &got.data["message"]["kind"]
+        ),
+        (&json!("m"), &json!("halo"), &json!("text"))
     );
+    // An outgoing message's every status is an event: queued, then sent.
+    let sent = gw
+        .call(
+            "POST",
+            "/session/send/m",
+            Some(r#"{"to":"15550001111","text":"hi"}"#),
+        )
+        .await
+        .json();
+    let id = sent["messageId"].clone();
+    for status in ["queued", "sent"] {
+        let event = all
+            .until(|e| e.name == "message_status" && e.data["message"]["status"] == status)
+            .await;
+        assert_eq!(
+            (&event.data["token"], &event.data["message"]["message_id"]),
+            (&json!("m"), &id)
+        );
+    }
     gw.call("DELETE", "/session/a", None).await;
     let removed = all.until(|e| e.name == "removed").await;
     assert_eq!(removed.data, json!({"event": "removed", "token": "a"}));

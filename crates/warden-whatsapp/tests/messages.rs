@@ -413,3 +413,58 @@ async fn non_text_messages_arrive_with_their_kind_and_caption() {
     assert_eq!(got["doc-1"], want("document", "invoice"));
     assert_eq!(got["re-1"], want("reaction", "👍"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pre_keys_a_client_uploads_are_kept_and_used_by_a_contact() {
+    const PHONE: &str = "15550000306";
+    const CONTACT: &str = "15557650007@s.whatsapp.net";
+    let login = Plan::always(Scenario::new([
+        Step::Login,
+        Step::AwaitUpload,
+        Step::Message(MessageSpec::text(
+            CONTACT,
+            "pk-1",
+            "with a one-time pre-key",
+        )),
+    ]));
+    let server = FakeServer::start(ServerConfig {
+        online_timeout: Duration::from_secs(5),
+        // Fewer than the client wants: it uploads a batch after logging in.
+        prekey_count: 0,
+        ..ServerConfig::with_script(
+            Script::default()
+                .with_registration(pairing(PHONE, Duration::from_millis(50)))
+                .with_account(PHONE, login),
+        )
+    })
+    .await
+    .expect("fake server");
+    let mut h = Harness::new(server, |_| {}).await;
+    let mut events = subscribe(&h.supervisor);
+    h.paired("s", PHONE).await;
+    assert_eq!(
+        incoming(&mut events, "pk-1").await.as_deref(),
+        Some("with a one-time pre-key")
+    );
+    let uploaded = h
+        .recorder()
+        .wait_for(LIMIT, |r| {
+            matches!(r.event, ServerEvent::PreKeysUploaded { kept: true, .. })
+        })
+        .await
+        .expect("an upload");
+    let ServerEvent::PreKeysUploaded { count, .. } = uploaded.event else {
+        unreachable!()
+    };
+    assert!(count > 0);
+    let left = h
+        .server
+        .registry()
+        .devices()
+        .into_iter()
+        .find(|d| d.phone == PHONE)
+        .expect("paired")
+        .pre_keys
+        .len();
+    assert_eq!(left, count - 1, "the contact's session took one of them");
+}

@@ -313,15 +313,18 @@ impl Contacts {
             conversation: Some(text.to_owned()),
             ..Default::default()
         };
-        self.encrypt(from, client, keys, &message).await
+        self.encrypt(from, client, keys, || None, &message).await
     }
 
-    /// Any WhatsApp `message` from `from` to `client`, as [`Contacts::encrypt_text`] does it.
+    /// Any WhatsApp `message` from `from` to `client`, as [`Contacts::encrypt_text`] does it;
+    /// a new session takes the one-time pre-key `pre_key` gives, if any (the client's
+    /// uploaded ones).
     pub async fn encrypt(
         &self,
         from: &DeviceAddress,
         client: &DeviceAddress,
         keys: &SignalKeys,
+        pre_key: impl FnOnce() -> Option<(u32, [u8; 32])>,
         message: &wa::Message,
     ) -> Result<Encrypted, EncryptError> {
         let device = self.device(from);
@@ -334,10 +337,14 @@ impl Contacts {
             IdentityKey::new(PublicKey::from_djb_public_key_bytes(&keys.identity_key)?);
         let known = identity.get_identity(&remote).await?;
         if !sessions.has(&remote) || known != Some(client_identity) {
+            let one_time = match pre_key() {
+                Some((id, key)) => Some((id.into(), PublicKey::from_djb_public_key_bytes(&key)?)),
+                None => None,
+            };
             let bundle = PreKeyBundle::new(
                 keys.registration_id,
                 u32::from(client.device).into(),
-                None,
+                one_time,
                 keys.signed_pre_key_id.into(),
                 PublicKey::from_djb_public_key_bytes(&keys.signed_pre_key)?,
                 keys.signature.clone(),
