@@ -187,6 +187,12 @@ impl Actor for SessionActor {
         _myself: ActorRef<SessionMsg>,
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
+        // The drain goes first: nothing is sent on a connection being closed.
+        let drained = state.drain.take().is_some();
+        if drained {
+            state.outbox.set_in_flight(&state.token, None);
+            state.outbox.drop_waker(&state.token);
+        }
         if let Some(mut connection) = state.connection.take()
             && tokio::time::timeout(state.close_timeout, connection.close())
                 .await
@@ -194,23 +200,20 @@ impl Actor for SessionActor {
         {
             tracing::warn!(token = %state.token, "connection did not close in time; dropped");
         }
-        state.slot_permit = None;
-        if state.drain.take().is_some() {
-            state.outbox.drop_waker(&state.token);
-            if state.outbox.config().ttl.is_zero() {
-                // `ttl = 0`: messages live only while the session is connected.
-                let (outbox, token) = (state.outbox.clone(), state.token.clone());
-                tokio::spawn(async move {
-                    let reason = "expired: the session disconnected ([outbox] ttl = 0)";
-                    if let Err(e) = outbox
-                        .fail_queued(&token, MessageEvent::Expired, reason)
-                        .await
-                    {
-                        tracing::warn!(token = %token, error = %e, "queued messages not failed");
-                    }
-                });
-            }
+        if drained && state.outbox.config().ttl.is_zero() {
+            // `ttl = 0`: messages live only while the session is connected.
+            let (outbox, token) = (state.outbox.clone(), state.token.clone());
+            tokio::spawn(async move {
+                let reason = "expired: the session disconnected ([outbox] ttl = 0)";
+                if let Err(e) = outbox
+                    .fail_queued(&token, MessageEvent::Expired, reason)
+                    .await
+                {
+                    tracing::warn!(token = %token, error = %e, "queued messages not failed");
+                }
+            });
         }
+        state.slot_permit = None;
         Ok(())
     }
 }

@@ -402,3 +402,35 @@ async fn with_a_zero_ttl_messages_live_only_while_connected() {
         Err(Error::NotConnected { .. })
     ));
 }
+
+#[tokio::test(start_paused = true)]
+async fn messages_to_new_chats_go_when_the_463_pause_ends() {
+    const NEW: &str = "15550003333@s.whatsapp.net";
+    let mut h = Harness::new(Script::login(JID)).await;
+    let mut events = h.supervisor.subscribe();
+    h.run("s", []).await;
+    h.wait_state("s", SessionState::Connected).await;
+    h.link.answer_sends([Ok(SendOutcome::Refused {
+        code: 463,
+        until: Some(std::time::SystemTime::now() + Duration::from_secs(600)),
+    })]);
+    let refused = h
+        .supervisor
+        .send("s", request(NEW, "one", None))
+        .await
+        .unwrap();
+    until(&mut events, &refused.id, MessageStatus::Failed).await;
+    let paused_at = tokio::time::Instant::now();
+    let waiting = h
+        .supervisor
+        .send("s", request(NEW, "two", None))
+        .await
+        .unwrap();
+    until(&mut events, &waiting.id, MessageStatus::Sent).await;
+    let waited = paused_at.elapsed();
+    assert!(
+        waited >= Duration::from_secs(595) && waited <= Duration::from_secs(610),
+        "sent when the pause ended, not before and not at the next send: {waited:?}"
+    );
+    assert!(h.supervisor.new_chats_paused_until("s").is_none());
+}

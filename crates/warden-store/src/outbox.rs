@@ -119,7 +119,8 @@ fn by_id(conn: &Connection, token: &str, id: &str) -> rusqlite::Result<Option<Ou
 impl Db {
     /// Accepts `message` unless its session already has one with the same key. Returns the
     /// stored row (the earlier one, for a repeated key) and whether it is new. Answers after
-    /// the commit.
+    /// the commit. A session without a record (deleted, or never written) gets
+    /// [`DbError::Closed`]: no row outlives its session.
     pub async fn outbox_insert(
         &self,
         message: NewOutboxMessage,
@@ -128,6 +129,12 @@ impl Db {
             .call(move |conn| {
                 if let Some(existing) = by_key(conn, &message.token, &message.key)? {
                     return Ok((existing, false));
+                }
+                let has_record = conn
+                    .prepare_cached("SELECT 1 FROM session_records WHERE token = ?1")?
+                    .exists([&message.token])?;
+                if !has_record {
+                    return Err(DbError::Closed);
                 }
                 conn.prepare_cached(
                     "INSERT INTO outbox (token, id, key, recipient, body, status, attempts,

@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_by_status ON outbox (token, status, seq);
 CREATE INDEX IF NOT EXISTS outbox_by_expiry ON outbox (status, expires_at);
+CREATE INDEX IF NOT EXISTS outbox_by_chat ON outbox (token, recipient, status);
 ";
 
 /// Prepares a freshly opened connection: WAL, full fsync at commit (a reply means the change

@@ -228,11 +228,11 @@ pub fn tap(event: &Event) -> Option<Seen> {
 }
 
 /// What the server's `<ack>` of a sent message says: accepted, or refused with the code in
-/// its `error` attribute. A refusal's lock end, when the server gives one, is read from an
+/// its `error` attribute (0 when it is not a number). A refusal's lock end, when the server gives one, is read from an
 /// `expiration` attribute (Unix seconds).
 pub fn send_outcome(ack: &wa_rs_binary::node::Node) -> SendOutcome {
     let attr = |k: &str| ack.attrs.get(k).map(|v| v.to_string_value());
-    match attr("error").and_then(|e| e.parse::<u16>().ok()) {
+    match attr("error").map(|e| e.parse::<u16>().unwrap_or(0)) {
         None => SendOutcome::Accepted,
         Some(code) => SendOutcome::Refused {
             code,

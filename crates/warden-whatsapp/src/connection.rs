@@ -116,6 +116,7 @@ impl Connection for WaConnection {
         let recipient = parse_recipient(&message.to);
         let client = lock(&self.control.client).clone();
         let ack_timeout = self.control.ack_timeout;
+        let stop = self.control.stop.clone();
         Box::pin(async move {
             let jid = recipient?;
             let client = client.ok_or(LinkError::NotConnected)?;
@@ -126,7 +127,15 @@ impl Connection for WaConnection {
             let ack = client
                 .send_message_with_id_acked(jid, body, message.id, ack_timeout)
                 .await
-                .map_err(|e| LinkError::Send(e.to_string()))?;
+                .map_err(|e| {
+                    // A socket that went away is a lost connection, not a failed send: the
+                    // message waits for the next connection without counting an attempt.
+                    if stop.is_cancelled() || !client.is_connected() {
+                        LinkError::NotConnected
+                    } else {
+                        LinkError::Send(e.to_string())
+                    }
+                })?;
             Ok(classify::send_outcome(&ack))
         })
     }

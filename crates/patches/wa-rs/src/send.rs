@@ -77,13 +77,20 @@ impl Client {
             self.response_waiters.lock().await.remove(&id);
             return Err(e);
         }
-        match tokio::time::timeout(ack_timeout, rx).await {
+        let mut rx = rx;
+        match tokio::time::timeout(ack_timeout, &mut rx).await {
             Ok(Ok(ack)) => Ok(ack),
             Ok(Err(_)) => Err(anyhow!(
                 "the connection ended before the server acknowledged message {id}"
             )),
             Err(_) => {
-                self.response_waiters.lock().await.remove(&id);
+                // Remove the waiter only if it is still this call's (a later send of the same
+                // id may have registered its own): ours is the one whose receiver is gone.
+                drop(rx);
+                let mut waiters = self.response_waiters.lock().await;
+                if waiters.get(&id).is_some_and(|tx| tx.is_closed()) {
+                    waiters.remove(&id);
+                }
                 Err(anyhow!(
                     "the server did not acknowledge message {id} within {ack_timeout:?}"
                 ))

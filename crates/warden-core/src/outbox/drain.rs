@@ -28,6 +28,11 @@ pub(crate) async fn drain(outbox: Outbox, token: Token, session: ActorRef<Sessio
     let pace = outbox.config().pace();
     let mut last_send: Option<Instant> = None;
     loop {
+        // The pace is waited out before the next message is read, so what is sent is the
+        // message as it is now (not one cancelled or failed during the wait).
+        if let Some(last) = last_send {
+            tokio::time::sleep_until(last + pace).await;
+        }
         // Armed before looking, so a message queued while we look is not missed.
         let woken = waker.notified();
         tokio::pin!(woken);
@@ -35,7 +40,16 @@ pub(crate) async fn drain(outbox: Outbox, token: Token, session: ActorRef<Sessio
         let message = match outbox.next_to_send(&token).await {
             Ok(Some(message)) => message,
             Ok(None) => {
-                woken.await;
+                // Messages to new chats may be waiting for a 463 pause to end.
+                match outbox.pause_left(&token) {
+                    Some(left) => {
+                        tokio::select! {
+                            () = &mut woken => {}
+                            () = tokio::time::sleep(left) => {}
+                        }
+                    }
+                    None => woken.await,
+                }
                 continue;
             }
             Err(e) => {
@@ -44,11 +58,11 @@ pub(crate) async fn drain(outbox: Outbox, token: Token, session: ActorRef<Sessio
                 continue;
             }
         };
-        if let Some(last) = last_send {
-            tokio::time::sleep_until(last + pace).await;
-        }
         last_send = Some(Instant::now());
-        match send(&outbox, &session, &message).await {
+        outbox.set_in_flight(&token, Some(&message.id));
+        let sent = send(&outbox, &session, &message).await;
+        outbox.set_in_flight(&token, None);
+        match sent {
             Sent::Next => {}
             Sent::Backoff(attempts) => {
                 let wait = Duration::from_secs(1u64 << attempts.min(6)).min(BACKOFF_CAP);

@@ -197,8 +197,9 @@ fn new_message_id() -> String {
     format!("3EB0{:018X}", n & ((1u128 << 72) - 1))
 }
 
-/// Wall-clock time that advances with tokio's clock (so a paused test clock moves it too):
-/// the time at start plus tokio's time since.
+/// Wall-clock time that also advances with tokio's clock (so a paused test clock moves it):
+/// the later of the system's time and the time at start plus tokio's time since. A system
+/// clock corrected forward is followed; one set back is not (times never go backwards).
 struct Clock {
     system: SystemTime,
     instant: tokio::time::Instant,
@@ -213,7 +214,7 @@ impl Clock {
     }
 
     fn now(&self) -> SystemTime {
-        self.system + self.instant.elapsed()
+        SystemTime::now().max(self.system + self.instant.elapsed())
     }
 }
 
@@ -232,6 +233,8 @@ struct Inner {
     wakers: DashMap<Token, Arc<Notify>>,
     /// Sessions whose sends to new chats are paused (463), until when.
     pauses: DashMap<Token, SystemTime>,
+    /// The message each session's drain is sending right now (it cannot be cancelled).
+    in_flight: DashMap<Token, String>,
 }
 
 impl Outbox {
@@ -248,6 +251,7 @@ impl Outbox {
                 events,
                 wakers: DashMap::new(),
                 pauses: DashMap::new(),
+                in_flight: DashMap::new(),
             }),
         }
     }
@@ -274,6 +278,7 @@ impl Outbox {
         &self,
         token: &Token,
         state: SessionState,
+        current_state: impl Fn() -> Option<SessionState>,
         request: SendRequest,
     ) -> Result<(OutgoingMessage, bool), Error> {
         let to = input::recipient(&request.to).map_err(Error::InvalidRequest)?;
@@ -310,14 +315,41 @@ impl Outbox {
             created_at: millis(now),
             expires_at: (!ttl.is_zero()).then(|| millis(now + ttl)),
         };
-        let (row, new) = self.inner.db.outbox_insert(message).await.map_err(db)?;
+        let (row, new) = match self.inner.db.outbox_insert(message).await {
+            Ok(stored) => stored,
+            // The session's record went (a delete) while this was on its way.
+            Err(warden_store::DbError::Closed) => return Err(Error::NotFound(token.clone())),
+            Err(e) => return Err(db(e)),
+        };
         let message = OutgoingMessage::from_row(token, row)?;
-        if new {
-            tracing::info!(token = %token, id = %message.id, "message queued");
-            self.publish(&message);
-            self.wake(token);
+        if !new {
+            return Ok((message, false));
         }
-        Ok((message, new))
+        tracing::info!(token = %token, id = %message.id, "message queued");
+        self.publish(&message);
+        // A logout (or a stop under `ttl = 0`) that came while this was stored has already
+        // failed the queued messages: fail this one too, rather than leave it behind.
+        match current_state() {
+            Some(now) if self.accepts(now) => {
+                self.wake(token);
+                Ok((message, true))
+            }
+            now => {
+                let reason = format!(
+                    "the session stopped taking messages ({}) while this one was stored",
+                    now.map_or("deleted", |s| s.as_str())
+                );
+                let failed = self
+                    .apply(
+                        token,
+                        &message.id,
+                        MessageEvent::SessionGone,
+                        Detail::reason(reason),
+                    )
+                    .await?;
+                Ok((failed.unwrap_or(message), true))
+            }
+        }
     }
 
     /// The message of `token` with this id or key.
@@ -366,10 +398,29 @@ impl Outbox {
     pub(crate) async fn operate(
         &self,
         token: &Token,
+        state: SessionState,
         id_or_key: &str,
         event: MessageEvent,
     ) -> Result<OutgoingMessage, Error> {
         let message = self.get(token, id_or_key).await?;
+        if event == MessageEvent::Retry && !self.accepts(state) {
+            return Err(Error::NotConnected {
+                token: token.clone(),
+                state,
+            });
+        }
+        if event == MessageEvent::Cancel
+            && self
+                .inner
+                .in_flight
+                .get(token)
+                .is_some_and(|id| *id == message.id)
+        {
+            return Err(Error::InvalidRequest(format!(
+                "message {} is being sent right now: it can no longer be cancelled",
+                message.id
+            )));
+        }
         if status::next(message.status, event).is_none() {
             let what = if event == MessageEvent::Retry {
                 "retried"
@@ -391,14 +442,30 @@ impl Outbox {
             MessageEvent::Cancel => Detail::reason("cancelled by request"),
             _ => Detail::default(),
         };
-        let after = self.apply(token, &message.id, event, detail).await?;
+        let Some(after) = self.apply(token, &message.id, event, detail).await? else {
+            // Something else moved it meanwhile (its ack, a receipt, its expiry).
+            let now = self.get(token, &message.id).await?;
+            return Err(Error::InvalidRequest(format!(
+                "message {} became {} meanwhile; nothing was changed",
+                now.id, now.status
+            )));
+        };
         if event == MessageEvent::Retry {
             self.wake(token);
         }
-        after.ok_or_else(|| Error::MessageNotFound {
-            token: token.clone(),
-            id: id_or_key.to_owned(),
-        })
+        Ok(after)
+    }
+
+    /// Marks the message `token`'s drain is sending (`None`: none).
+    pub(crate) fn set_in_flight(&self, token: &Token, id: Option<&str>) {
+        match id {
+            Some(id) => {
+                self.inner.in_flight.insert(token.clone(), id.to_owned());
+            }
+            None => {
+                self.inner.in_flight.remove(token);
+            }
+        }
     }
 
     /// Applies `event` to message `id` of `token`, in one transaction; publishes and returns
@@ -419,6 +486,10 @@ impl Outbox {
             .outbox_apply(token.as_str(), id, move |row| {
                 let current = row.status.parse::<MessageStatus>().ok()?;
                 let failed_send = matches!(event, MessageEvent::SendFailed { .. });
+                if failed_send && current != MessageStatus::Queued {
+                    // A receipt, a cancel or an expiry got there first: nothing to count.
+                    return None;
+                }
                 let attempts = match event {
                     MessageEvent::SendFailed { .. } => row.attempts + 1,
                     MessageEvent::Retry => 0,
@@ -607,6 +678,12 @@ impl Outbox {
             until,
         });
         until
+    }
+
+    /// How long `token`'s sends to new chats stay paused, if they are.
+    pub(crate) fn pause_left(&self, token: &Token) -> Option<Duration> {
+        let until = self.paused_until(token)?;
+        until.duration_since(self.inner.clock.now()).ok()
     }
 
     /// Until when `token`'s sends to new chats are paused, if they are.

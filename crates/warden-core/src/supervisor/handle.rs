@@ -346,7 +346,9 @@ impl Supervisor {
             .get(&token)
             .map(|info| info.state)
             .ok_or_else(|| Error::NotFound(token.clone()))?;
-        let (message, _new) = self.outbox.accept(&token, state, request).await?;
+        let snapshot = self.snapshot.clone();
+        let current = || snapshot.get(&token).map(|info| info.state);
+        let (message, _new) = self.outbox.accept(&token, state, current, request).await?;
         Ok(message)
     }
 
@@ -383,8 +385,9 @@ impl Supervisor {
         id_or_key: &str,
     ) -> Result<OutgoingMessage, Error> {
         let token = self.known(token)?;
+        let state = self.state_of(&token)?;
         self.outbox
-            .operate(&token, id_or_key, MessageEvent::Retry)
+            .operate(&token, state, id_or_key, MessageEvent::Retry)
             .await
     }
 
@@ -395,8 +398,9 @@ impl Supervisor {
         id_or_key: &str,
     ) -> Result<OutgoingMessage, Error> {
         let token = self.known(token)?;
+        let state = self.state_of(&token)?;
         self.outbox
-            .operate(&token, id_or_key, MessageEvent::Cancel)
+            .operate(&token, state, id_or_key, MessageEvent::Cancel)
             .await
     }
 
@@ -404,6 +408,13 @@ impl Supervisor {
     pub fn new_chats_paused_until(&self, token: &str) -> Option<std::time::SystemTime> {
         let token = Token::parse(token).ok()?;
         self.outbox.paused_until(&token)
+    }
+
+    fn state_of(&self, token: &Token) -> Result<crate::state::SessionState, Error> {
+        self.snapshot
+            .get(token)
+            .map(|info| info.state)
+            .ok_or_else(|| Error::NotFound(token.clone()))
     }
 
     fn known(&self, token: &str) -> Result<Token, Error> {
