@@ -434,3 +434,33 @@ async fn messages_to_new_chats_go_when_the_463_pause_ends() {
     );
     assert!(h.supervisor.new_chats_paused_until("s").is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn messages_out_of_the_queue_are_deleted_after_the_retention() {
+    let mut h = Harness::with_config(Script::login(JID), |dir| {
+        let mut c = config(dir);
+        c.outbox.retention = Duration::from_secs(3600);
+        c.outbox.expiry_check = Duration::from_secs(60);
+        c
+    })
+    .await;
+    let mut events = h.supervisor.subscribe();
+    h.run("s", []).await;
+    h.wait_state("s", SessionState::Connected).await;
+    let m = h
+        .supervisor
+        .send("s", request(TO, "short-lived", Some("k-old")))
+        .await
+        .unwrap();
+    until(&mut events, &m.id, MessageStatus::Sent).await;
+    tokio::time::sleep(Duration::from_secs(3500)).await;
+    assert!(
+        h.supervisor.message_status("s", "k-old").await.is_ok(),
+        "kept within it"
+    );
+    tokio::time::sleep(Duration::from_secs(200)).await;
+    assert!(matches!(
+        h.supervisor.message_status("s", "k-old").await,
+        Err(Error::MessageNotFound { .. })
+    ));
+}

@@ -298,6 +298,20 @@ impl Db {
             .await
     }
 
+    /// Removes every message whose status is not `keep_status` and that last changed before
+    /// `before` (Unix milliseconds); returns how many.
+    pub async fn outbox_prune(&self, keep_status: &str, before: i64) -> Result<u64, DbError> {
+        let keep = keep_status.to_owned();
+        self.queue
+            .call(move |conn| {
+                let n = conn
+                    .prepare_cached("DELETE FROM outbox WHERE status <> ?1 AND updated_at < ?2")?
+                    .execute(params![keep, before])?;
+                Ok(n as u64)
+            })
+            .await
+    }
+
     /// Removes every message of `token`; returns how many there were.
     pub async fn outbox_remove_session(&self, token: &str) -> Result<u64, DbError> {
         let token = token.to_owned();

@@ -15,7 +15,8 @@
 //!   ack, and waits `60 s / per_minute` before the next.
 //! - **Nothing pending for ever**: a message still queued after `ttl` fails as expired; a
 //!   logout or delete fails the session's queued messages; a send that keeps failing fails
-//!   after `max_attempts`.
+//!   after `max_attempts`. **Nothing kept for ever**: a message out of the queue is deleted
+//!   `retention` after its last change.
 //! - **Refusals.** A server refusal fails the message with its code. 463 (WhatsApp's
 //!   "reach-out timelock" on accounts that start too many new chats) also pauses the session's
 //!   sends to chats it has not written to before, until the lock's end (24 h when unknown).
@@ -65,6 +66,10 @@ pub struct OutboxConfig {
     /// How often expired messages are looked for.
     #[serde(with = "humantime_serde")]
     pub expiry_check: Duration,
+    /// A message that is no longer queued is deleted this long after its last change (its key
+    /// can then be used again). The outbox never grows without bound.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
 }
 
 impl Default for OutboxConfig {
@@ -74,6 +79,7 @@ impl Default for OutboxConfig {
             per_minute: 20,
             max_attempts: 5,
             expiry_check: Duration::from_secs(30),
+            retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -89,6 +95,9 @@ impl OutboxConfig {
         }
         if self.expiry_check.is_zero() {
             return Err("expiry_check must be more than 0s".into());
+        }
+        if self.retention.is_zero() {
+            return Err("retention must be more than 0s".into());
         }
         Ok(())
     }
@@ -608,6 +617,16 @@ impl Outbox {
         Ok(expired)
     }
 
+    /// Deletes the messages that left the queue more than `retention` ago.
+    pub(crate) async fn prune(&self) -> Result<u64, Error> {
+        let before = self.inner.clock.now() - self.inner.config.retention;
+        self.inner
+            .db
+            .outbox_prune(MessageStatus::Queued.as_str(), millis(before))
+            .await
+            .map_err(db)
+    }
+
     /// The oldest queued message of `token` that may be sent now: while new chats are
     /// paused, messages to chats the session has not written to wait.
     pub(crate) async fn next_to_send(
@@ -733,6 +752,11 @@ pub(crate) fn spawn_expiry(outbox: &Outbox) -> tokio::task::JoinHandle<()> {
             let outbox = Outbox { inner };
             if let Err(e) = outbox.expire_due().await {
                 tracing::warn!(error = %e, "could not look for expired messages");
+            }
+            match outbox.prune().await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(pruned = n, "old outbox messages deleted"),
+                Err(e) => tracing::warn!(error = %e, "could not delete old outbox messages"),
             }
         }
     })
