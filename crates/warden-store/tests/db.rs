@@ -206,6 +206,14 @@ fn message(token: &str, id: &str, key: &str, to: &str) -> warden_store::NewOutbo
 #[tokio::test]
 async fn the_outbox_keeps_one_message_per_key_in_order_across_a_reopen() {
     let (dir, db) = open();
+    // No row outlives its session: a session without a record takes no message.
+    assert_eq!(
+        db.outbox_insert(message("s", "A0", "k0", "1@x")).await,
+        Err(DbError::Closed)
+    );
+    db.write_records(vec![put("s", "record"), put("other", "record")])
+        .await
+        .unwrap();
     let (first, new) = db
         .outbox_insert(message("s", "A1", "k1", "1@x"))
         .await

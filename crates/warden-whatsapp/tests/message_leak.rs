@@ -107,7 +107,10 @@ async fn clients_that_received_messages_are_freed_after_their_sessions_stop() {
     }
     h.assert_one_at_a_time();
     // The second round must not grow the process by anything like a client per session
-    // (about 70 kB, and its workers): see idle_cost.rs for what a stopped session keeps.
+    // (about 70 kB, and its workers): see idle_cost.rs for what a stopped session keeps. The
+    // allocator makes this figure noisy: 15 to 34 kB over repeated runs on the 2-core machine
+    // (the higher ones with other test binaries building), hence a bound well under a client
+    // and above the noise.
     let growth = rss_after_round[1].saturating_sub(rss_after_round[0]) * 1024 / SESSIONS;
     eprintln!(
         "RSS after the first round: {} kB over the start; growth in the second round: {growth} \
@@ -115,7 +118,7 @@ async fn clients_that_received_messages_are_freed_after_their_sessions_stop() {
         rss_after_round[0].saturating_sub(rss_before)
     );
     assert!(
-        growth <= 32 * 1024,
+        growth <= 48 * 1024,
         "a connect/message/stop cycle left {growth} bytes per session behind"
     );
 }

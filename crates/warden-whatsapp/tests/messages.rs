@@ -147,14 +147,16 @@ async fn a_text_reaches_every_device_of_the_contact_and_the_own_phone() {
         .send_text("s", "+1 555 765 4321", "hello there")
         .await
         .expect("sent");
-    // queued → sent (the server's ack) → delivered (the contact's phone's receipt).
-    assert_eq!(
-        statuses(&mut events, &id, MessageStatus::Delivered).await,
-        [
+    // queued → sent (the server's ack) → delivered (the contact's phone's receipt). The
+    // receipt travels apart from the ack and may overtake it: then `sent` is skipped.
+    let seen = statuses(&mut events, &id, MessageStatus::Delivered).await;
+    assert!(
+        seen == [
             MessageStatus::Queued,
             MessageStatus::Sent,
             MessageStatus::Delivered
-        ]
+        ] || seen == [MessageStatus::Queued, MessageStatus::Delivered],
+        "{seen:?}"
     );
     let got = copies(h.recorder(), &id, 3).await;
     let contact_phone = format!("{CONTACT}@s.whatsapp.net");
