@@ -47,18 +47,42 @@ async fn until(
     .unwrap_or_else(|_| panic!("{id} never became {status}"))
 }
 
+/// A harness whose sessions log in, with its config adjusted by `adjust`.
+async fn harness(adjust: impl FnOnce(&mut warden_core::SupervisorConfig)) -> Harness {
+    Harness::with_config(Script::login(JID), |dir| {
+        let mut c = config(dir);
+        adjust(&mut c);
+        c
+    })
+    .await
+}
+
+/// Starts session `s` with `scripts` and waits until it is in `state`; returns the events
+/// from before it started.
+async fn session_in(
+    h: &mut Harness,
+    scripts: Vec<Script>,
+    state: SessionState,
+) -> broadcast::Receiver<SessionEvent> {
+    let events = h.supervisor.subscribe();
+    h.run("s", scripts).await;
+    h.wait_state("s", state).await;
+    events
+}
+
+/// A session whose first connection drops: it is backing off.
+fn dropped() -> Vec<Script> {
+    vec![Script::fail(secs(1), DisconnectReason::ConnectionLost)]
+}
+
 #[tokio::test(start_paused = true)]
 async fn messages_go_in_order_paced_and_are_followed_to_read() {
-    let mut h = Harness::with_config(Script::login(JID), |dir| {
-        let mut c = config(dir);
+    let mut h = harness(|c| {
         c.outbox.per_minute = 2; // one every 30 s
-        c
     })
     .await;
     h.link.send_receipts(Some(ReceiptKind::Read));
-    let mut events = h.supervisor.subscribe();
-    h.run("s", []).await;
-    h.wait_state("s", SessionState::Connected).await;
+    let mut events = session_in(&mut h, vec![], SessionState::Connected).await;
     let mut ids = Vec::new();
     for n in 0..3 {
         let m = h
@@ -91,13 +115,7 @@ async fn messages_go_in_order_paced_and_are_followed_to_read() {
 #[tokio::test(start_paused = true)]
 async fn a_message_sent_while_backing_off_goes_once_the_session_is_back() {
     let mut h = Harness::new(Script::login(JID)).await;
-    let mut events = h.supervisor.subscribe();
-    h.run(
-        "s",
-        [Script::fail(secs(1), DisconnectReason::ConnectionLost)],
-    )
-    .await;
-    h.wait_state("s", SessionState::BackingOff).await;
+    let mut events = session_in(&mut h, dropped(), SessionState::BackingOff).await;
     let m = h
         .supervisor
         .send("s", request(TO, "while away", None))
@@ -112,9 +130,7 @@ async fn a_message_sent_while_backing_off_goes_once_the_session_is_back() {
 #[tokio::test(start_paused = true)]
 async fn a_key_names_one_message_even_across_a_restart() {
     let mut h = Harness::new(Script::login(JID)).await;
-    let mut events = h.supervisor.subscribe();
-    h.run("s", []).await;
-    h.wait_state("s", SessionState::Connected).await;
+    let mut events = session_in(&mut h, vec![], SessionState::Connected).await;
     let first = h
         .supervisor
         .send("s", request(TO, "once", Some("order-42")))
@@ -162,8 +178,7 @@ async fn a_key_names_one_message_even_across_a_restart() {
 #[tokio::test(start_paused = true)]
 async fn bad_input_is_refused_and_nothing_is_stored() {
     let mut h = Harness::new(Script::login(JID)).await;
-    h.run("s", []).await;
-    h.wait_state("s", SessionState::Connected).await;
+    session_in(&mut h, vec![], SessionState::Connected).await;
     let cases = [
         request("not a number", "hi", None),
         request("1555@example.com", "hi", None),
@@ -197,17 +212,13 @@ async fn bad_input_is_refused_and_nothing_is_stored() {
 
 #[tokio::test(start_paused = true)]
 async fn failing_sends_are_retried_then_fail_and_an_operator_can_retry_or_cancel() {
-    let mut h = Harness::with_config(Script::login(JID), |dir| {
-        let mut c = config(dir);
+    let mut h = harness(|c| {
         c.outbox.max_attempts = 3;
-        c
     })
     .await;
-    let mut events = h.supervisor.subscribe();
     h.link
         .answer_sends((0..3).map(|n| Err(LinkError::Send(format!("no pre-keys ({n})")))));
-    h.run("s", []).await;
-    h.wait_state("s", SessionState::Connected).await;
+    let mut events = session_in(&mut h, vec![], SessionState::Connected).await;
     let m = h
         .supervisor
         .send("s", request(TO, "hi", None))
@@ -256,9 +267,7 @@ async fn failing_sends_are_retried_then_fail_and_an_operator_can_retry_or_cancel
 async fn a_refusal_fails_the_message_and_463_pauses_only_new_chats() {
     const OTHER: &str = "15550002222@s.whatsapp.net";
     let mut h = Harness::new(Script::login(JID)).await;
-    let mut events = h.supervisor.subscribe();
-    h.run("s", []).await;
-    h.wait_state("s", SessionState::Connected).await;
+    let mut events = session_in(&mut h, vec![], SessionState::Connected).await;
     let known = h
         .supervisor
         .send("s", request(TO, "first", None))
@@ -317,22 +326,14 @@ async fn a_refusal_fails_the_message_and_463_pauses_only_new_chats() {
 
 #[tokio::test(start_paused = true)]
 async fn queued_messages_expire_and_a_logout_fails_the_rest() {
-    let mut h = Harness::with_config(Script::login(JID), |dir| {
-        let mut c = config(dir);
+    let mut h = harness(|c| {
         c.outbox.ttl = Duration::from_secs(600);
         c.outbox.expiry_check = Duration::from_secs(60);
         c.policy.backoff_base = Duration::from_secs(3600);
         c.policy.backoff_cap = Duration::from_secs(3600);
-        c
     })
     .await;
-    let mut events = h.supervisor.subscribe();
-    h.run(
-        "s",
-        [Script::fail(secs(1), DisconnectReason::ConnectionLost)],
-    )
-    .await;
-    h.wait_state("s", SessionState::BackingOff).await;
+    let mut events = session_in(&mut h, dropped(), SessionState::BackingOff).await;
     let old = h
         .supervisor
         .send("s", request(TO, "old", None))
@@ -369,16 +370,12 @@ async fn queued_messages_expire_and_a_logout_fails_the_rest() {
 
 #[tokio::test(start_paused = true)]
 async fn with_a_zero_ttl_messages_live_only_while_connected() {
-    let mut h = Harness::with_config(Script::login(JID), |dir| {
-        let mut c = config(dir);
+    let mut h = harness(|c| {
         c.outbox.ttl = Duration::ZERO;
         c.outbox.per_minute = 1;
-        c
     })
     .await;
-    let mut events = h.supervisor.subscribe();
-    h.run("s", []).await;
-    h.wait_state("s", SessionState::Connected).await;
+    let mut events = session_in(&mut h, vec![], SessionState::Connected).await;
     let first = h
         .supervisor
         .send("s", request(TO, "one", None))
@@ -407,9 +404,7 @@ async fn with_a_zero_ttl_messages_live_only_while_connected() {
 async fn messages_to_new_chats_go_when_the_463_pause_ends() {
     const NEW: &str = "15550003333@s.whatsapp.net";
     let mut h = Harness::new(Script::login(JID)).await;
-    let mut events = h.supervisor.subscribe();
-    h.run("s", []).await;
-    h.wait_state("s", SessionState::Connected).await;
+    let mut events = session_in(&mut h, vec![], SessionState::Connected).await;
     h.link.answer_sends([Ok(SendOutcome::Refused {
         code: 463,
         until: Some(std::time::SystemTime::now() + Duration::from_secs(600)),
@@ -437,16 +432,12 @@ async fn messages_to_new_chats_go_when_the_463_pause_ends() {
 
 #[tokio::test(start_paused = true)]
 async fn messages_out_of_the_queue_are_deleted_after_the_retention() {
-    let mut h = Harness::with_config(Script::login(JID), |dir| {
-        let mut c = config(dir);
+    let mut h = harness(|c| {
         c.outbox.retention = Duration::from_secs(3600);
         c.outbox.expiry_check = Duration::from_secs(60);
-        c
     })
     .await;
-    let mut events = h.supervisor.subscribe();
-    h.run("s", []).await;
-    h.wait_state("s", SessionState::Connected).await;
+    let mut events = session_in(&mut h, vec![], SessionState::Connected).await;
     let m = h
         .supervisor
         .send("s", request(TO, "short-lived", Some("k-old")))

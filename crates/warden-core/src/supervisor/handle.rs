@@ -384,11 +384,7 @@ impl Supervisor {
         token: &str,
         id_or_key: &str,
     ) -> Result<OutgoingMessage, Error> {
-        let token = self.known(token)?;
-        let state = self.state_of(&token)?;
-        self.outbox
-            .operate(&token, state, id_or_key, MessageEvent::Retry)
-            .await
+        self.operate(token, id_or_key, MessageEvent::Retry).await
     }
 
     /// Cancels a queued or failed message: it will never be sent.
@@ -397,11 +393,18 @@ impl Supervisor {
         token: &str,
         id_or_key: &str,
     ) -> Result<OutgoingMessage, Error> {
+        self.operate(token, id_or_key, MessageEvent::Cancel).await
+    }
+
+    async fn operate(
+        &self,
+        token: &str,
+        id_or_key: &str,
+        event: MessageEvent,
+    ) -> Result<OutgoingMessage, Error> {
         let token = self.known(token)?;
         let state = self.state_of(&token)?;
-        self.outbox
-            .operate(&token, state, id_or_key, MessageEvent::Cancel)
-            .await
+        self.outbox.operate(&token, state, id_or_key, event).await
     }
 
     /// Until when a session's sends to new chats are paused (a 463 refusal), if they are.
