@@ -455,3 +455,35 @@ async fn messages_out_of_the_queue_are_deleted_after_the_retention() {
         Err(Error::MessageNotFound { .. })
     ));
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_pace_holds_across_a_reconnect() {
+    let mut h = harness(|c| c.outbox.per_minute = 2).await;
+    let flap = Script::login(JID)
+        .wait(secs(5))
+        .disconnect(DisconnectReason::ConnectionLost);
+    let mut events = session_in(&mut h, vec![flap], SessionState::Connected).await;
+    let first = h
+        .supervisor
+        .send("s", request(TO, "one", None))
+        .await
+        .unwrap();
+    until(&mut events, &first.id, MessageStatus::Sent).await;
+    let second = h
+        .supervisor
+        .send("s", request(TO, "two", None))
+        .await
+        .unwrap();
+    until(&mut events, &second.id, MessageStatus::Sent).await;
+    let stats = h.link.stats("s");
+    assert_eq!(
+        stats.opens.len(),
+        2,
+        "the second went on the next connection"
+    );
+    assert_eq!(
+        (stats.sent_at[1] - stats.sent_at[0]).as_secs(),
+        30,
+        "30 s apart, not at the reconnect (3 s after the drop)"
+    );
+}

@@ -26,7 +26,8 @@ const DB_RETRY: Duration = Duration::from_secs(1);
 pub(crate) async fn drain(outbox: Outbox, token: Token, session: ActorRef<SessionMsg>) {
     let waker = outbox.waker(&token);
     let pace = outbox.config().pace();
-    let mut last_send: Option<Instant> = None;
+    // The pace holds across reconnects: a quick reconnect does not reset it.
+    let mut last_send: Option<Instant> = outbox.last_send(&token);
     loop {
         // The pace is waited out before the next message is read, so what is sent is the
         // message as it is now (not one cancelled or failed during the wait).
@@ -58,7 +59,7 @@ pub(crate) async fn drain(outbox: Outbox, token: Token, session: ActorRef<Sessio
                 continue;
             }
         };
-        last_send = Some(Instant::now());
+        last_send = Some(outbox.sending_now(&token));
         outbox.set_in_flight(&token, Some(&message.id));
         let sent = send(&outbox, &session, &message).await;
         outbox.set_in_flight(&token, None);

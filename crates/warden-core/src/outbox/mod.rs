@@ -244,6 +244,8 @@ struct Inner {
     pauses: DashMap<Token, SystemTime>,
     /// The message each session's drain is sending right now (it cannot be cancelled).
     in_flight: DashMap<Token, String>,
+    /// When each session last sent, so the pace holds across reconnects.
+    last_sends: DashMap<Token, tokio::time::Instant>,
 }
 
 impl Outbox {
@@ -261,6 +263,7 @@ impl Outbox {
                 wakers: DashMap::new(),
                 pauses: DashMap::new(),
                 in_flight: DashMap::new(),
+                last_sends: DashMap::new(),
             }),
         }
     }
@@ -463,6 +466,26 @@ impl Outbox {
             self.wake(token);
         }
         Ok(after)
+    }
+
+    /// When `token` last sent a message (in this process).
+    pub(crate) fn last_send(&self, token: &Token) -> Option<tokio::time::Instant> {
+        self.inner.last_sends.get(token).map(|t| *t)
+    }
+
+    /// Records that `token` sends a message now.
+    pub(crate) fn sending_now(&self, token: &Token) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        self.inner.last_sends.insert(token.clone(), now);
+        now
+    }
+
+    /// Forgets what is kept in memory for `token` (it was deleted).
+    pub(crate) fn forget(&self, token: &Token) {
+        self.inner.wakers.remove(token);
+        self.inner.pauses.remove(token);
+        self.inner.in_flight.remove(token);
+        self.inner.last_sends.remove(token);
     }
 
     /// Marks the message `token`'s drain is sending (`None`: none).

@@ -559,6 +559,7 @@ impl SupervisorState {
                     // Subscribers hear that its queued messages will not go; the rows go
                     // with the session's record.
                     fail_queued(&outbox, &t, "the session was deleted").await;
+                    outbox.forget(&t);
                     let forgotten = link.forget(&t).await.map_err(|source| Error::Link {
                         token: t.clone(),
                         source,
