@@ -57,7 +57,7 @@ pub use admission::AdmissionConfig;
 pub use error::{Error, StoreError};
 pub use events::SessionEvent;
 pub use janitor::JanitorConfig;
-pub use lifecycle::{DisconnectReason, Inbound, IncomingMessage, LifecycleEvent};
+pub use lifecycle::{DisconnectReason, Inbound, IncomingMessage, LifecycleEvent, Receipt};
 pub use link::{Connection, LifecycleSink, Link, LinkError, OpenOptions, Outgoing, SendOutcome};
 pub use outbox::{MessageStatus, OutboxConfig, OutgoingMessage, ReceiptKind, SendRequest};
 pub use policy::PolicyConfig;

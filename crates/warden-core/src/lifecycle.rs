@@ -44,16 +44,22 @@ pub enum LifecycleEvent {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Inbound {
     /// A message arrived.
-    Message(IncomingMessage),
+    Message(Box<IncomingMessage>),
     /// A recipient's receipt for messages this account sent.
-    Receipt {
-        /// The chat.
-        chat: String,
-        /// The messages it is about.
-        ids: Vec<String>,
-        /// What it says.
-        kind: crate::outbox::ReceiptKind,
-    },
+    Receipt(Box<Receipt>),
+}
+// Both variants are boxed: every slot of a connection's queue is as large as the largest
+// variant, and each queue allocates its first 32 slots when the connection opens.
+
+/// A recipient's receipt for messages this account sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Receipt {
+    /// The chat.
+    pub chat: String,
+    /// The messages it is about.
+    pub ids: Vec<String>,
+    /// What it says.
+    pub kind: crate::outbox::ReceiptKind,
 }
 
 /// An incoming message, as surfaced to subscribers.

@@ -262,10 +262,12 @@ mod tests {
     fn the_inbound_path_is_bounded_and_counts_what_it_drops() {
         let (tx, mut rx) = mpsc::channel(2);
         let sink = LifecycleSink::with_inbound(|_| {}, Some(tx));
-        let receipt = |n: u32| Inbound::Receipt {
-            chat: "c".into(),
-            ids: vec![n.to_string()],
-            kind: crate::outbox::ReceiptKind::Delivered,
+        let receipt = |n: u32| {
+            Inbound::Receipt(Box::new(crate::lifecycle::Receipt {
+                chat: "c".into(),
+                ids: vec![n.to_string()],
+                kind: crate::outbox::ReceiptKind::Delivered,
+            }))
         };
         assert!(sink.inbound(receipt(1)));
         assert!(sink.inbound(receipt(2)));

@@ -98,12 +98,14 @@ impl Seen {
     /// What travels on the session's bounded inbound path, if this does.
     pub fn inbound(&self) -> Option<warden_core::Inbound> {
         match self {
-            Self::Message(m) => Some(warden_core::Inbound::Message(m.clone())),
-            Self::Receipt { chat, ids, kind } => Some(warden_core::Inbound::Receipt {
-                chat: chat.clone(),
-                ids: ids.clone(),
-                kind: *kind,
-            }),
+            Self::Message(m) => Some(warden_core::Inbound::Message(Box::new(m.clone()))),
+            Self::Receipt { chat, ids, kind } => Some(warden_core::Inbound::Receipt(Box::new(
+                warden_core::Receipt {
+                    chat: chat.clone(),
+                    ids: ids.clone(),
+                    kind: *kind,
+                },
+            ))),
             _ => None,
         }
     }
@@ -822,7 +824,7 @@ mod tests {
         assert_eq!(lifecycle(&seen), None, "messages are not lifecycle events");
         assert_eq!(
             seen.inbound(),
-            Some(warden_core::Inbound::Message(expected))
+            Some(warden_core::Inbound::Message(Box::new(expected)))
         );
     }
 

@@ -145,31 +145,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A phone number (digits with country code, an optional leading `+`, spaces and dashes
-/// allowed) or a JID (`user@server`).
+/// A phone number (digits with country code; `+`, spaces, dashes and parentheses allowed) or
+/// a user or group JID, checked by warden-core's [`input::recipient`] (the outbox already
+/// stored it in that form), as a wa-rs [`Jid`].
+///
+/// [`input::recipient`]: warden_core::outbox::input::recipient
 pub fn parse_recipient(to: &str) -> Result<Jid, LinkError> {
     let invalid = || LinkError::InvalidRecipient(to.to_owned());
-    let to_trimmed = to.trim();
-    if to_trimmed.contains('@') {
-        let jid: Jid = to_trimmed.parse().map_err(|_| invalid())?;
-        if jid.user.is_empty() || jid.server.is_empty() {
-            return Err(invalid());
-        }
-        return Ok(jid);
-    }
-    let number = to_trimmed.strip_prefix('+').unwrap_or(to_trimmed);
-    if number.is_empty()
-        || !number
-            .chars()
-            .all(|c| c.is_ascii_digit() || c == ' ' || c == '-')
-    {
-        return Err(invalid());
-    }
-    let digits: String = number.chars().filter(char::is_ascii_digit).collect();
-    if !(6..=15).contains(&digits.len()) || digits.starts_with('0') {
-        return Err(invalid());
-    }
-    Ok(Jid::pn(digits))
+    let jid = warden_core::outbox::input::recipient(to).map_err(|_| invalid())?;
+    jid.parse().map_err(|_| invalid())
 }
 
 /// The connection's task; see the module docs.

@@ -38,7 +38,9 @@ pub(crate) async fn drain(outbox: Outbox, token: Token, session: ActorRef<Sessio
         let woken = waker.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        let message = match outbox.next_to_send(&token).await {
+        // The heavy futures are boxed, so an idle drain (one per connected session) keeps
+        // only its small waiting state, not room for a send.
+        let message = match Box::pin(outbox.next_to_send(&token)).await {
             Ok(Some(message)) => message,
             Ok(None) => {
                 // Messages to new chats may be waiting for a 463 pause to end.
@@ -61,7 +63,7 @@ pub(crate) async fn drain(outbox: Outbox, token: Token, session: ActorRef<Sessio
         };
         last_send = Some(outbox.sending_now(&token));
         outbox.set_in_flight(&token, Some(&message.id));
-        let sent = send(&outbox, &session, &message).await;
+        let sent = Box::pin(send(&outbox, &session, &message)).await;
         outbox.set_in_flight(&token, None);
         match sent {
             Sent::Next => {}

@@ -12,14 +12,20 @@ use crate::token::Token;
 pub(crate) async fn consume(outbox: Outbox, token: Token, mut rx: mpsc::Receiver<Inbound>) {
     while let Some(item) = rx.recv().await {
         match item {
-            Inbound::Message(message) => outbox.publish_incoming(&token, message),
-            Inbound::Receipt { ids, kind, .. } => {
-                for id in ids {
+            Inbound::Message(message) => outbox.publish_incoming(&token, *message),
+            Inbound::Receipt(receipt) => {
+                let kind = receipt.kind;
+                for id in receipt.ids {
                     // A receipt for a message sent by another client of the account is not
                     // in the outbox: nothing to do.
-                    if let Err(e) = outbox
-                        .apply(&token, &id, MessageEvent::Receipt(kind), Detail::default())
-                        .await
+                    // Boxed: the task idles far more than it applies.
+                    if let Err(e) = Box::pin(outbox.apply(
+                        &token,
+                        &id,
+                        MessageEvent::Receipt(kind),
+                        Detail::default(),
+                    ))
+                    .await
                     {
                         tracing::warn!(token = %token, id = %id, error = %e, "receipt not recorded");
                     }

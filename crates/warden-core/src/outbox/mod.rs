@@ -297,18 +297,20 @@ impl Outbox {
         input::text(&request.text).map_err(Error::InvalidRequest)?;
         if let Some(key) = &request.key {
             input::key(key).map_err(Error::InvalidRequest)?;
-            // A repeated key answers whatever the session's state is now.
-            if let Some(row) = self
-                .inner
-                .db
-                .outbox_by_key(token.as_str(), key)
-                .await
-                .map_err(db)?
+        }
+        if !self.accepts(state) {
+            // A repeated key answers whatever the session's state is now. (When the session
+            // takes messages, the insert below answers a repeated key itself, in one job.)
+            if let Some(key) = &request.key
+                && let Some(row) = self
+                    .inner
+                    .db
+                    .outbox_by_key(token.as_str(), key)
+                    .await
+                    .map_err(db)?
             {
                 return Ok((OutgoingMessage::from_row(token, row)?, false));
             }
-        }
-        if !self.accepts(state) {
             return Err(Error::NotConnected {
                 token: token.clone(),
                 state,

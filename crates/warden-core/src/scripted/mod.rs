@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::lifecycle::{DisconnectReason, Inbound, IncomingMessage, LifecycleEvent};
+use crate::lifecycle::{DisconnectReason, Inbound, IncomingMessage, LifecycleEvent, Receipt};
 use crate::link::{
     Connection, LifecycleSink, Link, LinkError, OpenOptions, Outgoing, SendFuture, SendOutcome,
 };
@@ -84,7 +84,7 @@ impl Script {
 
     /// Reports an incoming message.
     pub fn message(self, message: IncomingMessage) -> Self {
-        self.then(Step::Inbound(Inbound::Message(message)))
+        self.then(Step::Inbound(Inbound::Message(Box::new(message))))
     }
 
     /// Ends the connection with `reason`.
@@ -283,11 +283,11 @@ impl Connection for ScriptedConnection {
         let sink = self.sink.clone();
         Box::pin(async move {
             if let Some(kind) = receipt {
-                sink.inbound(Inbound::Receipt {
+                sink.inbound(Inbound::Receipt(Box::new(Receipt {
                     chat: message.to,
                     ids: vec![message.id],
                     kind,
-                });
+                })));
             }
             outcome
         })

@@ -17,6 +17,7 @@ use crate::janitor::JanitorConfig;
 use crate::link::{Link, OpenOptions};
 use crate::outbox::{self, MessageEvent, Outbox, OutboxConfig, OutgoingMessage, SendRequest};
 use crate::policy::PolicyConfig;
+use crate::session::AbortOnDrop;
 use crate::state::{SessionInfo, SessionList};
 use crate::store::{self, StoreWriter};
 use crate::token::Token;
@@ -136,15 +137,6 @@ pub struct Supervisor {
     outbox: Outbox,
     /// The task that expires old queued messages; it goes with the last handle.
     _expiry: Arc<AbortOnDrop>,
-}
-
-/// A task aborted when the last handle is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 impl Supervisor {
