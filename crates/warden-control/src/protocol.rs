@@ -27,8 +27,10 @@ use warden_core::{
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Op {
-    /// Create a session (stopped): `{"op":"create","name":"Shop","token":"shop1"}`; both
-    /// fields optional (a random token is made when none is given).
+    /// Create a session (stopped): `{"op":"create","name":"Shop","token":"shop1"}`; every
+    /// field optional (a random token is made when none is given). With
+    /// `"proxy":"socks5h://user:pass@10.0.0.2:1080"`, every connection of the session goes
+    /// through that proxy (`socks5://`, `socks5h://` or `http://`).
     Create {
         /// A human name; defaults to the token.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -36,6 +38,24 @@ pub enum Op {
         /// The token to use.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token: Option<String>,
+        /// The session's proxy.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        proxy: Option<String>,
+    },
+    /// Set or clear a session's proxy:
+    /// `{"op":"set_proxy","token":"shop1","proxy":"http://10.0.0.3:3128","reconnect":true}`.
+    /// `proxy` null (or absent) clears it (the `[whatsapp] proxy` default applies). It is
+    /// used from the next connection; `reconnect` restarts a running session now (refused
+    /// within the restart cooldown, and then nothing changes).
+    SetProxy {
+        /// The session.
+        token: String,
+        /// The proxy URL.
+        #[serde(default)]
+        proxy: Option<String>,
+        /// Reconnect now through it.
+        #[serde(default)]
+        reconnect: bool,
     },
     /// Start a session: `{"op":"start","token":"shop1"}`; with `"phone":"15551234567"` it
     /// links by pairing code instead of QR.
@@ -155,6 +175,7 @@ impl Op {
     pub fn name(&self) -> &'static str {
         match self {
             Self::Create { .. } => "create",
+            Self::SetProxy { .. } => "set_proxy",
             Self::Start { .. } => "start",
             Self::Stop { .. } => "stop",
             Self::Restart { .. } => "restart",
@@ -178,8 +199,9 @@ impl Op {
 }
 
 /// The names of every op, for error messages.
-pub const OPS: [&str; 19] = [
+pub const OPS: [&str; 20] = [
     "create",
+    "set_proxy",
     "start",
     "stop",
     "restart",
@@ -455,6 +477,10 @@ pub struct SessionView {
     pub pair_code: Option<String>,
     /// Lifetime counters.
     pub counters: CountersView,
+    /// The session's own proxy, password masked (`user:***@`); null when it uses the
+    /// `[whatsapp] proxy` default (or none).
+    #[serde(default)]
+    pub proxy: Option<String>,
     /// Until when its sends to new chats are paused after a 463 refusal (RFC 3339); absent
     /// when they are not (and in lists).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -498,6 +524,7 @@ impl From<&SessionInfo> for SessionView {
                 disconnects: info.counters.disconnects,
                 restarts: info.counters.restarts,
             },
+            proxy: info.proxy.clone(),
             new_chats_paused_until: None,
         }
     }

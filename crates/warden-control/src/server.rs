@@ -414,9 +414,20 @@ async fn handle(context: &Context, id: Value, op: Op) -> Reply {
         Err(e) => Reply::err(id.clone(), ErrorBody::from(&e)),
     };
     match op {
-        Op::Create { name, token } => session(s.create(name, token.as_deref()).await),
+        Op::Create { name, token, proxy } => session(
+            s.create_with_proxy(name, token.as_deref(), proxy.as_deref())
+                .await,
+        ),
+        Op::SetProxy {
+            token,
+            proxy,
+            reconnect,
+        } => session(s.set_proxy(&token, proxy.as_deref(), reconnect).await),
         Op::Start { token, phone } => {
-            let options = OpenOptions { pair_phone: phone };
+            let options = OpenOptions {
+                pair_phone: phone,
+                ..OpenOptions::default()
+            };
             session(s.start_session(&token, options).await)
         }
         Op::Stop { token } => session(s.stop(&token).await),

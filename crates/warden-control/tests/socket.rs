@@ -113,6 +113,7 @@ async fn operations_round_trip_over_the_socket() {
         .call(&Op::Create {
             name: Some("Shop".into()),
             token: Some("shop1".into()),
+            proxy: None,
         })
         .await
         .unwrap();
@@ -356,6 +357,7 @@ async fn a_watcher_that_falls_behind_is_disconnected() {
             .call(&Op::Create {
                 name: None,
                 token: Some(token.clone()),
+                proxy: None,
             })
             .await
             .unwrap();
@@ -411,6 +413,7 @@ async fn many_clients_are_served_at_once() {
                 .call(&Op::Create {
                     name: None,
                     token: Some(token.clone()),
+                    proxy: None,
                 })
                 .await
                 .unwrap();
@@ -476,6 +479,7 @@ async fn a_watch_of_one_session_ends_when_it_is_deleted() {
         .call(&Op::Create {
             name: None,
             token: Some("gone".into()),
+            proxy: None,
         })
         .await
         .unwrap();

@@ -44,6 +44,7 @@ pub mod lifecycle;
 pub mod link;
 pub mod outbox;
 pub mod policy;
+pub mod proxy;
 #[cfg(feature = "scripted-link")]
 pub mod scripted;
 mod session;
@@ -61,6 +62,7 @@ pub use lifecycle::{DisconnectReason, Inbound, IncomingMessage, LifecycleEvent, 
 pub use link::{Connection, LifecycleSink, Link, LinkError, OpenOptions, Outgoing, SendOutcome};
 pub use outbox::{MessageStatus, OutboxConfig, OutgoingMessage, ReceiptKind, SendRequest};
 pub use policy::PolicyConfig;
+pub use proxy::{ProxyError, ProxyScheme, ProxyUrl};
 pub use state::{Counters, Desired, QrCode, SessionInfo, SessionList, SessionState};
 pub use supervisor::{Reaped, StartReport, Supervisor, SupervisorConfig};
 pub use token::{Token, TokenError};

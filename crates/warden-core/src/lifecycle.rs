@@ -91,6 +91,12 @@ pub enum DisconnectReason {
     TimedOut,
     /// The connection could not be established (dial, TLS, WebSocket, handshake).
     ConnectFailed(String),
+    /// The session's proxy could not be reached, or gave no answer, within the connect
+    /// timeout. A connect failure for the restart policy.
+    ProxyUnreachable(String),
+    /// The session's proxy refused its user and password. A connect failure for the restart
+    /// policy.
+    ProxyAuthFailed(String),
     /// The server said it is unavailable (HTTP-like 500/503).
     ServerUnavailable,
     /// An unknown stream error from the server.
@@ -128,6 +134,8 @@ impl DisconnectReason {
             Self::ConnectionClosed => "connection_closed",
             Self::TimedOut => "timed_out",
             Self::ConnectFailed(_) => "connect_failed",
+            Self::ProxyUnreachable(_) => "proxy_unreachable",
+            Self::ProxyAuthFailed(_) => "proxy_auth_failed",
             Self::ServerUnavailable => "server_unavailable",
             Self::StreamError(_) => "stream_error",
             Self::SessionCrashed(_) => "session_crashed",
@@ -147,6 +155,8 @@ impl fmt::Display for DisconnectReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::ConnectFailed(detail)
+            | Self::ProxyUnreachable(detail)
+            | Self::ProxyAuthFailed(detail)
             | Self::StreamError(detail)
             | Self::SessionCrashed(detail)
             | Self::BadCredentials(detail) => write!(f, "{}: {detail}", self.code()),

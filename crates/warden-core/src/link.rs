@@ -46,6 +46,9 @@ pub enum LinkError {
 pub struct OpenOptions {
     /// Link by pairing code to this phone number (digits with country code) instead of by QR.
     pub pair_phone: Option<String>,
+    /// The proxy to connect through: the session's own, set by the supervisor from its record
+    /// at every connection (`None`: the link's default, if it has one).
+    pub proxy: Option<crate::proxy::ProxyUrl>,
 }
 
 /// Opens connections for sessions. One `Link` serves every session of a supervisor.

@@ -172,6 +172,8 @@ pub fn decide(
         | DisconnectReason::ConnectionClosed
         | DisconnectReason::TimedOut
         | DisconnectReason::ConnectFailed(_)
+        | DisconnectReason::ProxyUnreachable(_)
+        | DisconnectReason::ProxyAuthFailed(_)
         | DisconnectReason::ServerUnavailable
         | DisconnectReason::StreamError(_)
         | DisconnectReason::SessionCrashed(_) => {
@@ -235,6 +237,8 @@ mod tests {
             DisconnectReason::ConnectionClosed,
             DisconnectReason::TimedOut,
             DisconnectReason::ConnectFailed("refused".into()),
+            DisconnectReason::ProxyUnreachable("connection refused".into()),
+            DisconnectReason::ProxyAuthFailed("user or password refused".into()),
             DisconnectReason::ServerUnavailable,
             DisconnectReason::StreamError("999".into()),
             DisconnectReason::SessionCrashed("panic".into()),

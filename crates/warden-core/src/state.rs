@@ -167,6 +167,8 @@ pub struct SessionInfo {
     pub pair_code: Option<String>,
     /// Lifetime counters.
     pub counters: Counters,
+    /// The session's own proxy, password masked (`None`: the link's default, if any).
+    pub proxy: Option<String>,
 }
 
 /// All sessions, with counts per state.

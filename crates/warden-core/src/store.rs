@@ -22,6 +22,7 @@ use tokio::sync::{Notify, watch};
 use warden_store::{Db, RecordChange};
 
 use crate::error::StoreError;
+use crate::proxy::ProxyUrl;
 use crate::state::{Counters, Desired, SessionState};
 use crate::token::Token;
 
@@ -66,6 +67,10 @@ pub struct SessionRecord {
     /// Lifetime counters.
     #[serde(default)]
     pub counters: Counters,
+    /// The proxy every connection of this session goes through (the link's default when
+    /// none). Stored whole, password included: the database file is mode 0600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyUrl>,
 }
 
 impl SessionRecord {
@@ -90,6 +95,7 @@ impl SessionRecord {
             banned_until: None,
             attempts: 0,
             counters: Counters::default(),
+            proxy: None,
         }
     }
 }

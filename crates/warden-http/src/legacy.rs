@@ -146,6 +146,18 @@ pub struct CreateBody {
     pub name: Option<String>,
     /// The token to use (`[A-Za-z0-9_-]{1,64}`); a random one when absent.
     pub token: Option<String>,
+    /// The session's proxy (`socks5://`, `socks5h://` or `http://`).
+    pub proxy: Option<String>,
+}
+
+/// The body of `POST /session/proxy/{token}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyBody {
+    /// The proxy URL; null or absent clears it.
+    pub proxy: Option<String>,
+    /// Restart a running session now, through the new proxy.
+    pub reconnect: bool,
 }
 
 /// The body of `POST /session/start/{token}`.
@@ -172,13 +184,33 @@ pub async fn create(
 ) -> Result<Json<SessionReply>, ApiError> {
     let info = app
         .supervisor
-        .create(body.name, body.token.as_deref())
+        .create_with_proxy(body.name, body.token.as_deref(), body.proxy.as_deref())
         .await?;
     let message = format!(
         "Session created: start it with POST /session/start/{}",
         info.token
     );
     Ok(reply(&info, message))
+}
+
+/// `POST /session/proxy/{token}`: sets (or, with `"proxy": null`, clears) the session's
+/// proxy; saved before the answer, used from the next connection, or now with
+/// `"reconnect": true`.
+pub async fn set_proxy(
+    State(app): State<Arc<AppState>>,
+    TokenPath(token): TokenPath,
+    JsonBody(body): JsonBody<ProxyBody>,
+) -> Result<Json<SessionReply>, ApiError> {
+    let info = app
+        .supervisor
+        .set_proxy(&token, body.proxy.as_deref(), body.reconnect)
+        .await?;
+    let message = match (&info.proxy, body.reconnect) {
+        (Some(_), true) => "Proxy set; reconnecting through it",
+        (Some(_), false) => "Proxy set; used from the next connection",
+        (None, _) => "Proxy cleared",
+    };
+    Ok(reply(&info, message.to_string()))
 }
 
 /// `GET /session/status/{token}`.
@@ -210,6 +242,7 @@ pub async fn start(
     let events = app.supervisor.subscribe();
     let options = OpenOptions {
         pair_phone: body.phone.filter(|p| !p.trim().is_empty()),
+        ..OpenOptions::default()
     };
     let first = app.supervisor.start_session(&token, options).await?;
     let info = await_outcome(&app, events, first, None).await?;

@@ -105,6 +105,7 @@ fn details(route: &Route) -> (Vec<Value>, Option<Value>, Vec<(&'static str, Valu
             vec![("200", json_response("Every session", "ListReply"))],
         ),
         ("POST", "/session/start/{token}") => (vec![], Some(body("StartBody", false)), session()),
+        ("POST", "/session/proxy/{token}") => (vec![], Some(body("ProxyBody", false)), session()),
         ("POST", "/session/restart/{token}") => (
             vec![query(
                 "force",
@@ -185,7 +186,7 @@ fn operation(route: &Route) -> Value {
     } else if request_body.is_some() {
         responses.insert("400".into(), error("Malformed body"));
     }
-    if route.path == "/session/restart/{token}" {
+    if route.path == "/session/restart/{token}" || route.path == "/session/proxy/{token}" {
         responses.insert(
             "429".into(),
             json!({"description": "Within the restart cooldown; see the Retry-After header",
@@ -245,6 +246,7 @@ fn schemas() -> Value {
             "next_retry_at": nullable("string"), "banned_until": nullable("string"),
             "qr": {"type": "object", "nullable": true, "properties": {"code": {"type": "string"}, "expires_at": {"type": "string", "format": "date-time"}}},
             "pair_code": nullable("string"),
+            "proxy": {"type": "string", "nullable": true, "description": "The session's own proxy, password masked"},
             "counters": {"type": "object", "properties": {"connects": {"type": "integer"}, "disconnects": {"type": "integer"}, "restarts": {"type": "integer"}}}
         }},
         "LegacySession": {"type": "object", "properties": {
@@ -268,7 +270,8 @@ fn schemas() -> Value {
             "sessions": {"type": "array", "items": schema_ref("LegacySession")}
         }},
         "DeletedReply": {"type": "object", "properties": {"success": {"type": "boolean"}, "message": {"type": "string"}, "token": {"type": "string"}}},
-        "CreateBody": {"type": "object", "properties": {"name": {"type": "string"}, "token": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}}},
+        "CreateBody": {"type": "object", "properties": {"name": {"type": "string"}, "token": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}, "proxy": {"type": "string", "description": "socks5://, socks5h:// or http:// URL, with optional user:password@"}}},
+        "ProxyBody": {"type": "object", "properties": {"proxy": {"type": "string", "nullable": true, "description": "socks5://, socks5h:// or http:// URL, with optional user:password@; null clears it"}, "reconnect": {"type": "boolean", "description": "Restart a running session now through it (refused within the restart cooldown)"}}},
         "StartBody": {"type": "object", "properties": {"phone": {"type": "string", "description": "Link by pairing code to this number (digits with country code)"}}},
         "SendBody": {"type": "object", "required": ["to", "text"], "properties": {"to": {"type": "string", "description": "Phone number or JID"}, "text": {"type": "string"}}},
         "SentReply": {"type": "object", "properties": {"success": {"type": "boolean"}, "message": {"type": "string"}, "token": {"type": "string"}, "messageId": {"type": "string"}}},

@@ -52,7 +52,7 @@ const fn public(method: &'static str, path: &'static str, summary: &'static str)
 
 /// Every route the gateway serves. The OpenAPI document is built from this table, and the
 /// tests check that the router serves exactly these.
-pub const ROUTES: [Route; 25] = [
+pub const ROUTES: [Route; 26] = [
     public("GET", "/", "The dashboard page"),
     public("GET", "/dashboard/app.js", "The dashboard's script"),
     public("GET", "/dashboard/style.css", "The dashboard's style sheet"),
@@ -114,6 +114,11 @@ pub const ROUTES: [Route; 25] = [
         "POST",
         "/session/reset-reconnect/{token}",
         "Set the reconnect attempts to 0 (legacy)",
+    ),
+    route(
+        "POST",
+        "/session/proxy/{token}",
+        "Set or clear a session's proxy (used from its next connection)",
     ),
     route(
         "GET",
@@ -202,6 +207,7 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/sessions", get(legacy::list))
         .route("/session/status/{token}", get(legacy::status))
         .route("/session/start/{token}", post(legacy::start))
+        .route("/session/proxy/{token}", post(legacy::set_proxy))
         .route("/session/stop/{token}", post(legacy::stop))
         .route("/session/restart/{token}", post(legacy::restart))
         .route("/session/refresh/{token}", post(legacy::refresh))

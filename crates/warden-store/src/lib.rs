@@ -43,6 +43,32 @@ pub use records::RecordChange;
 /// The database's file name inside `sessions/`.
 pub const DB_FILE: &str = "warden.db";
 
+/// Creates the database file (if missing) and its WAL and shared-memory files (if present)
+/// with mode 0600, or narrows them to it: they hold credentials and proxy passwords. SQLite
+/// gives the files it creates later the database file's mode.
+fn owner_only(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 /// A handle to the session database. Cheap to clone; every clone talks to the same owner
 /// thread, which ends (closing the file) when the last clone is dropped.
 #[derive(Clone)]
@@ -83,6 +109,10 @@ impl Db {
                 }
             }
         };
+        owner_only(path).map_err(|e| DbError::Open {
+            path: path.to_owned(),
+            message: format!("cannot make the database readable by its owner only: {e}"),
+        })?;
         let conn = rusqlite::Connection::open(path).map_err(open_error)?;
         schema::prepare(&conn).map_err(open_error)?;
         let (queue, closed) = engine::spawn(conn).map_err(|e| DbError::Open {

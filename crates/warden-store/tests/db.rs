@@ -311,3 +311,30 @@ async fn the_outbox_keeps_one_message_per_key_in_order_across_a_reopen() {
     assert!(db.outbox_get("s", "A1").await.unwrap().is_none());
     assert!(db.outbox_get("other", "C1").await.unwrap().is_some());
 }
+
+/// The mode of a file, or `None` when it does not exist.
+fn mode(path: &std::path::Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| m.permissions().mode() & 0o777)
+}
+
+#[tokio::test]
+async fn the_database_and_its_wal_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, db) = open();
+    db.write_records(vec![put("a", "proxy = \"socks5://u:secret@h:1\"")])
+        .await
+        .unwrap();
+    let file = dir.path().join(warden_store::DB_FILE);
+    let wal = dir.path().join(format!("{}-wal", warden_store::DB_FILE));
+    assert_eq!(mode(&file), Some(0o600));
+    assert_eq!(mode(&wal), Some(0o600), "the WAL holds the same secrets");
+    db.close().await;
+    // A database an earlier release left world-readable is narrowed when it is opened.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let db = Db::open_in(dir.path()).unwrap();
+    assert_eq!(mode(&file), Some(0o600));
+    db.close().await;
+}

@@ -212,6 +212,7 @@ fn link(url: &str, dir: &std::path::Path) -> Arc<WaLink> {
         connect_timeout: Duration::from_secs(600),
         liveness_timeout: Duration::from_secs(600),
         ack_timeout: Duration::from_secs(30),
+        proxy: None,
     };
     // One measurement per process: the database is opened once, by this link.
     let db = warden_store::Db::open_in(dir).expect("session database");

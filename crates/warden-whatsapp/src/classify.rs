@@ -336,6 +336,12 @@ pub fn classify(seen: &[Seen], facts: &RunFacts) -> DisconnectReason {
         }
         Some(Dial::Failed(detail)) => return DisconnectReason::ConnectFailed(detail.clone()),
         Some(Dial::TimedOut) => return DisconnectReason::TimedOut,
+        Some(Dial::ProxyUnreachable(detail)) => {
+            return DisconnectReason::ProxyUnreachable(detail.clone());
+        }
+        Some(Dial::ProxyAuthFailed(detail)) => {
+            return DisconnectReason::ProxyAuthFailed(detail.clone());
+        }
         Some(Dial::Open) => {}
     }
     if end == Some(&SocketEnd::HandshakeTimedOut) {
@@ -668,6 +674,30 @@ mod tests {
                     ..RunFacts::default()
                 },
                 R::TimedOut,
+            ),
+            (
+                "no event: the proxy could not be reached",
+                vec![],
+                RunFacts {
+                    transport: TransportFacts {
+                        dial: Some(Dial::ProxyUnreachable("refused".into())),
+                        ..TransportFacts::default()
+                    },
+                    ..RunFacts::default()
+                },
+                R::ProxyUnreachable("refused".into()),
+            ),
+            (
+                "no event: the proxy refused the password",
+                vec![],
+                RunFacts {
+                    transport: TransportFacts {
+                        dial: Some(Dial::ProxyAuthFailed("refused".into())),
+                        ..TransportFacts::default()
+                    },
+                    ..RunFacts::default()
+                },
+                R::ProxyAuthFailed("refused".into()),
             ),
             (
                 "no event: silent after the upgrade",

@@ -32,6 +32,8 @@ use warden_store::Db;
 
 use crate::classify::{self, Seen};
 use crate::config::WaConfig;
+use crate::http::SessionHttp;
+use crate::proxy::ProxySetting;
 use crate::store::SessionStore;
 use crate::transport::WsFactory;
 /// Bound on one `disconnect()` of a wa-rs client.
@@ -91,6 +93,8 @@ impl Incarnation {
 pub(crate) struct Session {
     pub token: Token,
     pub factory: Arc<WsFactory>,
+    /// The proxy of the current connection, read by the transport and the HTTP client.
+    pub proxy: Arc<ProxySetting>,
     store: Arc<SessionStore>,
     persistence: Arc<PersistenceManager>,
     http: Arc<dyn HttpClient>,
@@ -122,14 +126,18 @@ impl Session {
                 .await
                 .map_err(|e| LinkError::Storage(format!("loading the device: {e}")))?,
         );
+        let proxy = Arc::new(ProxySetting::default());
         let factory = Arc::new(WsFactory::new(
             uri,
             config.connect_timeout,
             config.liveness_timeout,
+            proxy.clone(),
         ));
+        let http: Arc<dyn HttpClient> = Arc::new(SessionHttp::new(http, proxy.clone()));
         Ok(Self {
             token: token.clone(),
             factory,
+            proxy,
             store,
             persistence,
             http,

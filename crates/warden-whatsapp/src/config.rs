@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use serde::Deserialize;
+use warden_core::ProxyUrl;
 
 /// WhatsApp Web's WebSocket endpoint.
 pub const WHATSAPP_WS_URL: &str = "wss://web.whatsapp.com/ws/chat";
@@ -16,6 +17,7 @@ pub const WHATSAPP_WS_URL: &str = "wss://web.whatsapp.com/ws/chat";
 /// version = "2.3000.1027868167"   # empty: wa-rs looks it up over HTTPS
 /// connect_timeout = "20s"
 /// liveness_timeout = "90s"
+/// proxy = "socks5h://user:password@10.0.0.2:1080"   # optional: sessions without their own
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -37,6 +39,9 @@ pub struct WaConfig {
     /// as failed and the message is sent again later under the same id.
     #[serde(with = "humantime_serde")]
     pub ack_timeout: Duration,
+    /// The proxy of every session that sets none of its own (`socks5://`, `socks5h://` or
+    /// `http://`, with optional `user:password@`). None by default.
+    pub proxy: Option<ProxyUrl>,
 }
 
 impl Default for WaConfig {
@@ -47,6 +52,7 @@ impl Default for WaConfig {
             connect_timeout: Duration::from_secs(20),
             liveness_timeout: Duration::from_secs(90),
             ack_timeout: Duration::from_secs(30),
+            proxy: None,
         }
     }
 }

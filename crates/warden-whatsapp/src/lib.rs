@@ -76,6 +76,9 @@
 //! | `PairSuccess` (then 515), or credentials stored by this run without a `PairSuccess` yet | `RestartRequired` |
 //! | `Disconnected` after a close frame / otherwise | `ConnectionClosed` / `ConnectionLost` |
 //! | no event; dial (DNS, TCP, TLS, upgrade) failed / timed out | `ConnectFailed(error)` / `TimedOut` |
+//! | no event; the session's proxy refused, closed, did not speak its protocol, or gave no tunnel within `connect_timeout` | `ProxyUnreachable(…)` |
+//! | no event; the session's proxy refused the user and password (or wants some) | `ProxyAuthFailed(…)` |
+//! | no event; the proxy is up but could not reach WhatsApp's host | `ConnectFailed("proxy … could not reach …")` |
 //! | no event; no handshake reply within `connect_timeout` | `TimedOut` |
 //! | no event; QR codes shown, none scanned | `QrExpired` |
 //! | no event after `Connected` (515 or `<xmlstreamend/>` while logged in) | `ConnectionClosed` |
@@ -107,9 +110,11 @@ pub mod classify;
 mod client;
 pub mod config;
 mod connection;
+mod http;
 pub mod legacy;
 mod link;
 pub mod lock;
+pub mod proxy;
 pub mod store;
 pub mod tasks;
 pub mod transport;

@@ -126,6 +126,10 @@ impl Link for WaLink {
         sink: LifecycleSink,
     ) -> Result<Box<dyn Connection>, LinkError> {
         let session = self.session(token).await?;
+        // Every connection takes the session's proxy as it is now (or the default).
+        session
+            .proxy
+            .set(options.proxy.clone().or_else(|| self.config.proxy.clone()));
         let config = DriveConfig {
             watchdog: Watchdog::new(self.config.liveness_timeout),
             connect_timeout: self.config.connect_timeout,

@@ -13,6 +13,7 @@
 //!
 //! TLS (for `wss://`) is rustls with the webpki root certificates and the `ring` provider.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -25,6 +26,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_websockets::{ClientBuilder, Connector, MaybeTlsStream, Message, WebSocketStream};
 use wa_rs_core::net::{Transport, TransportEvent, TransportFactory};
+use warden_core::ProxyUrl;
+
+use crate::proxy::{ProxySetting, TunnelError};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type Sink = SplitSink<Ws, Message>;
@@ -38,6 +42,11 @@ pub enum Dial {
     Failed(String),
     /// It did not finish within `connect_timeout`.
     TimedOut,
+    /// The session's proxy could not be reached or used, or did not answer within
+    /// `connect_timeout`.
+    ProxyUnreachable(String),
+    /// The session's proxy refused its credentials (or wants some).
+    ProxyAuthFailed(String),
 }
 
 /// How the socket of one attempt ended.
@@ -156,22 +165,37 @@ impl std::fmt::Debug for WsFactory {
     }
 }
 
-/// Opens WebSockets to one URL for one session; see the module docs.
+/// Opens WebSockets to one URL for one session, through the session's proxy when it has one;
+/// see the module docs.
 pub struct WsFactory {
     uri: http::Uri,
     connect_timeout: Duration,
     send_timeout: Duration,
     probe: Arc<Probe>,
+    proxy: Arc<ProxySetting>,
+}
+
+/// Why a dial failed.
+enum DialError {
+    Proxy(TunnelError),
+    WebSocket(tokio_websockets::Error),
 }
 
 impl WsFactory {
-    /// A factory for `uri` (`ws://` or `wss://`). `send_timeout` bounds one write.
-    pub fn new(uri: http::Uri, connect_timeout: Duration, send_timeout: Duration) -> Self {
+    /// A factory for `uri` (`ws://` or `wss://`). `send_timeout` bounds one write. Every dial
+    /// goes through the proxy `proxy` holds at that moment (directly when none).
+    pub fn new(
+        uri: http::Uri,
+        connect_timeout: Duration,
+        send_timeout: Duration,
+        proxy: Arc<ProxySetting>,
+    ) -> Self {
         Self {
             uri,
             connect_timeout,
             send_timeout,
             probe: Arc::new(Probe::default()),
+            proxy,
         }
     }
 
@@ -180,16 +204,54 @@ impl WsFactory {
         self.probe.clone()
     }
 
-    async fn dial(&self) -> Result<Ws, tokio_websockets::Error> {
+    /// Dials, directly or through the proxy; sets `tunnelled` once the proxy's tunnel is up
+    /// (so a timeout can tell the proxy's silence from the server's).
+    async fn dial(
+        &self,
+        proxy: Option<&ProxyUrl>,
+        tunnelled: &AtomicBool,
+    ) -> Result<Ws, DialError> {
         let connector = if self.uri.scheme_str() == Some("wss") {
             Connector::Rustls(tokio_rustls::TlsConnector::from(tls_config()))
         } else {
             Connector::Plain
         };
-        let (ws, _response) = ClientBuilder::from_uri(self.uri.clone())
-            .connector(&connector)
-            .connect()
-            .await?;
+        let builder = ClientBuilder::from_uri(self.uri.clone());
+        let Some(proxy) = proxy else {
+            let (ws, _response) = builder
+                .connector(&connector)
+                .connect()
+                .await
+                .map_err(DialError::WebSocket)?;
+            return Ok(ws);
+        };
+        // The URI was checked at configuration: it has a host.
+        let host = self
+            .uri
+            .host()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let port = self
+            .uri
+            .port_u16()
+            .unwrap_or(if self.uri.scheme_str() == Some("wss") {
+                443
+            } else {
+                80
+            });
+        let tcp = crate::proxy::tunnel(proxy, host, port)
+            .await
+            .map_err(DialError::Proxy)?;
+        tunnelled.store(true, Ordering::Relaxed);
+        let stream = connector
+            .wrap(host, tcp)
+            .await
+            .map_err(DialError::WebSocket)?;
+        let (ws, _response) = builder
+            .connect_on(stream)
+            .await
+            .map_err(DialError::WebSocket)?;
         Ok(ws)
     }
 }
@@ -220,18 +282,38 @@ impl TransportFactory for WsFactory {
     ) -> anyhow::Result<(Arc<dyn Transport>, async_channel::Receiver<TransportEvent>)> {
         let attempt = self.probe.attempt();
         let deadline = Instant::now() + self.connect_timeout;
-        let ws = match tokio::time::timeout_at(deadline, self.dial()).await {
+        let proxy = self.proxy.get();
+        let tunnelled = AtomicBool::new(false);
+        let dialed = tokio::time::timeout_at(deadline, self.dial(proxy.as_ref(), &tunnelled)).await;
+        let ws = match dialed {
             Ok(Ok(ws)) => ws,
             Ok(Err(e)) => {
-                let detail = e.to_string();
-                self.probe.update(attempt, |s| {
-                    s.facts.dial = Some(Dial::Failed(detail.clone()))
-                });
+                let (dial, detail) = match e {
+                    DialError::Proxy(e @ TunnelError::Unreachable { .. }) => {
+                        (Dial::ProxyUnreachable(e.to_string()), e.to_string())
+                    }
+                    DialError::Proxy(e @ TunnelError::AuthFailed { .. }) => {
+                        (Dial::ProxyAuthFailed(e.to_string()), e.to_string())
+                    }
+                    DialError::Proxy(e @ TunnelError::Target { .. }) => {
+                        (Dial::Failed(e.to_string()), e.to_string())
+                    }
+                    DialError::WebSocket(e) => (Dial::Failed(e.to_string()), e.to_string()),
+                };
+                self.probe.update(attempt, |s| s.facts.dial = Some(dial));
                 anyhow::bail!("websocket connect failed: {detail}");
             }
             Err(_) => {
-                self.probe
-                    .update(attempt, |s| s.facts.dial = Some(Dial::TimedOut));
+                let dial = match &proxy {
+                    Some(proxy) if !tunnelled.load(Ordering::Relaxed) => {
+                        Dial::ProxyUnreachable(format!(
+                            "proxy {proxy}: no tunnel within {}",
+                            humantime::format_duration(self.connect_timeout)
+                        ))
+                    }
+                    _ => Dial::TimedOut,
+                };
+                self.probe.update(attempt, |s| s.facts.dial = Some(dial));
                 anyhow::bail!(
                     "websocket connect timed out after {:?}",
                     self.connect_timeout
@@ -372,6 +454,7 @@ mod tests {
             format!("ws://{addr}/ws/chat").parse().unwrap(),
             Duration::from_secs(2),
             Duration::from_secs(2),
+            Arc::default(),
         );
         f.probe().begin();
         assert!(f.create_transport().await.is_err());
@@ -392,6 +475,7 @@ mod tests {
             format!("ws://{addr}/").parse().unwrap(),
             Duration::from_millis(150),
             Duration::from_secs(2),
+            Arc::default(),
         );
         f.probe().begin();
         let started = std::time::Instant::now();

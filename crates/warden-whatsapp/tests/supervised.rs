@@ -326,6 +326,7 @@ async fn pairing_by_phone_number_shows_a_pair_code() {
     h.supervisor.create(None, Some("s")).await.unwrap();
     let options = OpenOptions {
         pair_phone: Some(PHONE.into()),
+        ..OpenOptions::default()
     };
     h.supervisor.start_session("s", options).await.unwrap();
     let info = h.events.wait("s", |i| i.pair_code.is_some()).await;

@@ -56,6 +56,27 @@ pub enum Command {
         /// The token to use (letters, digits, '_' and '-'); a random one by default.
         #[arg(long)]
         token: Option<String>,
+        /// Connect it through this proxy: socks5://, socks5h:// (DNS at the proxy) or
+        /// http:// (CONNECT), with optional user:password@. `-` reads it from stdin (keeps
+        /// the password out of the process list).
+        #[arg(long, value_name = "URL")]
+        proxy: Option<String>,
+    },
+    /// Set a session's proxy (used from its next connection), or clear it with --clear.
+    SetProxy {
+        /// The session's token.
+        token: String,
+        /// socks5://, socks5h:// or http://, with optional user:password@; `-` reads it from
+        /// stdin.
+        #[arg(value_name = "URL", required_unless_present = "clear")]
+        proxy: Option<String>,
+        /// Remove the session's proxy (the [whatsapp] proxy default applies).
+        #[arg(long, conflicts_with = "proxy")]
+        clear: bool,
+        /// Reconnect a running session now, through the new proxy (refused within the
+        /// restart cooldown, and then nothing changes).
+        #[arg(long)]
+        reconnect: bool,
     },
     /// Start a session: shows each QR code to scan and waits until it is connected.
     Start {

@@ -16,6 +16,13 @@ use crate::output;
 
 /// Runs a client command against the daemon at `socket`.
 pub async fn run(socket: &Path, command: Command, json: bool) -> ExitCode {
+    let command = match read_proxy_from_stdin(command) {
+        Ok(command) => command,
+        Err(e) => {
+            eprintln!("warden: reading the proxy from stdin: {e}");
+            return ExitCode::from(exit::FAILED);
+        }
+    };
     match dispatch(socket, command, json).await {
         Ok(code) => code,
         Err(e) => {
@@ -45,9 +52,27 @@ async fn dispatch(socket: &Path, command: Command, json: bool) -> Result<ExitCod
     let token_op = |token: String, make: fn(String) -> Op| make(token);
     match command {
         Command::Serve { .. } => unreachable!("serve is not a client command"),
-        Command::Create { name, token } => {
-            let s: SessionView = client.call(&Op::Create { name, token }).await?;
+        Command::Create { name, token, proxy } => {
+            let s: SessionView = client.call(&Op::Create { name, token, proxy }).await?;
             print(json, &s, || format!("created session {}\n", s.token));
+        }
+        Command::SetProxy {
+            token,
+            proxy,
+            clear,
+            reconnect,
+        } => {
+            let proxy = if clear { None } else { proxy };
+            session(
+                &mut client,
+                json,
+                Op::SetProxy {
+                    token,
+                    proxy,
+                    reconnect,
+                },
+            )
+            .await?
         }
         Command::Start {
             token,
@@ -342,4 +367,37 @@ async fn watch(
         }
     }
     Ok(ExitCode::from(exit::OK))
+}
+
+/// Replaces a proxy given as `-` by the first line of stdin (so the password stays out of
+/// the process list and the shell history).
+fn read_proxy_from_stdin(command: Command) -> std::io::Result<Command> {
+    fn line() -> std::io::Result<String> {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        Ok(line.trim().to_owned())
+    }
+    Ok(match command {
+        Command::Create {
+            name,
+            token,
+            proxy: Some(dash),
+        } if dash == "-" => Command::Create {
+            name,
+            token,
+            proxy: Some(line()?),
+        },
+        Command::SetProxy {
+            token,
+            proxy: Some(dash),
+            clear,
+            reconnect,
+        } if dash == "-" => Command::SetProxy {
+            token,
+            proxy: Some(line()?),
+            clear,
+            reconnect,
+        },
+        other => other,
+    })
 }

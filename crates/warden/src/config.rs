@@ -179,7 +179,37 @@ pub fn load(path: &Path, required: bool) -> Result<Loaded, ConfigError> {
 }
 
 /// Parses the file's text with `env`'s `WARDEN_<TABLE>_<KEY>` overrides, and validates it.
+/// An error quotes the offending line with any URL password in it masked (a proxy's).
 pub fn parse(text: &str, env: &[(String, String)]) -> Result<Config, String> {
+    parse_unmasked(text, env).map_err(|e| mask_url_passwords(&e))
+}
+
+/// Replaces the password of every `scheme://user:password@` in `text` by `***`.
+fn mask_url_passwords(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        out.push_str(before);
+        // The authority ends at whitespace, a quote or a path; its userinfo at the last '@'.
+        let end = after
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '/' | '?' | '#'))
+            .unwrap_or(after.len());
+        let authority = &after[..end];
+        match authority.rsplit_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _)) => out.push_str(&format!("{user}:***@{host}")),
+                None => out.push_str(authority),
+            },
+            None => out.push_str(authority),
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn parse_unmasked(text: &str, env: &[(String, String)]) -> Result<Config, String> {
     // First the file alone, so errors point at its lines.
     let mut config: Config =
         toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
@@ -306,6 +336,26 @@ fn locate(text: &str, table: &str, key: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_proxy_is_reported_without_its_password() {
+        let e = err("[whatsapp]\nproxy = \"socks5://gw:hunter2@proxy:0\"\n", &[]);
+        assert!(e.contains("proxy port"), "{e}");
+        assert!(e.contains("socks5://gw:***@proxy:0"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = err("", &[("WARDEN_WHATSAPP_PROXY", "ftp://gw:hunter2@proxy")]);
+        assert!(!e.contains("hunter2"), "{e}");
+        let c = ok(
+            "",
+            &[("WARDEN_WHATSAPP_PROXY", "http://gw:hunter2@proxy:3128")],
+        );
+        let proxy = c.whatsapp.proxy.unwrap();
+        assert_eq!(proxy.credentials(), Some(("gw", "hunter2")));
+        assert_eq!(
+            mask_url_passwords("a http://u:p@h:1/x and socks5h://v@h, ws://h/p"),
+            "a http://u:***@h:1/x and socks5h://v@h, ws://h/p"
+        );
+    }
 
     fn err(text: &str, env: &[(&str, &str)]) -> String {
         let env: Vec<(String, String)> = env

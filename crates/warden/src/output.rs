@@ -17,6 +17,9 @@ pub fn session(s: &SessionView) -> String {
     }
     out += &format!("  attempts:  {}\n", s.attempts);
     out += &format!("  desired:   {}\n", s.desired);
+    if let Some(proxy) = &s.proxy {
+        out += &format!("  proxy:     {proxy}\n");
+    }
     if let Some(at) = &s.next_retry_at {
         out += &format!("  next try:  {at}\n");
     }

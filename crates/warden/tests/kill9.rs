@@ -109,6 +109,7 @@ async fn create_and_start(socket: PathBuf, token: String) -> (bool, bool) {
         Op::Create {
             name: None,
             token: Some(token.clone()),
+            proxy: None,
         },
     )
     .await;
@@ -128,6 +129,7 @@ async fn keep_creating(socket: PathBuf, n: usize) -> Vec<String> {
         let op = Op::Create {
             name: None,
             token: Some(token.clone()),
+            proxy: None,
         };
         match client.request(&op).await {
             Ok(reply) if reply.ok => acknowledged.push(token),

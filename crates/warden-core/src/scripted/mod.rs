@@ -108,6 +108,8 @@ impl Script {
 pub struct TokenStats {
     /// When each connection was opened (tokio's clock).
     pub opens: Vec<Instant>,
+    /// The proxy each connection was opened with, in the same order.
+    pub proxies: Vec<Option<crate::proxy::ProxyUrl>>,
     /// Connections alive right now.
     pub live: usize,
     /// The most connections ever alive at once.
@@ -299,7 +301,7 @@ impl Link for ScriptedLink {
     async fn open(
         &self,
         token: &Token,
-        _options: OpenOptions,
+        options: OpenOptions,
         sink: LifecycleSink,
     ) -> Result<Box<dyn Connection>, LinkError> {
         let script = {
@@ -310,6 +312,7 @@ impl Link for ScriptedLink {
             };
             let stats = inner.stats.entry(token.clone()).or_default();
             stats.opens.push(Instant::now());
+            stats.proxies.push(options.proxy);
             script
         };
         match script.0.first() {

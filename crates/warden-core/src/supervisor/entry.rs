@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::link::OpenOptions;
+use crate::proxy::ProxyUrl;
 use crate::session::SessionMsg;
 use crate::state::{QrCode, SessionInfo, SessionState};
 use crate::store::SessionRecord;
@@ -161,6 +162,7 @@ impl Entry {
             qr: self.qr.clone(),
             pair_code: self.pair_code.clone(),
             counters: self.record.counters,
+            proxy: self.record.proxy.as_ref().map(ProxyUrl::masked),
         }
     }
 

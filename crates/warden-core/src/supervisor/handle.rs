@@ -17,6 +17,7 @@ use crate::janitor::JanitorConfig;
 use crate::link::{Link, OpenOptions};
 use crate::outbox::{self, MessageEvent, Outbox, OutboxConfig, OutgoingMessage, SendRequest};
 use crate::policy::PolicyConfig;
+use crate::proxy::ProxyUrl;
 use crate::session::AbortOnDrop;
 use crate::state::{SessionInfo, SessionList};
 use crate::store::{self, StoreWriter};
@@ -252,9 +253,48 @@ impl Supervisor {
         name: Option<String>,
         token: Option<&str>,
     ) -> Result<SessionInfo, Error> {
+        self.create_with_proxy(name, token, None).await
+    }
+
+    /// Creates a session (stopped) whose connections all go through `proxy`
+    /// (`socks5://`, `socks5h://` or `http://`, see [`ProxyUrl`]). A malformed proxy is
+    /// refused with [`Error::InvalidRequest`] and nothing is created.
+    pub async fn create_with_proxy(
+        &self,
+        name: Option<String>,
+        token: Option<&str>,
+        proxy: Option<&str>,
+    ) -> Result<SessionInfo, Error> {
         let token = token.map(Token::parse).transpose()?;
-        self.call(|reply| SupervisorMsg::Create { name, token, reply })
-            .await
+        let proxy = parse_proxy(proxy)?;
+        self.call(|reply| SupervisorMsg::Create {
+            name,
+            token,
+            proxy,
+            reply,
+        })
+        .await
+    }
+
+    /// Sets the session's proxy (`None` clears it: the link's default applies). It is saved
+    /// before this answers and used from the session's next connection on; with `reconnect`,
+    /// a session meant to run is restarted now (refused within the restart cooldown, and then
+    /// nothing is changed). A malformed proxy is refused and nothing is saved.
+    pub async fn set_proxy(
+        &self,
+        token: &str,
+        proxy: Option<&str>,
+        reconnect: bool,
+    ) -> Result<SessionInfo, Error> {
+        let token = Token::parse(token)?;
+        let proxy = parse_proxy(proxy)?;
+        self.call(|reply| SupervisorMsg::SetProxy {
+            token,
+            proxy,
+            reconnect,
+            reply,
+        })
+        .await
     }
 
     /// Starts a session. Idempotent: a running session is left alone and reported as it is.
@@ -542,6 +582,14 @@ impl Supervisor {
             )))
         }
     }
+}
+
+/// Parses an optional proxy URL for an operation.
+fn parse_proxy(proxy: Option<&str>) -> Result<Option<ProxyUrl>, Error> {
+    proxy
+        .map(ProxyUrl::parse)
+        .transpose()
+        .map_err(|e| Error::InvalidRequest(e.to_string()))
 }
 
 #[cfg(test)]

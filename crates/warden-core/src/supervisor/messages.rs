@@ -8,6 +8,7 @@ use crate::janitor::JanitorConfig;
 use crate::lifecycle::{DisconnectReason, LifecycleEvent};
 use crate::link::OpenOptions;
 use crate::policy::PolicyConfig;
+use crate::proxy::ProxyUrl;
 use crate::state::{SessionInfo, SessionState};
 use crate::token::Token;
 
@@ -33,6 +34,13 @@ pub(crate) enum SupervisorMsg {
     Create {
         name: Option<String>,
         token: Option<Token>,
+        proxy: Option<ProxyUrl>,
+        reply: InfoReply,
+    },
+    SetProxy {
+        token: Token,
+        proxy: Option<ProxyUrl>,
+        reconnect: bool,
         reply: InfoReply,
     },
     Start {

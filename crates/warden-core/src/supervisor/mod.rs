@@ -256,9 +256,20 @@ impl SupervisorState {
     async fn dispatch(&mut self, myself: &ActorRef<SupervisorMsg>, message: SupervisorMsg) {
         use SupervisorMsg as M;
         match message {
-            M::Create { name, token, reply } => {
-                let _ = reply.send(self.create(name, token));
+            M::Create {
+                name,
+                token,
+                proxy,
+                reply,
+            } => {
+                let _ = reply.send(self.create(name, token, proxy));
             }
+            M::SetProxy {
+                token,
+                proxy,
+                reconnect,
+                reply,
+            } => self.set_proxy(myself, token, proxy, reconnect, reply).await,
             M::Start {
                 token,
                 options,

@@ -1,6 +1,6 @@
 //! The operations: what each control request does to the registry.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use ractor::{ActorRef, RpcReplyPort};
 use tokio::time::Instant;
@@ -8,6 +8,7 @@ use tokio::time::Instant;
 use crate::error::Error;
 use crate::events::SessionEvent;
 use crate::link::OpenOptions;
+use crate::proxy::ProxyUrl;
 use crate::start_rule::{self, StartDecision, StartFacts};
 use crate::state::{Desired, SessionState};
 use crate::store::SessionRecord;
@@ -107,6 +108,7 @@ impl SupervisorState {
         &mut self,
         name: Option<String>,
         token: Option<Token>,
+        proxy: Option<ProxyUrl>,
     ) -> Result<crate::state::SessionInfo, Error> {
         let token = match token {
             Some(token) if self.sessions.contains_key(&token) => {
@@ -123,11 +125,15 @@ impl SupervisorState {
         let name = name
             .filter(|n| !n.trim().is_empty())
             .unwrap_or_else(|| token.to_string());
-        let record = SessionRecord::new(name, SystemTime::now());
+        let mut record = SessionRecord::new(name, SystemTime::now());
+        record.proxy = proxy;
         let mut entry = Entry::new(token.clone(), record, Instant::now());
         entry.persisted = None;
         self.sessions.insert(token.clone(), entry);
-        tracing::info!(token = %token, "session created");
+        match &self.sessions[&token].record.proxy {
+            Some(proxy) => tracing::info!(token = %token, proxy = %proxy, "session created"),
+            None => tracing::info!(token = %token, "session created"),
+        }
         self.publish(&token);
         Ok(self.sessions[&token].info())
     }
@@ -274,31 +280,54 @@ impl SupervisorState {
     ) {
         let cooldown = self.policy.restart_cooldown;
         let entry = entry_or_reply!(self, token, reply);
-        if !force {
-            if let Some(last) = entry.last_start {
-                let elapsed = Instant::now().saturating_duration_since(last);
-                if elapsed < cooldown {
-                    let _ = reply.send(Err(Error::Cooldown {
-                        token: token.clone(),
-                        retry_after: cooldown - elapsed,
-                    }));
-                    return;
-                }
-            }
-            if entry.state() == SessionState::Banned {
-                let _ = reply.send(Err(Error::Conflict {
-                    token: token.clone(),
-                    state: SessionState::Banned,
-                    message: "it is banned; pass --force to try anyway".into(),
-                }));
-                return;
-            }
+        if !force && let Some(refusal) = restart_refusal(entry, cooldown) {
+            let _ = reply.send(Err(refusal));
+            return;
         }
         tracing::info!(token = %token, force, "restarting session");
         entry.record.desired = Desired::Running;
         entry.record.attempts = 0;
         entry.record.banned_until = None;
         self.reconnect(myself, token, reply).await;
+    }
+
+    /// Sets (or clears) the session's proxy. It is used from the next connection on; with
+    /// `reconnect`, a session that is meant to run is restarted now, as by `restart` (the
+    /// cooldown applies, and a refusal changes nothing).
+    pub(super) async fn set_proxy(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        token: Token,
+        proxy: Option<ProxyUrl>,
+        reconnect: bool,
+        reply: InfoReply,
+    ) {
+        let cooldown = self.policy.restart_cooldown;
+        let entry = entry_or_reply!(self, token, reply);
+        let restart = reconnect && entry.record.desired == Desired::Running;
+        if restart && let Some(mut refusal) = restart_refusal(entry, cooldown) {
+            if let Error::Conflict { message, .. } = &mut refusal {
+                *message = "it is banned; set the proxy without reconnect: it is used when the \
+                            ban ends"
+                    .into();
+            }
+            let _ = reply.send(Err(refusal));
+            return;
+        }
+        match &proxy {
+            Some(proxy) => {
+                tracing::info!(token = %token, proxy = %proxy, reconnect = restart, "proxy set")
+            }
+            None => tracing::info!(token = %token, reconnect = restart, "proxy cleared"),
+        }
+        entry.record.proxy = proxy;
+        if restart {
+            // Checked above; `force` only skips checking again.
+            self.restart(myself, token, true, reply).await;
+        } else {
+            self.publish(&token);
+            let _ = reply.send(Ok(self.sessions[&token].info()));
+        }
     }
 
     /// Ends the live connection (if any) and starts a fresh one.
@@ -503,4 +532,23 @@ impl SupervisorState {
             token: token.clone(),
         });
     }
+}
+
+/// Why an operator's restart (without `--force`) is refused now, if it is: within the
+/// restart cooldown, or banned.
+fn restart_refusal(entry: &Entry, cooldown: Duration) -> Option<Error> {
+    if let Some(last) = entry.last_start {
+        let elapsed = Instant::now().saturating_duration_since(last);
+        if elapsed < cooldown {
+            return Some(Error::Cooldown {
+                token: entry.token.clone(),
+                retry_after: cooldown - elapsed,
+            });
+        }
+    }
+    (entry.state() == SessionState::Banned).then(|| Error::Conflict {
+        token: entry.token.clone(),
+        state: SessionState::Banned,
+        message: "it is banned; pass --force to try anyway".into(),
+    })
 }

@@ -10,6 +10,7 @@ use crate::admission::Admit;
 use crate::error::Error;
 use crate::events::SessionEvent;
 use crate::lifecycle::{DisconnectReason, LifecycleEvent};
+use crate::link::OpenOptions;
 use crate::outbox::{MessageEvent, Outbox};
 use crate::policy::{self, Decision, Parked};
 use crate::session::{SessionActor, SessionArgs};
@@ -128,7 +129,10 @@ impl SupervisorState {
             link: self.link.clone(),
             supervisor: myself.clone(),
             slot: entry.slot.clone(),
-            options: entry.options.clone(),
+            options: OpenOptions {
+                proxy: entry.record.proxy.clone(),
+                ..entry.options.clone()
+            },
             close_timeout: self.close_timeout,
             outbox: self.outbox.clone(),
         };

@@ -130,6 +130,11 @@ mod tests {
             (Some("connection_lost"), "connection_lost"),
             (Some("connect_failed: dns"), "connect_failed"),
             (
+                Some("proxy_unreachable: connection refused"),
+                "proxy_unreachable",
+            ),
+            (Some("proxy_auth_failed: refused"), "proxy_auth_failed"),
+            (
                 Some("temporarily_banned for 1h (code 101)"),
                 "temporarily_banned",
             ),

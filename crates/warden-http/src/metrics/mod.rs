@@ -24,11 +24,13 @@ use warden_core::SessionState;
 /// The disconnect reasons counted, in the supervisor's own codes, then the gateway's buckets:
 /// `requested` (an operator's stop, restart, logout or cleanup), `reaped` (the janitor),
 /// `unknown` (missed while the counter fell behind the event bus).
-pub const DISCONNECT_REASONS: [&str; 18] = [
+pub const DISCONNECT_REASONS: [&str; 20] = [
     "connection_lost",
     "connection_closed",
     "timed_out",
     "connect_failed",
+    "proxy_unreachable",
+    "proxy_auth_failed",
     "server_unavailable",
     "stream_error",
     "session_crashed",

@@ -46,6 +46,7 @@ pub fn wa_config(url: &str) -> WaConfig {
         connect_timeout: Duration::from_secs(2),
         liveness_timeout: Duration::from_secs(5),
         ack_timeout: Duration::from_secs(5),
+        proxy: None,
     }
 }
 

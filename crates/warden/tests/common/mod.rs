@@ -2,6 +2,8 @@
 //! with a daemon.toml pointing at it, and the real `warden` binary started on that workspace.
 #![allow(dead_code)]
 
+pub mod proxies;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;

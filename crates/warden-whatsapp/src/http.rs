@@ -1,0 +1,200 @@
+//! [`SessionHttp`]: the HTTP client wa-rs gets for one session. While the session has a proxy,
+//! every request (the WhatsApp Web version lookup, media uploads and downloads) goes through
+//! it; without one, requests go through the link's shared client.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use wa_rs_core::net::{HttpClient, HttpRequest, HttpResponse, StreamingHttpResponse};
+use warden_core::ProxyUrl;
+
+use crate::proxy::ProxySetting;
+
+/// One session's HTTP client; see the module docs.
+pub struct SessionHttp {
+    direct: Arc<dyn HttpClient>,
+    proxy: Arc<ProxySetting>,
+    /// The agent of the last proxy used, rebuilt when the proxy changes.
+    agent: Mutex<Option<(ProxyUrl, ureq::Agent)>>,
+}
+
+impl SessionHttp {
+    /// A client that follows `proxy`, and uses `direct` while there is none.
+    pub fn new(direct: Arc<dyn HttpClient>, proxy: Arc<ProxySetting>) -> Self {
+        Self {
+            direct,
+            proxy,
+            agent: Mutex::new(None),
+        }
+    }
+
+    /// The agent for `proxy` (ureq speaks SOCKS5, SOCKS5h and HTTP CONNECT itself).
+    fn agent(&self, proxy: &ProxyUrl) -> anyhow::Result<ureq::Agent> {
+        let mut agent = self.agent.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((for_proxy, agent)) = agent.as_ref()
+            && for_proxy == proxy
+        {
+            return Ok(agent.clone());
+        }
+        // The error would echo the URL: it is replaced by the masked one.
+        let ureq_proxy = ureq::Proxy::new(&proxy.expose())
+            .map_err(|_| anyhow::anyhow!("proxy {proxy}: not usable for HTTP requests"))?;
+        let built: ureq::Agent = ureq::Agent::config_builder()
+            .proxy(Some(ureq_proxy))
+            // No idle connection kept: a session holds no socket it is not using.
+            .max_idle_connections(0)
+            .build()
+            .into();
+        *agent = Some((proxy.clone(), built.clone()));
+        Ok(built)
+    }
+
+    fn request(
+        agent: &ureq::Agent,
+        request: HttpRequest,
+    ) -> anyhow::Result<ureq::http::Response<ureq::Body>> {
+        let response = match request.method.as_str() {
+            "GET" => {
+                let mut call = agent.get(&request.url);
+                for (key, value) in &request.headers {
+                    call = call.header(key, value);
+                }
+                call.call()?
+            }
+            "POST" => {
+                let mut call = agent.post(&request.url);
+                for (key, value) in &request.headers {
+                    call = call.header(key, value);
+                }
+                call.send(request.body.as_deref().unwrap_or(&[]))?
+            }
+            method => anyhow::bail!("unsupported HTTP method: {method}"),
+        };
+        Ok(response)
+    }
+}
+
+#[async_trait]
+impl HttpClient for SessionHttp {
+    async fn execute(&self, request: HttpRequest) -> anyhow::Result<HttpResponse> {
+        let Some(proxy) = self.proxy.get() else {
+            return self.direct.execute(request).await;
+        };
+        let agent = self.agent(&proxy)?;
+        // ureq blocks: off the runtime's workers.
+        tokio::task::spawn_blocking(move || {
+            let response = Self::request(&agent, request)?;
+            let status_code = response.status().as_u16();
+            let body = response.into_body().read_to_vec()?;
+            Ok(HttpResponse { status_code, body })
+        })
+        .await?
+    }
+
+    fn execute_streaming(&self, request: HttpRequest) -> anyhow::Result<StreamingHttpResponse> {
+        let Some(proxy) = self.proxy.get() else {
+            return self.direct.execute_streaming(request);
+        };
+        // Called from a blocking context already (wa-rs's streaming download).
+        let response = Self::request(&self.agent(&proxy)?, request)?;
+        Ok(StreamingHttpResponse {
+            status_code: response.status().as_u16(),
+            body: Box::new(response.into_body().into_reader()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// Counts the requests that did not go through a proxy.
+    struct Direct(std::sync::atomic::AtomicUsize);
+
+    #[async_trait]
+    impl HttpClient for Direct {
+        async fn execute(&self, _request: HttpRequest) -> anyhow::Result<HttpResponse> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(HttpResponse {
+                status_code: 204,
+                body: Vec::new(),
+            })
+        }
+    }
+
+    /// Reads one HTTP head (through the blank line).
+    async fn read_head(socket: &mut tokio::net::TcpStream) -> String {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            socket.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        String::from_utf8(head).unwrap()
+    }
+
+    /// A one-request HTTP CONNECT proxy that is also the target behind it: accepts the
+    /// tunnel, answers the request inside it with 200 "via", and hands back both heads.
+    async fn one_request_proxy() -> (String, tokio::task::JoinHandle<(String, String)>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let connect = read_head(&mut socket).await;
+            socket
+                .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                .await
+                .unwrap();
+            let inner = read_head(&mut socket).await;
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nvia")
+                .await
+                .unwrap();
+            (connect, inner)
+        });
+        (format!("http://gw:secret@{addr}"), task)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_follow_the_sessions_proxy() {
+        let direct = Arc::new(Direct(Default::default()));
+        let setting = Arc::new(ProxySetting::default());
+        let http = SessionHttp::new(direct.clone(), setting.clone());
+
+        // No proxy: the shared client.
+        let answer = http
+            .execute(HttpRequest::get("http://198.51.100.1/sw.js"))
+            .await
+            .unwrap();
+        assert_eq!(answer.status_code, 204);
+        assert_eq!(direct.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        // A proxy: the request goes through its tunnel (with its credentials), never
+        // straight to the target or through the shared client.
+        let (url, proxy) = one_request_proxy().await;
+        setting.set(Some(ProxyUrl::parse(&url).unwrap()));
+        let answer = http
+            .execute(HttpRequest::get("http://198.51.100.1/sw.js"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (answer.status_code, answer.body.as_slice()),
+            (200, &b"via"[..])
+        );
+        let (connect, inner) = proxy.await.unwrap();
+        assert!(
+            connect.starts_with("CONNECT 198.51.100.1:80 HTTP/1.1\r\n"),
+            "{connect}"
+        );
+        assert!(
+            connect
+                .to_ascii_lowercase()
+                .contains("proxy-authorization: basic z3c6c2vjcmv0"),
+            "{connect}"
+        );
+        assert!(inner.starts_with("GET /sw.js HTTP/1.1\r\n"), "{inner}");
+        assert_eq!(direct.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+}
