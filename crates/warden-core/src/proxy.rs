@@ -70,9 +70,12 @@ pub enum ProxyError {
     /// The host holds characters no host name has.
     #[error("proxy host {0:?} is not a host name or an IP address")]
     Host(String),
-    /// The port is not a number from 1 to 65535.
+    /// The port is a number, but not from 1 to 65535.
     #[error("proxy port {0:?} is not a number from 1 to 65535")]
     Port(String),
+    /// The port is not a number (not quoted: it may be a password whose host was forgotten).
+    #[error("the proxy port is not a number (is a user:password@ missing before the host?)")]
+    PortNotNumber,
     /// A path, query or fragment follows the address.
     #[error("a proxy URL is only scheme://[user[:password]@]host[:port]; remove {0:?}")]
     Trailing(String),
@@ -149,9 +152,12 @@ impl ProxyUrl {
         let (host, port) = split_host_port(hostport)?;
         let port = match port {
             None => scheme.default_port(),
+            Some(port) if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) => {
+                return Err(ProxyError::PortNotNumber);
+            }
             Some(port) => match port.parse::<u16>() {
                 Ok(port) if port > 0 => port,
-                _ => return Err(ProxyError::Port(port.into())),
+                _ => return Err(ProxyError::Port(port.chars().take(12).collect())),
             },
         };
         Ok(Self {
@@ -256,6 +262,33 @@ impl<'de> Deserialize<'de> for ProxyUrl {
         let text = String::deserialize(deserializer)?;
         Self::parse(&text).map_err(serde::de::Error::custom)
     }
+}
+
+/// Replaces the password of every `scheme://user:password@` in `text` by `***`: for messages
+/// that quote input which may hold a proxy URL (a configuration line, a stored record). The
+/// user information ends at the last `@` before whitespace or a quote, so a password holding
+/// `/` is masked whole.
+pub fn mask_passwords(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        out.push_str(before);
+        let end = after
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\''))
+            .unwrap_or(after.len());
+        let url = &after[..end];
+        match url.rsplit_once('@') {
+            Some((userinfo, host)) if userinfo.contains(':') => {
+                let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+                out.push_str(&format!("{user}:{MASK}@{host}"));
+            }
+            _ => out.push_str(url),
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn split_host_port(hostport: &str) -> Result<(String, Option<&str>), ProxyError> {
@@ -446,8 +479,9 @@ mod tests {
             ("socks5://user:pw@", ProxyError::NoHost),
             ("socks5://host:0", ProxyError::Port("0".into())),
             ("socks5://host:70000", ProxyError::Port("70000".into())),
-            ("socks5://host:x", ProxyError::Port("x".into())),
-            ("socks5://host:", ProxyError::Port("".into())),
+            ("socks5://host:x", ProxyError::PortNotNumber),
+            ("socks5://host:", ProxyError::PortNotNumber),
+            ("http://user:secret", ProxyError::PortNotNumber),
             ("http://host:80/path", ProxyError::Trailing("/path".into())),
             ("http://host?x=1", ProxyError::Trailing("?x=1".into())),
             ("http://ho st:80", ProxyError::Host("ho st".into())),
@@ -496,6 +530,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!error.contains("hunter2"), "{error}");
+    }
+
+    #[test]
+    fn passwords_in_quoted_text_are_masked() {
+        for (text, masked) in [
+            (
+                "proxy = \"http://u:p@h:1/x\" and socks5h://v@h, ws://h/p",
+                "proxy = \"http://u:***@h:1/x\" and socks5h://v@h, ws://h/p",
+            ),
+            (
+                "  | proxy = \"socks5://gw:ab/cd@h:0\"",
+                "  | proxy = \"socks5://gw:***@h:0\"",
+            ),
+            ("no url here", "no url here"),
+            ("http://user:pw", "http://user:pw"),
+        ] {
+            assert_eq!(mask_passwords(text), masked, "{text}");
+        }
     }
 
     #[test]

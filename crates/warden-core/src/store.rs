@@ -106,11 +106,12 @@ impl SessionRecord {
         toml::to_string(self).map_err(|e| StoreError::Encode(e.to_string()))
     }
 
-    /// A stored record of `token`.
+    /// A stored record of `token`. The error quotes the line at fault with any proxy
+    /// password masked (it is logged).
     pub fn decode(token: &str, text: &str) -> Result<Self, StoreError> {
         toml::from_str(text).map_err(|e| StoreError::Record {
             token: token.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
+            message: crate::proxy::mask_passwords(e.to_string().trim_end()),
         })
     }
 }
@@ -421,6 +422,14 @@ async fn run_writer(db: Db, shared: Arc<Shared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreadable_record_is_reported_without_its_proxy_password() {
+        let text = "name = \"s\"\nproxy = \"socks5://gw:hunter2@h:0\"\n";
+        let error = SessionRecord::decode("s", text).unwrap_err().to_string();
+        assert!(error.contains("gw:***@h:0"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+    }
 
     fn token(s: &str) -> Token {
         Token::parse(s).unwrap()

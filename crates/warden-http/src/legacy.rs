@@ -205,10 +205,12 @@ pub async fn set_proxy(
         .supervisor
         .set_proxy(&token, body.proxy.as_deref(), body.reconnect)
         .await?;
-    let message = match (&info.proxy, body.reconnect) {
+    let reconnecting = body.reconnect && info.desired == warden_core::Desired::Running;
+    let message = match (&info.proxy, reconnecting) {
         (Some(_), true) => "Proxy set; reconnecting through it",
         (Some(_), false) => "Proxy set; used from the next connection",
-        (None, _) => "Proxy cleared",
+        (None, true) => "Proxy cleared; reconnecting without it",
+        (None, false) => "Proxy cleared; used from the next connection",
     };
     Ok(reply(&info, message.to_string()))
 }

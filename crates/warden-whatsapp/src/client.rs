@@ -133,7 +133,11 @@ impl Session {
             config.liveness_timeout,
             proxy.clone(),
         ));
-        let http: Arc<dyn HttpClient> = Arc::new(SessionHttp::new(http, proxy.clone()));
+        let http: Arc<dyn HttpClient> = Arc::new(SessionHttp::new(
+            http,
+            proxy.clone(),
+            config.connect_timeout,
+        ));
         Ok(Self {
             token: token.clone(),
             factory,

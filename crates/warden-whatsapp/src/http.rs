@@ -3,6 +3,7 @@
 //! it; without one, requests go through the link's shared client.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use wa_rs_core::net::{HttpClient, HttpRequest, HttpResponse, StreamingHttpResponse};
@@ -14,16 +15,26 @@ use crate::proxy::ProxySetting;
 pub struct SessionHttp {
     direct: Arc<dyn HttpClient>,
     proxy: Arc<ProxySetting>,
+    /// Bounds the proxy's connect and handshake, and the wait for the response head.
+    connect_timeout: Duration,
     /// The agent of the last proxy used, rebuilt when the proxy changes.
     agent: Mutex<Option<(ProxyUrl, ureq::Agent)>>,
 }
 
 impl SessionHttp {
-    /// A client that follows `proxy`, and uses `direct` while there is none.
-    pub fn new(direct: Arc<dyn HttpClient>, proxy: Arc<ProxySetting>) -> Self {
+    /// A client that follows `proxy`, and uses `direct` while there is none. Through a proxy,
+    /// connecting (the proxy's handshake included) and the wait for the response are each
+    /// bounded by `connect_timeout`, and each read of a body by 30 s at least: a silent proxy
+    /// fails the request, it never holds it (and a blocking thread) for ever.
+    pub fn new(
+        direct: Arc<dyn HttpClient>,
+        proxy: Arc<ProxySetting>,
+        connect_timeout: Duration,
+    ) -> Self {
         Self {
             direct,
             proxy,
+            connect_timeout,
             agent: Mutex::new(None),
         }
     }
@@ -41,6 +52,10 @@ impl SessionHttp {
             .map_err(|_| anyhow::anyhow!("proxy {proxy}: not usable for HTTP requests"))?;
         let built: ureq::Agent = ureq::Agent::config_builder()
             .proxy(Some(ureq_proxy))
+            .timeout_resolve(Some(self.connect_timeout))
+            .timeout_connect(Some(self.connect_timeout))
+            .timeout_recv_response(Some(self.connect_timeout))
+            .timeout_per_read(Some(self.connect_timeout.max(Duration::from_secs(30))))
             // No idle connection kept: a session holds no socket it is not using.
             .max_idle_connections(0)
             .build()
@@ -161,7 +176,7 @@ mod tests {
     async fn requests_follow_the_sessions_proxy() {
         let direct = Arc::new(Direct(Default::default()));
         let setting = Arc::new(ProxySetting::default());
-        let http = SessionHttp::new(direct.clone(), setting.clone());
+        let http = SessionHttp::new(direct.clone(), setting.clone(), Duration::from_secs(5));
 
         // No proxy: the shared client.
         let answer = http
@@ -196,5 +211,30 @@ mod tests {
         );
         assert!(inner.starts_with("GET /sw.js HTTP/1.1\r\n"), "{inner}");
         assert_eq!(direct.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_silent_proxy_fails_the_request_instead_of_holding_it() {
+        // It accepts, then never answers.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let setting = Arc::new(ProxySetting::default());
+        setting.set(Some(ProxyUrl::parse(&format!("socks5h://{addr}")).unwrap()));
+        let direct = Arc::new(Direct(Default::default()));
+        let http = SessionHttp::new(direct, setting, Duration::from_millis(300));
+        let request = http.execute(HttpRequest::get("https://web.whatsapp.com/sw.js"));
+        // Bounded here only so that a regression fails instead of hanging the test run.
+        let result = tokio::time::timeout(Duration::from_secs(20), request)
+            .await
+            .expect("the request gave up on its own");
+        let error = result.unwrap_err().to_string();
+        assert!(!error.is_empty());
+        hold.abort();
     }
 }

@@ -26,7 +26,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_websockets::{ClientBuilder, Connector, MaybeTlsStream, Message, WebSocketStream};
 use wa_rs_core::net::{Transport, TransportEvent, TransportFactory};
-use warden_core::ProxyUrl;
+use warden_core::{ProxyScheme, ProxyUrl};
 
 use crate::proxy::{ProxySetting, TunnelError};
 
@@ -178,6 +178,8 @@ pub struct WsFactory {
 /// Why a dial failed.
 enum DialError {
     Proxy(TunnelError),
+    /// WhatsApp's host name did not resolve here (`socks5://` resolves before the tunnel).
+    Resolve(String),
     WebSocket(tokio_websockets::Error),
 }
 
@@ -204,13 +206,10 @@ impl WsFactory {
         self.probe.clone()
     }
 
-    /// Dials, directly or through the proxy; sets `tunnelled` once the proxy's tunnel is up
-    /// (so a timeout can tell the proxy's silence from the server's).
-    async fn dial(
-        &self,
-        proxy: Option<&ProxyUrl>,
-        tunnelled: &AtomicBool,
-    ) -> Result<Ws, DialError> {
+    /// Dials, directly or through the proxy. `at_proxy` is set while the proxy's tunnel is
+    /// being made, so a timeout can tell the proxy's silence from a slow local DNS lookup or a
+    /// silent server.
+    async fn dial(&self, proxy: Option<&ProxyUrl>, at_proxy: &AtomicBool) -> Result<Ws, DialError> {
         let connector = if self.uri.scheme_str() == Some("wss") {
             Connector::Rustls(tokio_rustls::TlsConnector::from(tls_config()))
         } else {
@@ -240,10 +239,21 @@ impl WsFactory {
             } else {
                 80
             });
-        let tcp = crate::proxy::tunnel(proxy, host, port)
+        // socks5:// resolves here, before the proxy is involved.
+        let target = match proxy.scheme() {
+            ProxyScheme::Socks5 if host.parse::<std::net::IpAddr>().is_err() => {
+                crate::proxy::resolve(host, port)
+                    .await
+                    .map_err(DialError::Resolve)?
+                    .to_string()
+            }
+            _ => host.to_owned(),
+        };
+        at_proxy.store(true, Ordering::Relaxed);
+        let tcp = crate::proxy::tunnel(proxy, &target, port)
             .await
             .map_err(DialError::Proxy)?;
-        tunnelled.store(true, Ordering::Relaxed);
+        at_proxy.store(false, Ordering::Relaxed);
         let stream = connector
             .wrap(host, tcp)
             .await
@@ -283,8 +293,8 @@ impl TransportFactory for WsFactory {
         let attempt = self.probe.attempt();
         let deadline = Instant::now() + self.connect_timeout;
         let proxy = self.proxy.get();
-        let tunnelled = AtomicBool::new(false);
-        let dialed = tokio::time::timeout_at(deadline, self.dial(proxy.as_ref(), &tunnelled)).await;
+        let at_proxy = AtomicBool::new(false);
+        let dialed = tokio::time::timeout_at(deadline, self.dial(proxy.as_ref(), &at_proxy)).await;
         let ws = match dialed {
             Ok(Ok(ws)) => ws,
             Ok(Err(e)) => {
@@ -298,6 +308,7 @@ impl TransportFactory for WsFactory {
                     DialError::Proxy(e @ TunnelError::Target { .. }) => {
                         (Dial::Failed(e.to_string()), e.to_string())
                     }
+                    DialError::Resolve(e) => (Dial::Failed(e.clone()), e),
                     DialError::WebSocket(e) => (Dial::Failed(e.to_string()), e.to_string()),
                 };
                 self.probe.update(attempt, |s| s.facts.dial = Some(dial));
@@ -305,7 +316,7 @@ impl TransportFactory for WsFactory {
             }
             Err(_) => {
                 let dial = match &proxy {
-                    Some(proxy) if !tunnelled.load(Ordering::Relaxed) => {
+                    Some(proxy) if at_proxy.load(Ordering::Relaxed) => {
                         Dial::ProxyUnreachable(format!(
                             "proxy {proxy}: no tunnel within {}",
                             humantime::format_duration(self.connect_timeout)

@@ -181,32 +181,7 @@ pub fn load(path: &Path, required: bool) -> Result<Loaded, ConfigError> {
 /// Parses the file's text with `env`'s `WARDEN_<TABLE>_<KEY>` overrides, and validates it.
 /// An error quotes the offending line with any URL password in it masked (a proxy's).
 pub fn parse(text: &str, env: &[(String, String)]) -> Result<Config, String> {
-    parse_unmasked(text, env).map_err(|e| mask_url_passwords(&e))
-}
-
-/// Replaces the password of every `scheme://user:password@` in `text` by `***`.
-fn mask_url_passwords(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("://") {
-        let (before, after) = rest.split_at(at + 3);
-        out.push_str(before);
-        // The authority ends at whitespace, a quote or a path; its userinfo at the last '@'.
-        let end = after
-            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '/' | '?' | '#'))
-            .unwrap_or(after.len());
-        let authority = &after[..end];
-        match authority.rsplit_once('@') {
-            Some((userinfo, host)) => match userinfo.split_once(':') {
-                Some((user, _)) => out.push_str(&format!("{user}:***@{host}")),
-                None => out.push_str(authority),
-            },
-            None => out.push_str(authority),
-        }
-        rest = &after[end..];
-    }
-    out.push_str(rest);
-    out
+    parse_unmasked(text, env).map_err(|e| warden_core::proxy::mask_passwords(&e))
 }
 
 fn parse_unmasked(text: &str, env: &[(String, String)]) -> Result<Config, String> {
@@ -351,10 +326,8 @@ mod tests {
         );
         let proxy = c.whatsapp.proxy.unwrap();
         assert_eq!(proxy.credentials(), Some(("gw", "hunter2")));
-        assert_eq!(
-            mask_url_passwords("a http://u:p@h:1/x and socks5h://v@h, ws://h/p"),
-            "a http://u:***@h:1/x and socks5h://v@h, ws://h/p"
-        );
+        let e = err("[whatsapp]\nproxy = \"http://gw:ab/cd@proxy:1\"\n", &[]);
+        assert!(!e.contains("ab/cd"), "{e}");
     }
 
     fn err(text: &str, env: &[(&str, &str)]) -> String {

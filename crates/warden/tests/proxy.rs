@@ -564,3 +564,69 @@ async fn sessions_without_a_proxy_of_their_own_use_the_configured_default() {
             .all(|c| c.user.as_deref() == Some(USER))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_version_looked_up_the_lookup_goes_through_the_proxy_and_gives_up_too() {
+    let whatsapp = fake_whatsapp().await;
+    // A silent HTTP proxy that reports the first line each client sent, and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let silent_task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            let lines_tx = lines_tx.clone();
+            held.push(tokio::spawn(async move {
+                let mut reader = tokio::io::BufReader::new(socket);
+                let mut line = String::new();
+                use tokio::io::AsyncBufReadExt;
+                if reader.read_line(&mut line).await.is_ok() {
+                    let _ = lines_tx.send(line.trim().to_owned());
+                }
+                std::future::pending::<()>().await;
+            }));
+        }
+    });
+    let dir = workspace(&whatsapp.url());
+    // No pinned version: wa-rs looks it up over HTTPS as it connects, through the proxy.
+    let daemon = Daemon::start_with(dir.path(), &[("WARDEN_WHATSAPP_VERSION", "")]).await;
+    daemon
+        .json(&[
+            "create",
+            "--token",
+            "s",
+            "--proxy",
+            &format!("http://{silent_addr}"),
+        ])
+        .await;
+    daemon.json(&["start", "s", "--no-wait"]).await;
+    let failed = until(&daemon.socket, "s", |s| {
+        s.reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("proxy_unreachable"))
+    })
+    .await;
+    assert!(
+        failed.reason.unwrap().contains("no tunnel within 3s"),
+        "the attempt ended at the connect timeout"
+    );
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let line = tokio::time::timeout(WITHIN, lines.recv())
+            .await
+            .expect("both connections reached the proxy")
+            .unwrap();
+        seen.push(line);
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            format!("CONNECT {} HTTP/1.1", whatsapp.addr()),
+            "CONNECT web.whatsapp.com:443 HTTP/1.1".to_owned(),
+        ],
+        "the WebSocket and the version lookup both went to the session's proxy"
+    );
+    assert!(whatsapp.recorder().snapshot().connections().is_empty());
+    silent_task.abort();
+}

@@ -285,6 +285,18 @@ impl SupervisorState {
             return;
         }
         tracing::info!(token = %token, force, "restarting session");
+        self.restart_now(myself, token, reply).await;
+    }
+
+    /// Restarts a session whose restart was allowed: fresh attempts, no ban, a new connection
+    /// once the current one is gone.
+    async fn restart_now(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        token: Token,
+        reply: InfoReply,
+    ) {
+        let entry = self.sessions.get_mut(&token).expect("the caller checked");
         entry.record.desired = Desired::Running;
         entry.record.attempts = 0;
         entry.record.banned_until = None;
@@ -322,8 +334,7 @@ impl SupervisorState {
         }
         entry.record.proxy = proxy;
         if restart {
-            // Checked above; `force` only skips checking again.
-            self.restart(myself, token, true, reply).await;
+            self.restart_now(myself, token, reply).await;
         } else {
             self.publish(&token);
             let _ = reply.send(Ok(self.sessions[&token].info()));
