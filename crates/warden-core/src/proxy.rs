@@ -85,9 +85,13 @@ pub enum ProxyError {
     Credentials(&'static str, &'static str),
 }
 
-/// A proxy for one session; see the module docs.
+/// A proxy for one session; see the module docs. One pointer wide and cheap to clone: every
+/// session record, snapshot and connection holds one.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct ProxyUrl {
+pub struct ProxyUrl(std::sync::Arc<Parts>);
+
+#[derive(PartialEq, Eq, Hash)]
+struct Parts {
     scheme: ProxyScheme,
     host: String,
     port: u16,
@@ -160,44 +164,45 @@ impl ProxyUrl {
                 _ => return Err(ProxyError::Port(port.chars().take(12).collect())),
             },
         };
-        Ok(Self {
+        Ok(Self(std::sync::Arc::new(Parts {
             scheme,
             host,
             port,
             user,
             password,
-        })
+        })))
     }
 
     /// How the proxy is spoken to.
     pub fn scheme(&self) -> ProxyScheme {
-        self.scheme
+        self.0.scheme
     }
 
     /// The proxy's host name or IP address (an IPv6 address without brackets).
     pub fn host(&self) -> &str {
-        &self.host
+        &self.0.host
     }
 
     /// The proxy's port.
     pub fn port(&self) -> u16 {
-        self.port
+        self.0.port
     }
 
     /// The user and password to authenticate with, if a user is given (an absent password
     /// is empty).
     pub fn credentials(&self) -> Option<(&str, &str)> {
-        self.user
+        self.0
+            .user
             .as_deref()
-            .map(|user| (user, self.password.as_deref().unwrap_or("")))
+            .map(|user| (user, self.0.password.as_deref().unwrap_or("")))
     }
 
     /// `host:port`, with an IPv6 host in brackets.
     pub fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
+        if self.0.host.contains(':') {
+            format!("[{}]:{}", self.0.host, self.0.port)
         } else {
-            format!("{}:{}", self.host, self.port)
+            format!("{}:{}", self.0.host, self.0.port)
         }
     }
 
@@ -212,10 +217,10 @@ impl ProxyUrl {
     }
 
     fn render(&self, mask: bool) -> String {
-        let mut out = format!("{}://", self.scheme.as_str());
-        if let Some(user) = &self.user {
+        let mut out = format!("{}://", self.0.scheme.as_str());
+        if let Some(user) = &self.0.user {
             out.push_str(&encode(user));
-            if let Some(password) = &self.password {
+            if let Some(password) = &self.0.password {
                 out.push(':');
                 out.push_str(&if mask {
                     MASK.to_string()
@@ -508,6 +513,14 @@ mod tests {
                 "user",
                 "it is longer than 255 bytes"
             ))
+        );
+    }
+
+    #[test]
+    fn a_proxy_is_one_pointer_wide() {
+        assert_eq!(
+            std::mem::size_of::<Option<ProxyUrl>>(),
+            std::mem::size_of::<usize>()
         );
     }
 

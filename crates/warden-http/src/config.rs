@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -31,6 +32,17 @@ pub struct HttpConfig {
     /// The most HTTP connections open at once; past it a new connection is closed at once.
     /// The daemon's descriptor reserve counts exactly this many.
     pub max_connections: usize,
+    /// A client must send a request's whole head (request line and headers) within this,
+    /// else its connection is closed: a slow-headers client holds a slot this long at most.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection on which neither side sent a byte for this long is closed (between
+    /// requests, or a client that stopped reading). Event streams send a heartbeat well
+    /// within it.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// The largest request body accepted; a larger one is answered `413 too_large`.
+    pub max_body_bytes: usize,
 }
 
 /// The default of [`HttpConfig::max_connections`].
@@ -43,6 +55,9 @@ impl Default for HttpConfig {
             bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 3000)),
             api_key: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            max_body_bytes: 1024 * 1024,
         }
     }
 }
@@ -55,6 +70,9 @@ impl fmt::Debug for HttpConfig {
             .field("bind", &self.bind)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("max_connections", &self.max_connections)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_body_bytes", &self.max_body_bytes)
             .finish()
     }
 }
@@ -81,6 +99,9 @@ pub enum ConfigError {
     /// `max_connections` is 0: the gateway could answer nobody.
     #[error("[http] max_connections must be at least 1 (set enabled = false to turn HTTP off)")]
     NoConnections,
+    /// A timeout is zero, or a limit makes no sense.
+    #[error("[http] {0}")]
+    Limit(&'static str),
 }
 
 impl HttpConfig {
@@ -101,6 +122,21 @@ impl HttpConfig {
         }
         if self.max_connections == 0 {
             return Err(ConfigError::NoConnections);
+        }
+        if self.header_read_timeout.is_zero() {
+            return Err(ConfigError::Limit(
+                "header_read_timeout must be more than 0s",
+            ));
+        }
+        // Event streams send a heartbeat every 15 s, and a start may wait 30 s for its QR.
+        if self.idle_timeout < Duration::from_secs(45) {
+            return Err(ConfigError::Limit(
+                "idle_timeout must be at least 45s (longer than a start's wait and the event \
+                 stream's heartbeat)",
+            ));
+        }
+        if self.max_body_bytes < 4096 {
+            return Err(ConfigError::Limit("max_body_bytes must be at least 4096"));
         }
         Ok(())
     }
@@ -161,6 +197,13 @@ mod tests {
         check(r#"api_key = "secret-secret with space""#, Err("spaces"));
         check("port = 3000", Err("unknown field `port`"));
         check(r#"bind = "localhost:3000""#, Err("invalid socket address"));
+        check(
+            "header_read_timeout = \"2s\"\nidle_timeout = \"1m\"\nmax_body_bytes = 65536",
+            Ok(()),
+        );
+        check("header_read_timeout = \"0s\"", Err("more than 0s"));
+        check("idle_timeout = \"5s\"", Err("at least 45s"));
+        check("max_body_bytes = 10", Err("at least 4096"));
     }
 
     #[test]

@@ -33,6 +33,7 @@
 
 pub mod auth;
 pub mod config;
+mod connections;
 mod dashboard;
 pub mod error;
 pub mod events;
@@ -130,10 +131,15 @@ pub async fn serve_with(
         api_key = if config.api_key.is_some() { "required" } else { "none" },
         "HTTP gateway listening"
     );
-    let listener = CappedListener::new(listener, config.max_connections);
-    let server = axum::serve(listener, routes::router(app))
-        .with_graceful_shutdown(stopping.clone().cancelled_owned())
-        .into_future();
+    let listener = CappedListener::new(listener, config.max_connections, config.idle_timeout);
+    let router =
+        routes::router(app).layer(axum::extract::DefaultBodyLimit::max(config.max_body_bytes));
+    let server = connections::serve(
+        listener,
+        router,
+        config.header_read_timeout,
+        stopping.clone(),
+    );
     tokio::pin!(server);
     let result = tokio::select! {
         result = &mut server => result,

@@ -17,8 +17,9 @@ pub struct SessionHttp {
     proxy: Arc<ProxySetting>,
     /// Bounds the proxy's connect and handshake, and the wait for the response head.
     connect_timeout: Duration,
-    /// The agent of the last proxy used, rebuilt when the proxy changes.
-    agent: Mutex<Option<(ProxyUrl, ureq::Agent)>>,
+    /// The agent of the last proxy used, rebuilt when the proxy changes (boxed: a session
+    /// without a proxy pays one pointer).
+    agent: Mutex<Option<Box<(ProxyUrl, ureq::Agent)>>>,
 }
 
 impl SessionHttp {
@@ -42,10 +43,10 @@ impl SessionHttp {
     /// The agent for `proxy` (ureq speaks SOCKS5, SOCKS5h and HTTP CONNECT itself).
     fn agent(&self, proxy: &ProxyUrl) -> anyhow::Result<ureq::Agent> {
         let mut agent = self.agent.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((for_proxy, agent)) = agent.as_ref()
-            && for_proxy == proxy
+        if let Some(held) = agent.as_ref()
+            && held.0 == *proxy
         {
-            return Ok(agent.clone());
+            return Ok(held.1.clone());
         }
         // The error would echo the URL: it is replaced by the masked one.
         let ureq_proxy = ureq::Proxy::new(&proxy.expose())
@@ -60,7 +61,7 @@ impl SessionHttp {
             .max_idle_connections(0)
             .build()
             .into();
-        *agent = Some((proxy.clone(), built.clone()));
+        *agent = Some(Box::new((proxy.clone(), built.clone())));
         Ok(built)
     }
 
