@@ -1,6 +1,13 @@
 //! [`SessionHttp`]: the HTTP client wa-rs gets for one session. While the session has a proxy,
 //! every request (the WhatsApp Web version lookup, media uploads and downloads) goes through
-//! it; without one, requests go through the link's shared client.
+//! it; without one, requests go through the link's shared client, by default
+//! [`BoundedHttp`].
+//!
+//! Both bound every request: connecting (a proxy's handshake included) and the wait for the
+//! response head by the link's `connect_timeout`, each read of a body by 30 s at least. wa-rs
+//! waits for its version lookup before it reports a connection attempt's end, so an unbounded
+//! request (wa-rs's stock client has no timeout) could hold a session in `connecting`, and a
+//! blocking thread, for ever.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -51,72 +58,112 @@ impl SessionHttp {
         // The error would echo the URL: it is replaced by the masked one.
         let ureq_proxy = ureq::Proxy::new(&proxy.expose())
             .map_err(|_| anyhow::anyhow!("proxy {proxy}: not usable for HTTP requests"))?;
-        let built: ureq::Agent = ureq::Agent::config_builder()
-            .proxy(Some(ureq_proxy))
-            .timeout_resolve(Some(self.connect_timeout))
-            .timeout_connect(Some(self.connect_timeout))
-            .timeout_recv_response(Some(self.connect_timeout))
-            .timeout_per_read(Some(self.connect_timeout.max(Duration::from_secs(30))))
-            // No idle connection kept: a session holds no socket it is not using.
-            .max_idle_connections(0)
-            .build()
-            .into();
+        let built = bounded_agent(Some(ureq_proxy), self.connect_timeout);
         *agent = Some(Box::new((proxy.clone(), built.clone())));
         Ok(built)
     }
+}
 
-    fn request(
-        agent: &ureq::Agent,
-        request: HttpRequest,
-    ) -> anyhow::Result<ureq::http::Response<ureq::Body>> {
-        let response = match request.method.as_str() {
-            "GET" => {
-                let mut call = agent.get(&request.url);
-                for (key, value) in &request.headers {
-                    call = call.header(key, value);
-                }
-                call.call()?
+/// One request on `agent`.
+fn request_on(
+    agent: &ureq::Agent,
+    request: HttpRequest,
+) -> anyhow::Result<ureq::http::Response<ureq::Body>> {
+    let response = match request.method.as_str() {
+        "GET" => {
+            let mut call = agent.get(&request.url);
+            for (key, value) in &request.headers {
+                call = call.header(key, value);
             }
-            "POST" => {
-                let mut call = agent.post(&request.url);
-                for (key, value) in &request.headers {
-                    call = call.header(key, value);
-                }
-                call.send(request.body.as_deref().unwrap_or(&[]))?
+            call.call()?
+        }
+        "POST" => {
+            let mut call = agent.post(&request.url);
+            for (key, value) in &request.headers {
+                call = call.header(key, value);
             }
-            method => anyhow::bail!("unsupported HTTP method: {method}"),
-        };
-        Ok(response)
+            call.send(request.body.as_deref().unwrap_or(&[]))?
+        }
+        method => anyhow::bail!("unsupported HTTP method: {method}"),
+    };
+    Ok(response)
+}
+
+/// An agent whose every request is bounded; see the module docs. No idle connection is kept.
+fn bounded_agent(proxy: Option<ureq::Proxy>, connect_timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .proxy(proxy)
+        .timeout_resolve(Some(connect_timeout))
+        .timeout_connect(Some(connect_timeout))
+        .timeout_recv_response(Some(connect_timeout))
+        .timeout_per_read(Some(connect_timeout.max(Duration::from_secs(30))))
+        .max_idle_connections(0)
+        .build()
+        .into()
+}
+
+/// One request on `agent`, off the runtime's workers (ureq blocks).
+async fn execute_on(agent: ureq::Agent, request: HttpRequest) -> anyhow::Result<HttpResponse> {
+    tokio::task::spawn_blocking(move || {
+        let response = request_on(&agent, request)?;
+        let status_code = response.status().as_u16();
+        let body = response.into_body().read_to_vec()?;
+        Ok(HttpResponse { status_code, body })
+    })
+    .await?
+}
+
+/// One request on `agent`, its body streamed; called from a blocking context.
+fn stream_on(agent: &ureq::Agent, request: HttpRequest) -> anyhow::Result<StreamingHttpResponse> {
+    let response = request_on(agent, request)?;
+    Ok(StreamingHttpResponse {
+        status_code: response.status().as_u16(),
+        body: Box::new(response.into_body().into_reader()),
+    })
+}
+
+/// The link's shared HTTP client for sessions without a proxy: ureq, bounded like
+/// [`SessionHttp`], honouring the usual proxy environment variables (`HTTPS_PROXY`,
+/// `ALL_PROXY`) as wa-rs's stock client does.
+pub struct BoundedHttp {
+    agent: ureq::Agent,
+}
+
+impl BoundedHttp {
+    /// A client whose connects and response waits are bounded by `connect_timeout`.
+    pub fn new(connect_timeout: Duration) -> Self {
+        Self {
+            agent: bounded_agent(ureq::Proxy::try_from_env(), connect_timeout),
+        }
+    }
+}
+
+#[async_trait]
+impl HttpClient for BoundedHttp {
+    async fn execute(&self, request: HttpRequest) -> anyhow::Result<HttpResponse> {
+        execute_on(self.agent.clone(), request).await
+    }
+
+    fn execute_streaming(&self, request: HttpRequest) -> anyhow::Result<StreamingHttpResponse> {
+        stream_on(&self.agent, request)
     }
 }
 
 #[async_trait]
 impl HttpClient for SessionHttp {
     async fn execute(&self, request: HttpRequest) -> anyhow::Result<HttpResponse> {
-        let Some(proxy) = self.proxy.get() else {
-            return self.direct.execute(request).await;
-        };
-        let agent = self.agent(&proxy)?;
-        // ureq blocks: off the runtime's workers.
-        tokio::task::spawn_blocking(move || {
-            let response = Self::request(&agent, request)?;
-            let status_code = response.status().as_u16();
-            let body = response.into_body().read_to_vec()?;
-            Ok(HttpResponse { status_code, body })
-        })
-        .await?
+        match self.proxy.get() {
+            Some(proxy) => execute_on(self.agent(&proxy)?, request).await,
+            None => self.direct.execute(request).await,
+        }
     }
 
     fn execute_streaming(&self, request: HttpRequest) -> anyhow::Result<StreamingHttpResponse> {
-        let Some(proxy) = self.proxy.get() else {
-            return self.direct.execute_streaming(request);
-        };
         // Called from a blocking context already (wa-rs's streaming download).
-        let response = Self::request(&self.agent(&proxy)?, request)?;
-        Ok(StreamingHttpResponse {
-            status_code: response.status().as_u16(),
-            body: Box::new(response.into_body().into_reader()),
-        })
+        match self.proxy.get() {
+            Some(proxy) => stream_on(&self.agent(&proxy)?, request),
+            None => self.direct.execute_streaming(request),
+        }
     }
 }
 
@@ -236,6 +283,26 @@ mod tests {
             .expect("the request gave up on its own");
         let error = result.unwrap_err().to_string();
         assert!(!error.is_empty());
+        hold.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_a_proxy_a_silent_server_fails_the_request_too() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let http = BoundedHttp::new(Duration::from_millis(300));
+        let request = http.execute(HttpRequest::get(format!("http://{addr}/sw.js")));
+        // Bounded here only so that a regression fails instead of hanging the test run.
+        let result = tokio::time::timeout(Duration::from_secs(20), request)
+            .await
+            .expect("the request gave up on its own");
+        assert!(result.is_err());
         hold.abort();
     }
 }

@@ -43,13 +43,14 @@ impl std::fmt::Debug for WaLink {
 impl WaLink {
     /// A link with `config`, keeping every session's credentials in `db` (the database the
     /// supervisor uses too). HTTP (version lookups when `version` is empty, media) goes
-    /// through wa-rs's ureq client.
+    /// through a bounded ureq client ([`crate::http`]), or the session's proxy.
     pub fn new(config: WaConfig, db: Db) -> Result<Self, ConfigError> {
         config.validate()?;
+        let http = Arc::new(crate::http::BoundedHttp::new(config.connect_timeout));
         Ok(Self {
             config,
             db,
-            http: Arc::new(wa_rs::transport::UreqHttpClient::new()),
+            http,
             sessions: Mutex::new(HashMap::new()),
         })
     }
