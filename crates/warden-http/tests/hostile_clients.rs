@@ -16,6 +16,23 @@ use warden_http::{HttpConfig, Metrics};
 /// Trickling clients in the CI run.
 const SLOW_CLIENTS: usize = 200;
 
+/// A gateway with `config` (on a free loopback port) in front of a bare supervisor.
+async fn gateway(config: HttpConfig) -> (SocketAddr, warden_core::Supervisor, tempfile::TempDir) {
+    let (supervisor, listener, dir) = common::bare_supervisor_and_listener().await;
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(warden_http::serve(
+        listener,
+        supervisor.clone(),
+        HttpConfig {
+            bind: addr,
+            ..config
+        },
+        Arc::new(Metrics::new()),
+        std::future::pending(),
+    ));
+    (addr, supervisor, dir)
+}
+
 /// Sends one request on a fresh connection and answers the status line.
 async fn status_line(addr: SocketAddr, path: &str) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -32,22 +49,13 @@ async fn status_line(addr: SocketAddr, path: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_trickling_headers_are_cut_and_others_are_still_answered() {
-    let (supervisor, listener, _dir) = common::bare_supervisor_and_listener().await;
-    let addr = listener.local_addr().unwrap();
-    supervisor.create(None, Some("s1")).await.unwrap();
-    let config = HttpConfig {
-        bind: addr,
+    let (addr, supervisor, _dir) = gateway(HttpConfig {
         max_connections: SLOW_CLIENTS + 16,
         header_read_timeout: Duration::from_secs(1),
         ..HttpConfig::default()
-    };
-    tokio::spawn(warden_http::serve(
-        listener,
-        supervisor.clone(),
-        config,
-        Arc::new(Metrics::new()),
-        std::future::pending(),
-    ));
+    })
+    .await;
+    supervisor.create(None, Some("s1")).await.unwrap();
 
     // Each slow client sends a request line, then one header byte every 100 ms, for ever.
     let (cut_tx, mut cut) = tokio::sync::mpsc::unbounded_channel();
@@ -104,20 +112,11 @@ async fn clients_trickling_headers_are_cut_and_others_are_still_answered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_over_the_limit_is_refused_with_too_large() {
-    let (supervisor, listener, _dir) = common::bare_supervisor_and_listener().await;
-    let addr = listener.local_addr().unwrap();
-    let config = HttpConfig {
-        bind: addr,
+    let (addr, supervisor, _dir) = gateway(HttpConfig {
         max_body_bytes: 8 * 1024,
         ..HttpConfig::default()
-    };
-    tokio::spawn(warden_http::serve(
-        listener,
-        supervisor.clone(),
-        config,
-        Arc::new(Metrics::new()),
-        std::future::pending(),
-    ));
+    })
+    .await;
     let post = |body: String| async move {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let head = format!(

@@ -261,9 +261,8 @@ mod tests {
         assert_eq!(direct.0.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_silent_proxy_fails_the_request_instead_of_holding_it() {
-        // It accepts, then never answers.
+    /// A server that accepts, then never answers.
+    async fn silent_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hold = tokio::spawn(async move {
@@ -272,6 +271,12 @@ mod tests {
                 held.push(socket);
             }
         });
+        (addr, hold)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_silent_proxy_fails_the_request_instead_of_holding_it() {
+        let (addr, hold) = silent_server().await;
         let setting = Arc::new(ProxySetting::default());
         setting.set(Some(ProxyUrl::parse(&format!("socks5h://{addr}")).unwrap()));
         let direct = Arc::new(Direct(Default::default()));
@@ -288,14 +293,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn without_a_proxy_a_silent_server_fails_the_request_too() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let hold = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((socket, _)) = listener.accept().await {
-                held.push(socket);
-            }
-        });
+        let (addr, hold) = silent_server().await;
         let http = BoundedHttp::new(Duration::from_millis(300));
         let request = http.execute(HttpRequest::get(format!("http://{addr}/sw.js")));
         // Bounded here only so that a regression fails instead of hanging the test run.
