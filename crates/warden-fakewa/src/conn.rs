@@ -58,6 +58,8 @@ pub(crate) struct Shared {
     pub attempts: Mutex<HashMap<String, u32>>,
     pub options: ConnOptions,
     pub shutdown: watch::Receiver<bool>,
+    /// Bumped by [`crate::FakeServer::drop_all`]: every session then drops its connection.
+    pub drops: watch::Receiver<u64>,
 }
 
 impl Shared {
@@ -292,12 +294,15 @@ impl SocketOwner {
         let mut play_done = false;
         let mut commands_open = true;
         let mut shutdown = this.shared.shutdown.clone();
+        let mut drops = this.shared.drops.clone();
+        drops.mark_unchanged();
         let (mut sink, mut stream) = ws.split();
 
         loop {
             tokio::select! {
                 biased;
                 _ = stopped(&mut shutdown) => return CloseKind::Shutdown,
+                Ok(()) = drops.changed() => return CloseKind::Dropped,
                 cmd = cmd_rx.recv(), if commands_open => match cmd {
                     Some(Command::Send(node)) => {
                         if let Err(kind) = this.send(&mut sink, &node).await {

@@ -61,6 +61,7 @@ pub struct FakeServer {
     mode: watch::Sender<ListenerMode>,
     applied: watch::Receiver<ListenerMode>,
     shutdown: watch::Sender<bool>,
+    drops: watch::Sender<u64>,
     accept_task: Option<JoinHandle<()>>,
     timeline: Mutex<Option<JoinHandle<()>>>,
 }
@@ -80,6 +81,7 @@ impl FakeServer {
             source,
         })?;
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let (drops, drops_rx) = watch::channel(0u64);
         let shared = Arc::new(Shared {
             recorder: Recorder::new(),
             registry: Registry::new(config.first_phone),
@@ -95,6 +97,7 @@ impl FakeServer {
                 receipts: config.receipts,
             },
             shutdown: shutdown_rx,
+            drops: drops_rx,
         });
         let first_mode = config.listener.first().map(|p| p.mode).unwrap_or_default();
         let (mode, mode_rx) = watch::channel(first_mode);
@@ -112,6 +115,7 @@ impl FakeServer {
             mode,
             applied,
             shutdown,
+            drops,
             accept_task: Some(accept_task),
             timeline: Mutex::new(None),
         };
@@ -198,6 +202,13 @@ impl FakeServer {
             mode: ListenerMode::Refuse,
             duration: Some(duration),
         }]);
+    }
+
+    /// Drops every logged-in or pairing session's connection at once, without a close frame
+    /// (a network outage, as the clients see it). The listener keeps accepting, so they may
+    /// come back at once.
+    pub fn drop_all(&self) {
+        self.drops.send_modify(|n| *n += 1);
     }
 
     /// Stops accepting, closes every connection, and waits for the listener to finish.
