@@ -20,7 +20,7 @@ use futures_util::future::join_all;
 use support::*;
 use warden_core::scripted::EventWaiter;
 use warden_core::{AdmissionConfig, SessionState, Supervisor};
-use warden_fakewa::{PairSpec, Plan, QrSpec, Scenario, Script, Step};
+use warden_fakewa::{Plan, Scenario, Script};
 
 /// Sessions in the CI run; `WARDEN_STORM_SESSIONS` sets another number.
 const SESSIONS: usize = 200;
@@ -56,20 +56,8 @@ fn busiest_second_counts_a_sliding_window() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storms_are_paced_by_admission_and_no_account_ever_has_two_connections() {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let registration = Plan::always(Scenario::new([
-        Step::Qr(QrSpec::new(
-            1,
-            Duration::from_secs(50),
-            Duration::from_secs(50),
-        )),
-        Step::wait(Duration::from_millis(20)),
-        Step::Pair(PairSpec {
-            restart_after: Duration::from_millis(20),
-            ..PairSpec::default()
-        }),
-    ]));
     let script = Script::default()
-        .with_registration(registration)
+        .with_registration(pairing_any())
         .with_login(Plan::always(Scenario::login()));
     let server = server_with(script).await;
     let dir = tempfile::tempdir().unwrap();

@@ -15,12 +15,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
-use warden_control::protocol::SessionView;
-use warden_control::{ControlClient, EventLine, Op};
 use warden_fakewa::{FakeServer, PairSpec, Plan, QrSpec, Scenario, Script, ServerConfig, Step};
 
 use common::proxies::{Socks5Proxy, Tinyproxy};
-use common::{BIN, Daemon, workspace};
+use common::{BIN, Daemon, until, workspace};
 
 const WITHIN: Duration = Duration::from_secs(30);
 const USER: &str = "gw";
@@ -60,40 +58,6 @@ async fn fake_whatsapp() -> FakeServer {
     FakeServer::start(ServerConfig::with_script(script))
         .await
         .unwrap()
-}
-
-/// The session's view once `done` holds: checked now, then on each of its events.
-async fn until(socket: &Path, token: &str, done: impl Fn(&SessionView) -> bool) -> SessionView {
-    let mut watch = ControlClient::connect(socket).await.unwrap();
-    let reply = watch
-        .request(&Op::Watch {
-            token: Some(token.into()),
-        })
-        .await
-        .unwrap();
-    assert!(reply.ok, "{reply:?}");
-    let mut control = ControlClient::connect(socket).await.unwrap();
-    let now: SessionView = control
-        .call(&Op::Status {
-            token: token.into(),
-        })
-        .await
-        .unwrap();
-    if done(&now) {
-        return now;
-    }
-    let wait = async {
-        loop {
-            match watch.next_event().await.unwrap() {
-                Some(EventLine::Session { session }) if done(&session) => return *session,
-                Some(_) => continue,
-                None => panic!("the daemon hung up"),
-            }
-        }
-    };
-    tokio::time::timeout(WITHIN, wait)
-        .await
-        .unwrap_or_else(|_| panic!("{token} never got there; last seen {now:?}"))
 }
 
 /// The fake server's connections, by account, as the peer addresses they came from.

@@ -222,3 +222,63 @@ impl Daemon {
             .unwrap_or_else(|| panic!("no log line with {needle:?}"))
     }
 }
+
+/// The session's view once `done` holds: checked now, then on each of its events (up to 60 s).
+pub async fn until(
+    socket: &Path,
+    token: &str,
+    done: impl Fn(&warden_control::protocol::SessionView) -> bool,
+) -> warden_control::protocol::SessionView {
+    watch_until(socket, token, false, done).await
+}
+
+/// Same, and a QR code shown for the session meanwhile fails the test.
+pub async fn until_without_qr(
+    socket: &Path,
+    token: &str,
+    done: impl Fn(&warden_control::protocol::SessionView) -> bool,
+) -> warden_control::protocol::SessionView {
+    watch_until(socket, token, true, done).await
+}
+
+async fn watch_until(
+    socket: &Path,
+    token: &str,
+    refuse_qr: bool,
+    done: impl Fn(&warden_control::protocol::SessionView) -> bool,
+) -> warden_control::protocol::SessionView {
+    use warden_control::{ControlClient, EventLine, Op};
+    let mut watch = ControlClient::connect(socket).await.unwrap();
+    let reply = watch
+        .request(&Op::Watch {
+            token: Some(token.into()),
+        })
+        .await
+        .unwrap();
+    assert!(reply.ok, "{reply:?}");
+    let mut control = ControlClient::connect(socket).await.unwrap();
+    let now: warden_control::protocol::SessionView = control
+        .call(&Op::Status {
+            token: token.into(),
+        })
+        .await
+        .unwrap();
+    if done(&now) {
+        return now;
+    }
+    let wait = async {
+        loop {
+            match watch.next_event().await.unwrap() {
+                Some(EventLine::Session { session }) if done(&session) => return *session,
+                Some(EventLine::Qr { .. }) if refuse_qr => {
+                    panic!("{token} shows a QR code again")
+                }
+                Some(_) => continue,
+                None => panic!("the daemon hung up"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .unwrap_or_else(|_| panic!("{token} never got there; last seen {now:?}"))
+}
