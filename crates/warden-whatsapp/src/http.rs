@@ -4,7 +4,8 @@
 //! [`BoundedHttp`].
 //!
 //! Both bound every request: connecting (a proxy's handshake included) and the wait for the
-//! response head by the link's `connect_timeout`, each read of a body by 30 s at least. wa-rs
+//! response head by the link's `connect_timeout`, each read and each write of a body by 30 s
+//! at least (a peer that trickles a byte now and then can still keep a body going). wa-rs
 //! waits for its version lookup before it reports a connection attempt's end, so an unbounded
 //! request (wa-rs's stock client has no timeout) could hold a session in `connecting`, and a
 //! blocking thread, for ever.
@@ -97,6 +98,7 @@ fn bounded_agent(proxy: Option<ureq::Proxy>, connect_timeout: Duration) -> ureq:
         .timeout_connect(Some(connect_timeout))
         .timeout_recv_response(Some(connect_timeout))
         .timeout_per_read(Some(connect_timeout.max(Duration::from_secs(30))))
+        .timeout_per_write(Some(connect_timeout.max(Duration::from_secs(30))))
         .max_idle_connections(0)
         .build()
         .into()

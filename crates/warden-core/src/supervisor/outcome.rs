@@ -523,20 +523,29 @@ impl SupervisorState {
         entry.cleaning_credentials = true;
         let slot = entry.slot.clone();
         let link = self.link.clone();
+        let store = self.store.clone();
         let outbox = self.outbox.clone();
         let me = myself.clone();
         let t = token.clone();
         tokio::spawn(async move {
             fail_queued(&outbox, &t, "the session was logged out").await;
-            // The slot proves no connection of this token is alive while files go.
-            let result = match slot.acquire_owned().await {
-                Ok(_permit) => link.delete_credentials(&t).await,
-                Err(_) => Ok(()),
+            // The record without its account is committed first: a crash in between must
+            // never leave a record that names an account whose credentials are gone.
+            let result = match store.flush().await {
+                Err(e) => Err(Error::from(e)),
+                // The slot proves no connection of this token is alive while files go.
+                Ok(()) => match slot.acquire_owned().await {
+                    Ok(_permit) => {
+                        link.delete_credentials(&t)
+                            .await
+                            .map_err(|source| Error::Link {
+                                token: t.clone(),
+                                source,
+                            })
+                    }
+                    Err(_) => Ok(()),
+                },
             };
-            let result = result.map_err(|source| Error::Link {
-                token: t.clone(),
-                source,
-            });
             let _ = me.cast(SupervisorMsg::CleanupDone {
                 token: t,
                 kind: Cleanup::Logout,
