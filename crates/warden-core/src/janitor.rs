@@ -6,6 +6,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Deserialize;
 use tokio::task::JoinHandle;
 
+use crate::state::SessionState;
 use crate::supervisor::messages::SupervisorMsg;
 
 /// The knobs of the janitor (`[janitor]` in `daemon.toml`).
@@ -46,6 +47,34 @@ impl JanitorConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether a live session in `state` for `stuck_for` is stuck: the state to leave it in and
+/// why. Connecting (or pairing) too long is a failure; a QR code shown too long expired.
+pub(crate) fn verdict(
+    state: SessionState,
+    stuck_for: Duration,
+    config: &JanitorConfig,
+) -> Option<(SessionState, String)> {
+    match state {
+        SessionState::Connecting | SessionState::Pairing if stuck_for > config.max_connecting => {
+            Some((
+                SessionState::Failed,
+                format!(
+                    "reaped: connecting for more than {}",
+                    humantime::format_duration(config.max_connecting)
+                ),
+            ))
+        }
+        SessionState::WaitingForScan if stuck_for > config.max_qr => Some((
+            SessionState::QrExpired,
+            format!(
+                "reaped: QR code shown for more than {}",
+                humantime::format_duration(config.max_qr)
+            ),
+        )),
+        _ => None,
     }
 }
 
@@ -118,5 +147,32 @@ impl Actor for JanitorActor {
         }
         state.schedule(&myself);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use SessionState::*;
+
+    #[test]
+    fn stuck_sessions_by_state_and_time() {
+        let config = JanitorConfig::default(); // 10 min connecting, 5 min QR
+        let min = |m: u64| Duration::from_secs(m * 60);
+        // (state, for how long, left in)
+        let table = [
+            (Connecting, min(9), None),
+            (Connecting, min(11), Some(Failed)),
+            (Pairing, min(11), Some(Failed)),
+            (WaitingForScan, min(4), None),
+            (WaitingForScan, min(6), Some(QrExpired)),
+            (Connected, min(600), None),
+            (Queued, min(600), None),
+            (BackingOff, min(600), None),
+        ];
+        for (state, stuck_for, expected) in table {
+            let got = verdict(state, stuck_for, &config).map(|(s, _)| s);
+            assert_eq!(got, expected, "{state} for {stuck_for:?}");
+        }
     }
 }

@@ -15,6 +15,7 @@
 //! - [`link`]: the [`Link`] and [`Connection`] traits, the seam to WhatsApp.
 //! - [`lifecycle`]: lifecycle events and disconnect reasons.
 //! - [`policy`]: the restart policy, a pure function.
+//! - [`machine`]: the life of one session, a pure state machine the supervisor carries out.
 //! - [`outbox`]: outgoing messages, stored before they are acknowledged and sent in order by
 //!   each connected session; [`outbox::status`] is a message's life as a pure function.
 //! - [`admission`]: the global limit on connection attempts.
@@ -42,6 +43,7 @@ pub mod events;
 mod janitor;
 pub mod lifecycle;
 pub mod link;
+pub mod machine;
 pub mod outbox;
 pub mod policy;
 pub mod proxy;

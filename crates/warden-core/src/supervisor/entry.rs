@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::link::OpenOptions;
+use crate::machine::{Phase, View};
 use crate::proxy::ProxyUrl;
 use crate::session::SessionMsg;
 use crate::state::{QrCode, SessionInfo, SessionState};
@@ -21,22 +22,6 @@ use super::messages::InfoReply;
 pub(crate) struct Live {
     pub actor: ActorRef<SessionMsg>,
     pub generation: u64,
-}
-
-/// Why the supervisor itself stopped a session's connection; decides what follows instead of
-/// the restart policy.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Intent {
-    /// Stop (or force-cleanup): leave it `stopped` with this reason.
-    Stop { reason: String },
-    /// Restart or refresh the QR: start a fresh connection once this one is gone.
-    Reconnect,
-    /// Log out: delete the credentials once the connection is gone.
-    Logout,
-    /// Delete: remove everything once the connection is gone.
-    Delete,
-    /// The janitor reaped it: leave it in `state` with `reason`.
-    Reap { state: SessionState, reason: String },
 }
 
 /// Someone waiting for an operation that completes after the connection has gone.
@@ -62,12 +47,8 @@ pub(crate) struct Entry {
     pub live: Option<Live>,
     /// Counts the connections of this token; the live one carries the latest.
     pub generation: u64,
-    /// Set when the supervisor stopped the live connection itself.
-    pub intent: Option<Intent>,
-    /// Waiting in the admission queue.
-    pub queued: bool,
-    /// Holds one of admission's in-flight slots (admitted, handshake not finished).
-    pub in_flight: bool,
+    /// Where its connection is in its life; only [`machine::next`] changes it.
+    pub phase: Phase,
     /// When the live connection logged in.
     pub connected_at: Option<Instant>,
     /// When the last connection was started (for the restart cooldown).
@@ -90,12 +71,6 @@ pub(crate) struct Entry {
     pub pair_code: Option<String>,
     /// Operations to answer once the connection has gone (or cleanup finished).
     pub waiters: Vec<Waiter>,
-    /// Being deleted: nothing more is written for it.
-    pub deleting: bool,
-    /// A credentials deletion (logout) is running; nothing may connect until it is done.
-    pub cleaning_credentials: bool,
-    /// Connect once the credentials deletion is done (a start that came during a logout).
-    pub connect_after_cleanup: bool,
 }
 
 impl Entry {
@@ -109,9 +84,7 @@ impl Entry {
             since_wall: SystemTime::now(),
             live: None,
             generation: 0,
-            intent: None,
-            queued: false,
-            in_flight: false,
+            phase: Phase::Idle,
             connected_at: None,
             last_start: None,
             last_unpark: None,
@@ -123,15 +96,36 @@ impl Entry {
             qr: None,
             pair_code: None,
             waiters: Vec::new(),
-            deleting: false,
-            cleaning_credentials: false,
-            connect_after_cleanup: false,
         }
     }
 
     /// The state the session is in.
     pub fn state(&self) -> SessionState {
         self.record.state
+    }
+
+    /// What the state machine needs to know of it.
+    pub fn view(&self) -> View {
+        View {
+            state: self.record.state,
+            desired: self.record.desired,
+            attempts: self.record.attempts,
+            paired: self.record.jid.is_some(),
+            ban_left: self.record.banned_until.map(|until| {
+                until
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO)
+            }),
+            retry_scheduled: self.retry_timer.is_some(),
+            last_start: self.last_start,
+            last_unpark: self.last_unpark,
+        }
+    }
+
+    /// Whether the session is being deleted (or is about to be): it is not found any more,
+    /// and nothing more is written for it.
+    pub fn deleting(&self) -> bool {
+        self.phase.deleting()
     }
 
     /// Moves to `state` with `reason`; the clock of the state restarts only on a real change.

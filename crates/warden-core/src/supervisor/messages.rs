@@ -7,6 +7,7 @@ use crate::error::Error;
 use crate::janitor::JanitorConfig;
 use crate::lifecycle::{DisconnectReason, LifecycleEvent};
 use crate::link::OpenOptions;
+use crate::machine::CleanupKind;
 use crate::policy::PolicyConfig;
 use crate::proxy::ProxyUrl;
 use crate::state::{SessionInfo, SessionState};
@@ -117,16 +118,7 @@ pub(crate) enum SupervisorMsg {
     /// Credentials deletion (logout) or folder removal (delete) finished.
     CleanupDone {
         token: Token,
-        kind: Cleanup,
+        kind: CleanupKind,
         result: Result<(), Error>,
     },
-}
-
-/// Work done off the supervisor's loop after a session's connection has gone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Cleanup {
-    /// Credentials deleted after a logout.
-    Logout,
-    /// Everything removed after a delete.
-    Delete,
 }

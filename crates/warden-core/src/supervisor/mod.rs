@@ -4,6 +4,7 @@
 //! session actors only report, the policy only computes, the janitor only ticks.
 
 mod deadlines;
+mod effects;
 mod entry;
 mod handle;
 pub(crate) mod messages;
@@ -25,6 +26,7 @@ use crate::events::SessionEvent;
 use crate::janitor::{JanitorActor, JanitorConfig, JanitorMsg};
 use crate::lifecycle::DisconnectReason;
 use crate::link::Link;
+use crate::machine::Event;
 use crate::outbox::Outbox;
 use crate::policy::PolicyConfig;
 use crate::session::SessionState as SessionActorState;
@@ -38,6 +40,7 @@ pub use messages::Reaped;
 use deadlines::{Deadlines, Due};
 use entry::Entry;
 use messages::SupervisorMsg;
+use ops::{info, unit};
 
 /// The shared, read-only view of every session, kept current by the supervisor.
 pub(crate) type Snapshot = Arc<DashMap<Token, SessionInfo>>;
@@ -274,28 +277,47 @@ impl SupervisorState {
                 token,
                 options,
                 reply,
-            } => self.start(myself, token, options, reply).await,
-            M::Stop { token, reply } => {
-                self.stop(myself, token, "stopped by request".into(), reply)
+            } => {
+                self.operate(myself, &token, Event::Start, info(reply), Some(options))
                     .await
             }
+            M::Stop { token, reply } => {
+                let event = Event::Stop {
+                    reason: "stopped by request".into(),
+                };
+                self.operate(myself, &token, event, info(reply), None).await
+            }
             M::ForceCleanup { token, reply } => {
-                self.stop(myself, token, "force cleanup".into(), reply)
-                    .await
+                let event = Event::Stop {
+                    reason: "force cleanup".into(),
+                };
+                self.operate(myself, &token, event, info(reply), None).await
             }
             M::Restart {
                 token,
                 force,
                 reply,
-            } => self.restart(myself, token, force, reply).await,
-            M::RefreshQr { token, reply } => self.refresh_qr(myself, token, reply).await,
-            M::Logout { token, reply } => self.logout(myself, token, reply),
-            M::Delete { token, reply } => self.delete(myself, token, reply),
+            } => {
+                let event = Event::Restart { force };
+                self.operate(myself, &token, event, info(reply), None).await
+            }
+            M::RefreshQr { token, reply } => {
+                self.operate(myself, &token, Event::RefreshQr, info(reply), None)
+                    .await
+            }
+            M::Logout { token, reply } => {
+                self.operate(myself, &token, Event::Logout, info(reply), None)
+                    .await
+            }
+            M::Delete { token, reply } => {
+                self.operate(myself, &token, Event::Delete, unit(reply), None)
+                    .await
+            }
             M::ResetReconnect { token, reply } => {
                 let _ = reply.send(self.reset_reconnect(&token));
             }
             M::Reap { reply } => {
-                let reaped = self.reap();
+                let reaped = self.reap(myself).await;
                 if let Some(reply) = reply {
                     let _ = reply.send(Ok(reaped));
                 }
@@ -316,11 +338,7 @@ impl SupervisorState {
                 token,
                 generation,
                 event,
-            } => {
-                self.on_lifecycle(myself, &token, generation, event);
-                // A handshake that finished frees an admission slot for the next in line.
-                self.pump(myself).await;
-            }
+            } => self.on_lifecycle(myself, &token, generation, event).await,
             M::ConnectionEnded {
                 token,
                 generation,
@@ -334,7 +352,9 @@ impl SupervisorState {
                 for (id, due) in self.deadlines.take_due(Instant::now()) {
                     match due {
                         Due::Retry(token) => self.on_retry_due(myself, &token, id).await,
-                        Due::Stable { token, generation } => self.on_stable(&token, generation, id),
+                        Due::Stable { token, generation } => {
+                            self.on_stable(myself, &token, generation, id).await
+                        }
                     }
                 }
                 self.deadlines.arm(myself, Instant::now());
@@ -377,7 +397,7 @@ impl SupervisorState {
         self.snapshot.insert(token.clone(), info.clone());
         let _ = self.events.send(SessionEvent::Updated(Box::new(info)));
         let fingerprint = entry.record.fingerprint();
-        if !entry.deleting && entry.persisted != Some(fingerprint) {
+        if !entry.deleting() && entry.persisted != Some(fingerprint) {
             self.store.write(token, entry.record.clone());
             entry.persisted = Some(fingerprint);
         }
