@@ -1,6 +1,7 @@
 //! `GET /openapi.json`: an OpenAPI 3.0 document of every route in [`ROUTES`].
 
 use serde_json::{Map, Value, json};
+use warden_core::SessionState;
 
 use crate::routes::{ROUTES, Route};
 
@@ -233,13 +234,13 @@ fn schemas() -> Value {
         "Error": {"type": "object", "required": ["success", "error", "code", "message"], "properties": {
             "success": {"type": "boolean", "enum": [false]},
             "error": {"type": "string", "description": "The legacy gateway's short text, e.g. \"Session not found\""},
-            "code": {"type": "string", "enum": ["bad_request", "invalid_token", "not_found", "conflict", "cooldown", "unavailable", "internal", "unauthorized", "forbidden_host", "cross_origin", "no_route", "method_not_allowed", "no_qr", "too_large"]},
+            "code": {"type": "string", "enum": ["bad_request", "invalid_token", "not_found", "conflict", "cooldown", "capacity", "unavailable", "internal", "unauthorized", "forbidden_host", "cross_origin", "no_route", "method_not_allowed", "no_qr", "too_large"]},
             "message": {"type": "string", "description": "What happened and what to do next"},
             "retry_after_secs": {"type": "integer", "description": "With cooldown: seconds to wait"}
         }},
         "SessionView": {"type": "object", "description": "warden's full view of a session (as on the control socket)", "properties": {
             "token": {"type": "string"}, "name": {"type": "string"},
-            "state": {"type": "string", "enum": ["stopped", "queued", "connecting", "waiting_for_scan", "pairing", "connected", "backing_off", "failed", "logged_out", "replaced", "banned", "qr_expired"]},
+            "state": {"type": "string", "enum": SessionState::ALL.map(SessionState::as_str)},
             "reason": nullable("string"), "desired": {"type": "string", "enum": ["running", "stopped"]},
             "attempts": {"type": "integer"}, "jid": nullable("string"), "account_name": nullable("string"),
             "created_at": {"type": "string", "format": "date-time"}, "state_since": {"type": "string", "format": "date-time"},
@@ -247,6 +248,7 @@ fn schemas() -> Value {
             "qr": {"type": "object", "nullable": true, "properties": {"code": {"type": "string"}, "expires_at": {"type": "string", "format": "date-time"}}},
             "pair_code": nullable("string"),
             "proxy": {"type": "string", "nullable": true, "description": "The session's own proxy, password masked"},
+            "new_chats_paused_until": {"type": "string", "format": "date-time", "description": "Until when sends to new chats are paused after a 463 refusal (status only; absent when not paused)"},
             "counters": {"type": "object", "properties": {"connects": {"type": "integer"}, "disconnects": {"type": "integer"}, "restarts": {"type": "integer"}}}
         }},
         "LegacySession": {"type": "object", "properties": {
@@ -340,5 +342,51 @@ mod tests {
             );
         }
         assert_eq!(operation_id(&ROUTES[10]), "postSessionStartToken");
+    }
+
+    /// A session with every field set, so that every key is serialized.
+    fn full_session() -> warden_core::SessionInfo {
+        use std::time::{Duration, SystemTime};
+        let now = SystemTime::now();
+        warden_core::SessionInfo {
+            token: warden_core::Token::parse("shop1").unwrap(),
+            name: "Shop".into(),
+            state: SessionState::WaitingForScan,
+            reason: Some("why".into()),
+            desired: warden_core::Desired::Running,
+            attempts: 1,
+            jid: Some("1555@s.whatsapp.net".into()),
+            account_name: Some("Shop".into()),
+            created_at: now,
+            state_since: now,
+            next_retry_at: Some(now),
+            banned_until: Some(now),
+            qr: Some(warden_core::QrCode {
+                code: "2@abc".into(),
+                expires_at: now + Duration::from_secs(20),
+            }),
+            pair_code: Some("ABCD-EFGH".into()),
+            counters: warden_core::Counters::default(),
+            proxy: Some("socks5://u:***@10.0.0.2:1080".into()),
+        }
+    }
+
+    fn keys(value: &Value) -> Vec<String> {
+        let mut keys: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
+    #[test]
+    fn the_documented_session_fields_are_the_served_ones() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        let info = full_session();
+        let view = warden_control::protocol::SessionView::from(&info)
+            .with_pause(Some(std::time::SystemTime::now()));
+        let served = serde_json::to_value(&view).unwrap();
+        assert_eq!(keys(&served), keys(&schemas["SessionView"]["properties"]));
+        let legacy = serde_json::to_value(crate::legacy::LegacySession::from(&info)).unwrap();
+        assert_eq!(keys(&legacy), keys(&schemas["LegacySession"]["properties"]));
     }
 }

@@ -24,7 +24,8 @@ use crate::store::{self, StoreWriter};
 use crate::token::Token;
 use warden_store::Db;
 
-use super::messages::{Reaped, SupervisorMsg};
+use super::entry::Waiter;
+use super::messages::{Operation, Reaped, SupervisorMsg};
 use super::{Snapshot, SupervisorActor, SupervisorArgs};
 
 /// Everything the supervisor is configured with.
@@ -237,6 +238,17 @@ impl Supervisor {
 
     /// Sends an operation and answers only once what it changed is committed: a reply never
     /// claims a change that a kill -9 could still lose.
+    /// Delivers a lifecycle operation; answers as the session machine says, once what it
+    /// changed is committed.
+    async fn lifecycle(&self, token: Token, operation: Operation) -> Result<SessionInfo, Error> {
+        self.call(|reply| SupervisorMsg::Operate {
+            token,
+            operation,
+            reply: Waiter::Info(reply),
+        })
+        .await
+    }
+
     async fn call<T: Send + 'static>(
         &self,
         build: impl FnOnce(RpcReplyPort<Result<T, Error>>) -> SupervisorMsg,
@@ -304,59 +316,49 @@ impl Supervisor {
         options: OpenOptions,
     ) -> Result<SessionInfo, Error> {
         let token = Token::parse(token)?;
-        self.call(|reply| SupervisorMsg::Start {
-            token,
-            options,
-            reply,
-        })
-        .await
+        self.lifecycle(token, Operation::Start(options)).await
     }
 
     /// Stops a session, keeping its credentials. Answers once the connection is closed.
     pub async fn stop(&self, token: &str) -> Result<SessionInfo, Error> {
         let token = Token::parse(token)?;
-        self.call(|reply| SupervisorMsg::Stop { token, reply })
-            .await
+        self.lifecycle(token, Operation::Stop).await
     }
 
     /// Closes a fresh connection after closing the current one; keeps credentials and resets
     /// the attempts. Refused within the cooldown after the last start unless `force`.
     pub async fn restart(&self, token: &str, force: bool) -> Result<SessionInfo, Error> {
         let token = Token::parse(token)?;
-        self.call(|reply| SupervisorMsg::Restart {
-            token,
-            force,
-            reply,
-        })
-        .await
+        self.lifecycle(token, Operation::Restart { force }).await
     }
 
     /// Asks for a new QR code (while one is shown, or after they expired).
     pub async fn refresh_qr(&self, token: &str) -> Result<SessionInfo, Error> {
         let token = Token::parse(token)?;
-        self.call(|reply| SupervisorMsg::RefreshQr { token, reply })
-            .await
+        self.lifecycle(token, Operation::RefreshQr).await
     }
 
     /// Logs out: closes the connection and deletes the credentials; a new QR scan is needed.
     pub async fn logout(&self, token: &str) -> Result<SessionInfo, Error> {
         let token = Token::parse(token)?;
-        self.call(|reply| SupervisorMsg::Logout { token, reply })
-            .await
+        self.lifecycle(token, Operation::Logout).await
     }
 
     /// Deletes a session: closes it and removes `sessions/<token>/` entirely.
     pub async fn delete(&self, token: &str) -> Result<(), Error> {
         let token = Token::parse(token)?;
-        self.call(|reply| SupervisorMsg::Delete { token, reply })
-            .await
+        self.call(|reply| SupervisorMsg::Operate {
+            token,
+            operation: Operation::Delete,
+            reply: Waiter::Unit(reply),
+        })
+        .await
     }
 
     /// Closes whatever is there, cancels any pending restart, and leaves it `stopped`.
     pub async fn force_cleanup(&self, token: &str) -> Result<SessionInfo, Error> {
         let token = Token::parse(token)?;
-        self.call(|reply| SupervisorMsg::ForceCleanup { token, reply })
-            .await
+        self.lifecycle(token, Operation::ForceCleanup).await
     }
 
     /// Sets the reconnect attempts back to 0.

@@ -7,11 +7,13 @@ use crate::error::Error;
 use crate::janitor::JanitorConfig;
 use crate::lifecycle::{DisconnectReason, LifecycleEvent};
 use crate::link::OpenOptions;
-use crate::machine::CleanupKind;
+use crate::machine::{CleanupKind, Event};
 use crate::policy::PolicyConfig;
 use crate::proxy::ProxyUrl;
 use crate::state::{SessionInfo, SessionState};
 use crate::token::Token;
+
+use super::entry::Waiter;
 
 /// A reply carrying the session's view after the operation.
 pub(crate) type InfoReply = RpcReplyPort<Result<SessionInfo, Error>>;
@@ -29,6 +31,51 @@ pub struct Reaped {
     pub reason: String,
 }
 
+/// An operator's operation on one session's lifecycle. Each is an event of the session
+/// machine ([`Operation::event`]); adding one means a variant here, its event, and a handle
+/// method.
+pub(crate) enum Operation {
+    /// Start, opening the connection with these options.
+    Start(OpenOptions),
+    /// Stop, keeping the credentials.
+    Stop,
+    /// Close whatever is there and leave it stopped.
+    ForceCleanup,
+    /// Close and open a fresh connection; `force` skips the cooldown and a ban.
+    Restart { force: bool },
+    /// A new QR code.
+    RefreshQr,
+    /// Log out and delete the credentials.
+    Logout,
+    /// Delete the session (answered with `()`).
+    Delete,
+}
+
+impl Operation {
+    /// The machine event, and the options a start brings.
+    pub fn event(self) -> (Event, Option<OpenOptions>) {
+        match self {
+            Self::Start(options) => (Event::Start, Some(options)),
+            Self::Stop => (
+                Event::Stop {
+                    reason: "stopped by request".into(),
+                },
+                None,
+            ),
+            Self::ForceCleanup => (
+                Event::Stop {
+                    reason: "force cleanup".into(),
+                },
+                None,
+            ),
+            Self::Restart { force } => (Event::Restart { force }, None),
+            Self::RefreshQr => (Event::RefreshQr, None),
+            Self::Logout => (Event::Logout, None),
+            Self::Delete => (Event::Delete, None),
+        }
+    }
+}
+
 /// Messages the supervisor actor handles.
 pub(crate) enum SupervisorMsg {
     // ---- operations (from the handle) ----
@@ -44,35 +91,11 @@ pub(crate) enum SupervisorMsg {
         reconnect: bool,
         reply: InfoReply,
     },
-    Start {
+    /// An operation on a session's lifecycle: a machine event, answered as the machine says.
+    Operate {
         token: Token,
-        options: OpenOptions,
-        reply: InfoReply,
-    },
-    Stop {
-        token: Token,
-        reply: InfoReply,
-    },
-    Restart {
-        token: Token,
-        force: bool,
-        reply: InfoReply,
-    },
-    RefreshQr {
-        token: Token,
-        reply: InfoReply,
-    },
-    Logout {
-        token: Token,
-        reply: InfoReply,
-    },
-    Delete {
-        token: Token,
-        reply: RpcReplyPort<Result<(), Error>>,
-    },
-    ForceCleanup {
-        token: Token,
-        reply: InfoReply,
+        operation: Operation,
+        reply: Waiter,
     },
     ResetReconnect {
         token: Token,

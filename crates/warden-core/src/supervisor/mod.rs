@@ -26,7 +26,6 @@ use crate::events::SessionEvent;
 use crate::janitor::{JanitorActor, JanitorConfig, JanitorMsg};
 use crate::lifecycle::DisconnectReason;
 use crate::link::Link;
-use crate::machine::Event;
 use crate::outbox::Outbox;
 use crate::policy::PolicyConfig;
 use crate::session::SessionState as SessionActorState;
@@ -40,7 +39,6 @@ pub use messages::Reaped;
 use deadlines::{Deadlines, Due};
 use entry::Entry;
 use messages::SupervisorMsg;
-use ops::{info, unit};
 
 /// The shared, read-only view of every session, kept current by the supervisor.
 pub(crate) type Snapshot = Arc<DashMap<Token, SessionInfo>>;
@@ -273,45 +271,13 @@ impl SupervisorState {
                 reconnect,
                 reply,
             } => self.set_proxy(myself, token, proxy, reconnect, reply).await,
-            M::Start {
+            M::Operate {
                 token,
-                options,
+                operation,
                 reply,
             } => {
-                self.operate(myself, &token, Event::Start, info(reply), Some(options))
-                    .await
-            }
-            M::Stop { token, reply } => {
-                let event = Event::Stop {
-                    reason: "stopped by request".into(),
-                };
-                self.operate(myself, &token, event, info(reply), None).await
-            }
-            M::ForceCleanup { token, reply } => {
-                let event = Event::Stop {
-                    reason: "force cleanup".into(),
-                };
-                self.operate(myself, &token, event, info(reply), None).await
-            }
-            M::Restart {
-                token,
-                force,
-                reply,
-            } => {
-                let event = Event::Restart { force };
-                self.operate(myself, &token, event, info(reply), None).await
-            }
-            M::RefreshQr { token, reply } => {
-                self.operate(myself, &token, Event::RefreshQr, info(reply), None)
-                    .await
-            }
-            M::Logout { token, reply } => {
-                self.operate(myself, &token, Event::Logout, info(reply), None)
-                    .await
-            }
-            M::Delete { token, reply } => {
-                self.operate(myself, &token, Event::Delete, unit(reply), None)
-                    .await
+                let (event, options) = operation.event();
+                self.operate(myself, &token, event, reply, options).await
             }
             M::ResetReconnect { token, reply } => {
                 let _ = reply.send(self.reset_reconnect(&token));

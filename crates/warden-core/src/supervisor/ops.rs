@@ -3,7 +3,7 @@
 
 use std::time::SystemTime;
 
-use ractor::{ActorRef, RpcReplyPort};
+use ractor::ActorRef;
 use tokio::time::Instant;
 
 use crate::error::Error;
@@ -221,14 +221,4 @@ impl SupervisorState {
             token: token.clone(),
         });
     }
-}
-
-/// An operation's caller waiting for a session view.
-pub(super) fn info(reply: InfoReply) -> Waiter {
-    Waiter::Info(reply)
-}
-
-/// An operation's caller waiting for `()`.
-pub(super) fn unit(reply: RpcReplyPort<Result<(), Error>>) -> Waiter {
-    Waiter::Unit(reply)
 }

@@ -7,7 +7,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::protocol::{ErrorBody, EventLine, Op, Reply, RequestLine};
+use crate::{ErrorBody, ErrorCode, EventLine, Op, Reply, RequestLine};
 
 /// Why a request did not get a successful answer.
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +75,7 @@ impl ControlClient {
         let reply = self.request(op).await?;
         if !reply.ok {
             return Err(ClientError::Refused(reply.error.unwrap_or_else(|| {
-                ErrorBody::new(crate::ErrorCode::Internal, "error without a body")
+                ErrorBody::new(ErrorCode::Internal, "error without a body")
             })));
         }
         let result = reply.result.unwrap_or(serde_json::Value::Null);

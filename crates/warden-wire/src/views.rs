@@ -1,0 +1,240 @@
+//! What the replies carry, and the lines of a `watch` stream. Times are RFC 3339 text.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A QR code on show.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QrView {
+    /// The text to encode in the QR image.
+    pub code: String,
+    /// When it stops being valid (RFC 3339).
+    pub expires_at: String,
+}
+
+/// Lifetime counters of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountersView {
+    /// Connections that reached `connected`.
+    pub connects: u64,
+    /// Connections that ended.
+    pub disconnects: u64,
+    /// Connections started by the restart policy.
+    pub restarts: u64,
+}
+
+/// A session as the protocol shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionView {
+    /// The token.
+    pub token: String,
+    /// The human name.
+    pub name: String,
+    /// The state (`stopped`, `queued`, `connecting`, `waiting_for_scan`, `pairing`,
+    /// `connected`, `backing_off`, `failed`, `logged_out`, `replaced`, `banned`, `qr_expired`).
+    pub state: String,
+    /// Why it is in that state.
+    pub reason: Option<String>,
+    /// `running` or `stopped`: what the operator asked for.
+    pub desired: String,
+    /// Reconnect attempts counted.
+    pub attempts: u32,
+    /// The linked account's JID.
+    pub jid: Option<String>,
+    /// The linked account's display name.
+    pub account_name: Option<String>,
+    /// When the session was created (RFC 3339).
+    pub created_at: String,
+    /// When it entered its state (RFC 3339).
+    pub state_since: String,
+    /// When the next automatic attempt is due (RFC 3339).
+    pub next_retry_at: Option<String>,
+    /// When a temporary ban ends (RFC 3339).
+    pub banned_until: Option<String>,
+    /// The QR code on show.
+    pub qr: Option<QrView>,
+    /// The pairing code on show.
+    pub pair_code: Option<String>,
+    /// Lifetime counters.
+    pub counters: CountersView,
+    /// The session's own proxy, password masked (`user:***@`); null when it uses the
+    /// `[whatsapp] proxy` default (or none).
+    #[serde(default)]
+    pub proxy: Option<String>,
+    /// Until when its sends to new chats are paused after a 463 refusal (RFC 3339); absent
+    /// when they are not (and in lists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_chats_paused_until: Option<String>,
+}
+
+/// The result of `list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListView {
+    /// Every session, ordered by token.
+    pub sessions: Vec<SessionView>,
+    /// How many sessions are in each state.
+    pub counts: BTreeMap<String, usize>,
+}
+
+/// The result of `delete`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedView {
+    /// The token that is gone.
+    pub deleted: String,
+}
+
+/// An outgoing message: the result of `send_text`, `message_status`, `retry_message` and
+/// `cancel_message`, and what `message_status` events carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutgoingView {
+    /// Its WhatsApp message id.
+    pub message_id: String,
+    /// Its idempotency key (the id when none was given).
+    pub key: String,
+    /// The recipient (a JID).
+    pub to: String,
+    /// `queued`, `sent`, `delivered`, `read`, `failed` or `cancelled`.
+    pub status: String,
+    /// Why it failed, or what the server said.
+    pub reason: Option<String>,
+    /// The server's error code, when it refused it (463: too many new chats).
+    pub code: Option<u16>,
+    /// How many sends of it failed.
+    pub attempts: u32,
+    /// When it was accepted (RFC 3339).
+    pub created_at: String,
+    /// When its status last changed (RFC 3339).
+    pub updated_at: String,
+    /// When it expires if still queued (RFC 3339).
+    pub expires_at: Option<String>,
+}
+
+/// The result of `outbox`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxView {
+    /// The session.
+    pub token: String,
+    /// Its queued and failed messages, oldest first.
+    pub messages: Vec<OutgoingView>,
+    /// Until when its sends to new chats are paused (RFC 3339), if they are.
+    pub new_chats_paused_until: Option<String>,
+}
+
+/// One session cleaned up by a reap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReapedView {
+    /// The session.
+    pub token: String,
+    /// The state it was stuck in.
+    pub was: String,
+    /// The state it was left in.
+    pub now: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The result of `reap`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReapView {
+    /// What was reaped.
+    pub reaped: Vec<ReapedView>,
+}
+
+/// The result of `health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthView {
+    /// `ok` when the supervisor answered.
+    pub status: String,
+    /// The daemon's version.
+    pub version: String,
+    /// Seconds since the daemon started.
+    pub uptime_secs: u64,
+    /// How many sessions there are.
+    pub sessions: usize,
+    /// How many are in each state.
+    pub counts: BTreeMap<String, usize>,
+}
+
+/// The first reply to `watch`; events follow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchingView {
+    /// The session watched, or `null` for all.
+    pub watching: Option<String>,
+}
+
+/// An incoming message as the protocol shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageView {
+    /// The message id.
+    pub id: String,
+    /// The chat (JID).
+    pub chat: String,
+    /// The sender (JID).
+    pub sender: String,
+    /// When it was sent (RFC 3339).
+    pub timestamp: String,
+    /// `text`, `image`, `video`, `audio`, `document`, `sticker`, `reaction`, `location`,
+    /// `contact` or `other`.
+    pub kind: String,
+    /// Its text, caption or reaction, if any.
+    pub text: Option<String>,
+}
+
+/// One line of a `watch` stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventLine {
+    /// A session's full current view (sent first for every watched session, then on change).
+    Session {
+        /// The session.
+        session: Box<SessionView>,
+    },
+    /// A new QR code to scan.
+    Qr {
+        /// The session.
+        token: String,
+        /// The text to encode in the QR image.
+        code: String,
+        /// Seconds it stays valid.
+        expires_in_secs: u64,
+    },
+    /// A pairing code to type on the phone.
+    PairCode {
+        /// The session.
+        token: String,
+        /// The code.
+        code: String,
+    },
+    /// A message arrived.
+    Message {
+        /// The session that received it.
+        token: String,
+        /// The message.
+        message: MessageView,
+    },
+    /// An outgoing message changed status.
+    MessageStatus {
+        /// The session that sends it.
+        token: String,
+        /// The message as it is now.
+        message: OutgoingView,
+    },
+    /// WhatsApp refused a message to a new chat (463): sends to new chats are paused.
+    NewChatsPaused {
+        /// The session.
+        token: String,
+        /// When they resume (RFC 3339).
+        until: String,
+    },
+    /// A session was deleted.
+    Removed {
+        /// The session.
+        token: String,
+    },
+    /// The daemon ends the stream (it fell too far behind, or the daemon is stopping).
+    Closed {
+        /// Why.
+        reason: String,
+    },
+}
