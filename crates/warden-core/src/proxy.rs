@@ -269,31 +269,47 @@ impl<'de> Deserialize<'de> for ProxyUrl {
     }
 }
 
-/// Replaces the password of every `scheme://user:password@` in `text` by `***`: for messages
-/// that quote input which may hold a proxy URL (a configuration line, a stored record). The
-/// user information ends at the last `@` before whitespace or a quote, so a password holding
-/// `/` is masked whole.
+/// Replaces the password of every `user:password@` in `text` by `***`: for messages that
+/// quote input which may hold a proxy URL (a configuration line, a stored record), whole or
+/// mangled. Within each run of text between blanks, quotes and brackets that holds an `@`,
+/// everything from the first `:` that does not start a `://` up to the last `@` is masked:
+/// a password holding `/`, `//` or `@`, a garbled scheme, or two URLs run together are masked
+/// whole. It may mask more than a password (a device JID's `:N@`), never less.
 pub fn mask_passwords(text: &str) -> String {
+    let separator = |c: char| {
+        c.is_whitespace()
+            || matches!(
+                c,
+                '"' | '\'' | '`' | ',' | ';' | '(' | ')' | '<' | '>' | '{' | '}' | '[' | ']'
+            )
+    };
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(at) = rest.find("://") {
-        let (before, after) = rest.split_at(at + 3);
-        out.push_str(before);
-        let end = after
-            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\''))
-            .unwrap_or(after.len());
-        let url = &after[..end];
-        match url.rsplit_once('@') {
-            Some((userinfo, host)) if userinfo.contains(':') => {
-                let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-                out.push_str(&format!("{user}:{MASK}@{host}"));
-            }
-            _ => out.push_str(url),
-        }
-        rest = &after[end..];
+    while !rest.is_empty() {
+        let end = rest.find(separator).unwrap_or(rest.len());
+        let (token, tail) = rest.split_at(end);
+        out.push_str(&mask_token(token));
+        let sep_len = tail.chars().next().map_or(0, char::len_utf8);
+        out.push_str(&tail[..sep_len]);
+        rest = &tail[sep_len..];
     }
-    out.push_str(rest);
     out
+}
+
+/// [`mask_passwords`] of one run of text.
+fn mask_token(token: &str) -> std::borrow::Cow<'_, str> {
+    let Some(at) = token.rfind('@') else {
+        return token.into();
+    };
+    let mut from = 0;
+    while let Some(colon) = token[from..at].find(':').map(|i| from + i) {
+        if token[colon..].starts_with("://") {
+            from = colon + 3; // a scheme's colon
+            continue;
+        }
+        return format!("{}:{MASK}{}", &token[..colon], &token[at..]).into();
+    }
+    token.into()
 }
 
 fn split_host_port(hostport: &str) -> Result<(String, Option<&str>), ProxyError> {
@@ -558,6 +574,20 @@ mod tests {
             ),
             ("no url here", "no url here"),
             ("http://user:pw", "http://user:pw"),
+            // Found by fuzzing: a garbled scheme, or no URL left at all.
+            (
+                "2 | `roxy ? \"http:/\u{fffd}/u:S3cretPw@host:n",
+                "2 | `roxy ? \"http:***@host:n",
+            ),
+            ("3 | u:S3cretPw@h\"", "3 | u:***@h\""),
+            ("socks5://gw:a//b@h:1", "socks5://gw:***@h:1"),
+            ("socks5://u:p@[::1]:1080", "socks5://u:***@[::1]:1080"),
+            ("hu:S3cretPw@h:notttp://u:S3cretPw@h:n", "hu:***@h:n"),
+            ("http://u:p@ss@h", "http://u:***@h"),
+            (
+                "jid = \"1555@s.whatsapp.net\" at 2026-12-04T10:00:00Z",
+                "jid = \"1555@s.whatsapp.net\" at 2026-12-04T10:00:00Z",
+            ),
         ] {
             assert_eq!(mask_passwords(text), masked, "{text}");
         }

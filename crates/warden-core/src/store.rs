@@ -197,7 +197,7 @@ async fn import_one(db: &Db, dir: &Path, name: &str) -> Result<Token, StoreError
     let text = std::fs::read_to_string(&path).map_err(|e| StoreError::io(&path, &e))?;
     toml::from_str::<SessionRecord>(&text).map_err(|e| StoreError::Parse {
         path: path.clone(),
-        message: e.to_string().trim_end().to_owned(),
+        message: crate::proxy::mask_passwords(e.to_string().trim_end()),
     })?;
     db.import_record(token.as_str(), &text).await?;
     for leftover in [RECORD_FILE, LEGACY_LOCK_FILE, ".session.toml.tmp"] {

@@ -2,7 +2,7 @@
 
 mod cli;
 mod commands;
-mod config;
+
 mod exit;
 mod limits;
 mod logging;
@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use warden::config;
 
 use cli::{Cli, Command};
 

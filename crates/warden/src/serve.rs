@@ -16,10 +16,10 @@ use warden_core::{Supervisor, SupervisorConfig};
 use warden_store::Db;
 use warden_whatsapp::WaLink;
 
-use crate::config::{self, Config};
 use crate::limits;
 use crate::logging::{self, Logging};
 use crate::systemd;
+use warden::config::{self, Config};
 
 /// `sysexits.h`'s EX_CONFIG: the configuration is wrong; systemd should not restart us.
 pub const EX_CONFIG: u8 = 78;

@@ -1,0 +1,5 @@
+//! The daemon's configuration (`daemon.toml` with environment overrides), as a library: the
+//! `warden` binary reads it through this, and the fuzzer (`crates/warden-fuzz`) drives
+//! [`config::parse`] with arbitrary text.
+
+pub mod config;
