@@ -467,3 +467,37 @@ async fn a_failed_credentials_deletion_does_not_fail_a_concurrent_delete() {
     assert!(matches!(h.supervisor.status("s1"), Err(Error::NotFound(_))));
     assert_eq!(h.link.stats("s1").forgotten, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_of_a_queued_session_at_full_capacity_keeps_its_place_in_line() {
+    // Room for 2; one slot in flight: s0 connects (stuck), s1 waits in the queue.
+    let mut h = Harness::with_config(Script::new(), |dir| {
+        let mut config = common::config(dir);
+        config.admission.max_in_flight = 1;
+        config.max_active = Some(2);
+        config
+    })
+    .await;
+    h.run("s0", []).await;
+    h.run("s1", []).await;
+    assert_eq!(
+        h.supervisor.status("s1").unwrap().state,
+        SessionState::Queued
+    );
+    // Its own place does not count against it: it is queued again, not sent to wait for
+    // room it already has.
+    let restarted = h.supervisor.restart("s1", true).await.unwrap();
+    assert_eq!(restarted.state, SessionState::Queued, "{restarted:?}");
+    assert_eq!(restarted.next_retry_at, None);
+    // A third session finds no room.
+    h.supervisor.create(None, Some("s2")).await.unwrap();
+    let refused = h
+        .supervisor
+        .start_session("s2", Default::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, Error::Capacity { limit: 2 }),
+        "{refused:?}"
+    );
+}

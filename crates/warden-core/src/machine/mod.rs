@@ -423,6 +423,17 @@ pub struct Step {
     pub effects: Vec<Effect>,
 }
 
+/// Effects that set the same thing share a group: the last one in a step wins.
+fn setting_group(effect: &Effect) -> Option<u8> {
+    match effect {
+        Effect::SetDesired(_) => Some(0),
+        Effect::ResetAttempts | Effect::SetAttempts(_) => Some(1),
+        Effect::ClearBan | Effect::BanFor(_) => Some(2),
+        Effect::CancelRetry | Effect::ScheduleRetry(_) => Some(3),
+        _ => None,
+    }
+}
+
 /// Builds a step: the phase changes as the transition goes, effects accumulate.
 struct Builder {
     phase: Phase,
@@ -435,12 +446,15 @@ impl Builder {
         if let Effect::SetDesired(desired) = effect {
             self.desired = desired;
         }
-        // Settings said twice in one step are said once.
-        let setting = matches!(
-            effect,
-            Effect::SetDesired(_) | Effect::ResetAttempts | Effect::ClearBan | Effect::CancelRetry
-        );
-        if setting && self.effects.contains(&effect) {
+        // A setting said again, with nothing in between that changed it, is said once.
+        if let Some(group) = setting_group(&effect)
+            && self
+                .effects
+                .iter()
+                .rev()
+                .find(|e| setting_group(e) == Some(group))
+                == Some(&effect)
+        {
             return;
         }
         self.effects.push(effect);

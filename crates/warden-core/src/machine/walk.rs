@@ -43,6 +43,8 @@ struct World {
     delete_waiters: usize,
     /// The last operation was a delete (its `Wait` waits for the delete).
     deleting_op: bool,
+    /// The event being delivered is admission's.
+    admitting: bool,
     forgotten: bool,
     full: Option<usize>,
     retry_failed_after: Option<Duration>,
@@ -50,10 +52,25 @@ struct World {
 }
 
 impl World {
+    /// A session as a daemon start finds it: any state, either wish, maybe a ban, maybe an
+    /// account.
     fn new(rng: &mut StdRng) -> Self {
+        let state = SessionState::ALL[rng.random_range(0..SessionState::ALL.len())];
+        let desired = if rng.random_bool(0.5) {
+            Desired::Running
+        } else {
+            Desired::Stopped
+        };
+        let view = View {
+            attempts: rng.random_range(0..4),
+            paired: rng.random_bool(0.5),
+            ban_left: (state == SessionState::Banned && rng.random_bool(0.8))
+                .then(|| Duration::from_secs(rng.random_range(0..3_600))),
+            ..View::new(state, desired)
+        };
         Self {
             phase: Phase::Idle,
-            view: View::new(SessionState::Stopped, Desired::Stopped),
+            view,
             now: Instant::now(),
             live: 0,
             closing: false,
@@ -64,6 +81,7 @@ impl World {
             info_waiters: 0,
             delete_waiters: 0,
             deleting_op: false,
+            admitting: false,
             forgotten: false,
             full: None,
             retry_failed_after: rng.random_bool(0.5).then_some(Duration::from_secs(900)),
@@ -100,6 +118,16 @@ impl World {
     fn deliver(&mut self, event: Event) {
         self.trace.push(format!("{event:?}"));
         self.deleting_op = event == Event::Delete;
+        self.admitting = event == Event::Admitted;
+        let operation = matches!(
+            event,
+            Event::Start
+                | Event::Stop { .. }
+                | Event::Restart { .. }
+                | Event::RefreshQr
+                | Event::Logout
+                | Event::Delete
+        );
         // What the world did to bring the event.
         match &event {
             Event::Admitted => {
@@ -118,6 +146,17 @@ impl World {
         let step = next(&self.phase, &self.view, &self.context(), event);
         self.trace
             .push(format!("  -> {:?} {:?}", step.phase, step.effects));
+        if operation {
+            let answers = step
+                .effects
+                .iter()
+                .filter(|e| matches!(e, Effect::Reply | Effect::Refuse(_) | Effect::Wait))
+                .count();
+            self.check(
+                answers == 1,
+                &format!("an operation answered {answers} times: {:?}", step.effects),
+            );
+        }
         self.phase = step.phase;
         for effect in step.effects {
             self.carry_out(effect);
@@ -159,6 +198,7 @@ impl World {
                     self.view.desired == Desired::Running,
                     "connected a session the operator wants stopped",
                 );
+                self.check(self.admitting, "spawned without admission");
                 self.check(self.slot, "spawned without an admission slot");
                 self.live = 1;
                 self.view.last_start = Some(self.now);
@@ -171,11 +211,16 @@ impl World {
                 self.check(self.slot, "released an admission slot it did not hold");
                 self.slot = false;
             }
-            Effect::RecordProgress => {
-                if self.view.state == SessionState::Connected {
+            Effect::RecordProgress => match self.view.state {
+                // As the supervisor records them: the account on pairing and login, and a
+                // login ends any ban.
+                SessionState::Pairing => self.view.paired = true,
+                SessionState::Connected => {
                     self.view.paired = true;
+                    self.view.ban_left = None;
                 }
-            }
+                _ => {}
+            },
             Effect::StartStableTimer => self.stable_timer = true,
             Effect::ConnectionGone => self.stable_timer = false,
             Effect::ScheduleRetry(_) => self.view.retry_scheduled = true,
@@ -279,11 +324,14 @@ impl World {
                 },
             ];
             let reason = reasons[rng.random_range(0..reasons.len())].clone();
+            let connected_for = rng
+                .random_bool(0.3)
+                .then(|| Duration::from_secs(rng.random_range(0..1_200)));
             let policy = policy::decide(
                 &PolicyConfig::default(),
                 &reason,
                 self.view.attempts,
-                None,
+                connected_for,
                 rng.random(),
             );
             events.push(Event::Ended { reason, policy });
@@ -338,7 +386,7 @@ impl World {
 fn walk(seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut world = World::new(&mut rng);
-    world.deliver(Event::Start);
+    world.deliver(Event::Restore);
     for _ in 0..STEPS {
         if world.forgotten {
             return;

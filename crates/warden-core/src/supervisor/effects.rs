@@ -46,11 +46,14 @@ impl Carry {
 }
 
 impl SupervisorState {
-    /// The facts outside the session that the machine needs.
-    pub(super) fn context(&self) -> Context {
+    /// The facts outside the session that the machine needs. `counted`: whether the session
+    /// itself is among the active ones (queued or live): capacity is about room for it, so
+    /// its own place does not count against it.
+    pub(super) fn context(&self, counted: bool) -> Context {
+        let others = self.active() - usize::from(counted).min(self.active());
         Context {
             now: Instant::now(),
-            full: self.max_active.filter(|limit| self.active() >= *limit),
+            full: self.max_active.filter(|limit| others >= *limit),
             cooldown: self.policy.restart_cooldown,
             capacity_wait: self.policy.backoff_cap,
             retry_failed_after: self.policy.retry_failed_after,
@@ -60,10 +63,18 @@ impl SupervisorState {
     /// What `event` would do to `token` now, without doing it.
     pub(super) fn preview(&self, token: &Token, event: Event) -> Option<machine::Step> {
         let entry = self.sessions.get(token)?;
+        let counted = match &entry.phase {
+            machine::Phase::Queued => true,
+            machine::Phase::Live { .. } => entry
+                .live
+                .as_ref()
+                .is_some_and(|live| self.by_actor.contains_key(&live.actor.get_id())),
+            machine::Phase::Idle | machine::Phase::Cleaning { .. } => false,
+        };
         Some(machine::next(
             &entry.phase,
             &entry.view(),
-            &self.context(),
+            &self.context(counted),
             event,
         ))
     }

@@ -54,9 +54,24 @@ impl SupervisorState {
             ..Carry::reply(reply)
         };
         let step = self.apply(myself, token, event, carry).await;
-        let refused = step.effects.iter().any(|e| matches!(e, Effect::Refuse(_)));
-        if !refused {
+        // Logged when it does something: not for a refusal (the caller hears why), nor for
+        // one that finds the session already as asked.
+        let acted = step.effects.iter().any(|e| {
+            matches!(
+                e,
+                Effect::SetState(..)
+                    | Effect::Enqueue { .. }
+                    | Effect::Close
+                    | Effect::Wait
+                    | Effect::DeleteCredentials
+                    | Effect::DeleteEverything
+            )
+        });
+        if acted {
             tracing::info!(token = %token, "{what}");
+        }
+        if let Some(Effect::Refuse(refusal)) = step.effects.first() {
+            tracing::info!(token = %token, ?refusal, "{what}: refused");
         }
     }
 
