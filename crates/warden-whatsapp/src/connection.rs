@@ -304,6 +304,10 @@ async fn drive(
         }
     }
     *lock(&control.client) = None;
+    // The connection is over: the per-chat workers end once they have processed what is
+    // queued (their events reach the next connection of this session, as before), instead of
+    // keeping the client alive for minutes through their queues (`crates/patches/README.md`).
+    client.release_chat_workers();
     facts.transport = probe.facts();
     // The credentials say whether this run paired the device, even when wa-rs's `PairSuccess`
     // came too late: such a run wants the immediate restart, never `qr_expired`.

@@ -57,6 +57,16 @@ impl Client {
         Ok(request_id)
     }
 
+    /// warden patch: ends this client's per-chat workers. wa-rs starts a worker task for
+    /// each chat that sends a message; the worker holds `Arc<Client>`, and the sender of its
+    /// queue sits in `message_queues` (five-minute time to live), so a client whose connection
+    /// is over lived on through its own workers for up to five minutes. Called once the
+    /// connection is over: the senders go, each worker finishes what is queued and ends, and
+    /// the client is freed with its session.
+    pub fn release_chat_workers(&self) {
+        self.message_queues.invalidate_all();
+    }
+
     /// warden patch: sends `message` to `to` under the caller's `id`, and waits up to
     /// `ack_timeout` for the server's `<ack>` of it, which it returns (an `error` attribute
     /// on it is a refusal, e.g. 463). A caller that keeps the id can send the same message

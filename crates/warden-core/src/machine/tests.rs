@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::*;
 use crate::lifecycle::DisconnectReason;
 use crate::policy::{self, PolicyConfig};
+use tokio::time::Instant;
 
 const COOLDOWN: Duration = Duration::from_secs(30);
 

@@ -17,6 +17,7 @@ use rand::{Rng, SeedableRng};
 use super::*;
 use crate::lifecycle::DisconnectReason;
 use crate::policy::{self, PolicyConfig};
+use tokio::time::Instant;
 
 const WALKS: u64 = 10_000;
 const STEPS: usize = 80;

@@ -11,16 +11,16 @@ use crate::error::Error;
 use crate::events::SessionEvent;
 use crate::lifecycle::{DisconnectReason, LifecycleEvent};
 use crate::link::OpenOptions;
-use crate::machine::{self, CleanupKind, Context, Effect, Event, Note, Reason, Refusal};
-use crate::outbox::{MessageEvent, Outbox};
+use crate::machine::{self, Context, Effect, Event};
 use crate::session::{SessionActor, SessionArgs};
-use crate::state::{QrCode, SessionState};
+use crate::state::QrCode;
 use crate::token::Token;
 
 use super::SupervisorState;
 use super::deadlines::Due;
-use super::entry::{Live, Waiter};
-use super::messages::SupervisorMsg;
+use super::entry::Live;
+use super::messages::{SupervisorMsg, Waiter};
+use super::texts::{log, reason_text, refusal_error};
 
 /// What an event brings besides itself: the caller to answer, and the data the effects use.
 #[derive(Default)]
@@ -352,80 +352,6 @@ impl SupervisorState {
             }
         }
     }
-
-    /// Deletes the credentials off the loop, once no connection can hold them. The record
-    /// without its account is committed first: a crash in between must never leave a record
-    /// that names an account whose credentials are gone.
-    fn begin_credentials_deletion(&mut self, myself: &ActorRef<SupervisorMsg>, token: &Token) {
-        let Some(entry) = self.sessions.get(token) else {
-            return;
-        };
-        let slot = entry.slot.clone();
-        let link = self.link.clone();
-        let store = self.store.clone();
-        let outbox = self.outbox.clone();
-        let me = myself.clone();
-        let t = token.clone();
-        tokio::spawn(async move {
-            fail_queued(&outbox, &t, "the session was logged out").await;
-            let result = match store.flush().await {
-                Err(e) => Err(Error::from(e)),
-                // The slot proves no connection of this token is alive while files go.
-                Ok(()) => match slot.acquire_owned().await {
-                    Ok(_permit) => {
-                        link.delete_credentials(&t)
-                            .await
-                            .map_err(|source| Error::Link {
-                                token: t.clone(),
-                                source,
-                            })
-                    }
-                    Err(_) => Ok(()),
-                },
-            };
-            let _ = me.cast(SupervisorMsg::CleanupDone {
-                token: t,
-                kind: CleanupKind::Credentials,
-                result,
-            });
-        });
-    }
-
-    /// Deletes the session off the loop, once no connection is alive: the link forgets it,
-    /// its messages and its record go.
-    fn begin_deletion(&mut self, myself: &ActorRef<SupervisorMsg>, token: &Token) {
-        let Some(entry) = self.sessions.get(token) else {
-            return;
-        };
-        let slot = entry.slot.clone();
-        let link = self.link.clone();
-        let store = self.store.clone();
-        let outbox = self.outbox.clone();
-        let me = myself.clone();
-        let t = token.clone();
-        tokio::spawn(async move {
-            let result = match slot.acquire_owned().await {
-                Ok(_permit) => {
-                    // Subscribers hear that its queued messages will not go; the rows go
-                    // with the session's record.
-                    fail_queued(&outbox, &t, "the session was deleted").await;
-                    outbox.forget(&t);
-                    let forgotten = link.forget(&t).await.map_err(|source| Error::Link {
-                        token: t.clone(),
-                        source,
-                    });
-                    let removed = store.remove(&t).await.map_err(Error::from);
-                    forgotten.and(removed)
-                }
-                Err(_) => Ok(()),
-            };
-            let _ = me.cast(SupervisorMsg::CleanupDone {
-                token: t,
-                kind: CleanupKind::Everything,
-                result,
-            });
-        });
-    }
 }
 
 impl Waiter {
@@ -451,131 +377,5 @@ impl Waiter {
                 let _ = reply.send(Err(error.clone()));
             }
         }
-    }
-}
-
-/// The text of a reason.
-fn reason_text(reason: &Reason, current: Option<&str>, carry: &Carry) -> Option<String> {
-    let error = || {
-        carry
-            .error
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default()
-    };
-    match reason {
-        Reason::None => None,
-        Reason::Text(text) => Some(text.clone()),
-        Reason::Keep => current.map(str::to_string),
-        Reason::Capacity(limit) => Some(format!("capacity: {limit} sessions are live")),
-        Reason::CredentialsDeleted => {
-            let why = current.unwrap_or("logged_out");
-            Some(if why.ends_with("credentials deleted") {
-                why.to_string()
-            } else {
-                format!("{why}; credentials deleted")
-            })
-        }
-        Reason::CleanupFailed(CleanupKind::Credentials) => {
-            Some(format!("credentials not deleted: {}", error()))
-        }
-        Reason::CleanupFailed(CleanupKind::Everything) => {
-            Some(format!("delete failed: {}", error()))
-        }
-    }
-}
-
-/// The error a caller gets for a refusal.
-pub(super) fn refusal_error(
-    token: &Token,
-    state: SessionState,
-    banned_until: Option<SystemTime>,
-    refusal: &Refusal,
-) -> Error {
-    let conflict = |state, message: String| Error::Conflict {
-        token: token.clone(),
-        state,
-        message,
-    };
-    match refusal {
-        Refusal::NotFound => Error::NotFound(token.clone()),
-        Refusal::BeingDeleted => conflict(state, "it is being deleted".into()),
-        Refusal::BannedStart { retry_scheduled } => {
-            let until = banned_until
-                .map(|t| humantime::format_rfc3339_seconds(t).to_string())
-                .unwrap_or_default();
-            // Only a session that is meant to run has its retry scheduled at the expiry.
-            let then = if *retry_scheduled {
-                "it will be retried then"
-            } else {
-                "start it again then"
-            };
-            conflict(
-                SessionState::Banned,
-                format!("it is banned until {until}; {then} (restart --force overrides)"),
-            )
-        }
-        Refusal::BannedRestart => conflict(
-            SessionState::Banned,
-            "it is banned; pass --force to try anyway".into(),
-        ),
-        Refusal::Capacity(limit) => Error::Capacity { limit: *limit },
-        Refusal::Cooldown(retry_after) => Error::Cooldown {
-            token: token.clone(),
-            retry_after: *retry_after,
-        },
-        Refusal::NoQrNow { paired } => {
-            let message = if *paired {
-                "it is linked to an account, so it shows no QR code; log out first to link another phone"
-            } else {
-                "a new QR code can be asked for while one is shown, or after it expired"
-            };
-            conflict(state, message.into())
-        }
-    }
-}
-
-/// Logs a decision of the machine (the legacy gateway's log lines included).
-fn log(token: &Token, note: &Note) {
-    match note {
-        Note::ShouldReconnect(should) => {
-            tracing::info!(token = %token, "Should reconnect: {should}")
-        }
-        Note::RetryIn { attempt, delay } => {
-            tracing::info!(token = %token, attempt, delay = ?delay, "Reconnect attempts: {attempt}")
-        }
-        Note::Failed(why) => tracing::error!(token = %token, reason = %why, "session failed"),
-        Note::LoggedOut => {
-            tracing::warn!(token = %token, "session logged out; deleting its credentials")
-        }
-        Note::Replaced => {
-            tracing::warn!(token = %token, "another client took over this account; not reconnecting")
-        }
-        Note::Banned(expires_in) => {
-            tracing::warn!(token = %token, expires_in = ?expires_in, "session temporarily banned")
-        }
-        Note::BanExpired => tracing::info!(token = %token, "ban expired; reconnecting"),
-        Note::QuarantineOver => {
-            tracing::info!(token = %token, "retrying a failed session after its quarantine")
-        }
-        Note::Stable => {
-            tracing::info!(token = %token, "connection stable; Reconnect attempts: 0")
-        }
-        Note::WaitingForRoom(limit) => {
-            tracing::warn!(token = %token, limit, "at capacity; the session waits for room")
-        }
-    }
-}
-
-/// Fails `token`'s queued messages with `reason`; a failure to do so is logged (the messages
-/// then expire).
-async fn fail_queued(outbox: &Outbox, token: &Token, reason: &str) {
-    match outbox
-        .fail_queued(token, MessageEvent::SessionGone, reason)
-        .await
-    {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(token = %token, failed = n, "queued messages failed: {reason}"),
-        Err(e) => tracing::warn!(token = %token, error = %e, "queued messages not failed"),
     }
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use ractor::{ActorRef, RpcReplyPort};
+use ractor::ActorRef;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -16,18 +16,12 @@ use crate::state::{QrCode, SessionInfo, SessionState};
 use crate::store::SessionRecord;
 use crate::token::Token;
 
-use super::messages::InfoReply;
+use super::messages::{InfoReply, Waiter};
 
 /// The live session actor of a token.
 pub(crate) struct Live {
     pub actor: ActorRef<SessionMsg>,
     pub generation: u64,
-}
-
-/// Someone waiting for an operation that completes after the connection has gone.
-pub(crate) enum Waiter {
-    Info(InfoReply),
-    Unit(RpcReplyPort<Result<(), Error>>),
 }
 
 /// Everything the supervisor knows about one session.

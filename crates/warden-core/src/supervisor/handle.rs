@@ -24,8 +24,7 @@ use crate::store::{self, StoreWriter};
 use crate::token::Token;
 use warden_store::Db;
 
-use super::entry::Waiter;
-use super::messages::{Operation, Reaped, SupervisorMsg};
+use super::messages::{Operation, Reaped, SupervisorMsg, Waiter};
 use super::{Snapshot, SupervisorActor, SupervisorArgs};
 
 /// Everything the supervisor is configured with.

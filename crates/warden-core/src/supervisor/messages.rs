@@ -13,10 +13,14 @@ use crate::proxy::ProxyUrl;
 use crate::state::{SessionInfo, SessionState};
 use crate::token::Token;
 
-use super::entry::Waiter;
-
 /// A reply carrying the session's view after the operation.
 pub(crate) type InfoReply = RpcReplyPort<Result<SessionInfo, Error>>;
+
+/// Someone waiting for an operation that completes after the connection has gone.
+pub(crate) enum Waiter {
+    Info(InfoReply),
+    Unit(RpcReplyPort<Result<(), Error>>),
+}
 
 /// A session the janitor (or a reap request) cleaned up.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 //! Everything about a session is decided here, in one place and one thread of control: the
 //! session actors only report, the policy only computes, the janitor only ticks.
 
+mod cleanup;
 mod deadlines;
 mod effects;
 mod entry;
@@ -10,6 +11,7 @@ mod handle;
 pub(crate) mod messages;
 mod ops;
 mod outcome;
+mod texts;
 
 use std::collections::HashMap;
 use std::sync::Arc;

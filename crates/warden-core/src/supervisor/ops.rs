@@ -17,9 +17,10 @@ use crate::store::SessionRecord;
 use crate::token::Token;
 
 use super::SupervisorState;
-use super::effects::{Carry, refusal_error};
-use super::entry::{Entry, Waiter};
-use super::messages::{InfoReply, Reaped, SupervisorMsg};
+use super::effects::Carry;
+use super::entry::Entry;
+use super::messages::{InfoReply, Reaped, SupervisorMsg, Waiter};
+use super::texts::refusal_error;
 
 impl SupervisorState {
     /// The session's entry, unless it is unknown or being deleted.

@@ -128,8 +128,8 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Checks one response; its outcome.
-fn check(response: &[u8]) -> Result<Outcome, String> {
+/// Checks one response (to a `HEAD` request when `head_request`: no body); its outcome.
+fn check(response: &[u8], head_request: bool) -> Result<Outcome, String> {
     if response.is_empty() {
         // The request was not complete when the connection ended: nothing to answer.
         return Ok(Outcome::refused("closed", ""));
@@ -158,6 +158,7 @@ fn check(response: &[u8]) -> Result<Outcome, String> {
             .flatten()
     });
     let body = &response[end + 4..];
+    let length = if head_request { Some(0) } else { length };
     let body = &body[..length.unwrap_or(body.len()).min(body.len())];
     let json = head
         .to_ascii_lowercase()
@@ -243,7 +244,7 @@ impl Target for Http {
         if panics() != before {
             return Err("the gateway panicked".into());
         }
-        check(&response)
+        check(&response, input.starts_with(b"HEAD "))
     }
 
     async fn finish(&mut self) -> Result<(), String> {

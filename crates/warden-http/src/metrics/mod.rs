@@ -189,6 +189,21 @@ impl Metrics {
             count(SessionState::Queued)
         );
 
+        // The runtime's tasks: flat at rest, whatever the sessions have been through (the
+        // soak run checks it); `render` runs on the runtime, so the handle is there.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            family(
+                &mut out,
+                "warden_runtime_tasks",
+                "gauge",
+                "Tasks alive in the daemon's async runtime.",
+            );
+            let _ = writeln!(
+                out,
+                "warden_runtime_tasks {}",
+                runtime.metrics().num_alive_tasks()
+            );
+        }
         family(
             &mut out,
             "warden_session_disconnects_total",
