@@ -25,7 +25,6 @@ use std::time::Duration;
 use warden_control::{ControlClient, Op};
 use warden_core::Desired;
 use warden_core::store::SessionRecord;
-use warden_fakewa::{PairSpec, Plan, QrSpec, Scenario, Step};
 
 use common::{Daemon, fake_whatsapp_with, until_without_qr, workspace};
 
@@ -184,18 +183,7 @@ async fn kill_9_at_random_moments_loses_and_corrupts_nothing() {
     eprintln!("chaos: {kills} kills, WARDEN_CHAOS_SEED={seed}");
     let mut rng = Rng(seed | 1);
     // Every registration shows one QR code, is "scanned" 50 ms later and pairs a new account.
-    let registration = Plan::always(Scenario::new([
-        Step::Qr(QrSpec::new(
-            1,
-            Duration::from_secs(30),
-            Duration::from_secs(30),
-        )),
-        Step::wait(Duration::from_millis(50)),
-        Step::Pair(PairSpec {
-            restart_after: Duration::from_millis(20),
-            ..PairSpec::default()
-        }),
-    ]));
+    let registration = common::pair_any(Duration::from_millis(50));
     let whatsapp = fake_whatsapp_with(registration).await;
     let recorder = whatsapp.recorder().clone();
     let dir = workspace(&whatsapp.url());

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
-use warden_fakewa::{FakeServer, PairSpec, Plan, QrSpec, Scenario, Script, ServerConfig, Step};
+use warden_fakewa::{FakeServer, Plan, Scenario, Script, ServerConfig, Step};
 
 use common::proxies::{Socks5Proxy, Tinyproxy};
 use common::{BIN, Daemon, until, workspace};
@@ -32,18 +32,7 @@ const VIA_SOCKS_AUTH: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 4);
 /// Registrations pair as the next phone of the server's pool; each account's first login is
 /// dropped after 300 ms (no close frame), the later ones stay.
 async fn fake_whatsapp() -> FakeServer {
-    let registration = Plan::always(Scenario::new([
-        Step::Qr(QrSpec::new(
-            1,
-            Duration::from_secs(30),
-            Duration::from_secs(30),
-        )),
-        Step::wait(Duration::from_millis(20)),
-        Step::Pair(PairSpec {
-            restart_after: Duration::from_millis(20),
-            ..PairSpec::default()
-        }),
-    ]));
+    let registration = common::pair_any(Duration::from_millis(20));
     let login = Plan::attempts(
         [Scenario::new([
             Step::Login,

@@ -23,9 +23,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warden_control::{ControlClient, Op};
-use warden_fakewa::{
-    FailureSpec, FakeServer, MessageSpec, PairSpec, Plan, QrSpec, Scenario, ServerConfig, Step,
-};
+use warden_fakewa::{FailureSpec, FakeServer, MessageSpec, Plan, Scenario, ServerConfig, Step};
 
 use common::{Daemon, workspace};
 
@@ -79,18 +77,7 @@ fn midpoint_attempt(cycles: u32) -> u32 {
 /// `base` again (the midpoint is taken meanwhile), then the other half, then it stays logged
 /// in.
 async fn fake_whatsapp(cycles: u32, base: Duration) -> FakeServer {
-    let registration = Plan::always(Scenario::new([
-        Step::Qr(QrSpec::new(
-            1,
-            Duration::from_secs(30),
-            Duration::from_secs(30),
-        )),
-        Step::wait(Duration::from_millis(20)),
-        Step::Pair(PairSpec {
-            restart_after: Duration::from_millis(20),
-            ..PairSpec::default()
-        }),
-    ]));
+    let registration = common::pair_any(Duration::from_millis(20));
     let hold = || Scenario::new([Step::Login, Step::wait(base), Step::Drop]);
     let mut attempts = vec![hold()];
     attempts.extend((1..=cycles / 2).map(cycle));

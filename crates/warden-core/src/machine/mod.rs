@@ -45,15 +45,7 @@ pub fn next(phase: &Phase, view: &View, ctx: &Context, event: Event) -> Step {
         desired: view.desired,
         effects: Vec::new(),
     };
-    let is_operation = matches!(
-        event,
-        Event::Start
-            | Event::Stop { .. }
-            | Event::Restart { .. }
-            | Event::RefreshQr
-            | Event::Logout
-            | Event::Delete
-    );
+    let is_operation = event.is_operation();
     if is_operation && phase.deleting() {
         return b.refuse(Refusal::NotFound);
     }

@@ -229,6 +229,21 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// Whether it is an operator's operation (answered with a reply, a refusal or a wait).
+    pub fn is_operation(&self) -> bool {
+        matches!(
+            self,
+            Event::Start
+                | Event::Stop { .. }
+                | Event::Restart { .. }
+                | Event::RefreshQr
+                | Event::Logout
+                | Event::Delete
+        )
+    }
+}
+
 /// A reason to show with a state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reason {

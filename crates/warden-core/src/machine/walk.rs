@@ -120,15 +120,7 @@ impl World {
         self.trace.push(format!("{event:?}"));
         self.deleting_op = event == Event::Delete;
         self.admitting = event == Event::Admitted;
-        let operation = matches!(
-            event,
-            Event::Start
-                | Event::Stop { .. }
-                | Event::Restart { .. }
-                | Event::RefreshQr
-                | Event::Logout
-                | Event::Delete
-        );
+        let operation = event.is_operation();
         // What the world did to bring the event.
         match &event {
             Event::Admitted => {

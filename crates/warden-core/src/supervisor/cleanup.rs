@@ -1,17 +1,66 @@
 //! The deletions that run off the supervisor's loop, once no connection can hold what they
 //! delete; each reports back with `CleanupDone`.
 
+use std::future::Future;
+use std::sync::Arc;
+
 use ractor::ActorRef;
+use tokio::sync::Semaphore;
 
 use crate::error::Error;
+use crate::link::Link;
 use crate::machine::CleanupKind;
 use crate::outbox::{MessageEvent, Outbox};
+use crate::store::StoreWriter;
 use crate::token::Token;
 
 use super::SupervisorState;
 use super::messages::SupervisorMsg;
 
+/// What a cleanup task takes with it.
+struct Tools {
+    /// The token's connection slot: holding it proves no connection of the token is alive.
+    slot: Arc<Semaphore>,
+    link: Arc<dyn Link>,
+    store: StoreWriter,
+    outbox: Outbox,
+    token: Token,
+}
+
 impl SupervisorState {
+    /// Runs `work` off the loop with what it needs, and reports its result as `CleanupDone`.
+    fn spawn_cleanup<F, Fut>(
+        &self,
+        myself: &ActorRef<SupervisorMsg>,
+        token: &Token,
+        kind: CleanupKind,
+        work: F,
+    ) where
+        F: FnOnce(Tools) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), Error>> + Send + 'static,
+    {
+        let Some(entry) = self.sessions.get(token) else {
+            return;
+        };
+        let tools = Tools {
+            slot: entry.slot.clone(),
+            link: self.link.clone(),
+            store: self.store.clone(),
+            outbox: self.outbox.clone(),
+            token: token.clone(),
+        };
+        let me = myself.clone();
+        let token = token.clone();
+        tokio::spawn(async move {
+            let result = work(tools).await;
+            let _ = me.cast(SupervisorMsg::CleanupDone {
+                token,
+                kind,
+                result,
+            });
+        });
+    }
+
     /// Deletes the credentials off the loop, once no connection can hold them. The record
     /// without its account is committed first: a crash in between must never leave a record
     /// that names an account whose credentials are gone.
@@ -20,73 +69,41 @@ impl SupervisorState {
         myself: &ActorRef<SupervisorMsg>,
         token: &Token,
     ) {
-        let Some(entry) = self.sessions.get(token) else {
-            return;
-        };
-        let slot = entry.slot.clone();
-        let link = self.link.clone();
-        let store = self.store.clone();
-        let outbox = self.outbox.clone();
-        let me = myself.clone();
-        let t = token.clone();
-        tokio::spawn(async move {
-            fail_queued(&outbox, &t, "the session was logged out").await;
-            let result = match store.flush().await {
-                Err(e) => Err(Error::from(e)),
-                // The slot proves no connection of this token is alive while files go.
-                Ok(()) => match slot.acquire_owned().await {
-                    Ok(_permit) => {
-                        link.delete_credentials(&t)
-                            .await
-                            .map_err(|source| Error::Link {
-                                token: t.clone(),
-                                source,
-                            })
-                    }
-                    Err(_) => Ok(()),
-                },
-            };
-            let _ = me.cast(SupervisorMsg::CleanupDone {
-                token: t,
-                kind: CleanupKind::Credentials,
-                result,
-            });
+        self.spawn_cleanup(myself, token, CleanupKind::Credentials, |t| async move {
+            fail_queued(&t.outbox, &t.token, "the session was logged out").await;
+            t.store.flush().await?;
+            match t.slot.acquire_owned().await {
+                Ok(_permit) => {
+                    t.link
+                        .delete_credentials(&t.token)
+                        .await
+                        .map_err(|source| Error::Link {
+                            token: t.token.clone(),
+                            source,
+                        })
+                }
+                Err(_) => Ok(()),
+            }
         });
     }
 
     /// Deletes the session off the loop, once no connection is alive: the link forgets it,
     /// its messages and its record go.
     pub(super) fn begin_deletion(&mut self, myself: &ActorRef<SupervisorMsg>, token: &Token) {
-        let Some(entry) = self.sessions.get(token) else {
-            return;
-        };
-        let slot = entry.slot.clone();
-        let link = self.link.clone();
-        let store = self.store.clone();
-        let outbox = self.outbox.clone();
-        let me = myself.clone();
-        let t = token.clone();
-        tokio::spawn(async move {
-            let result = match slot.acquire_owned().await {
-                Ok(_permit) => {
-                    // Subscribers hear that its queued messages will not go; the rows go
-                    // with the session's record.
-                    fail_queued(&outbox, &t, "the session was deleted").await;
-                    outbox.forget(&t);
-                    let forgotten = link.forget(&t).await.map_err(|source| Error::Link {
-                        token: t.clone(),
-                        source,
-                    });
-                    let removed = store.remove(&t).await.map_err(Error::from);
-                    forgotten.and(removed)
-                }
-                Err(_) => Ok(()),
+        self.spawn_cleanup(myself, token, CleanupKind::Everything, |t| async move {
+            let Ok(_permit) = t.slot.acquire_owned().await else {
+                return Ok(());
             };
-            let _ = me.cast(SupervisorMsg::CleanupDone {
-                token: t,
-                kind: CleanupKind::Everything,
-                result,
+            // Subscribers hear that its queued messages will not go; the rows go with the
+            // session's record.
+            fail_queued(&t.outbox, &t.token, "the session was deleted").await;
+            t.outbox.forget(&t.token);
+            let forgotten = t.link.forget(&t.token).await.map_err(|source| Error::Link {
+                token: t.token.clone(),
+                source,
             });
+            let removed = t.store.remove(&t.token).await.map_err(Error::from);
+            forgotten.and(removed)
         });
     }
 }

@@ -1,7 +1,6 @@
 //! `control`: request lines, decoded and dispatched by a real control server over its Unix
 //! socket, in front of a supervisor on the scripted link.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -10,8 +9,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::oneshot;
 use warden_control::protocol::{ErrorCode, Op, Reply, Request, RequestLine};
 use warden_control::{ControlServer, ServerConfig};
-use warden_core::scripted::{Script, ScriptedLink};
-use warden_core::{AdmissionConfig, Supervisor, SupervisorConfig};
+use warden_core::Supervisor;
 
 use super::{Outcome, Target, no_panic, panics};
 
@@ -35,17 +33,7 @@ impl Control {
     /// Starts a supervisor (every connection logs in at once) and a control server on a
     /// socket in a temporary folder, and connects to it.
     pub async fn start() -> std::io::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let mut config = SupervisorConfig::new(dir.path().join("sessions"));
-        config.admission = AdmissionConfig {
-            max_in_flight: 10_000,
-            per_second: 1_000_000.0,
-            burst: 10_000,
-        };
-        let link = ScriptedLink::new(Script::login("15551234567@s.whatsapp.net"));
-        let (supervisor, _) = Supervisor::start(config, Arc::new(link))
-            .await
-            .map_err(std::io::Error::other)?;
+        let (supervisor, dir) = super::scripted_supervisor().await?;
         let path = dir.path().join("warden.sock");
         let server = ControlServer::bind(ServerConfig::new(&path))
             .await

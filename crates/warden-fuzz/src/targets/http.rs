@@ -8,8 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
-use warden_core::scripted::{Script, ScriptedLink};
-use warden_core::{AdmissionConfig, Supervisor, SupervisorConfig};
+use warden_core::Supervisor;
 use warden_http::{HttpConfig, Metrics, ServeOptions};
 
 use super::{Outcome, Target, panics};
@@ -29,17 +28,7 @@ impl Http {
     /// Starts a supervisor (every connection logs in at once) and the gateway on a free
     /// loopback port, with sessions `shop1` and `t`.
     pub async fn start() -> std::io::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let mut config = SupervisorConfig::new(dir.path().join("sessions"));
-        config.admission = AdmissionConfig {
-            max_in_flight: 10_000,
-            per_second: 1_000_000.0,
-            burst: 10_000,
-        };
-        let link = ScriptedLink::new(Script::login("15551234567@s.whatsapp.net"));
-        let (supervisor, _) = Supervisor::start(config, Arc::new(link))
-            .await
-            .map_err(std::io::Error::other)?;
+        let (supervisor, dir) = super::scripted_supervisor().await?;
         for token in ["shop1", "t"] {
             let _ = supervisor.create(None, Some(token)).await;
         }

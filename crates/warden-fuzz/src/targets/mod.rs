@@ -10,6 +10,25 @@ pub use control::Control;
 pub use http::Http;
 pub use record::SessionToml;
 
+/// A supervisor whose every connection logs in at once (the scripted link), with admission
+/// out of the way, in a temporary folder that lives as long as the returned guard.
+pub async fn scripted_supervisor() -> std::io::Result<(warden_core::Supervisor, tempfile::TempDir)>
+{
+    use warden_core::scripted::{Script, ScriptedLink};
+    let dir = tempfile::tempdir()?;
+    let mut config = warden_core::SupervisorConfig::new(dir.path().join("sessions"));
+    config.admission = warden_core::AdmissionConfig {
+        max_in_flight: 10_000,
+        per_second: 1_000_000.0,
+        burst: 10_000,
+    };
+    let link = ScriptedLink::new(Script::login("15551234567@s.whatsapp.net"));
+    let (supervisor, _) = warden_core::Supervisor::start(config, std::sync::Arc::new(link))
+        .await
+        .map_err(std::io::Error::other)?;
+    Ok((supervisor, dir))
+}
+
 /// What a target made of one input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {

@@ -31,6 +31,23 @@ pub fn pairing() -> Scenario {
     ])
 }
 
+/// Every registration shows one QR code, is "scanned" `scan_after` later, and pairs the next
+/// account of the server's pool (restarting 20 ms after the pairing, as WhatsApp's 515 does).
+pub fn pair_any(scan_after: Duration) -> Plan {
+    Plan::always(Scenario::new([
+        Step::Qr(QrSpec::new(
+            1,
+            Duration::from_secs(30),
+            Duration::from_secs(30),
+        )),
+        Step::wait(scan_after),
+        Step::Pair(PairSpec {
+            restart_after: Duration::from_millis(20),
+            ..PairSpec::default()
+        }),
+    ]))
+}
+
 /// A fake WhatsApp that registers with `registration` and accepts logins.
 pub async fn fake_whatsapp_with(registration: Plan) -> FakeServer {
     let script = Script::default()
