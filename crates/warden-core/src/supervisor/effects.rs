@@ -50,7 +50,7 @@ impl SupervisorState {
     /// itself is among the active ones (queued or live): capacity is about room for it, so
     /// its own place does not count against it.
     pub(super) fn context(&self, counted: bool) -> Context {
-        let others = self.active() - usize::from(counted).min(self.active());
+        let others = self.active().saturating_sub(usize::from(counted));
         Context {
             now: Instant::now(),
             full: self.max_active.filter(|limit| others >= *limit),

@@ -175,14 +175,7 @@ impl Entry {
     pub fn answer_waiters(&mut self) {
         let info = self.info();
         for waiter in self.waiters.drain(..) {
-            match waiter {
-                Waiter::Info(reply) => {
-                    let _ = reply.send(Ok(info.clone()));
-                }
-                Waiter::Unit(reply) => {
-                    let _ = reply.send(Ok(()));
-                }
-            }
+            waiter.answer(info.clone());
         }
     }
 
@@ -221,14 +214,7 @@ impl Entry {
     /// Answers everyone waiting with an error.
     pub fn fail_waiters(&mut self, error: &Error) {
         for waiter in self.waiters.drain(..) {
-            match waiter {
-                Waiter::Info(reply) => {
-                    let _ = reply.send(Err(error.clone()));
-                }
-                Waiter::Unit(reply) => {
-                    let _ = reply.send(Err(error.clone()));
-                }
-            }
+            waiter.fail(error);
         }
     }
 }
