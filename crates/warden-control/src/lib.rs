@@ -6,6 +6,7 @@
 //!   and serves a [`warden_core::Supervisor`], one task per client.
 //! - [`ControlClient`] (from [`warden_wire`]): what the CLI and scripts in Rust use.
 
+mod history;
 mod lines;
 pub mod protocol;
 pub mod server;

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warden_core::{OpenOptions, OutgoingMessage, SendRequest, Supervisor};
 
+use crate::history;
 use crate::lines::{Line, LineReader};
 use crate::protocol::{
     DeletedView, ErrorBody, ErrorCode, EventLine, HealthView, ListView, Op, OutboxView,
@@ -322,7 +323,7 @@ struct Context {
 }
 
 /// Writes one JSON line, within `timeout`.
-async fn write_line<W: AsyncWrite + Unpin>(
+pub(crate) async fn write_line<W: AsyncWrite + Unpin>(
     writer: &mut W,
     value: &impl Serialize,
     timeout: Duration,
@@ -373,6 +374,36 @@ async fn serve_client(stream: UnixStream, context: Arc<Context>, cancel: Cancell
                         observe("watch", true);
                     }
                     watch(&mut reader, &mut write, &context, &cancel, id, token).await;
+                    return;
+                }
+                Ok(Request {
+                    id,
+                    op:
+                        Op::History {
+                            token,
+                            since,
+                            limit,
+                            follow: true,
+                        },
+                }) => {
+                    if let Some(observe) = &context.observer {
+                        observe("history", true);
+                    }
+                    let ask = history::Ask {
+                        token,
+                        since,
+                        limit,
+                    };
+                    history::follow(
+                        &context.supervisor,
+                        &mut reader,
+                        &mut write,
+                        &cancel,
+                        context.write_timeout,
+                        id,
+                        ask,
+                    )
+                    .await;
                     return;
                 }
                 Ok(Request { id, op }) => {
@@ -489,6 +520,19 @@ async fn handle(context: &Context, id: Value, op: Op) -> Reply {
             }
             Err(e) => Reply::err(id, ErrorBody::from(&e)),
         },
+        Op::History {
+            token,
+            since,
+            limit,
+            follow: _,
+        } => {
+            let ask = history::Ask {
+                token,
+                since,
+                limit,
+            };
+            history::once(s, id, ask).await
+        }
         Op::Watch { .. } => Reply::err(id, ErrorBody::bad_request("watch is handled apart")),
     }
 }

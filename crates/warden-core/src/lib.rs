@@ -21,6 +21,7 @@
 //! - [`admission`]: the global limit on connection attempts.
 //! - [`store`]: the session records on disk, written atomically.
 //! - [`state`], [`events`]: what status reads and subscribers see.
+//! - [`journal`]: every session's history, durable; what `history` shows and webhooks send.
 //! - `supervisor`, `session`, `janitor`: the actors; [`Supervisor`] is the handle.
 //! - `scripted` (feature `scripted-link`): a scripted [`Link`] and an event waiter, for tests
 //!   and examples.
@@ -41,6 +42,7 @@ pub mod admission;
 mod error;
 pub mod events;
 mod janitor;
+pub mod journal;
 pub mod lifecycle;
 pub mod link;
 pub mod machine;
@@ -60,11 +62,14 @@ pub use admission::AdmissionConfig;
 pub use error::{Error, StoreError};
 pub use events::SessionEvent;
 pub use janitor::JanitorConfig;
+pub use journal::{HistoryEntry, JournalConfig};
 pub use lifecycle::{DisconnectReason, Inbound, IncomingMessage, LifecycleEvent, Receipt};
 pub use link::{Connection, LifecycleSink, Link, LinkError, OpenOptions, Outgoing, SendOutcome};
 pub use outbox::{MessageStatus, OutboxConfig, OutgoingMessage, ReceiptKind, SendRequest};
 pub use policy::PolicyConfig;
 pub use proxy::{ProxyError, ProxyScheme, ProxyUrl};
-pub use state::{Counters, Desired, QrCode, SessionInfo, SessionList, SessionState};
+pub use state::{
+    Counters, Desired, LastDisconnect, QrCode, SessionInfo, SessionList, SessionState,
+};
 pub use supervisor::{Reaped, StartReport, Supervisor, SupervisorConfig};
 pub use token::{Token, TokenError};

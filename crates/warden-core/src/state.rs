@@ -112,6 +112,53 @@ pub enum Desired {
     Stopped,
 }
 
+impl Desired {
+    /// The snake_case name used in files and on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+/// Why a session's last connection ended, and what followed: the `why` of a status read.
+/// Persisted with the record, so it survives a daemon restart.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LastDisconnect {
+    /// The state the connection was in.
+    pub from: SessionState,
+    /// The reason given (a disconnect reason, or an operator's action).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When it ended.
+    #[serde(with = "humantime_serde")]
+    pub at: SystemTime,
+    /// Where the restart policy (or the operator) put the session.
+    pub decision: SessionState,
+    /// When the policy retries, if it does.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub next_retry_at: Option<SystemTime>,
+}
+
+impl LastDisconnect {
+    /// The disconnect that `before` → `after` is, if it is one: a live state left for one
+    /// that is not.
+    pub fn between(before: &SessionInfo, after: &SessionInfo) -> Option<Self> {
+        (before.state.is_live() && !after.state.is_live()).then(|| Self {
+            from: before.state,
+            reason: after.reason.clone(),
+            at: after.state_since,
+            decision: after.state,
+            next_retry_at: after.next_retry_at,
+        })
+    }
+}
+
 /// Counters kept per session (persisted).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(default)]
@@ -169,6 +216,15 @@ pub struct SessionInfo {
     pub counters: Counters,
     /// The session's own proxy, password masked (`None`: the link's default, if any).
     pub proxy: Option<String>,
+    /// Why its last connection ended, and what followed.
+    pub last_disconnect: Option<LastDisconnect>,
+}
+
+impl SessionInfo {
+    /// `running` or `stopped`.
+    pub fn desired_text(&self) -> &'static str {
+        self.desired.as_str()
+    }
 }
 
 /// All sessions, with counts per state.

@@ -7,23 +7,27 @@
 //!   [`Supervisor`](crate::Supervisor) handle awaits it before answering any operation.
 //! - **Bounded.** At most one pending change per session: a newer change of the same session
 //!   replaces the older one, so the writer's backlog never exceeds the number of sessions.
+//!   Journal entries ([`crate::journal`]) ride the same commits, in order, at most
+//!   [`JOURNAL_QUEUE`] waiting (past it they are dropped and counted).
 //! - **Failures are retried** with backoff (100 ms doubling to 30 s), logged once when writes
 //!   start failing and once when they recover, never once per try.
 //! - **Upgrade.** [`import_legacy_records`] moves `sessions/<token>/session.toml` files written by
 //!   earlier releases into the database, deleting each file only after its row is committed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
-use warden_store::{Db, RecordChange};
+use warden_store::{Db, JournalChange, NewJournalEntry, RecordChange};
 
 use crate::error::StoreError;
 use crate::proxy::ProxyUrl;
-use crate::state::{Counters, Desired, SessionState};
+use crate::journal::JournalConfig;
+use crate::state::{Counters, Desired, LastDisconnect, SessionState};
 use crate::token::Token;
 
 /// The file name of a session's record in the folders of earlier releases.
@@ -71,6 +75,9 @@ pub struct SessionRecord {
     /// none). Stored whole, password included: the database file is mode 0600.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<ProxyUrl>,
+    /// Why its last connection ended, and what followed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_disconnect: Option<LastDisconnect>,
 }
 
 impl SessionRecord {
@@ -96,6 +103,7 @@ impl SessionRecord {
             attempts: 0,
             counters: Counters::default(),
             proxy: None,
+            last_disconnect: None,
         }
     }
 }
@@ -234,14 +242,37 @@ struct Progress {
     failing: Option<String>,
 }
 
+/// What waits for the writer: the latest uncommitted change of each session, the journal
+/// entries in order, and the next sequence number.
+#[derive(Default)]
+struct Queued {
+    records: HashMap<Token, Pending>,
+    journal: VecDeque<(u64, NewJournalEntry)>,
+    next: u64,
+}
+
+impl Queued {
+    /// The oldest change still waiting.
+    fn oldest(&self) -> Option<u64> {
+        let records = self.records.values().map(Pending::seq).min();
+        let journal = self.journal.front().map(|(seq, _)| *seq);
+        records.into_iter().chain(journal).min()
+    }
+}
+
 /// What the supervisor and the writer task share.
 struct Shared {
-    /// The latest uncommitted change of each session, and the next sequence number.
-    pending: Mutex<(HashMap<Token, Pending>, u64)>,
+    queued: Mutex<Queued>,
     /// Wakes the writer task.
     wake: Notify,
     /// How far the writer got.
     progress: watch::Sender<Progress>,
+    /// The number of the last journal entry committed.
+    journal_head: watch::Sender<i64>,
+    /// Journal entries dropped because [`JOURNAL_QUEUE`] entries were already waiting.
+    journal_dropped: AtomicU64,
+    /// How entries are kept.
+    journal: JournalConfig,
     /// Every handle is gone: the task commits what is pending, then ends (letting go of the
     /// database).
     closed: std::sync::atomic::AtomicBool,
@@ -269,14 +300,25 @@ impl Drop for Owner {
 /// Backoff bounds for failing writes.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_CAP: Duration = Duration::from_secs(30);
+/// How many journal entries may wait for the writer. Past it (the database has been failing
+/// for a long time) new entries are dropped and counted, never queued without bound.
+pub const JOURNAL_QUEUE: usize = 65_536;
+/// How often entries older than the journal's `max_age` are removed.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 impl StoreWriter {
     /// Starts the writer task on `db`.
-    pub(crate) fn spawn(db: Db) -> Self {
+    pub(crate) fn spawn(db: Db, journal: JournalConfig) -> Self {
         let shared = Arc::new(Shared {
-            pending: Mutex::new((HashMap::new(), 1)),
+            queued: Mutex::new(Queued {
+                next: 1,
+                ..Queued::default()
+            }),
             wake: Notify::new(),
             progress: watch::channel(Progress::default()).0,
+            journal_head: watch::channel(0).0,
+            journal_dropped: AtomicU64::new(0),
+            journal,
             closed: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(run_writer(db, shared.clone()));
@@ -286,17 +328,16 @@ impl StoreWriter {
         }
     }
 
+    fn queued(&self) -> std::sync::MutexGuard<'_, Queued> {
+        self.shared.queued.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn mark(&self, token: &Token, change: impl FnOnce(u64) -> Pending) -> u64 {
-        let mut guard = self
-            .shared
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let (pending, next) = &mut *guard;
-        let seq = *next;
-        *next += 1;
-        pending.insert(token.clone(), change(seq));
-        drop(guard);
+        let mut queued = self.queued();
+        let seq = queued.next;
+        queued.next += 1;
+        queued.records.insert(token.clone(), change(seq));
+        drop(queued);
         self.shared.wake.notify_one();
         seq
     }
@@ -306,6 +347,45 @@ impl StoreWriter {
         self.mark(token, |seq| Pending::Put(seq, Box::new(record)));
     }
 
+    /// Queues a journal entry of `token`, committed with (or after) the record changes
+    /// marked before it.
+    pub(crate) fn journal(&self, token: &Token, entry: crate::journal::Entry) {
+        let new = NewJournalEntry {
+            token: token.to_string(),
+            kind: entry.kind.to_string(),
+            key: entry.key,
+            data: entry.data.to_string(),
+            at: unix_millis(entry.at),
+            keep: self.shared.journal.keep,
+        };
+        let mut queued = self.queued();
+        if queued.journal.len() >= JOURNAL_QUEUE {
+            drop(queued);
+            if self.shared.journal_dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::error!(
+                    "the journal queue is full ({JOURNAL_QUEUE} entries waiting for the database); new entries are dropped and counted"
+                );
+            }
+            return;
+        }
+        let seq = queued.next;
+        queued.next += 1;
+        queued.journal.push_back((seq, new));
+        drop(queued);
+        self.shared.wake.notify_one();
+    }
+
+    /// The number of the last journal entry committed; it changes after each commit that
+    /// appended entries.
+    pub(crate) fn journal_head(&self) -> watch::Receiver<i64> {
+        self.shared.journal_head.subscribe()
+    }
+
+    /// How many journal entries were dropped because the queue was full.
+    pub(crate) fn journal_dropped(&self) -> u64 {
+        self.shared.journal_dropped.load(Ordering::Relaxed)
+    }
+
     /// Removes the session's record, credentials and keys; resolves once committed (or with
     /// the error while writes are failing).
     pub(crate) async fn remove(&self, token: &Token) -> Result<(), StoreError> {
@@ -313,19 +393,13 @@ impl StoreWriter {
         self.wait_for(seq).await
     }
 
-    /// Resolves once every change marked before it is committed, or at once with the error
-    /// while writes are failing (the writer keeps retrying them).
+    /// Resolves once every change marked (and journal entry queued) before it is committed,
+    /// or at once with the error while writes are failing (the writer keeps retrying them).
     ///
     /// It sets no timer of its own (a commit happens on the database thread, outside tokio's
     /// clock); callers that need a bound wrap it in one.
     pub(crate) async fn flush(&self) -> Result<(), StoreError> {
-        let seq = self
-            .shared
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .1
-            - 1;
+        let seq = self.queued().next - 1;
         self.wait_for(seq).await
     }
 
@@ -345,21 +419,36 @@ impl StoreWriter {
     }
 }
 
+/// Unix milliseconds of `t` (0 before the epoch).
+pub(crate) fn unix_millis(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 async fn run_writer(db: Db, shared: Arc<Shared>) {
     let mut retry = RETRY_FIRST;
+    let mut last_prune: Option<tokio::time::Instant> = None;
     loop {
-        let taken: Vec<(Token, Pending)> = {
-            let mut guard = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
-            guard.0.drain().collect()
+        let (taken, journal): (Vec<(Token, Pending)>, Vec<(u64, NewJournalEntry)>) = {
+            let mut queued = shared.queued.lock().unwrap_or_else(|e| e.into_inner());
+            (
+                queued.records.drain().collect(),
+                queued.journal.drain(..).collect(),
+            )
         };
-        if taken.is_empty() {
+        if taken.is_empty() && journal.is_empty() {
             if shared.closed.load(std::sync::atomic::Ordering::SeqCst) {
                 return;
             }
             shared.wake.notified().await;
             continue;
         }
-        let top = taken.iter().map(|(_, p)| p.seq()).max().unwrap_or(0);
+        let top = taken
+            .iter()
+            .map(|(_, p)| p.seq())
+            .chain(journal.iter().map(|(seq, _)| *seq))
+            .max()
+            .unwrap_or(0);
         let changes = taken
             .iter()
             .map(|(token, change)| {
@@ -374,22 +463,42 @@ async fn run_writer(db: Db, shared: Arc<Shared>) {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>();
+        let mut journal_changes: Vec<JournalChange> = journal
+            .iter()
+            .map(|(_, new)| JournalChange::Append(new.clone()))
+            .collect();
+        let now = tokio::time::Instant::now();
+        let prune = last_prune.is_none_or(|at| now.duration_since(at) >= PRUNE_EVERY);
+        if prune {
+            let before = SystemTime::now()
+                .checked_sub(shared.journal.max_age)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            journal_changes.push(JournalChange::Prune {
+                before: unix_millis(before),
+            });
+        }
         let result = match changes {
-            Ok(changes) => db.write_records(changes).await.map_err(StoreError::from),
+            Ok(changes) => db
+                .commit(changes, journal_changes)
+                .await
+                .map_err(StoreError::from),
             Err(e) => Err(e),
         };
         match result {
-            Ok(()) => {
+            Ok(head) => {
                 retry = RETRY_FIRST;
+                if prune {
+                    last_prune = Some(now);
+                }
+                if let Some(head) = head {
+                    shared.journal_head.send_replace(head);
+                }
                 // Everything up to `top` not still pending was committed now or before.
                 let oldest_pending = shared
-                    .pending
+                    .queued
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .0
-                    .values()
-                    .map(Pending::seq)
-                    .min();
+                    .oldest();
                 let through = oldest_pending.map_or(top, |s| top.min(s - 1));
                 shared.progress.send_modify(|p| {
                     if p.failing.take().is_some() {
@@ -399,11 +508,15 @@ async fn run_writer(db: Db, shared: Arc<Shared>) {
                 });
             }
             Err(e) => {
-                // Put back what no newer change replaced.
+                // Put back what no newer change replaced, and the journal entries in front
+                // of any queued since.
                 {
-                    let mut guard = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut queued = shared.queued.lock().unwrap_or_else(|e| e.into_inner());
                     for (token, change) in taken {
-                        guard.0.entry(token).or_insert(change);
+                        queued.records.entry(token).or_insert(change);
+                    }
+                    for entry in journal.into_iter().rev() {
+                        queued.journal.push_front(entry);
                     }
                 }
                 shared.progress.send_modify(|p| {
@@ -439,7 +552,7 @@ mod tests {
     async fn a_flushed_record_is_in_the_database_and_a_removal_takes_every_row() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open_in(dir.path()).unwrap();
-        let writer = StoreWriter::spawn(db.clone());
+        let writer = StoreWriter::spawn(db.clone(), JournalConfig::default());
         let mut record = SessionRecord::new("Shop one".into(), SystemTime::UNIX_EPOCH);
         record.desired = Desired::Running;
         record.state = SessionState::Banned;

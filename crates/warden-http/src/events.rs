@@ -55,6 +55,7 @@ fn event(line: &EventLine) -> Event {
         EventLine::MessageStatus { .. } => "message_status",
         EventLine::NewChatsPaused { .. } => "new_chats_paused",
         EventLine::Removed { .. } => "removed",
+        EventLine::History { .. } => "history",
         EventLine::Closed { .. } => "closed",
     };
     let data = serde_json::to_string(line).unwrap_or_else(|_| "{}".into());

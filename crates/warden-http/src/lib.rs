@@ -38,6 +38,7 @@ mod dashboard;
 pub mod error;
 pub mod events;
 mod extract;
+pub mod history;
 pub mod legacy;
 pub mod listener;
 pub mod messages;

@@ -147,6 +147,29 @@ fn details(route: &Route) -> (Vec<Value>, Option<Value>, Vec<(&'static str, Valu
             Some(body("SendBody", true)),
             vec![("200", json_response("Sent", "SentReply"))],
         ),
+        ("GET", "/session/history/{token}") => (
+            vec![
+                query(
+                    "since",
+                    "Only entries after this seq; without it, the newest ones",
+                    json!({"type": "integer"}),
+                ),
+                query(
+                    "limit",
+                    "At most this many (default 100, at most 1000)",
+                    json!({"type": "integer"}),
+                ),
+                query(
+                    "follow",
+                    "Stream new entries as server-sent `history` events",
+                    json!({"type": "boolean"}),
+                ),
+            ],
+            None,
+            vec![
+                ("200", json_response("The session's history", "History")),
+            ],
+        ),
         ("POST", "/reap") => (
             vec![],
             None,
@@ -249,7 +272,21 @@ fn schemas() -> Value {
             "pair_code": nullable("string"),
             "proxy": {"type": "string", "nullable": true, "description": "The session's own proxy, password masked"},
             "new_chats_paused_until": {"type": "string", "format": "date-time", "description": "Until when sends to new chats are paused after a 463 refusal (status only; absent when not paused)"},
-            "counters": {"type": "object", "properties": {"connects": {"type": "integer"}, "disconnects": {"type": "integer"}, "restarts": {"type": "integer"}}}
+            "counters": {"type": "object", "properties": {"connects": {"type": "integer"}, "disconnects": {"type": "integer"}, "restarts": {"type": "integer"}}},
+            "why": {"type": "object", "description": "Why the last connection ended and what followed (absent if it never had one)", "properties": {
+                "from": {"type": "string"}, "reason": nullable("string"), "at": {"type": "string", "format": "date-time"},
+                "decision": {"type": "string", "description": "The state the session was put in"}, "next_retry_at": nullable("string")
+            }}
+        }},
+        "History": {"type": "object", "properties": {
+            "token": {"type": "string"},
+            "entries": {"type": "array", "items": {"type": "object", "properties": {
+                "seq": {"type": "integer", "description": "Increasing within the session"},
+                "kind": {"type": "string", "enum": ["session.status", "session.qr", "session.pair_code", "message", "message.status"]},
+                "data": {"type": "object", "description": "What happened; QR and pairing codes are left out"},
+                "first_at": {"type": "string", "format": "date-time"}, "at": {"type": "string", "format": "date-time"},
+                "repeats": {"type": "integer", "description": "How many times in a row (a storm, collapsed)"}
+            }}}
         }},
         "LegacySession": {"type": "object", "properties": {
             "token": {"type": "string"}, "name": {"type": "string"},
@@ -279,7 +316,7 @@ fn schemas() -> Value {
         "SentReply": {"type": "object", "properties": {"success": {"type": "boolean"}, "message": {"type": "string"}, "token": {"type": "string"}, "messageId": {"type": "string"}}},
         "Health": {"type": "object", "properties": {"status": {"type": "string", "enum": ["ok", "unavailable"]}, "version": {"type": "string"}, "uptime_secs": {"type": "integer"}, "sessions": {"type": "integer"}, "counts": {"type": "object", "additionalProperties": {"type": "integer"}}}},
         "EventLine": {"type": "object", "required": ["event"], "properties": {
-            "event": {"type": "string", "enum": ["session", "qr", "pair_code", "message", "removed", "closed"]},
+            "event": {"type": "string", "enum": ["session", "qr", "pair_code", "message", "message_status", "new_chats_paused", "removed", "history", "closed"]},
             "session": schema_ref("SessionView"), "token": {"type": "string"}, "code": {"type": "string"},
             "expires_in_secs": {"type": "integer"}, "message": {"type": "object"}, "reason": {"type": "string"}
         }}
@@ -368,6 +405,13 @@ mod tests {
             pair_code: Some("ABCD-EFGH".into()),
             counters: warden_core::Counters::default(),
             proxy: Some("socks5://u:***@10.0.0.2:1080".into()),
+            last_disconnect: Some(warden_core::LastDisconnect {
+                from: SessionState::Connected,
+                reason: Some("connection_lost".into()),
+                at: now,
+                decision: SessionState::BackingOff,
+                next_retry_at: Some(now),
+            }),
         }
     }
 

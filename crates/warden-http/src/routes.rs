@@ -52,7 +52,7 @@ const fn public(method: &'static str, path: &'static str, summary: &'static str)
 
 /// Every route the gateway serves. The OpenAPI document is built from this table, and the
 /// tests check that the router serves exactly these.
-pub const ROUTES: [Route; 26] = [
+pub const ROUTES: [Route; 27] = [
     public("GET", "/", "The dashboard page"),
     public("GET", "/dashboard/app.js", "The dashboard's script"),
     public("GET", "/dashboard/style.css", "The dashboard's style sheet"),
@@ -151,6 +151,11 @@ pub const ROUTES: [Route; 26] = [
         "A session's queued and failed messages",
     ),
     route(
+        "GET",
+        "/session/history/{token}",
+        "A session's history (journal); ?follow=true streams new entries",
+    ),
+    route(
         "POST",
         "/reap",
         "Reap stuck sessions now (what the janitor does)",
@@ -230,6 +235,7 @@ pub fn router(app: Arc<AppState>) -> Router {
             post(messages::cancel),
         )
         .route("/session/outbox/{token}", get(messages::outbox))
+        .route("/session/history/{token}", get(crate::history::history))
         .route("/reap", post(reap))
         .route_layer(middleware::from_fn_with_state(
             app.clone(),

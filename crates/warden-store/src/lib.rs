@@ -28,6 +28,7 @@
 mod devices;
 pub mod engine;
 mod error;
+pub mod journal;
 mod outbox;
 mod records;
 pub mod schema;
@@ -37,6 +38,7 @@ use std::sync::Arc;
 
 pub use devices::{DeviceId, Entries, Kv};
 pub use error::DbError;
+pub use journal::{DeadLetter, JournalChange, JournalEntry, NewJournalEntry};
 pub use outbox::{NewOutboxMessage, OutboxChange, OutboxRow};
 pub use records::RecordChange;
 

@@ -5,6 +5,7 @@ use rusqlite::{Connection, params};
 
 use crate::Db;
 use crate::error::DbError;
+use crate::journal::JournalChange;
 
 /// One change to the records, applied with others in one transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,7 +17,8 @@ pub enum RecordChange {
         /// The encoded record.
         text: String,
     },
-    /// Removes the session: its record, its credentials, all its keys and its outbox.
+    /// Removes the session: its record, its credentials, all its keys, its outbox, its journal
+    /// and the webhooks' progress and dead letters for it.
     Remove {
         /// The session.
         token: String,
@@ -31,6 +33,16 @@ impl Db {
 
     /// Applies `changes` in order, in one transaction: all are kept, or none.
     pub async fn write_records(&self, changes: Vec<RecordChange>) -> Result<(), DbError> {
+        self.commit(changes, Vec::new()).await.map(|_| ())
+    }
+
+    /// Applies the record changes, then the journal changes, in one transaction: all are
+    /// kept, or none. Returns the number of the last journal entry appended.
+    pub async fn commit(
+        &self,
+        changes: Vec<RecordChange>,
+        journal: Vec<JournalChange>,
+    ) -> Result<Option<i64>, DbError> {
         self.queue
             .call(move |conn| {
                 for change in &changes {
@@ -46,10 +58,15 @@ impl Db {
                             conn.execute("DELETE FROM session_records WHERE token = ?1", [token])?;
                             crate::devices::delete_device_rows(conn, token)?;
                             crate::outbox::delete_session_rows(conn, token)?;
+                            crate::journal::delete_session_rows(conn, token)?;
                         }
                     }
                 }
-                Ok(())
+                let mut last = None;
+                for change in &journal {
+                    last = crate::journal::apply(conn, change)?.or(last);
+                }
+                Ok(last)
             })
             .await
     }

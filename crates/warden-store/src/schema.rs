@@ -11,7 +11,9 @@ pub const SCHEMA_VERSION: i64 = 1;
 
 /// Every table. Each row belongs to one session: `session_records` by token, `devices` by
 /// token (one row per set of credentials, with an id that is never reused), `kv` by device id,
-/// `outbox` by token (its messages to send, in `seq` order). A database of an earlier build
+/// `outbox` by token (its messages to send, in `seq` order), `journal` by token (what happened
+/// to it, see [`crate::journal`]); `webhooks`, `webhook_cursors` and `webhook_dead` are each
+/// webhook's start, progress per session and given-up events. A database of an earlier build
 /// gains the tables it lacks when it is opened.
 const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -54,6 +56,39 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_by_status ON outbox (token, status, seq);
 CREATE INDEX IF NOT EXISTS outbox_by_expiry ON outbox (status, expires_at);
 CREATE INDEX IF NOT EXISTS outbox_by_chat ON outbox (token, recipient, status);
+CREATE TABLE IF NOT EXISTS journal (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    token TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    data TEXT NOT NULL,
+    first_at INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    repeats INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS journal_by_session ON journal (token, seq);
+CREATE INDEX IF NOT EXISTS journal_by_time ON journal (at);
+CREATE TABLE IF NOT EXISTS webhooks (
+    hook TEXT PRIMARY KEY,
+    start INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS webhook_cursors (
+    hook TEXT NOT NULL,
+    token TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (hook, token)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS webhook_dead (
+    hook TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    token TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    body TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    failed_at INTEGER NOT NULL,
+    PRIMARY KEY (hook, seq)
+);
 ";
 
 /// Prepares a freshly opened connection: WAL, full fsync at commit (a reply means the change

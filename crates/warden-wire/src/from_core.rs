@@ -9,8 +9,8 @@ use warden_core::{
 
 use crate::reply::{ErrorBody, ErrorCode};
 use crate::views::{
-    CountersView, EventLine, ListView, MessageView, OutboxView, OutgoingView, QrView, ReapedView,
-    SessionView,
+    CountersView, EventLine, HistoryEntryView, ListView, MessageView, OutboxView, OutgoingView,
+    QrView, ReapedView, SessionView, WhyView,
 };
 
 fn time(t: SystemTime) -> String {
@@ -56,6 +56,20 @@ impl SessionView {
     }
 }
 
+impl From<&warden_core::HistoryEntry> for HistoryEntryView {
+    fn from(entry: &warden_core::HistoryEntry) -> Self {
+        let millis = |t| humantime::format_rfc3339_millis(t).to_string();
+        Self {
+            seq: entry.seq,
+            kind: entry.kind.clone(),
+            data: entry.data.clone(),
+            first_at: millis(entry.first_at),
+            at: millis(entry.at),
+            repeats: entry.repeats,
+        }
+    }
+}
+
 impl From<&SessionInfo> for SessionView {
     fn from(info: &SessionInfo) -> Self {
         Self {
@@ -87,6 +101,13 @@ impl From<&SessionInfo> for SessionView {
             },
             proxy: info.proxy.clone(),
             new_chats_paused_until: None,
+            why: info.last_disconnect.as_ref().map(|last| WhyView {
+                from: last.from.as_str().to_owned(),
+                reason: last.reason.clone(),
+                at: time(last.at),
+                decision: last.decision.as_str().to_owned(),
+                next_retry_at: last.next_retry_at.map(time),
+            }),
         }
     }
 }

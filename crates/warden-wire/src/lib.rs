@@ -44,6 +44,7 @@ pub use op::{OPS, Op};
 pub use reply::{ErrorBody, ErrorCode, Reply};
 pub use request::{Request, RequestLine};
 pub use views::{
-    CountersView, DeletedView, EventLine, HealthView, ListView, MessageView, OutboxView,
-    OutgoingView, QrView, ReapView, ReapedView, SessionView, WatchingView,
+    CountersView, DeletedView, EventLine, HealthView, HistoryEntryView, HistoryView, ListView,
+    MessageView, OutboxView, OutgoingView, QrView, ReapView, ReapedView, SessionView,
+    WatchingView, WhyView,
 };

@@ -141,6 +141,24 @@ pub enum Op {
     Reap {},
     /// Whether the daemon and its supervisor answer: `{"op":"health"}`.
     Health {},
+    /// A session's history, oldest first:
+    /// `{"op":"history","token":"shop1","since":120,"limit":100}`. `since` is the `seq` of the
+    /// last entry already seen (default: from the start); without `since`, the newest `limit`
+    /// entries (default 100). With `"follow":true` the reply is followed by a line for each
+    /// later batch of entries, as `watch` streams events.
+    History {
+        /// The session.
+        token: String,
+        /// Only entries after this one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<i64>,
+        /// At most this many (default 100, at most 1000).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<usize>,
+        /// Keep the stream open and send new entries as they are committed.
+        #[serde(default)]
+        follow: bool,
+    },
     /// Stream events: `{"op":"watch"}` or `{"op":"watch","token":"shop1"}`.
     Watch {
         /// Only this session's events.
@@ -188,5 +206,6 @@ op_names! {
     CancelMessage => "cancel_message",
     Reap => "reap",
     Health => "health",
+    History => "history",
     Watch => "watch",
 }

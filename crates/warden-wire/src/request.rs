@@ -234,6 +234,12 @@ mod tests {
                 token: "t".into(),
                 message: "k".into(),
             },
+            Op::History {
+                token: "t".into(),
+                since: Some(3),
+                limit: None,
+                follow: true,
+            },
         ];
         let mut names: Vec<&str> = Vec::new();
         for op in ops {

@@ -66,6 +66,52 @@ pub struct SessionView {
     /// when they are not (and in lists).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_chats_paused_until: Option<String>,
+    /// Why its last connection ended, and what followed; absent when it never had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<WhyView>,
+}
+
+/// Why a session's last connection ended, and what the restart policy (or the operator)
+/// decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhyView {
+    /// The state the connection was in.
+    pub from: String,
+    /// The reason (`connection_lost`, `timed_out`, `stopped by operator`...).
+    pub reason: Option<String>,
+    /// When it ended (RFC 3339).
+    pub at: String,
+    /// The state it was put in: `backing_off` (a retry follows), `failed`, `banned`...
+    pub decision: String,
+    /// When the next attempt is due (RFC 3339), if one is.
+    pub next_retry_at: Option<String>,
+}
+
+/// One entry of a session's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntryView {
+    /// Its number: increasing within the session (`since` takes it).
+    pub seq: i64,
+    /// `session.status`, `session.qr`, `session.pair_code`, `message` or `message.status`.
+    pub kind: String,
+    /// What happened (for `session.status`: `from`, `to`, `reason`, `desired`, `attempts`,
+    /// `next_retry_at`, `banned_until`). QR and pairing codes are left out.
+    pub data: serde_json::Value,
+    /// When it first happened (RFC 3339, milliseconds).
+    pub first_at: String,
+    /// When it last happened (RFC 3339, milliseconds).
+    pub at: String,
+    /// How many times in a row it happened: a storm, collapsed.
+    pub repeats: u32,
+}
+
+/// The result of `history`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryView {
+    /// The session.
+    pub token: String,
+    /// Its entries, oldest first.
+    pub entries: Vec<HistoryEntryView>,
 }
 
 /// The result of `list`.
@@ -231,6 +277,13 @@ pub enum EventLine {
     Removed {
         /// The session.
         token: String,
+    },
+    /// New entries of a followed history (`history` with `follow`).
+    History {
+        /// The session.
+        token: String,
+        /// The entries, oldest first.
+        entries: Vec<HistoryEntryView>,
     },
     /// The daemon ends the stream (it fell too far behind, or the daemon is stopping).
     Closed {

@@ -179,6 +179,20 @@ pub enum Command {
         /// The message's id or key.
         id: String,
     },
+    /// A session's history: state changes with their reasons, QR codes issued, messages.
+    History {
+        /// The session's token.
+        token: String,
+        /// Only entries after this number (the first column).
+        #[arg(long)]
+        since: Option<i64>,
+        /// At most this many (the newest, without --since).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Keep printing new entries as they happen.
+        #[arg(long)]
+        follow: bool,
+    },
     /// Follow events (state changes, QR codes, messages) as they happen.
     Watch {
         /// Only this session.

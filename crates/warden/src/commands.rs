@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use warden_control::protocol::{
-    DeletedView, HealthView, ListView, OutboxView, OutgoingView, ReapView, SessionView,
+    DeletedView, HealthView, HistoryView, ListView, OutboxView, OutgoingView, ReapView, SessionView,
 };
 use warden_control::{ClientError, ControlClient, ErrorCode, EventLine, Op};
 
@@ -185,6 +185,24 @@ async fn dispatch(socket: &Path, command: Command, json: bool) -> Result<ExitCod
                 )
             });
         }
+        Command::History {
+            token,
+            since,
+            limit,
+            follow,
+        } => {
+            let op = Op::History {
+                token,
+                since,
+                limit: Some(limit),
+                follow,
+            };
+            let h: HistoryView = client.call(&op).await?;
+            print(json, &h, || output::history(&h));
+            if follow {
+                return stream(client, json).await;
+            }
+        }
         Command::Watch { token } => return watch(client, token, json).await,
     }
     Ok(ExitCode::from(exit::OK))
@@ -361,6 +379,21 @@ async fn watch(
         println!("{}", output::event(&event));
         if let (Some(_), EventLine::Qr { code, .. }) = (&token, &event) {
             println!("{}", output::qr(code));
+        }
+        if matches!(event, EventLine::Closed { .. }) {
+            return Ok(ExitCode::from(exit::NOT_RUNNING));
+        }
+    }
+    Ok(ExitCode::from(exit::OK))
+}
+
+/// After `history --follow`: prints each batch until the daemon hangs up.
+async fn stream(mut client: ControlClient, json: bool) -> Result<ExitCode, ClientError> {
+    while let Some(event) = client.next_event().await? {
+        if json {
+            println!("{}", serde_json::to_string(&event).unwrap_or_default());
+        } else {
+            println!("{}", output::event(&event));
         }
         if matches!(event, EventLine::Closed { .. }) {
             return Ok(ExitCode::from(exit::NOT_RUNNING));

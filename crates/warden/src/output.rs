@@ -1,7 +1,9 @@
 //! Human-readable output of the client commands.
 
 use warden_control::EventLine;
-use warden_control::protocol::{ListView, OutboxView, OutgoingView, SessionView};
+use warden_control::protocol::{
+    HistoryEntryView, HistoryView, ListView, OutboxView, OutgoingView, SessionView,
+};
 
 /// A session as a short block of text.
 pub fn session(s: &SessionView) -> String {
@@ -32,7 +34,80 @@ pub fn session(s: &SessionView) -> String {
     if s.qr.is_some() {
         out += "  QR code:   on show (`warden start` draws it)\n";
     }
+    if let Some(why) = &s.why {
+        out += &format!(
+            "  why:       {} ended {} ({}); then {}{}\n",
+            why.from,
+            why.at,
+            why.reason.as_deref().unwrap_or("no reason given"),
+            why.decision,
+            why.next_retry_at
+                .as_deref()
+                .map(|at| format!(", next try {at}"))
+                .unwrap_or_default()
+        );
+    }
     out
+}
+
+/// A session's history, one line per entry.
+pub fn history(h: &HistoryView) -> String {
+    if h.entries.is_empty() {
+        return format!("{}: no history\n", h.token);
+    }
+    h.entries.iter().map(|e| history_entry(e) + "\n").collect()
+}
+
+/// One history entry as a line: number, time, kind and what happened.
+pub fn history_entry(e: &HistoryEntryView) -> String {
+    let text = |field: &str| e.data.get(field).and_then(|v| v.as_str()).map(str::to_owned);
+    let what = match e.kind.as_str() {
+        "session.status" => {
+            let mut what = format!(
+                "{} -> {}",
+                text("from").unwrap_or_else(|| "(new)".into()),
+                text("to").unwrap_or_default()
+            );
+            if let Some(reason) = text("reason") {
+                what += &format!(" ({reason})");
+            }
+            if let Some(attempts) = e.data.get("attempts").and_then(|v| v.as_u64())
+                && attempts > 0
+            {
+                what += &format!(" attempts={attempts}");
+            }
+            if let Some(at) = text("next_retry_at") {
+                what += &format!(" next try {at}");
+            }
+            if let Some(until) = text("banned_until") {
+                what += &format!(" banned until {until}");
+            }
+            what
+        }
+        "session.qr" => "QR code issued".into(),
+        "session.pair_code" => "pairing code issued".into(),
+        "message" => format!(
+            "message from {}: {}",
+            text("sender").unwrap_or_default(),
+            text("text").unwrap_or_else(|| "(no text)".into())
+        ),
+        "message.status" => match text("new_chats_paused_until") {
+            Some(until) => format!("new chats paused until {until}"),
+            None => format!(
+                "message {} to {}: {}",
+                text("message_id").unwrap_or_default(),
+                text("to").unwrap_or_default(),
+                text("status").unwrap_or_default()
+            ),
+        },
+        other => other.to_owned(),
+    };
+    let repeats = if e.repeats > 1 {
+        format!("  x{} since {}", e.repeats, e.first_at)
+    } else {
+        String::new()
+    };
+    format!("{:>8} {} {what}{repeats}", e.seq, e.at)
 }
 
 /// Every session as a table, with counts per state.
@@ -164,6 +239,11 @@ pub fn event(event: &EventLine) -> String {
             "{token:<20} WhatsApp refused a message to a new chat (463): new chats paused until {until}"
         ),
         EventLine::Removed { token } => format!("{token:<20} deleted"),
+        EventLine::History { entries, .. } => entries
+            .iter()
+            .map(history_entry)
+            .collect::<Vec<_>>()
+            .join("\n"),
         EventLine::Closed { reason } => format!("stream closed by the daemon: {reason}"),
     }
 }

@@ -33,7 +33,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use serde::Deserialize;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::Notify;
+
+use crate::journal::Bus;
 use warden_store::{Db, NewOutboxMessage, OutboxChange, OutboxRow};
 
 use crate::error::{Error, StoreError};
@@ -237,7 +239,7 @@ struct Inner {
     db: Db,
     config: OutboxConfig,
     clock: Clock,
-    events: broadcast::Sender<SessionEvent>,
+    events: Bus,
     /// One per session whose drain runs: wakes it when a message is queued.
     wakers: DashMap<Token, Arc<Notify>>,
     /// Sessions whose sends to new chats are paused (463), until when.
@@ -252,7 +254,7 @@ impl Outbox {
     pub(crate) fn new(
         db: Db,
         config: OutboxConfig,
-        events: broadcast::Sender<SessionEvent>,
+        events: Bus,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -717,7 +719,7 @@ impl Outbox {
             until = %humantime::format_rfc3339_seconds(until),
             "WhatsApp refused a message to a new chat (463, reach-out timelock): sends to new chats are paused"
         );
-        let _ = self.inner.events.send(SessionEvent::NewChatsPaused {
+        self.inner.events.send(SessionEvent::NewChatsPaused {
             token: token.clone(),
             until,
         });
@@ -741,8 +743,7 @@ impl Outbox {
     }
 
     fn publish(&self, message: &OutgoingMessage) {
-        let _ = self
-            .inner
+        self.inner
             .events
             .send(SessionEvent::MessageStatus(Box::new(message.clone())));
     }
@@ -753,7 +754,7 @@ impl Outbox {
         token: &Token,
         message: crate::lifecycle::IncomingMessage,
     ) {
-        let _ = self.inner.events.send(SessionEvent::Message {
+        self.inner.events.send(SessionEvent::Message {
             token: token.clone(),
             message,
         });

@@ -279,7 +279,7 @@ impl SupervisorState {
                     expires_at: SystemTime::now() + expires_in,
                 });
                 tracing::info!(token = %token, expires_in = ?expires_in, "QR code issued; waiting for a scan");
-                let _ = self.events.send(SessionEvent::Qr {
+                self.events.send(SessionEvent::Qr {
                     token: token.clone(),
                     code,
                     expires_in,
@@ -288,7 +288,7 @@ impl SupervisorState {
             LifecycleEvent::PairCode { code } => {
                 entry.pair_code = Some(code.clone());
                 tracing::info!(token = %token, "pairing code issued; waiting for it to be entered on the phone");
-                let _ = self.events.send(SessionEvent::PairCode {
+                self.events.send(SessionEvent::PairCode {
                     token: token.clone(),
                     code,
                 });

@@ -151,6 +151,7 @@ impl Entry {
             pair_code: self.pair_code.clone(),
             counters: self.record.counters,
             proxy: self.record.proxy.as_ref().map(ProxyUrl::masked),
+            last_disconnect: self.record.last_disconnect.clone(),
         }
     }
 

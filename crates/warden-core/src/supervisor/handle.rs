@@ -14,6 +14,7 @@ use crate::admission::AdmissionConfig;
 use crate::error::{Error, StoreError};
 use crate::events::SessionEvent;
 use crate::janitor::JanitorConfig;
+use crate::journal::{self, Bus, HistoryEntry, JournalConfig};
 use crate::link::{Link, OpenOptions};
 use crate::outbox::{self, MessageEvent, Outbox, OutboxConfig, OutgoingMessage, SendRequest};
 use crate::policy::PolicyConfig;
@@ -53,6 +54,8 @@ pub struct SupervisorConfig {
     pub max_active: Option<usize>,
     /// The outbox: time to live, pacing, attempts.
     pub outbox: OutboxConfig,
+    /// How much of each session's history the journal keeps.
+    pub journal: JournalConfig,
 }
 
 impl SupervisorConfig {
@@ -70,6 +73,7 @@ impl SupervisorConfig {
             db: None,
             max_active: None,
             outbox: OutboxConfig::default(),
+            journal: JournalConfig::default(),
         }
     }
 
@@ -93,6 +97,9 @@ impl SupervisorConfig {
         self.outbox
             .validate()
             .map_err(|e| Error::Config(format!("[outbox] {e}")))?;
+        self.journal
+            .validate()
+            .map_err(|e| Error::Config(format!("[journal] {e}")))?;
         for (name, value) in [
             ("close_timeout", self.close_timeout),
             ("shutdown_timeout", self.shutdown_timeout),
@@ -125,7 +132,9 @@ pub struct StartReport {
 pub struct Supervisor {
     actor: ActorRef<SupervisorMsg>,
     snapshot: Snapshot,
-    events: broadcast::Sender<SessionEvent>,
+    events: Bus,
+    /// The session database (history reads).
+    db: Db,
     call_timeout: Duration,
     shutdown_timeout: Duration,
     /// The record writer: an operation's answer waits until its changes are committed.
@@ -176,11 +185,12 @@ impl Supervisor {
             imported: imported.imported,
             problems,
         };
-        let writer = StoreWriter::spawn(db.clone());
+        let writer = StoreWriter::spawn(db.clone(), config.journal);
         let stuck = Arc::new(AtomicUsize::new(0));
         let snapshot: Snapshot = Arc::new(DashMap::new());
         let (events, _) = broadcast::channel(config.event_capacity.max(1));
-        let outbox = Outbox::new(db, config.outbox.clone(), events.clone());
+        let events = Bus::new(events, writer.clone());
+        let outbox = Outbox::new(db.clone(), config.outbox.clone(), events.clone());
         let expiry = Arc::new(AbortOnDrop(outbox::spawn_expiry(&outbox)));
         let handle_config = (config.call_timeout, config.shutdown_timeout);
         let args = SupervisorArgs {
@@ -205,6 +215,7 @@ impl Supervisor {
             actor,
             snapshot,
             events,
+            db,
             call_timeout: handle_config.0,
             shutdown_timeout: handle_config.1,
             store: writer,
@@ -533,6 +544,50 @@ impl Supervisor {
     /// A stream of events (state changes, QR codes, messages, removals) from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<SessionEvent> {
         self.events.subscribe()
+    }
+
+    /// `token`'s history, oldest first, pairing secrets left out: the entries after `since`,
+    /// or (`None`) the newest ones; at most `limit` (capped at [`journal::MAX_READ`]). A
+    /// deleted session's last entry (its removal) stays until the journal's age limit; a
+    /// token with neither a session nor entries is not found.
+    pub async fn history(
+        &self,
+        token: &str,
+        since: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, Error> {
+        let token = Token::parse(token)?;
+        let limit = limit.clamp(1, journal::MAX_READ);
+        let stored = match since {
+            Some(since) => {
+                self.db
+                    .read_journal(Some(token.to_string()), since, limit)
+                    .await
+            }
+            None => self.db.journal_tail(token.to_string(), limit).await,
+        }
+        .map_err(|e| Error::Store(StoreError::Db(e)))?;
+        if stored.is_empty() && !self.snapshot.contains_key(&token) {
+            return Err(Error::NotFound(token));
+        }
+        Ok(stored.into_iter().map(HistoryEntry::shown).collect())
+    }
+
+    /// The number of the last journal entry committed; it changes after every commit that
+    /// appends entries (to follow history, and for webhooks).
+    pub fn journal_head(&self) -> watch::Receiver<i64> {
+        self.store.journal_head()
+    }
+
+    /// How many journal entries were dropped because the database could not keep up (or was
+    /// failing) with [`crate::store::JOURNAL_QUEUE`] entries waiting.
+    pub fn journal_dropped(&self) -> u64 {
+        self.store.journal_dropped()
+    }
+
+    /// The session database.
+    pub fn db(&self) -> &Db {
+        &self.db
     }
 
     /// Whether the supervisor is still running.

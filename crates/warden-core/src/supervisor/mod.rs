@@ -20,18 +20,17 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
-use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::admission::{Admission, AdmissionConfig};
-use crate::events::SessionEvent;
 use crate::janitor::{JanitorActor, JanitorConfig, JanitorMsg};
 use crate::lifecycle::DisconnectReason;
 use crate::link::Link;
 use crate::outbox::Outbox;
 use crate::policy::PolicyConfig;
 use crate::session::SessionState as SessionActorState;
-use crate::state::SessionInfo;
+use crate::journal::Bus;
+use crate::state::{LastDisconnect, SessionInfo};
 use crate::store::{SessionRecord, StoreWriter};
 use crate::token::Token;
 
@@ -54,7 +53,7 @@ pub(crate) struct SupervisorArgs {
     pub link: Arc<dyn Link>,
     pub records: Vec<(Token, SessionRecord)>,
     pub snapshot: Snapshot,
-    pub events: broadcast::Sender<SessionEvent>,
+    pub events: Bus,
     pub store: StoreWriter,
     /// Set at shutdown to how many connections did not close in time.
     pub stuck: Arc<AtomicUsize>,
@@ -76,7 +75,7 @@ pub(crate) struct SupervisorState {
     /// An `AdmissionTick` is already scheduled.
     admission_tick_pending: bool,
     snapshot: Snapshot,
-    events: broadcast::Sender<SessionEvent>,
+    events: Bus,
     store: StoreWriter,
     /// Set at shutdown to how many connections did not close in time.
     stuck: Arc<AtomicUsize>,
@@ -361,9 +360,17 @@ impl SupervisorState {
         let Some(entry) = self.sessions.get_mut(token) else {
             return;
         };
-        let info = entry.info();
+        let mut info = entry.info();
+        let before = self.snapshot.get(token).map(|b| b.clone());
+        if let Some(disconnect) = before
+            .as_ref()
+            .and_then(|before| LastDisconnect::between(before, &info))
+        {
+            entry.record.last_disconnect = Some(disconnect);
+            info.last_disconnect = entry.record.last_disconnect.clone();
+        }
         self.snapshot.insert(token.clone(), info.clone());
-        let _ = self.events.send(SessionEvent::Updated(Box::new(info)));
+        self.events.updated(before.as_ref(), info);
         let fingerprint = entry.record.fingerprint();
         if !entry.deleting() && entry.persisted != Some(fingerprint) {
             self.store.write(token, entry.record.clone());

@@ -233,7 +233,7 @@ impl SupervisorState {
     pub(super) fn removed(&mut self, token: &Token) {
         self.sessions.remove(token);
         self.snapshot.remove(token);
-        let _ = self.events.send(SessionEvent::Removed {
+        self.events.send(SessionEvent::Removed {
             token: token.clone(),
         });
     }
