@@ -409,7 +409,67 @@ impl Db {
         Ok(taken)
     }
 
-    /// How many entries each session has, and the oldest's time: for tests and checks.
+    /// Up to `limit` of `token`'s entries of `kind` before entry `seq`, oldest first.
+    pub async fn journal_before(
+        &self,
+        token: String,
+        seq: i64,
+        kind: String,
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, DbError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.queue
+            .call(move |conn| {
+                let mut rows = conn
+                    .prepare_cached(&format!(
+                        "SELECT {COLUMNS} FROM journal WHERE token = ?1 AND seq < ?2 AND kind = ?3
+                         ORDER BY seq DESC LIMIT ?4"
+                    ))?
+                    .query_map(params![token, seq, kind, limit], entry)?
+                    .collect::<Result<Vec<_>, _>>()?;
+                rows.reverse();
+                Ok(rows)
+            })
+            .await
+    }
+
+    /// Records that webhook `hook` is done with each session's entries up to its number:
+    /// entries it does not want, skipped in one commit.
+    pub async fn webhook_skip(&self, hook: String, done: Vec<(String, i64)>) -> Result<(), DbError> {
+        self.queue
+            .call(move |conn| {
+                let mut statement = conn.prepare_cached(
+                    "INSERT INTO webhook_cursors (hook, token, seq) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (hook, token) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+                )?;
+                for (token, seq) in &done {
+                    statement.execute(params![hook, token, seq])?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// This database's identity: made once (from `candidate`) and kept, so webhook event ids
+    /// (`evt_<identity>_<seq>`) never repeat, even for a database made afresh.
+    pub async fn identity(&self, candidate: String) -> Result<String, DbError> {
+        self.queue
+            .call(move |conn| {
+                conn.execute(
+                    "INSERT INTO meta (name, value) VALUES ('identity', ?1)
+                     ON CONFLICT (name) DO NOTHING",
+                    [&candidate],
+                )?;
+                Ok(conn.query_row(
+                    "SELECT value FROM meta WHERE name = 'identity'",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .await
+    }
+
+    /// How many entries `token` has.
     pub async fn journal_count(&self, token: String) -> Result<usize, DbError> {
         self.queue
             .call(move |conn| {
