@@ -9,8 +9,8 @@ use warden_core::journal::MAX_READ;
 use warden_core::{Error, HistoryEntry, Supervisor};
 
 use crate::lines::LineReader;
-use crate::server::write_line;
 use crate::protocol::{ErrorBody, EventLine, HistoryEntryView, HistoryView, Reply};
+use crate::server::write_line;
 
 /// How many entries a reply carries when the request says nothing.
 pub const DEFAULT_ENTRIES: usize = 100;

@@ -10,6 +10,7 @@ mod history;
 mod lines;
 pub mod protocol;
 pub mod server;
+pub mod webhooks;
 
 pub use protocol::{ErrorBody, ErrorCode, EventLine, Op, Reply, Request};
 pub use server::{BindError, ControlServer, RequestObserver, ServerConfig};

@@ -20,6 +20,8 @@ use crate::protocol::{
     DeletedView, ErrorBody, ErrorCode, EventLine, HealthView, ListView, Op, OutboxView,
     OutgoingView, ReapView, ReapedView, Reply, Request, SessionView, WatchingView, counts,
 };
+use crate::webhooks;
+use warden_webhooks::Webhooks;
 
 /// How the control socket is set up.
 #[derive(Debug, Clone)]
@@ -94,6 +96,7 @@ pub struct ControlServer {
     config: ServerConfig,
     started: Instant,
     observer: Option<RequestObserver>,
+    webhooks: Option<Arc<Webhooks>>,
 }
 
 impl ControlServer {
@@ -141,12 +144,19 @@ impl ControlServer {
             config,
             started: Instant::now(),
             observer: None,
+            webhooks: None,
         })
     }
 
     /// Calls `observer` after every request (for metrics).
     pub fn with_observer(mut self, observer: RequestObserver) -> Self {
         self.observer = Some(observer);
+        self
+    }
+
+    /// Answers the webhook ops from `webhooks` (without it, there are none).
+    pub fn with_webhooks(mut self, webhooks: Arc<Webhooks>) -> Self {
+        self.webhooks = Some(webhooks);
         self
     }
 
@@ -172,6 +182,7 @@ impl ControlServer {
             idle_timeout: self.config.idle_timeout,
             started: self.started,
             observer: self.observer.clone(),
+            webhooks: self.webhooks.clone(),
         });
         tokio::pin!(shutdown);
         let mut trouble = AcceptTrouble::default();
@@ -320,6 +331,7 @@ struct Context {
     idle_timeout: Duration,
     started: Instant,
     observer: Option<RequestObserver>,
+    webhooks: Option<Arc<Webhooks>>,
 }
 
 /// Writes one JSON line, within `timeout`.
@@ -533,6 +545,13 @@ async fn handle(context: &Context, id: Value, op: Op) -> Reply {
             };
             history::once(s, id, ask).await
         }
+        op @ (Op::Webhooks {}
+        | Op::WebhookDead { .. }
+        | Op::WebhookRedeliver { .. }
+        | Op::WebhookReplay { .. }
+        | Op::WebhookTest { .. }) => webhooks::handle(context.webhooks.as_deref(), id, &op)
+            .await
+            .expect("a webhook op"),
         Op::Watch { .. } => Reply::err(id, ErrorBody::bad_request("watch is handled apart")),
     }
 }

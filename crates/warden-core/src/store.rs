@@ -25,8 +25,8 @@ use tokio::sync::{Notify, watch};
 use warden_store::{Db, JournalChange, NewJournalEntry, RecordChange};
 
 use crate::error::StoreError;
-use crate::proxy::ProxyUrl;
 use crate::journal::JournalConfig;
+use crate::proxy::ProxyUrl;
 use crate::state::{Counters, Desired, LastDisconnect, SessionState};
 use crate::token::Token;
 

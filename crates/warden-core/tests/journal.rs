@@ -103,7 +103,10 @@ async fn history_shows_pairing_messages_and_leaves_the_qr_code_out() {
     let kinds: Vec<&str> = entries.iter().map(|e| e.kind.as_str()).collect();
     assert!(kinds.contains(&"session.qr"), "{kinds:?}");
     let qr = entries.iter().find(|e| e.kind == "session.qr").unwrap();
-    assert!(qr.data.get("code").is_none(), "the pairing secret is not shown");
+    assert!(
+        qr.data.get("code").is_none(),
+        "the pairing secret is not shown"
+    );
     assert!(qr.data.get("expires_at").is_some());
     let message = entries.iter().find(|e| e.kind == "message").unwrap();
     assert_eq!(message.data["text"], "hello");

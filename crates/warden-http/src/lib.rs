@@ -48,6 +48,7 @@ pub mod origin;
 pub mod qr;
 pub mod routes;
 mod state;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -56,6 +57,7 @@ use std::time::Instant;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use warden_core::Supervisor;
+use warden_webhooks::Webhooks;
 
 pub use config::{ConfigError, HttpConfig};
 pub use error::ApiError;
@@ -110,6 +112,42 @@ pub async fn serve_with(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    serve_all(
+        listener, supervisor, None, config, metrics, options, shutdown,
+    )
+    .await
+}
+
+/// [`serve`], with the webhook routes (`/webhooks...`) and metrics answered from `webhooks`.
+pub async fn serve_with_webhooks(
+    listener: TcpListener,
+    supervisor: Supervisor,
+    webhooks: Option<Arc<Webhooks>>,
+    config: HttpConfig,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    serve_all(
+        listener,
+        supervisor,
+        webhooks,
+        config,
+        metrics,
+        ServeOptions::default(),
+        shutdown,
+    )
+    .await
+}
+
+async fn serve_all(
+    listener: TcpListener,
+    supervisor: Supervisor,
+    webhooks: Option<Arc<Webhooks>>,
+    config: HttpConfig,
+    metrics: Arc<Metrics>,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     config.validate()?;
     let addr = listener.local_addr()?;
     let stopping = CancellationToken::new();
@@ -121,6 +159,7 @@ pub async fn serve_with(
     ));
     let app = Arc::new(state::AppState {
         supervisor,
+        webhooks,
         api_key: config.api_key.clone(),
         metrics,
         options,

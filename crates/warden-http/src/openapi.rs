@@ -166,9 +166,56 @@ fn details(route: &Route) -> (Vec<Value>, Option<Value>, Vec<(&'static str, Valu
                 ),
             ],
             None,
+            vec![("200", json_response("The session's history", "History"))],
+        ),
+        ("GET", "/webhooks") => (
+            vec![],
+            None,
+            vec![("200", json_response("Every webhook", "Webhooks"))],
+        ),
+        ("GET", "/webhooks/dead") => (
             vec![
-                ("200", json_response("The session's history", "History")),
+                query("hook", "Only this webhook's", json!({"type": "string"})),
+                query(
+                    "limit",
+                    "At most this many (default 100)",
+                    json!({"type": "integer"}),
+                ),
             ],
+            None,
+            vec![(
+                "200",
+                json_response("Dead letters, oldest first", "DeadLetters"),
+            )],
+        ),
+        ("POST", "/webhooks/{hook}/redeliver") => (
+            vec![query(
+                "seq",
+                "Only this journal entry's",
+                json!({"type": "integer"}),
+            )],
+            None,
+            vec![(
+                "200",
+                json_response("What was delivered and what failed again", "Redelivered"),
+            )],
+        ),
+        ("POST", "/webhooks/{hook}/replay") => (
+            vec![query(
+                "from",
+                "The first journal entry to send again (required)",
+                json!({"type": "integer"}),
+            )],
+            None,
+            vec![("200", json_response("The replay started", "Replaying"))],
+        ),
+        ("POST", "/webhooks/{hook}/test") => (
+            vec![],
+            None,
+            vec![(
+                "200",
+                json_response("How the test event went", "WebhookTest"),
+            )],
         ),
         ("POST", "/reap") => (
             vec![],
@@ -278,6 +325,19 @@ fn schemas() -> Value {
                 "decision": {"type": "string", "description": "The state the session was put in"}, "next_retry_at": nullable("string")
             }}
         }},
+        "Webhooks": {"type": "object", "properties": {"webhooks": {"type": "array", "items": {"type": "object", "properties": {
+            "name": {"type": "string"}, "url": {"type": "string"}, "events": {"type": "array", "items": {"type": "string"}},
+            "signed": {"type": "boolean"}, "allow_private": {"type": "boolean"}, "delivered": {"type": "integer"},
+            "retried": {"type": "integer"}, "dead": {"type": "integer"}, "queued": {"type": "integer"}
+        }}}}},
+        "DeadLetters": {"type": "object", "properties": {"dead": {"type": "array", "items": {"type": "object", "properties": {
+            "hook": {"type": "string"}, "seq": {"type": "integer"}, "token": {"type": "string"}, "kind": {"type": "string"},
+            "reason": {"type": "string"}, "attempts": {"type": "integer"}, "failed_at": {"type": "string", "format": "date-time"}
+        }}}}},
+        "Redelivered": {"type": "object", "properties": {"delivered": {"type": "array", "items": {"type": "integer"}},
+            "failed": {"type": "array", "items": {"type": "object", "properties": {"seq": {"type": "integer"}, "reason": {"type": "string"}}}}}},
+        "Replaying": {"type": "object", "properties": {"hook": {"type": "string"}, "from": {"type": "integer"}}},
+        "WebhookTest": {"type": "object", "properties": {"hook": {"type": "string"}, "delivered": {"type": "boolean"}, "outcome": {"type": "string"}}},
         "History": {"type": "object", "properties": {
             "token": {"type": "string"},
             "entries": {"type": "array", "items": {"type": "object", "properties": {

@@ -52,7 +52,7 @@ const fn public(method: &'static str, path: &'static str, summary: &'static str)
 
 /// Every route the gateway serves. The OpenAPI document is built from this table, and the
 /// tests check that the router serves exactly these.
-pub const ROUTES: [Route; 27] = [
+pub const ROUTES: [Route; 32] = [
     public("GET", "/", "The dashboard page"),
     public("GET", "/dashboard/app.js", "The dashboard's script"),
     public("GET", "/dashboard/style.css", "The dashboard's style sheet"),
@@ -155,6 +155,27 @@ pub const ROUTES: [Route; 27] = [
         "/session/history/{token}",
         "A session's history (journal); ?follow=true streams new entries",
     ),
+    route("GET", "/webhooks", "Every webhook with its counters"),
+    route(
+        "GET",
+        "/webhooks/dead",
+        "Events webhooks gave up on (?hook= for one)",
+    ),
+    route(
+        "POST",
+        "/webhooks/{hook}/redeliver",
+        "Send a webhook's dead letters again (?seq= for one)",
+    ),
+    route(
+        "POST",
+        "/webhooks/{hook}/replay",
+        "Send a webhook every event again from ?from=SEQ on",
+    ),
+    route(
+        "POST",
+        "/webhooks/{hook}/test",
+        "Send a webhook.test event now",
+    ),
     route(
         "POST",
         "/reap",
@@ -236,6 +257,14 @@ pub fn router(app: Arc<AppState>) -> Router {
         )
         .route("/session/outbox/{token}", get(messages::outbox))
         .route("/session/history/{token}", get(crate::history::history))
+        .route("/webhooks", get(crate::webhooks::list))
+        .route("/webhooks/dead", get(crate::webhooks::dead))
+        .route(
+            "/webhooks/{hook}/redeliver",
+            post(crate::webhooks::redeliver),
+        )
+        .route("/webhooks/{hook}/replay", post(crate::webhooks::replay))
+        .route("/webhooks/{hook}/test", post(crate::webhooks::test))
         .route("/reap", post(reap))
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
@@ -289,7 +318,10 @@ async fn healthz(State(app): State<Arc<AppState>>) -> Response {
 
 /// `GET /metrics`.
 async fn metrics(State(app): State<Arc<AppState>>) -> Response {
-    let text = app.metrics.render(&app.supervisor.counts());
+    let mut text = app.metrics.render(&app.supervisor.counts());
+    if let Some(webhooks) = &app.webhooks {
+        webhooks.render_metrics(&mut text);
+    }
     (
         [(
             header::CONTENT_TYPE,

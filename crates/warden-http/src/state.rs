@@ -38,6 +38,8 @@ impl Default for ServeOptions {
 pub struct AppState {
     /// The supervisor every route drives.
     pub supervisor: Supervisor,
+    /// The webhooks, for `/webhooks...` and `/metrics` (none: no webhook is configured).
+    pub webhooks: Option<Arc<warden_webhooks::Webhooks>>,
     /// The key requests must carry; `None`: no check. Never logged.
     pub api_key: Option<String>,
     /// The counters behind `/metrics`.

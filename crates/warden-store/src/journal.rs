@@ -248,9 +248,11 @@ impl Db {
                      ON CONFLICT (hook) DO NOTHING",
                     params![hook, now],
                 )?;
-                Ok(conn.query_row("SELECT start FROM webhooks WHERE hook = ?1", [&hook], |r| {
-                    r.get(0)
-                })?)
+                Ok(
+                    conn.query_row("SELECT start FROM webhooks WHERE hook = ?1", [&hook], |r| {
+                        r.get(0)
+                    })?,
+                )
             })
             .await
     }
@@ -435,7 +437,11 @@ impl Db {
 
     /// Records that webhook `hook` is done with each session's entries up to its number:
     /// entries it does not want, skipped in one commit.
-    pub async fn webhook_skip(&self, hook: String, done: Vec<(String, i64)>) -> Result<(), DbError> {
+    pub async fn webhook_skip(
+        &self,
+        hook: String,
+        done: Vec<(String, i64)>,
+    ) -> Result<(), DbError> {
         self.queue
             .call(move |conn| {
                 let mut statement = conn.prepare_cached(
@@ -460,11 +466,11 @@ impl Db {
                      ON CONFLICT (name) DO NOTHING",
                     [&candidate],
                 )?;
-                Ok(conn.query_row(
-                    "SELECT value FROM meta WHERE name = 'identity'",
-                    [],
-                    |r| r.get(0),
-                )?)
+                Ok(
+                    conn.query_row("SELECT value FROM meta WHERE name = 'identity'", [], |r| {
+                        r.get(0)
+                    })?,
+                )
             })
             .await
     }
@@ -535,7 +541,10 @@ mod tests {
         let got = keys(&db, "a").await;
         let counts: Vec<u32> = got.iter().map(|(_, n)| *n).collect();
         assert_eq!(counts, vec![1, 50, 50, 50, 1, 1]);
-        assert!(got[3].0.contains("queued"), "in the order they last happened");
+        assert!(
+            got[3].0.contains("queued"),
+            "in the order they last happened"
+        );
         let rows = db.read_journal(Some("a".into()), 0, 100).await.unwrap();
         assert_eq!(rows[1].first_at, 10);
         assert_eq!(rows[1].at, 59);

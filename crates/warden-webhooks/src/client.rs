@@ -77,7 +77,10 @@ async fn resolve(target: &Target, allow_private: bool) -> Result<Vec<SocketAddr>
         .filter(|a| !is_private(a.ip()))
         .collect();
     if public.is_empty() {
-        let first = addrs.first().map(|a| a.ip().to_string()).unwrap_or_default();
+        let first = addrs
+            .first()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
         return Err(Outcome::Refused(format!(
             "{} resolves to {first}, a loopback, private or link-local address; set allow_private = true to allow it",
             target.host

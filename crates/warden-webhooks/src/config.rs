@@ -210,12 +210,12 @@ impl WebhookConfig {
             (None, false) => return Err(ConfigError::NoSecret(name)),
             (Some(_), true) => return Err(ConfigError::SecretAndUnsigned(name)),
             (None, true) => None,
-            (Some(text), false) => Some(Secret::parse(text).map_err(|error| {
-                ConfigError::Secret {
+            (Some(text), false) => {
+                Some(Secret::parse(text).map_err(|error| ConfigError::Secret {
                     name: name.clone(),
                     error,
-                }
-            })?),
+                })?)
+            }
         };
         for event in &self.events {
             if event != "*" && !EVENT_TYPES.contains(&event.as_str()) {
@@ -286,9 +286,15 @@ mod tests {
             (hook(u, None, false, &["*"]), Err("has no secret")),
             (hook(u, Some(SECRET), true, &["*"]), Err("choose one")),
             (hook(u, Some("secret"), false, &["*"]), Err("whsec_")),
-            (hook(u, Some(SECRET), false, &["messages"]), Err("unknown event")),
+            (
+                hook(u, Some(SECRET), false, &["messages"]),
+                Err("unknown event"),
+            ),
             (hook(u, Some(SECRET), false, &[]), Err("events is empty")),
-            (hook("ftp://x/y", Some(SECRET), false, &["*"]), Err("not an http")),
+            (
+                hook("ftp://x/y", Some(SECRET), false, &["*"]),
+                Err("not an http"),
+            ),
             (
                 hook("https://user:pw@x/y", Some(SECRET), false, &["*"]),
                 Err("not an http"),

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
-use warden_store::{DeadLetter, Db, DbError, JournalEntry};
+use warden_store::{Db, DbError, DeadLetter, JournalEntry};
 
 use crate::client::{self, Request};
 use crate::config::{Target, WebhookConfig};
@@ -211,11 +211,18 @@ pub(crate) async fn run(
             for row in rows {
                 scan = scan.max(row.seq);
                 let idle = !queues.busy.contains(&row.token)
-                    && queues.waiting.get(&row.token).is_none_or(VecDeque::is_empty);
+                    && queues
+                        .waiting
+                        .get(&row.token)
+                        .is_none_or(VecDeque::is_empty);
                 if hook.config.wants(&row.kind) {
                     skipped.remove(&row.token);
                     queues.len += 1;
-                    queues.waiting.entry(row.token.clone()).or_default().push_back(row);
+                    queues
+                        .waiting
+                        .entry(row.token.clone())
+                        .or_default()
+                        .push_back(row);
                 } else if idle {
                     skipped.insert(row.token.clone(), row.seq);
                 }
@@ -243,7 +250,9 @@ pub(crate) async fn run(
                 ));
             }
         }
-        queues.waiting.retain(|token, w| !w.is_empty() || queues.busy.contains(token));
+        queues
+            .waiting
+            .retain(|token, w| !w.is_empty() || queues.busy.contains(token));
         hook.stats.queued.store(
             i64::try_from(queues.len).unwrap_or(i64::MAX),
             std::sync::atomic::Ordering::Relaxed,

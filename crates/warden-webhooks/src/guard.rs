@@ -3,9 +3,9 @@
 //! unless the webhook sets `allow_private`. The check is made on the addresses a name
 //! resolves to, at each connection, so a name that later resolves elsewhere is caught too.
 
-use std::net::{IpAddr, Ipv4Addr};
 #[cfg(test)]
 use std::net::Ipv6Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 /// Whether `ip` is outside the public internet.
 pub fn is_private(ip: IpAddr) -> bool {

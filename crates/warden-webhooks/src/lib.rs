@@ -33,7 +33,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
-use warden_store::{DeadLetter, Db, DbError};
+use warden_store::{Db, DbError, DeadLetter};
 
 pub use config::{ConfigError, EVENT_TYPES, Target, WebhookConfig, check_all};
 pub use deliver::BUFFER;
@@ -197,10 +197,7 @@ impl Webhooks {
         if let Some(name) = hook {
             self.find(name)?;
         }
-        Ok(self
-            .db
-            .dead_letters(hook.map(str::to_owned), limit)
-            .await?)
+        Ok(self.db.dead_letters(hook.map(str::to_owned), limit).await?)
     }
 
     /// Sends `hook`'s dead letters again (only entry `seq`'s, if given), one attempt each.

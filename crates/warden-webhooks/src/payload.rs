@@ -14,7 +14,8 @@ pub fn event_id(identity: &str, seq: i64) -> String {
 
 /// The time of Unix milliseconds, as RFC 3339.
 fn rfc3339(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    let t =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
     humantime::format_rfc3339_millis(t).to_string()
 }
 
@@ -93,7 +94,12 @@ mod tests {
 
     #[test]
     fn the_body_names_the_session_and_carries_recent_transitions() {
-        let before = [entry(3, "session.status", r#"{"from":"stopped","to":"queued"}"#, 1)];
+        let before = [entry(
+            3,
+            "session.status",
+            r#"{"from":"stopped","to":"queued"}"#,
+            1,
+        )];
         let now = entry(
             7,
             "session.status",

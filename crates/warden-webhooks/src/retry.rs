@@ -85,10 +85,7 @@ pub fn verdict(outcome: &Outcome, attempts: u32, backoff: &Backoff, unit: f64) -
         return Verdict::Dead(format!("{} (not retried)", outcome.text()));
     }
     if attempts >= backoff.max_attempts {
-        return Verdict::Dead(format!(
-            "{} after {attempts} attempts",
-            outcome.text()
-        ));
+        return Verdict::Dead(format!("{} after {attempts} attempts", outcome.text()));
     }
     let mut wait = delay(backoff, attempts, unit);
     if let Outcome::Status {
@@ -173,7 +170,11 @@ mod tests {
             (status(500), 1, Verdict::Retry(secs(1))),
             (status(503), 2, Verdict::Retry(secs(2))),
             (status(502), 4, Verdict::Retry(secs(8))),
-            (status(500), 5, Verdict::Dead("HTTP 500 after 5 attempts".into())),
+            (
+                status(500),
+                5,
+                Verdict::Dead("HTTP 500 after 5 attempts".into()),
+            ),
             (status(408), 3, Verdict::Retry(secs(4))),
             (status(429), 1, Verdict::Retry(secs(1))),
             (
@@ -184,9 +185,21 @@ mod tests {
                 1,
                 Verdict::Retry(secs(30)),
             ),
-            (status(410), 1, Verdict::Dead("HTTP 410 (not retried)".into())),
-            (status(400), 1, Verdict::Dead("HTTP 400 (not retried)".into())),
-            (status(301), 1, Verdict::Dead("HTTP 301 (not retried)".into())),
+            (
+                status(410),
+                1,
+                Verdict::Dead("HTTP 410 (not retried)".into()),
+            ),
+            (
+                status(400),
+                1,
+                Verdict::Dead("HTTP 400 (not retried)".into()),
+            ),
+            (
+                status(301),
+                1,
+                Verdict::Dead("HTTP 301 (not retried)".into()),
+            ),
             (
                 Outcome::Failed("timed out after 10s".into()),
                 2,

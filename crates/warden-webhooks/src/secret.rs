@@ -35,7 +35,10 @@ pub enum SecretError {
 impl Secret {
     /// Parses `whsec_<base64>`.
     pub fn parse(text: &str) -> Result<Self, SecretError> {
-        let encoded = text.trim().strip_prefix("whsec_").ok_or(SecretError::Prefix)?;
+        let encoded = text
+            .trim()
+            .strip_prefix("whsec_")
+            .ok_or(SecretError::Prefix)?;
         let key = STANDARD.decode(encoded).map_err(|_| SecretError::Base64)?;
         if !(MIN_KEY_BYTES..=MAX_KEY_BYTES).contains(&key.len()) {
             return Err(SecretError::Length(key.len()));

@@ -107,14 +107,20 @@ pub fn render(hooks: &[(&str, &Stats)], out: &mut String) {
         out,
         "# HELP warden_webhook_queue_depth Events read from the journal and not yet delivered or given up on.\n# TYPE warden_webhook_queue_depth gauge"
     );
-    for line in rest.lines().filter(|l| l.starts_with("warden_webhook_queue_depth")) {
+    for line in rest
+        .lines()
+        .filter(|l| l.starts_with("warden_webhook_queue_depth"))
+    {
         let _ = writeln!(out, "{line}");
     }
     let _ = writeln!(
         out,
         "# HELP warden_webhook_delivery_seconds Time from an event to its delivery.\n# TYPE warden_webhook_delivery_seconds histogram"
     );
-    for line in rest.lines().filter(|l| l.starts_with("warden_webhook_delivery_seconds")) {
+    for line in rest
+        .lines()
+        .filter(|l| l.starts_with("warden_webhook_delivery_seconds"))
+    {
         let _ = writeln!(out, "{line}");
     }
 }

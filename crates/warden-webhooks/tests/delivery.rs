@@ -93,9 +93,17 @@ async fn five_500s_then_a_200_deliver_once_with_one_id_and_a_valid_signature() {
     let mut tampered = got[5].clone();
     tampered.raw.push(b' ');
     assert!(!verify(SECRET, &tampered));
-    webhooks.done("r").unwrap().wait_for(|n| *n == 1).await.unwrap();
+    webhooks
+        .done("r")
+        .unwrap()
+        .wait_for(|n| *n == 1)
+        .await
+        .unwrap();
     let list = webhooks.list();
-    assert_eq!((list[0].delivered, list[0].retried, list[0].dead), (1, 5, 0));
+    assert_eq!(
+        (list[0].delivered, list[0].retried, list[0].dead),
+        (1, 5, 0)
+    );
     assert!(webhooks.dead_letters(None, 10).await.unwrap().is_empty());
 }
 
@@ -149,6 +157,12 @@ async fn a_receiver_down_across_a_restart_gets_everything_and_the_cursor_resumes
     let webhooks = journal.start(std::slice::from_ref(&config)).await;
     journal.append(&["a", "b"]).await;
     let before = receiver.until_delivered(2).await;
+    webhooks
+        .done("r")
+        .unwrap()
+        .wait_for(|n| *n == 2)
+        .await
+        .unwrap();
     receiver.stop();
     journal.append(&["a", "b", "c"]).await;
     // The daemon stops while the receiver is down, and more happens before it is back.
@@ -183,7 +197,11 @@ async fn private_addresses_are_refused_unless_allowed() {
     let mut done = webhooks.done("r").unwrap();
     done.wait_for(|n| *n == 1).await.unwrap();
     let dead = webhooks.dead_letters(None, 10).await.unwrap();
-    assert!(dead[0].reason.contains("allow_private"), "{}", dead[0].reason);
+    assert!(
+        dead[0].reason.contains("allow_private"),
+        "{}",
+        dead[0].reason
+    );
     assert!(receiver.drain().is_empty(), "nothing reached the receiver");
 }
 
@@ -199,7 +217,9 @@ async fn a_slow_session_holds_back_only_itself_and_each_session_stays_in_order()
         },
     );
     let _webhooks = journal.start(&[hook(&receiver)]).await;
-    journal.append(&["slow", "slow", "fast", "fast", "fast"]).await;
+    journal
+        .append(&["slow", "slow", "fast", "fast", "fast"])
+        .await;
     let got = receiver.until_delivered(5).await;
     let order: Vec<(String, i64)> = got
         .iter()

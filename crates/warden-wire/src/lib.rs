@@ -44,7 +44,8 @@ pub use op::{OPS, Op};
 pub use reply::{ErrorBody, ErrorCode, Reply};
 pub use request::{Request, RequestLine};
 pub use views::{
-    CountersView, DeletedView, EventLine, HealthView, HistoryEntryView, HistoryView, ListView,
-    MessageView, OutboxView, OutgoingView, QrView, ReapView, ReapedView, SessionView,
-    WatchingView, WhyView,
+    CountersView, DeadLetterView, DeadLettersView, DeletedView, EventLine, FailedAgainView,
+    HealthView, HistoryEntryView, HistoryView, ListView, MessageView, OutboxView, OutgoingView,
+    QrView, ReapView, ReapedView, RedeliveredView, ReplayingView, SessionView, WatchingView,
+    WebhookTestView, WebhookView, WebhooksView, WhyView,
 };

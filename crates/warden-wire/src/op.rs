@@ -159,6 +159,40 @@ pub enum Op {
         #[serde(default)]
         follow: bool,
     },
+    /// Every webhook with its counters: `{"op":"webhooks"}`.
+    Webhooks {},
+    /// Events webhooks gave up on: `{"op":"webhook_dead","hook":"crm","limit":100}`; every
+    /// webhook's without `hook`.
+    WebhookDead {
+        /// Only this webhook's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hook: Option<String>,
+        /// At most this many (default 100).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<usize>,
+    },
+    /// Send a webhook's dead letters again, once each:
+    /// `{"op":"webhook_redeliver","hook":"crm"}`, or only one with `"seq":120`.
+    WebhookRedeliver {
+        /// The webhook.
+        hook: String,
+        /// Only this journal entry's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<i64>,
+    },
+    /// Send a webhook every event again from a journal entry on:
+    /// `{"op":"webhook_replay","hook":"crm","from":120}`.
+    WebhookReplay {
+        /// The webhook.
+        hook: String,
+        /// The first entry to send again.
+        from: i64,
+    },
+    /// Send a `webhook.test` event now: `{"op":"webhook_test","hook":"crm"}`.
+    WebhookTest {
+        /// The webhook.
+        hook: String,
+    },
     /// Stream events: `{"op":"watch"}` or `{"op":"watch","token":"shop1"}`.
     Watch {
         /// Only this session's events.
@@ -207,5 +241,10 @@ op_names! {
     Reap => "reap",
     Health => "health",
     History => "history",
+    Webhooks => "webhooks",
+    WebhookDead => "webhook_dead",
+    WebhookRedeliver => "webhook_redeliver",
+    WebhookReplay => "webhook_replay",
+    WebhookTest => "webhook_test",
     Watch => "watch",
 }

@@ -240,6 +240,20 @@ mod tests {
                 limit: None,
                 follow: true,
             },
+            Op::Webhooks {},
+            Op::WebhookDead {
+                hook: None,
+                limit: Some(5),
+            },
+            Op::WebhookRedeliver {
+                hook: "h".into(),
+                seq: None,
+            },
+            Op::WebhookReplay {
+                hook: "h".into(),
+                from: 1,
+            },
+            Op::WebhookTest { hook: "h".into() },
         ];
         let mut names: Vec<&str> = Vec::new();
         for op in ops {

@@ -105,6 +105,100 @@ pub struct HistoryEntryView {
     pub repeats: u32,
 }
 
+/// One webhook, with its counters since the daemon started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookView {
+    /// Its name (the URL without its query, unless `name` is set).
+    pub name: String,
+    /// Its URL without the query.
+    pub url: String,
+    /// The event types it gets (`*`: all).
+    pub events: Vec<String>,
+    /// Whether deliveries are signed.
+    pub signed: bool,
+    /// Whether it may reach private addresses.
+    pub allow_private: bool,
+    /// Events delivered.
+    pub delivered: u64,
+    /// Attempts that failed and were retried.
+    pub retried: u64,
+    /// Events given up on (dead letters).
+    pub dead: u64,
+    /// Events read from the journal and not yet done.
+    pub queued: u64,
+}
+
+/// The result of `webhooks`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhooksView {
+    /// Every webhook of `daemon.toml`.
+    pub webhooks: Vec<WebhookView>,
+}
+
+/// An event a webhook gave up on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetterView {
+    /// The webhook.
+    pub hook: String,
+    /// The journal entry (`webhook_redeliver` takes it).
+    pub seq: i64,
+    /// The session.
+    pub token: String,
+    /// The event type.
+    pub kind: String,
+    /// Why it was given up on.
+    pub reason: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When (RFC 3339).
+    pub failed_at: String,
+}
+
+/// The result of `webhook_dead`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLettersView {
+    /// Oldest first.
+    pub dead: Vec<DeadLetterView>,
+}
+
+/// One dead letter that failed again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedAgainView {
+    /// The journal entry.
+    pub seq: i64,
+    /// Why.
+    pub reason: String,
+}
+
+/// The result of `webhook_redeliver`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedeliveredView {
+    /// Entries delivered now (out of the dead letters).
+    pub delivered: Vec<i64>,
+    /// Entries that failed again (back in the dead letters).
+    pub failed: Vec<FailedAgainView>,
+}
+
+/// The result of `webhook_replay`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayingView {
+    /// The webhook.
+    pub hook: String,
+    /// The first entry sent again.
+    pub from: i64,
+}
+
+/// The result of `webhook_test`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookTestView {
+    /// The webhook.
+    pub hook: String,
+    /// Whether the receiver answered 2xx.
+    pub delivered: bool,
+    /// What happened (`HTTP 200`, `no answer within 10s`...).
+    pub outcome: String,
+}
+
 /// The result of `history`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryView {

@@ -193,6 +193,12 @@ pub enum Command {
         #[arg(long)]
         follow: bool,
     },
+    /// Webhooks: list them, their dead letters, redeliver, replay, test.
+    Webhooks {
+        /// What to do (default: list them).
+        #[command(subcommand)]
+        action: Option<WebhookAction>,
+    },
     /// Follow events (state changes, QR codes, messages) as they happen.
     Watch {
         /// Only this session.
@@ -202,4 +208,40 @@ pub enum Command {
     Cleanup,
     /// Check that the daemon answers.
     Health,
+}
+
+/// What `warden webhooks` does.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum WebhookAction {
+    /// Every webhook with its counters.
+    List,
+    /// Events webhooks gave up on.
+    Dead {
+        /// Only this webhook's.
+        hook: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Send a webhook's dead letters again, once each.
+    Redeliver {
+        /// The webhook.
+        hook: String,
+        /// Only this journal entry's.
+        #[arg(long)]
+        seq: Option<i64>,
+    },
+    /// Send a webhook every event again from a journal entry on.
+    Replay {
+        /// The webhook.
+        hook: String,
+        /// The first journal entry to send again.
+        #[arg(long)]
+        from: i64,
+    },
+    /// Send a webhook.test event now.
+    Test {
+        /// The webhook.
+        hook: String,
+    },
 }

@@ -6,11 +6,12 @@ use std::process::ExitCode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use warden_control::protocol::{
-    DeletedView, HealthView, HistoryView, ListView, OutboxView, OutgoingView, ReapView, SessionView,
+    DeadLettersView, DeletedView, HealthView, HistoryView, ListView, OutboxView, OutgoingView,
+    ReapView, RedeliveredView, ReplayingView, SessionView, WebhookTestView, WebhooksView,
 };
 use warden_control::{ClientError, ControlClient, ErrorCode, EventLine, Op};
 
-use crate::cli::Command;
+use crate::cli::{Command, WebhookAction};
 use crate::exit;
 use crate::output;
 
@@ -203,6 +204,9 @@ async fn dispatch(socket: &Path, command: Command, json: bool) -> Result<ExitCod
                 return stream(client, json).await;
             }
         }
+        Command::Webhooks { action } => {
+            return webhooks(&mut client, action.unwrap_or(WebhookAction::List), json).await;
+        }
         Command::Watch { token } => return watch(client, token, json).await,
     }
     Ok(ExitCode::from(exit::OK))
@@ -382,6 +386,58 @@ async fn watch(
         }
         if matches!(event, EventLine::Closed { .. }) {
             return Ok(ExitCode::from(exit::NOT_RUNNING));
+        }
+    }
+    Ok(ExitCode::from(exit::OK))
+}
+
+/// `warden webhooks ...`.
+async fn webhooks(
+    client: &mut ControlClient,
+    action: WebhookAction,
+    json: bool,
+) -> Result<ExitCode, ClientError> {
+    match action {
+        WebhookAction::List => {
+            let v: WebhooksView = client.call(&Op::Webhooks {}).await?;
+            print(json, &v, || output::webhooks(&v));
+        }
+        WebhookAction::Dead { hook, limit } => {
+            let op = Op::WebhookDead {
+                hook,
+                limit: Some(limit),
+            };
+            let v: DeadLettersView = client.call(&op).await?;
+            print(json, &v, || output::dead_letters(&v));
+        }
+        WebhookAction::Redeliver { hook, seq } => {
+            let v: RedeliveredView = client.call(&Op::WebhookRedeliver { hook, seq }).await?;
+            print(json, &v, || {
+                let mut out = format!("{} delivered", v.delivered.len());
+                for f in &v.failed {
+                    out += &format!("\n{:>8} failed again: {}", f.seq, f.reason);
+                }
+                out + "\n"
+            });
+            if !v.failed.is_empty() {
+                return Ok(ExitCode::from(exit::FAILED));
+            }
+        }
+        WebhookAction::Replay { hook, from } => {
+            let v: ReplayingView = client.call(&Op::WebhookReplay { hook, from }).await?;
+            print(json, &v, || {
+                format!(
+                    "{}: sending every event from entry {} again\n",
+                    v.hook, v.from
+                )
+            });
+        }
+        WebhookAction::Test { hook } => {
+            let v: WebhookTestView = client.call(&Op::WebhookTest { hook }).await?;
+            print(json, &v, || format!("{}: {}\n", v.hook, v.outcome));
+            if !v.delivered {
+                return Ok(ExitCode::from(exit::FAILED));
+            }
         }
     }
     Ok(ExitCode::from(exit::OK))

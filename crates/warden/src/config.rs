@@ -5,17 +5,20 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use warden_core::{AdmissionConfig, JanitorConfig, OutboxConfig, PolicyConfig};
+use warden_core::{AdmissionConfig, JanitorConfig, JournalConfig, OutboxConfig, PolicyConfig};
 use warden_http::HttpConfig;
+use warden_webhooks::WebhookConfig;
 use warden_whatsapp::WaConfig;
 
 /// The tables `daemon.toml` may have (and the `WARDEN_<TABLE>_` prefixes that override them).
-pub const TABLES: [&str; 7] = [
+/// (`[[webhooks]]`, a list, has no overrides.)
+pub const TABLES: [&str; 8] = [
     "daemon",
     "policy",
     "janitor",
     "admission",
     "outbox",
+    "journal",
     "whatsapp",
     "http",
 ];
@@ -34,6 +37,10 @@ pub struct Config {
     pub admission: AdmissionConfig,
     /// `[outbox]`: how long messages wait, how fast they go.
     pub outbox: OutboxConfig,
+    /// `[journal]`: how much of each session's history is kept.
+    pub journal: JournalConfig,
+    /// `[[webhooks]]`: where events are delivered.
+    pub webhooks: Vec<WebhookConfig>,
     /// `[whatsapp]`: how to reach WhatsApp.
     pub whatsapp: WaConfig,
     /// `[http]`: the HTTP gateway and dashboard.
@@ -262,11 +269,12 @@ fn overrides(env: &[(String, String)]) -> Vec<Override> {
 
 /// Checks what types alone cannot, naming the line of the offending key when it is in the file.
 fn validate(config: &Config, text: &str) -> Result<(), String> {
-    let checks: [(&str, Result<(), String>); 6] = [
+    let checks: [(&str, Result<(), String>); 7] = [
         ("policy", config.policy.validate()),
         ("janitor", config.janitor.validate()),
         ("admission", config.admission.validate()),
         ("outbox", config.outbox.validate()),
+        ("journal", config.journal.validate()),
         (
             "whatsapp",
             config.whatsapp.validate().map_err(|e| e.to_string()),
@@ -283,6 +291,7 @@ fn validate(config: &Config, text: &str) -> Result<(), String> {
             });
         }
     }
+    warden_webhooks::check_all(&config.webhooks).map_err(|e| format!("[[webhooks]] {e}"))?;
     if config.daemon.max_line_bytes < 256 {
         return Err("[daemon] max_line_bytes must be at least 256".into());
     }

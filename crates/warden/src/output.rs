@@ -2,7 +2,8 @@
 
 use warden_control::EventLine;
 use warden_control::protocol::{
-    HistoryEntryView, HistoryView, ListView, OutboxView, OutgoingView, SessionView,
+    DeadLettersView, HistoryEntryView, HistoryView, ListView, OutboxView, OutgoingView,
+    SessionView, WebhooksView,
 };
 
 /// A session as a short block of text.
@@ -50,6 +51,45 @@ pub fn session(s: &SessionView) -> String {
     out
 }
 
+/// Every webhook, one line each.
+pub fn webhooks(v: &WebhooksView) -> String {
+    if v.webhooks.is_empty() {
+        return "no webhooks ([[webhooks]] in daemon.toml)\n".into();
+    }
+    v.webhooks
+        .iter()
+        .map(|w| {
+            format!(
+                "{}  {}  events={}  {}  delivered={} retried={} dead={} queued={}\n",
+                w.name,
+                w.url,
+                w.events.join(","),
+                if w.signed { "signed" } else { "UNSIGNED" },
+                w.delivered,
+                w.retried,
+                w.dead,
+                w.queued
+            )
+        })
+        .collect()
+}
+
+/// Dead letters, one line each.
+pub fn dead_letters(v: &DeadLettersView) -> String {
+    if v.dead.is_empty() {
+        return "no dead letters\n".into();
+    }
+    v.dead
+        .iter()
+        .map(|d| {
+            format!(
+                "{:>8} {} {} {} {}: {} ({} attempts)\n",
+                d.seq, d.failed_at, d.hook, d.token, d.kind, d.reason, d.attempts
+            )
+        })
+        .collect()
+}
+
 /// A session's history, one line per entry.
 pub fn history(h: &HistoryView) -> String {
     if h.entries.is_empty() {
@@ -60,7 +100,12 @@ pub fn history(h: &HistoryView) -> String {
 
 /// One history entry as a line: number, time, kind and what happened.
 pub fn history_entry(e: &HistoryEntryView) -> String {
-    let text = |field: &str| e.data.get(field).and_then(|v| v.as_str()).map(str::to_owned);
+    let text = |field: &str| {
+        e.data
+            .get(field)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
     let what = match e.kind.as_str() {
         "session.status" => {
             let mut what = format!(

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use warden_control::{ControlServer, ServerConfig};
 use warden_core::{Supervisor, SupervisorConfig};
 use warden_store::Db;
+use warden_webhooks::Webhooks;
 use warden_whatsapp::WaLink;
 
 use crate::limits;
@@ -214,6 +215,7 @@ async fn serve(
         janitor: config.janitor.clone(),
         admission: config.admission.clone(),
         outbox: config.outbox.clone(),
+        journal: config.journal,
         close_timeout: config.daemon.close_timeout,
         shutdown_timeout: config.daemon.shutdown_timeout,
         max_active: Some(capacity),
@@ -227,20 +229,28 @@ async fn serve(
         tracing::warn!("unreadable session entry left alone: {problem}");
     }
 
+    let webhooks = Arc::new(
+        Webhooks::start(&config.webhooks, db.clone(), supervisor.journal_head())
+            .await
+            .context("cannot start the webhooks")?,
+    );
     let metrics = Arc::new(warden_http::Metrics::new());
     let observer_metrics = metrics.clone();
-    let server = server.with_observer(Arc::new(move |op: &str, ok: bool| {
-        observer_metrics.record_socket_request(op, ok)
-    }));
+    let server = server
+        .with_observer(Arc::new(move |op: &str, ok: bool| {
+            observer_metrics.record_socket_request(op, ok)
+        }))
+        .with_webhooks(webhooks.clone());
     let (stop_server, server_stopped) = oneshot::channel::<()>();
     let served = tokio::spawn(server.run(supervisor.clone(), async {
         let _ = server_stopped.await;
     }));
     let (stop_http, http_stopped) = oneshot::channel::<()>();
     let http = if let Some(listener) = http_listener {
-        Some(tokio::spawn(warden_http::serve(
+        Some(tokio::spawn(warden_http::serve_with_webhooks(
             listener,
             supervisor.clone(),
+            Some(webhooks.clone()),
             config.http.clone(),
             metrics,
             async {

@@ -77,7 +77,9 @@ pub fn status_change(before: Option<&SessionInfo>, after: &SessionInfo) -> Optio
             "next_retry_at": after.next_retry_at.map(time_text),
             "banned_until": after.banned_until.map(time_text),
         }),
-        at: after.state_since.max(before.map_or(after.state_since, |b| b.state_since)),
+        at: after
+            .state_since
+            .max(before.map_or(after.state_since, |b| b.state_since)),
     })
 }
 
@@ -262,7 +264,10 @@ mod tests {
         let removed = event(&SessionEvent::Removed { token }, now).unwrap();
         assert_eq!(removed.data["to"], "deleted");
         assert_eq!(
-            event(&SessionEvent::Updated(Box::new(view(SessionState::Stopped, None, 0, 1))), now),
+            event(
+                &SessionEvent::Updated(Box::new(view(SessionState::Stopped, None, 0, 1))),
+                now
+            ),
             None
         );
     }

@@ -251,11 +251,7 @@ struct Inner {
 }
 
 impl Outbox {
-    pub(crate) fn new(
-        db: Db,
-        config: OutboxConfig,
-        events: Bus,
-    ) -> Self {
+    pub(crate) fn new(db: Db, config: OutboxConfig, events: Bus) -> Self {
         Self {
             inner: Arc::new(Inner {
                 db,

@@ -24,12 +24,12 @@ use tokio::time::Instant;
 
 use crate::admission::{Admission, AdmissionConfig};
 use crate::janitor::{JanitorActor, JanitorConfig, JanitorMsg};
+use crate::journal::Bus;
 use crate::lifecycle::DisconnectReason;
 use crate::link::Link;
 use crate::outbox::Outbox;
 use crate::policy::PolicyConfig;
 use crate::session::SessionState as SessionActorState;
-use crate::journal::Bus;
 use crate::state::{LastDisconnect, SessionInfo};
 use crate::store::{SessionRecord, StoreWriter};
 use crate::token::Token;

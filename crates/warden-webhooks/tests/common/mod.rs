@@ -88,48 +88,59 @@ impl Receiver {
                 let script = script.clone();
                 let sender = sender.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                        let script = script.clone();
-                        let sender = sender.clone();
-                        async move {
-                            let header = |name: &str| {
-                                request
-                                    .headers()
-                                    .get(name)
-                                    .and_then(|v| v.to_str().ok())
-                                    .map(str::to_owned)
-                            };
-                            let id = header("webhook-id").unwrap_or_default();
-                            let timestamp = header("webhook-timestamp").unwrap_or_default();
-                            let signature = header("webhook-signature");
-                            let raw = request.into_body().collect().await.unwrap().to_bytes().to_vec();
-                            let body: serde_json::Value =
-                                serde_json::from_slice(&raw).unwrap_or(serde_json::Value::Null);
-                            let token = body["data"]["token"].as_str().unwrap_or("").to_owned();
-                            let answer = {
-                                let mut s = script.lock().unwrap();
-                                if let Some(i) = s.by_token.iter().position(|(t, _)| *t == token) {
-                                    s.by_token.remove(i).1
-                                } else {
-                                    s.answers.pop_front().unwrap_or(status(200))
-                                }
-                            };
-                            // Recorded on arrival: a sender that gives up before the answer
-                            // drops the connection, and this task with it.
-                            let _ = sender.send(Received {
-                                id,
-                                timestamp,
-                                signature,
-                                body,
-                                raw,
-                                status: answer.status,
-                            });
-                            tokio::time::sleep(answer.delay).await;
-                            let mut response = hyper::Response::new(Full::new(Bytes::from_static(b"ok")));
-                            *response.status_mut() = hyper::StatusCode::from_u16(answer.status).unwrap();
-                            Ok::<_, Infallible>(response)
-                        }
-                    });
+                    let service =
+                        service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                            let script = script.clone();
+                            let sender = sender.clone();
+                            async move {
+                                let header = |name: &str| {
+                                    request
+                                        .headers()
+                                        .get(name)
+                                        .and_then(|v| v.to_str().ok())
+                                        .map(str::to_owned)
+                                };
+                                let id = header("webhook-id").unwrap_or_default();
+                                let timestamp = header("webhook-timestamp").unwrap_or_default();
+                                let signature = header("webhook-signature");
+                                let raw = request
+                                    .into_body()
+                                    .collect()
+                                    .await
+                                    .unwrap()
+                                    .to_bytes()
+                                    .to_vec();
+                                let body: serde_json::Value =
+                                    serde_json::from_slice(&raw).unwrap_or(serde_json::Value::Null);
+                                let token = body["data"]["token"].as_str().unwrap_or("").to_owned();
+                                let answer = {
+                                    let mut s = script.lock().unwrap();
+                                    if let Some(i) =
+                                        s.by_token.iter().position(|(t, _)| *t == token)
+                                    {
+                                        s.by_token.remove(i).1
+                                    } else {
+                                        s.answers.pop_front().unwrap_or(status(200))
+                                    }
+                                };
+                                // Recorded on arrival: a sender that gives up before the answer
+                                // drops the connection, and this task with it.
+                                let _ = sender.send(Received {
+                                    id,
+                                    timestamp,
+                                    signature,
+                                    body,
+                                    raw,
+                                    status: answer.status,
+                                });
+                                tokio::time::sleep(answer.delay).await;
+                                let mut response =
+                                    hyper::Response::new(Full::new(Bytes::from_static(b"ok")));
+                                *response.status_mut() =
+                                    hyper::StatusCode::from_u16(answer.status).unwrap();
+                                Ok::<_, Infallible>(response)
+                            }
+                        });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
@@ -145,7 +156,11 @@ impl Receiver {
 
     /// Answers the next request about `token` with `answer`.
     pub fn answer_for(&self, token: &str, answer: Answer) {
-        self.script.lock().unwrap().by_token.push((token.into(), answer));
+        self.script
+            .lock()
+            .unwrap()
+            .by_token
+            .push((token.into(), answer));
     }
 
     /// The next request (panics after a minute without one).
