@@ -23,6 +23,8 @@ pub mod config;
 mod deliver;
 pub mod guard;
 pub mod payload;
+#[cfg(feature = "receiver")]
+pub mod receiver;
 pub mod retry;
 pub mod secret;
 pub mod sign;

@@ -2,12 +2,10 @@
 //! 410, timeouts, a receiver down across a restart, the SSRF guard, per-session order, dead
 //! letters and replay.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{Answer, Receiver, status, verify};
+use warden_webhooks::receiver::{Answer, Receiver, status, verify};
 use tokio::sync::watch;
 use warden_store::{Db, JournalChange, NewJournalEntry};
 use warden_webhooks::{WebhookConfig, Webhooks};

@@ -1,7 +1,7 @@
-//! A real HTTP receiver on loopback for the webhook tests: it answers each request as its
-//! script says (a status, maybe after a delay), records every request, and can be stopped and
-//! started again on the same port.
-#![allow(dead_code)]
+//! A real HTTP receiver on loopback, for tests (feature `receiver`): it answers each request
+//! as its script says (a status, maybe after a delay), records every request, and can be
+//! stopped and started again on the same port. [`verify`] checks a signature with the
+//! specification's recipe, apart from [`crate::sign`].
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -22,21 +22,30 @@ use tokio::sync::mpsc;
 /// One request the receiver got.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// `webhook-id`.
     pub id: String,
+    /// `webhook-timestamp`.
     pub timestamp: String,
+    /// `webhook-signature`, if any.
     pub signature: Option<String>,
+    /// The body, parsed.
     pub body: serde_json::Value,
+    /// The body as sent.
     pub raw: Vec<u8>,
+    /// The status it was answered with.
     pub status: u16,
 }
 
 /// How to answer one request.
 #[derive(Debug, Clone, Copy)]
 pub struct Answer {
+    /// The status.
     pub status: u16,
+    /// How long to wait before answering.
     pub delay: Duration,
 }
 
+/// An answer with `code`, at once.
 pub fn status(code: u16) -> Answer {
     Answer {
         status: code,
@@ -53,6 +62,7 @@ struct Script {
 
 /// The receiver.
 pub struct Receiver {
+    /// Where it listens.
     pub addr: SocketAddr,
     script: Arc<Mutex<Script>>,
     got: mpsc::UnboundedReceiver<Received>,
