@@ -247,7 +247,7 @@ struct Progress {
 #[derive(Default)]
 struct Queued {
     records: HashMap<Token, Pending>,
-    journal: VecDeque<(u64, NewJournalEntry)>,
+    journal: VecDeque<Numbered>,
     next: u64,
 }
 
@@ -425,11 +425,14 @@ pub(crate) fn unix_millis(t: SystemTime) -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// A journal entry with its place in the order of changes.
+type Numbered = (u64, NewJournalEntry);
+
 async fn run_writer(db: Db, shared: Arc<Shared>) {
     let mut retry = RETRY_FIRST;
     let mut last_prune: Option<tokio::time::Instant> = None;
     loop {
-        let (taken, journal): (Vec<(Token, Pending)>, Vec<(u64, NewJournalEntry)>) = {
+        let (taken, journal): (Vec<(Token, Pending)>, Vec<Numbered>) = {
             let mut queued = shared.queued.lock().unwrap_or_else(|e| e.into_inner());
             (
                 queued.records.drain().collect(),
