@@ -549,7 +549,9 @@ async fn handle(context: &Context, id: Value, op: Op) -> Reply {
         | Op::WebhookDead { .. }
         | Op::WebhookRedeliver { .. }
         | Op::WebhookReplay { .. }
-        | Op::WebhookTest { .. }) => webhooks::handle(context.webhooks.as_deref(), id, &op)
+        | Op::WebhookTest { .. }
+        | Op::WebhookSet { .. }
+        | Op::WebhookRemove { .. }) => webhooks::handle(s, context.webhooks.as_deref(), id, &op)
             .await
             .expect("a webhook op"),
         Op::Watch { .. } => Reply::err(id, ErrorBody::bad_request("watch is handled apart")),

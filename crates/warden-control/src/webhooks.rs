@@ -3,11 +3,12 @@
 //! gateway.
 
 use serde_json::Value;
-use warden_webhooks::{HookInfo, Outcome, Redelivered, WebhookError, Webhooks};
+use warden_core::Supervisor;
+use warden_webhooks::{HookInfo, Outcome, Redelivered, WebhookConfig, WebhookError, Webhooks};
 
 use crate::protocol::{
     DeadLetterView, DeadLettersView, ErrorBody, ErrorCode, FailedAgainView, Op, RedeliveredView,
-    ReplayingView, Reply, WebhookTestView, WebhookView, WebhooksView,
+    ReplayingView, Reply, WebhookRemovedView, WebhookTestView, WebhookView, WebhooksView,
 };
 
 /// How many dead letters a listing shows when the request says nothing.
@@ -26,20 +27,9 @@ pub fn error(e: &WebhookError) -> ErrorBody {
 
 /// Every webhook (none when the daemon has none).
 pub fn list(webhooks: Option<&Webhooks>) -> WebhooksView {
-    let view = |h: HookInfo| WebhookView {
-        name: h.name,
-        url: h.url,
-        events: h.events,
-        signed: h.signed,
-        allow_private: h.allow_private,
-        delivered: h.delivered,
-        retried: h.retried,
-        dead: h.dead,
-        queued: h.queued,
-    };
     WebhooksView {
         webhooks: webhooks
-            .map(|w| w.list().into_iter().map(view).collect())
+            .map(|w| w.list().into_iter().map(list_one).collect())
             .unwrap_or_default(),
     }
 }
@@ -127,8 +117,95 @@ pub async fn test(
     })
 }
 
+/// What `webhook_set` asks for.
+pub struct SetRequest {
+    /// The session.
+    pub token: String,
+    /// The webhook.
+    pub config: WebhookConfig,
+}
+
+impl SetRequest {
+    /// The request of a `webhook_set` op, if `op` is one.
+    pub fn from_op(op: &Op) -> Option<Self> {
+        let Op::WebhookSet {
+            token,
+            url,
+            secret,
+            unsigned,
+            events,
+            allow_private,
+            name,
+        } = op
+        else {
+            return None;
+        };
+        let mut config = WebhookConfig::new(url.clone());
+        config.secret = secret.clone();
+        config.unsigned = *unsigned;
+        if let Some(events) = events {
+            config.events = events.clone();
+        }
+        config.allow_private = *allow_private;
+        config.name = name.clone();
+        Some(Self {
+            token: token.clone(),
+            config,
+        })
+    }
+}
+
+/// Sets a webhook for one session; the session must exist.
+pub async fn set(
+    supervisor: &Supervisor,
+    webhooks: Option<&Webhooks>,
+    request: SetRequest,
+) -> Result<WebhookView, ErrorBody> {
+    supervisor
+        .status(&request.token)
+        .map_err(|e| ErrorBody::from(&e))?;
+    let webhooks = webhooks
+        .ok_or_else(|| ErrorBody::new(ErrorCode::Unavailable, "this daemon runs no webhooks"))?;
+    let info = webhooks
+        .set_for_session(&request.token, request.config)
+        .await
+        .map_err(|e| error(&e))?;
+    Ok(list_one(info))
+}
+
+/// Removes a session's webhook.
+pub async fn remove(
+    webhooks: Option<&Webhooks>,
+    hook: &str,
+) -> Result<WebhookRemovedView, WebhookError> {
+    need(webhooks, hook)?.remove_for_session(hook).await?;
+    Ok(WebhookRemovedView {
+        removed: hook.to_owned(),
+    })
+}
+
+fn list_one(h: HookInfo) -> WebhookView {
+    WebhookView {
+        name: h.name,
+        token: h.token,
+        url: h.url,
+        events: h.events,
+        signed: h.signed,
+        allow_private: h.allow_private,
+        delivered: h.delivered,
+        retried: h.retried,
+        dead: h.dead,
+        queued: h.queued,
+    }
+}
+
 /// Answers a webhook op; `None` when `op` is not one.
-pub(crate) async fn handle(webhooks: Option<&Webhooks>, id: Value, op: &Op) -> Option<Reply> {
+pub(crate) async fn handle(
+    supervisor: &Supervisor,
+    webhooks: Option<&Webhooks>,
+    id: Value,
+    op: &Op,
+) -> Option<Reply> {
     fn reply<T: serde::Serialize>(id: Value, result: Result<T, WebhookError>) -> Reply {
         match result {
             Ok(view) => Reply::ok(id, view),
@@ -141,6 +218,14 @@ pub(crate) async fn handle(webhooks: Option<&Webhooks>, id: Value, op: &Op) -> O
         Op::WebhookRedeliver { hook, seq } => reply(id, redeliver(webhooks, hook, *seq).await),
         Op::WebhookReplay { hook, from } => reply(id, replay(webhooks, hook, *from).await),
         Op::WebhookTest { hook } => reply(id, test(webhooks, hook).await),
+        Op::WebhookRemove { hook } => reply(id, remove(webhooks, hook).await),
+        Op::WebhookSet { .. } => {
+            let request = SetRequest::from_op(op).expect("a webhook_set op");
+            match set(supervisor, webhooks, request).await {
+                Ok(view) => Reply::ok(id, view),
+                Err(body) => Reply::err(id, body),
+            }
+        }
         _ => return None,
     })
 }

@@ -209,6 +209,22 @@ fn details(route: &Route) -> (Vec<Value>, Option<Value>, Vec<(&'static str, Valu
             None,
             vec![("200", json_response("The replay started", "Replaying"))],
         ),
+        ("DELETE", "/webhooks/{hook}") => (
+            vec![],
+            None,
+            vec![(
+                "200",
+                json!({"description": "Removed: {\"removed\": hook}", "content": {"application/json": {}}}),
+            )],
+        ),
+        ("POST", "/session/webhook/{token}") => (
+            vec![],
+            Some(body("WebhookBody", true)),
+            vec![(
+                "200",
+                json!({"description": "The webhook as listed (never its secret)", "content": {"application/json": {}}}),
+            )],
+        ),
         ("POST", "/webhooks/{hook}/test") => (
             vec![],
             None,
@@ -336,6 +352,13 @@ fn schemas() -> Value {
         }}}}},
         "Redelivered": {"type": "object", "properties": {"delivered": {"type": "array", "items": {"type": "integer"}},
             "failed": {"type": "array", "items": {"type": "object", "properties": {"seq": {"type": "integer"}, "reason": {"type": "string"}}}}}},
+        "WebhookBody": {"type": "object", "required": ["url"], "properties": {
+            "url": {"type": "string"}, "secret": {"type": "string", "description": "whsec_ + base64 of the key; required unless unsigned"},
+            "unsigned": {"type": "boolean"}, "events": {"type": "array", "items": {"type": "string"}},
+            "allow_private": {"type": "boolean"}, "name": {"type": "string"}, "timeout": {"type": "string"},
+            "max_attempts": {"type": "integer"}, "backoff_base": {"type": "string"}, "backoff_cap": {"type": "string"},
+            "concurrency": {"type": "integer"}
+        }},
         "Replaying": {"type": "object", "properties": {"hook": {"type": "string"}, "from": {"type": "integer"}}},
         "WebhookTest": {"type": "object", "properties": {"hook": {"type": "string"}, "delivered": {"type": "boolean"}, "outcome": {"type": "string"}}},
         "History": {"type": "object", "properties": {

@@ -52,7 +52,7 @@ const fn public(method: &'static str, path: &'static str, summary: &'static str)
 
 /// Every route the gateway serves. The OpenAPI document is built from this table, and the
 /// tests check that the router serves exactly these.
-pub const ROUTES: [Route; 32] = [
+pub const ROUTES: [Route; 34] = [
     public("GET", "/", "The dashboard page"),
     public("GET", "/dashboard/app.js", "The dashboard's script"),
     public("GET", "/dashboard/style.css", "The dashboard's style sheet"),
@@ -177,6 +177,16 @@ pub const ROUTES: [Route; 32] = [
         "Send a webhook.test event now",
     ),
     route(
+        "DELETE",
+        "/webhooks/{hook}",
+        "Remove a session's own webhook",
+    ),
+    route(
+        "POST",
+        "/session/webhook/{token}",
+        "Set a webhook for one session (body: a [[webhooks]] entry as JSON)",
+    ),
+    route(
         "POST",
         "/reap",
         "Reap stuck sessions now (what the janitor does)",
@@ -265,6 +275,8 @@ pub fn router(app: Arc<AppState>) -> Router {
         )
         .route("/webhooks/{hook}/replay", post(crate::webhooks::replay))
         .route("/webhooks/{hook}/test", post(crate::webhooks::test))
+        .route("/webhooks/{hook}", delete(crate::webhooks::remove))
+        .route("/session/webhook/{token}", post(crate::webhooks::set))
         .route("/reap", post(reap))
         .route_layer(middleware::from_fn_with_state(
             app.clone(),

@@ -1,6 +1,8 @@
-//! The webhook routes: `GET /webhooks`, `GET /webhooks/dead`, and
-//! `POST /webhooks/{hook}/redeliver`, `/replay` and `/test`. Answers are the control socket's
-//! views (`warden_control::webhooks`).
+//! The webhook routes: `GET /webhooks`, `GET /webhooks/dead`,
+//! `POST /webhooks/{hook}/redeliver`, `/replay` and `/test`, `DELETE /webhooks/{hook}` (a
+//! session's own), and `POST /session/webhook/{token}` (set one for a session, the body
+//! being a `[[webhooks]]` entry as JSON). Answers are the control socket's views
+//! (`warden_control::webhooks`).
 
 use std::sync::Arc;
 
@@ -9,22 +11,27 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use warden_control::protocol::{
-    DeadLettersView, RedeliveredView, ReplayingView, WebhookTestView, WebhooksView,
+    DeadLettersView, ErrorCode, RedeliveredView, ReplayingView, WebhookRemovedView,
+    WebhookTestView, WebhookView, WebhooksView,
 };
 use warden_control::webhooks as ops;
-use warden_webhooks::WebhookError;
+use warden_webhooks::{WebhookConfig, WebhookError};
 
 use crate::error::ApiError;
-use crate::extract::QueryOf;
+use crate::extract::{JsonBody, QueryOf, TokenPath};
 use crate::state::AppState;
 
 fn api_error(e: &WebhookError) -> ApiError {
-    let body = ops::error(e);
-    let status = match e {
-        WebhookError::Unknown(_) => StatusCode::NOT_FOUND,
-        WebhookError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
-        WebhookError::Config(_) => StatusCode::BAD_REQUEST,
-        WebhookError::Db(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    body_error(ops::error(e))
+}
+
+/// The HTTP error of a control-protocol error body.
+fn body_error(body: warden_control::ErrorBody) -> ApiError {
+    let status = match body.code {
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::InvalidToken | ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     let code = serde_json::to_value(body.code)
         .ok()
@@ -95,6 +102,31 @@ pub async fn replay(
         .from
         .ok_or_else(|| ApiError::bad_request("replay needs ?from=SEQ (a journal entry)"))?;
     ops::replay(app.webhooks.as_deref(), &hook, from)
+        .await
+        .map(Json)
+        .map_err(|e| api_error(&e))
+}
+
+/// `POST /session/webhook/{token}`: sets a webhook for the session (body: the keys of a
+/// `[[webhooks]]` entry).
+pub async fn set(
+    State(app): State<Arc<AppState>>,
+    TokenPath(token): TokenPath,
+    JsonBody(config): JsonBody<WebhookConfig>,
+) -> Result<Json<WebhookView>, ApiError> {
+    let request = ops::SetRequest { token, config };
+    ops::set(&app.supervisor, app.webhooks.as_deref(), request)
+        .await
+        .map(Json)
+        .map_err(body_error)
+}
+
+/// `DELETE /webhooks/{hook}`: removes a session's webhook.
+pub async fn remove(
+    State(app): State<Arc<AppState>>,
+    Path(hook): Path<String>,
+) -> Result<Json<WebhookRemovedView>, ApiError> {
+    ops::remove(app.webhooks.as_deref(), &hook)
         .await
         .map(Json)
         .map_err(|e| api_error(&e))

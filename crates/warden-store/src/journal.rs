@@ -163,6 +163,9 @@ pub(crate) fn delete_session_rows(conn: &Connection, token: &str) -> Result<(), 
     conn.execute("DELETE FROM journal WHERE token = ?1", [token])?;
     conn.execute("DELETE FROM webhook_cursors WHERE token = ?1", [token])?;
     conn.execute("DELETE FROM webhook_dead WHERE token = ?1", [token])?;
+    // The session's own webhooks stop being started; each, still running, sends the
+    // deletion and then removes the rest of itself (`remove_session_webhook`).
+    conn.execute("DELETE FROM session_webhooks WHERE token = ?1", [token])?;
     Ok(())
 }
 
@@ -259,10 +262,11 @@ impl Db {
 
     /// What webhook `hook` has not yet done, in entry order, at most `limit`, after entry
     /// `after` (a reader's own position): entries past the hook's start and past its cursor
-    /// for their session.
+    /// for their session; only `only`'s entries, if given.
     pub async fn webhook_pending(
         &self,
         hook: String,
+        only: Option<String>,
         after: i64,
         limit: usize,
     ) -> Result<Vec<JournalEntry>, DbError> {
@@ -276,9 +280,10 @@ impl Db {
                          JOIN webhooks w ON w.hook = ?1
                          LEFT JOIN webhook_cursors c ON c.hook = ?1 AND c.token = j.token
                          WHERE j.seq > ?2 AND j.seq > w.start AND j.seq > COALESCE(c.seq, 0)
+                           AND (?4 IS NULL OR j.token = ?4)
                          ORDER BY j.seq LIMIT ?3",
                     )?
-                    .query_map(params![hook, after, limit], entry)?
+                    .query_map(params![hook, after, limit, only], entry)?
                     .collect::<Result<Vec<_>, _>>()?)
             })
             .await
@@ -475,6 +480,54 @@ impl Db {
             .await
     }
 
+    /// Stores (or replaces) webhook `hook` of session `token`, its configuration as the
+    /// caller encodes it.
+    pub async fn put_session_webhook(
+        &self,
+        hook: String,
+        token: String,
+        config: String,
+    ) -> Result<(), DbError> {
+        self.queue
+            .call(move |conn| {
+                conn.execute(
+                    "INSERT INTO session_webhooks (hook, token, config) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (hook) DO UPDATE SET token = excluded.token, config = excluded.config",
+                    params![hook, token, config],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Removes webhook `hook` of a session, with its progress and dead letters; whether it was
+    /// there.
+    pub async fn remove_session_webhook(&self, hook: String) -> Result<bool, DbError> {
+        self.queue
+            .call(move |conn| {
+                let n = conn.execute("DELETE FROM session_webhooks WHERE hook = ?1", [&hook])?;
+                for table in ["webhooks", "webhook_cursors", "webhook_dead"] {
+                    conn.execute(&format!("DELETE FROM {table} WHERE hook = ?1"), [&hook])?;
+                }
+                Ok(n > 0)
+            })
+            .await
+    }
+
+    /// Every session's webhooks: (hook, token, configuration).
+    pub async fn session_webhooks(&self) -> Result<Vec<(String, String, String)>, DbError> {
+        self.queue
+            .call(|conn| {
+                Ok(conn
+                    .prepare_cached(
+                        "SELECT hook, token, config FROM session_webhooks ORDER BY hook",
+                    )?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<Result<Vec<_>, _>>()?)
+            })
+            .await
+    }
+
     /// How many entries `token` has.
     pub async fn journal_count(&self, token: String) -> Result<usize, DbError> {
         self.queue
@@ -581,12 +634,12 @@ mod tests {
             .flat_map(|i| [new("a", "", i, 100), new("b", "", i, 100)])
             .collect();
         db.write_journal(changes).await.unwrap();
-        let pending = db.webhook_pending("h".into(), 0, 100).await.unwrap();
+        let pending = db.webhook_pending("h".into(), None, 0, 100).await.unwrap();
         assert_eq!(pending.len(), 6);
         db.webhook_advance("h".into(), "a".into(), pending[2].seq, None)
             .await
             .unwrap();
-        let pending = db.webhook_pending("h".into(), 0, 100).await.unwrap();
+        let pending = db.webhook_pending("h".into(), None, 0, 100).await.unwrap();
         let seqs: Vec<(String, i64)> = pending.iter().map(|e| (e.token.clone(), e.seq)).collect();
         assert_eq!(
             seqs,
@@ -617,7 +670,7 @@ mod tests {
         );
         assert!(db.dead_letters(None, 10).await.unwrap().is_empty());
         db.webhook_rewind("h".into(), 2).await.unwrap();
-        let pending = db.webhook_pending("h".into(), 0, 100).await.unwrap();
+        let pending = db.webhook_pending("h".into(), None, 0, 100).await.unwrap();
         assert_eq!(pending.len(), 6, "replayed from entry 2");
         assert!(db.webhook_rewind("nope".into(), 2).await.is_err());
     }

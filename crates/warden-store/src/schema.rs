@@ -13,7 +13,8 @@ pub const SCHEMA_VERSION: i64 = 1;
 /// token (one row per set of credentials, with an id that is never reused), `kv` by device id,
 /// `outbox` by token (its messages to send, in `seq` order), `journal` by token (what happened
 /// to it, see [`crate::journal`]); `webhooks`, `webhook_cursors` and `webhook_dead` are each
-/// webhook's start, progress per session and given-up events. A database of an earlier build
+/// webhook's start, progress per session and given-up events; `session_webhooks` the
+/// webhooks set for one session through the API. A database of an earlier build
 /// gains the tables it lacks when it is opened.
 const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -71,6 +72,11 @@ CREATE INDEX IF NOT EXISTS journal_by_time ON journal (at);
 CREATE TABLE IF NOT EXISTS webhooks (
     hook TEXT PRIMARY KEY,
     start INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS session_webhooks (
+    hook TEXT PRIMARY KEY,
+    token TEXT NOT NULL,
+    config TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS webhook_cursors (
     hook TEXT NOT NULL,

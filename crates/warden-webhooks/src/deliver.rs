@@ -44,6 +44,8 @@ pub(crate) struct Hook {
     pub secret: Option<Secret>,
     /// Its counters.
     pub stats: Stats,
+    /// The one session it serves (set through the API), or `None`: every session.
+    pub only: Option<String>,
 }
 
 impl Hook {
@@ -176,6 +178,13 @@ async fn deliver(
     }
 }
 
+/// Whether `entry` is its session's deletion.
+fn is_deletion(entry: &JournalEntry) -> bool {
+    entry.kind == "session.status"
+        && serde_json::from_str::<serde_json::Value>(&entry.data)
+            .is_ok_and(|d| d["to"] == "deleted")
+}
+
 /// What the loop holds: each session's events read and not yet done.
 #[derive(Default)]
 struct Queues {
@@ -198,12 +207,15 @@ pub(crate) async fn run(
     let mut running: JoinSet<(String, i64, Option<DeadLetter>)> = JoinSet::new();
     let mut scan = 0i64;
     let mut unread = true;
+    // A session's own webhook ends after sending the session's deletion (its configuration
+    // went with the session).
+    let mut last_seq: Option<i64> = None;
     loop {
         if unread && queues.len < BUFFER {
             head.borrow_and_update();
             let want = BUFFER - queues.len;
             let rows = persist("reading the journal", &name, || {
-                db.webhook_pending(name.clone(), scan, want)
+                db.webhook_pending(name.clone(), hook.only.clone(), scan, want)
             })
             .await;
             unread = rows.len() == want;
@@ -215,6 +227,9 @@ pub(crate) async fn run(
                         .waiting
                         .get(&row.token)
                         .is_none_or(VecDeque::is_empty);
+                if hook.only.is_some() && is_deletion(&row) {
+                    last_seq = Some(row.seq);
+                }
                 if hook.config.wants(&row.kind) {
                     skipped.remove(&row.token);
                     queues.len += 1;
@@ -260,6 +275,14 @@ pub(crate) async fn run(
         tokio::select! {
             Some(done) = running.join_next() => {
                 let Ok((token, seq, dead)) = done else { continue };
+                if last_seq == Some(seq) {
+                    tracing::info!(hook = %name, "the session was deleted; its webhook ends");
+                    persist("removing the webhook", &name, || {
+                        db.remove_session_webhook(name.clone())
+                    })
+                    .await;
+                    return;
+                }
                 persist("recording a delivery", &name, || {
                     db.webhook_advance(name.clone(), token.clone(), seq, dead.clone())
                 })

@@ -65,6 +65,8 @@ pub enum WebhookError {
 pub struct HookInfo {
     /// Its name.
     pub name: String,
+    /// The one session it serves (set through the API), or `None`: `daemon.toml`'s.
+    pub token: Option<String>,
     /// Its URL without the query.
     pub url: String,
     /// The event types it gets.
@@ -83,6 +85,22 @@ pub struct HookInfo {
     pub queued: u64,
 }
 
+fn info(r: &Running) -> HookInfo {
+    let h = &r.hook;
+    HookInfo {
+        name: h.name.clone(),
+        token: h.only.clone(),
+        url: h.config.url.split('?').next().unwrap_or("").to_owned(),
+        events: h.config.events.clone(),
+        signed: h.secret.is_some(),
+        allow_private: h.config.allow_private,
+        delivered: h.stats.delivered.load(Ordering::Relaxed),
+        retried: h.stats.retried.load(Ordering::Relaxed),
+        dead: h.stats.dead.load(Ordering::Relaxed),
+        queued: u64::try_from(h.stats.queued.load(Ordering::Relaxed)).unwrap_or(0),
+    }
+}
+
 /// What a redelivery of dead letters did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Redelivered {
@@ -98,27 +116,32 @@ struct Running {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Every webhook's delivery loop. Dropping it stops them (what was in flight is sent again
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Every webhook's delivery loop: `daemon.toml`'s, and those set for one session through the
+/// API (kept in the database). Dropping it stops them (what was in flight is sent again
 /// after a restart).
 pub struct Webhooks {
     db: Db,
     identity: Arc<str>,
-    hooks: Vec<Running>,
+    head: watch::Receiver<i64>,
+    hooks: std::sync::Mutex<Vec<Arc<Running>>>,
 }
 
-impl Drop for Webhooks {
-    fn drop(&mut self) {
-        for running in &self.hooks {
-            running.task.abort();
-        }
-    }
+/// The name of webhook `name` of session `token`.
+pub fn session_hook_name(token: &str, name: &str) -> String {
+    format!("{token}:{name}")
 }
 
 impl Webhooks {
-    /// Checks `configs` and starts a delivery loop for each, reading `db`'s journal and
-    /// woken by `head` (the number of the last journal entry committed). A webhook seen for
-    /// the first time starts at the journal's current end; one seen before resumes where it
-    /// got to.
+    /// Checks `configs` and starts a delivery loop for each, and for each session's webhook
+    /// kept in `db`, reading `db`'s journal and woken by `head` (the number of the last
+    /// journal entry committed). A webhook seen for the first time starts at the journal's
+    /// current end; one seen before resumes where it got to.
     pub async fn start(
         configs: &[WebhookConfig],
         db: Db,
@@ -127,67 +150,122 @@ impl Webhooks {
         check_all(configs)?;
         let candidate = format!("{:016x}", rand::random::<u64>());
         let identity: Arc<str> = db.identity(candidate).await?.into();
-        let mut hooks = Vec::new();
-        for config in configs {
-            let secret = config.check()?;
-            // Registered before `start` returns: a new webhook sends what happens from here.
-            db.webhook_register(config.name()).await?;
-            let target = Target::parse(&config.url).expect("checked above");
-            let hook = Arc::new(Hook {
-                name: config.name(),
-                config: config.clone(),
-                target,
-                secret,
-                stats: Default::default(),
-            });
-            let (commands, receiver) = mpsc::channel(8);
-            let task = tokio::spawn(deliver::run(
-                hook.clone(),
-                db.clone(),
-                identity.clone(),
-                head.clone(),
-                receiver,
-            ));
-            tracing::info!(hook = %hook.name, events = ?config.events, signed = hook.secret.is_some(), "webhook started");
-            hooks.push(Running {
-                hook,
-                commands,
-                task,
-            });
-        }
-        Ok(Self {
+        let webhooks = Self {
             db,
             identity,
-            hooks,
-        })
+            head,
+            hooks: std::sync::Mutex::new(Vec::new()),
+        };
+        for config in configs {
+            let _ = webhooks.launch(config.name(), config.clone(), None).await?;
+        }
+        for (name, token, text) in webhooks.db.session_webhooks().await? {
+            match serde_json::from_str::<WebhookConfig>(&text) {
+                Ok(config) => {
+                    let _ = webhooks.launch(name, config, Some(token)).await?;
+                }
+                Err(e) => {
+                    tracing::error!(hook = %name, error = %e, "a stored session webhook cannot be read; it is not started")
+                }
+            }
+        }
+        Ok(webhooks)
     }
 
-    fn find(&self, name: &str) -> Result<&Running, WebhookError> {
+    /// Registers and starts one webhook (replacing a running one of the same name).
+    async fn launch(
+        &self,
+        name: String,
+        config: WebhookConfig,
+        only: Option<String>,
+    ) -> Result<HookInfo, WebhookError> {
+        let secret = config.check()?;
+        let target = Target::parse(&config.url).expect("checked above");
+        // Registered before it runs: a new webhook sends what happens from here.
+        self.db.webhook_register(name.clone()).await?;
+        let hook = Arc::new(Hook {
+            name: name.clone(),
+            config,
+            target,
+            secret,
+            stats: Default::default(),
+            only,
+        });
+        let (commands, receiver) = mpsc::channel(8);
+        let task = tokio::spawn(deliver::run(
+            hook.clone(),
+            self.db.clone(),
+            self.identity.clone(),
+            self.head.clone(),
+            receiver,
+        ));
+        tracing::info!(hook = %hook.name, session = ?hook.only, events = ?hook.config.events, signed = hook.secret.is_some(), "webhook started");
+        let running = Arc::new(Running {
+            hook,
+            commands,
+            task,
+        });
+        let info = info(&running);
+        let mut hooks = self.hooks.lock().unwrap_or_else(|e| e.into_inner());
+        hooks.retain(|r| r.hook.name != name);
+        hooks.push(running);
+        Ok(info)
+    }
+
+    /// Sets webhook `config` for session `token` alone (replacing one of the same name): kept
+    /// in the database (committed before this returns) and started. Its name is
+    /// `<token>:<name>`. The caller checks that the session exists. Deleting the session
+    /// removes it: it sends the deletion, then ends.
+    pub async fn set_for_session(
+        &self,
+        token: &str,
+        config: WebhookConfig,
+    ) -> Result<HookInfo, WebhookError> {
+        config.check()?;
+        let name = session_hook_name(token, &config.name());
+        let text = serde_json::to_string(&config).map_err(|e| {
+            WebhookError::Db(DbError::Corrupt(format!("cannot encode the webhook: {e}")))
+        })?;
+        self.db
+            .put_session_webhook(name.clone(), token.to_owned(), text)
+            .await?;
+        self.launch(name, config, Some(token.to_owned())).await
+    }
+
+    /// Removes webhook `hook` of a session (its name as listed): stopped, and gone from the
+    /// database with its progress and dead letters.
+    pub async fn remove_for_session(&self, hook: &str) -> Result<(), WebhookError> {
+        let running = self.find(hook)?;
+        if running.hook.only.is_none() {
+            return Err(WebhookError::Config(ConfigError::Range {
+                name: hook.to_owned(),
+                message: "it is set in daemon.toml; remove it there".into(),
+            }));
+        }
+        self.db.remove_session_webhook(hook.to_owned()).await?;
         self.hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|r| r.hook.name != hook);
+        Ok(())
+    }
+
+    fn find(&self, name: &str) -> Result<Arc<Running>, WebhookError> {
+        self.hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .find(|r| r.hook.name == name)
+            .cloned()
             .ok_or_else(|| WebhookError::Unknown(name.to_owned()))
     }
 
     /// Every webhook with its counters.
     pub fn list(&self) -> Vec<HookInfo> {
-        self.hooks
-            .iter()
-            .map(|r| {
-                let h = &r.hook;
-                HookInfo {
-                    name: h.name.clone(),
-                    url: h.config.url.split('?').next().unwrap_or("").to_owned(),
-                    events: h.config.events.clone(),
-                    signed: h.secret.is_some(),
-                    allow_private: h.config.allow_private,
-                    delivered: h.stats.delivered.load(Ordering::Relaxed),
-                    retried: h.stats.retried.load(Ordering::Relaxed),
-                    dead: h.stats.dead.load(Ordering::Relaxed),
-                    queued: u64::try_from(h.stats.queued.load(Ordering::Relaxed)).unwrap_or(0),
-                }
-            })
-            .collect()
+        let mut hooks = self.hooks.lock().unwrap_or_else(|e| e.into_inner());
+        // A session's webhook ends by itself after sending the session's deletion.
+        hooks.retain(|r| !r.task.is_finished());
+        hooks.iter().map(|r| info(r)).collect()
     }
 
     /// The dead letters of `hook` (of every webhook with `None`), oldest first.
@@ -267,11 +345,16 @@ impl Webhooks {
 
     /// Appends the webhooks' metrics to a Prometheus exposition.
     pub fn render_metrics(&self, out: &mut String) {
-        if self.hooks.is_empty() {
+        if self
+            .hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+        {
             return;
         }
-        let pairs: Vec<(&str, &stats::Stats)> = self
-            .hooks
+        let hooks = self.hooks.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let pairs: Vec<(&str, &stats::Stats)> = hooks
             .iter()
             .map(|r| (r.hook.name.as_str(), &r.hook.stats))
             .collect();

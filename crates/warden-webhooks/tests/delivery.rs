@@ -5,9 +5,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use warden_webhooks::receiver::{Answer, Receiver, status, verify};
 use tokio::sync::watch;
 use warden_store::{Db, JournalChange, NewJournalEntry};
+use warden_webhooks::receiver::{Answer, Receiver, status, verify};
 use warden_webhooks::{WebhookConfig, Webhooks};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -261,4 +261,74 @@ async fn a_replay_sends_again_from_an_entry_with_the_same_ids() {
     let test = webhooks.test("r").await.unwrap();
     assert_eq!(test.text(), "HTTP 200");
     assert_eq!(receiver.next().await.body["type"], "webhook.test");
+}
+
+#[tokio::test]
+async fn a_session_webhook_gets_only_its_session_survives_a_restart_and_ends_with_it() {
+    let journal = Journal::new();
+    let mut receiver = Receiver::start().await;
+    let webhooks = journal.start(&[]).await;
+    let mut config = hook(&receiver);
+    config.name = Some("crm".into());
+    let info = webhooks.set_for_session("mine", config).await.unwrap();
+    assert_eq!(info.name, "mine:crm");
+    assert_eq!(info.token.as_deref(), Some("mine"));
+    journal.append(&["other", "mine", "other"]).await;
+    let got = receiver.until_delivered(1).await;
+    assert_eq!(got[0].body["data"]["token"], "mine");
+
+    // Kept in the database: a restart starts it again, where it got to.
+    webhooks
+        .done("mine:crm")
+        .unwrap()
+        .wait_for(|n| *n == 1)
+        .await
+        .unwrap();
+    drop(webhooks);
+    let webhooks = journal.start(&[]).await;
+    assert_eq!(webhooks.list().len(), 1);
+    journal.append(&["mine"]).await;
+    let again = receiver.until_delivered(1).await;
+    assert_ne!(again[0].id, got[0].id, "the first event is not sent again");
+
+    // The session is deleted: its deletion is sent, then the webhook is gone.
+    let deleted = NewJournalEntry {
+        token: "mine".into(),
+        kind: "session.status".into(),
+        key: String::new(),
+        data: r#"{"from":null,"to":"deleted"}"#.into(),
+        at: 1_700_000_000_000,
+        keep: 100,
+    };
+    let head = journal
+        .db
+        .commit(
+            vec![warden_store::RecordChange::Remove {
+                token: "mine".into(),
+            }],
+            vec![JournalChange::Append(deleted)],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    journal.head.send_replace(head);
+    let last = receiver.until_delivered(1).await;
+    assert_eq!(last[0].body["data"]["to"], "deleted");
+    assert!(receiver.drain().is_empty());
+    // It ends by itself, and is gone from the database too.
+    let mut left = webhooks.list();
+    while !left.is_empty() {
+        tokio::task::yield_now().await;
+        left = webhooks.list();
+    }
+    drop(webhooks);
+    assert!(journal.start(&[]).await.list().is_empty());
+    assert!(matches!(
+        journal
+            .start(&[])
+            .await
+            .remove_for_session("mine:crm")
+            .await,
+        Err(warden_webhooks::WebhookError::Unknown(_))
+    ));
 }

@@ -47,5 +47,5 @@ pub use views::{
     CountersView, DeadLetterView, DeadLettersView, DeletedView, EventLine, FailedAgainView,
     HealthView, HistoryEntryView, HistoryView, ListView, MessageView, OutboxView, OutgoingView,
     QrView, ReapView, ReapedView, RedeliveredView, ReplayingView, SessionView, WatchingView,
-    WebhookTestView, WebhookView, WebhooksView, WhyView,
+    WebhookRemovedView, WebhookTestView, WebhookView, WebhooksView, WhyView,
 };

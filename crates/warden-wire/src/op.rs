@@ -188,6 +188,36 @@ pub enum Op {
         /// The first entry to send again.
         from: i64,
     },
+    /// Set a webhook for one session (kept in the database; replaces one of the same name):
+    /// `{"op":"webhook_set","token":"shop1","url":"https://example.com/h","secret":"whsec_...",
+    /// "events":["message"]}`. Its name is `<token>:<name>` (`name` defaults to the URL
+    /// without its query). It goes with the session, after sending its deletion.
+    WebhookSet {
+        /// The session.
+        token: String,
+        /// Where events are POSTed.
+        url: String,
+        /// `whsec_` and the base64 of the key; required unless `unsigned`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret: Option<String>,
+        /// Sends without a signature (only when asked).
+        #[serde(default)]
+        unsigned: bool,
+        /// The event types (default `["*"]`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        events: Option<Vec<String>>,
+        /// Lets the URL reach loopback and private addresses.
+        #[serde(default)]
+        allow_private: bool,
+        /// Its name within the session.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
+    /// Remove a session's webhook: `{"op":"webhook_remove","hook":"shop1:crm"}`.
+    WebhookRemove {
+        /// The webhook, as `webhooks` lists it.
+        hook: String,
+    },
     /// Send a `webhook.test` event now: `{"op":"webhook_test","hook":"crm"}`.
     WebhookTest {
         /// The webhook.
@@ -246,5 +276,7 @@ op_names! {
     WebhookRedeliver => "webhook_redeliver",
     WebhookReplay => "webhook_replay",
     WebhookTest => "webhook_test",
+    WebhookSet => "webhook_set",
+    WebhookRemove => "webhook_remove",
     Watch => "watch",
 }

@@ -254,6 +254,16 @@ mod tests {
                 from: 1,
             },
             Op::WebhookTest { hook: "h".into() },
+            Op::WebhookSet {
+                token: "t".into(),
+                url: "https://example.com/h".into(),
+                secret: None,
+                unsigned: true,
+                events: None,
+                allow_private: false,
+                name: None,
+            },
+            Op::WebhookRemove { hook: "t:h".into() },
         ];
         let mut names: Vec<&str> = Vec::new();
         for op in ops {

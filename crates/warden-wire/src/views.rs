@@ -108,8 +108,12 @@ pub struct HistoryEntryView {
 /// One webhook, with its counters since the daemon started.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebhookView {
-    /// Its name (the URL without its query, unless `name` is set).
+    /// Its name (the URL without its query, unless `name` is set; `<token>:<name>` for a
+    /// session's own).
     pub name: String,
+    /// The one session it serves (set with `webhook_set`); absent for `daemon.toml`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
     /// Its URL without the query.
     pub url: String,
     /// The event types it gets (`*`: all).
@@ -177,6 +181,13 @@ pub struct RedeliveredView {
     pub delivered: Vec<i64>,
     /// Entries that failed again (back in the dead letters).
     pub failed: Vec<FailedAgainView>,
+}
+
+/// The result of `webhook_remove`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookRemovedView {
+    /// The webhook that is gone.
+    pub removed: String,
 }
 
 /// The result of `webhook_replay`.

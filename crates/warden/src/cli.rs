@@ -244,4 +244,31 @@ pub enum WebhookAction {
         /// The webhook.
         hook: String,
     },
+    /// Set a webhook for one session (it goes with the session).
+    Set {
+        /// The session's token.
+        token: String,
+        /// Where events are POSTed.
+        url: String,
+        /// The secret (`whsec_...`); `-` reads it from stdin (out of the process list).
+        #[arg(long)]
+        secret: Option<String>,
+        /// Send without a signature.
+        #[arg(long)]
+        unsigned: bool,
+        /// Event types, comma-separated (default: all).
+        #[arg(long, value_delimiter = ',')]
+        events: Vec<String>,
+        /// Allow loopback and private addresses.
+        #[arg(long)]
+        allow_private: bool,
+        /// Its name within the session (default: the URL without its query).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Remove a session's webhook (its name as `warden webhooks` lists it).
+    Remove {
+        /// The webhook.
+        hook: String,
+    },
 }

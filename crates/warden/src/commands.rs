@@ -7,7 +7,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use warden_control::protocol::{
     DeadLettersView, DeletedView, HealthView, HistoryView, ListView, OutboxView, OutgoingView,
-    ReapView, RedeliveredView, ReplayingView, SessionView, WebhookTestView, WebhooksView,
+    ReapView, RedeliveredView, ReplayingView, SessionView, WebhookRemovedView, WebhookTestView,
+    WebhookView, WebhooksView,
 };
 use warden_control::{ClientError, ControlClient, ErrorCode, EventLine, Op};
 
@@ -431,6 +432,45 @@ async fn webhooks(
                     v.hook, v.from
                 )
             });
+        }
+        WebhookAction::Set {
+            token,
+            url,
+            secret,
+            unsigned,
+            events,
+            allow_private,
+            name,
+        } => {
+            let secret = match secret.as_deref() {
+                Some("-") => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .map_err(ClientError::from)?;
+                    Some(line.trim().to_owned())
+                }
+                _ => secret,
+            };
+            let op = Op::WebhookSet {
+                token,
+                url,
+                secret,
+                unsigned,
+                events: (!events.is_empty()).then_some(events),
+                allow_private,
+                name,
+            };
+            let v: WebhookView = client.call(&op).await?;
+            print(json, &v, || {
+                output::webhooks(&WebhooksView {
+                    webhooks: vec![v.clone()],
+                })
+            });
+        }
+        WebhookAction::Remove { hook } => {
+            let v: WebhookRemovedView = client.call(&Op::WebhookRemove { hook }).await?;
+            print(json, &v, || format!("removed webhook {}\n", v.removed));
         }
         WebhookAction::Test { hook } => {
             let v: WebhookTestView = client.call(&Op::WebhookTest { hook }).await?;

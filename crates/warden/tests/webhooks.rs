@@ -97,3 +97,76 @@ max_attempts = 100
     let (code, out, _) = _daemon.cli(&["webhooks", "dead"]).await;
     assert_eq!((code, out.trim()), (0, "no dead letters"));
 }
+
+#[tokio::test]
+async fn a_webhook_set_through_the_socket_is_checked_kept_and_never_shows_its_secret() {
+    let mut receiver = Receiver::start().await;
+    let dir = workspace("ws://127.0.0.1:9/ws/chat");
+    let daemon = Daemon::start(dir.path()).await;
+    let mut client = ControlClient::connect(&daemon.socket).await.unwrap();
+    let set = |token: &str, secret: &str| Op::WebhookSet {
+        token: token.into(),
+        url: receiver.url("/mine"),
+        secret: Some(secret.into()),
+        unsigned: false,
+        events: Some(vec!["session.status".into()]),
+        allow_private: true,
+        name: Some("crm".into()),
+    };
+    // Unknown session, bad token, bad secret: clear errors that never quote the secret.
+    let reply = client.request(&set("nobody", SECRET)).await.unwrap();
+    assert_eq!(
+        reply.error.unwrap().code,
+        warden_control::ErrorCode::NotFound
+    );
+    let reply = client.request(&set("../x", SECRET)).await.unwrap();
+    assert_eq!(
+        reply.error.unwrap().code,
+        warden_control::ErrorCode::InvalidToken
+    );
+    let create = Op::Create {
+        name: None,
+        token: Some("shop1".into()),
+        proxy: None,
+    };
+    assert!(client.request(&create).await.unwrap().ok);
+    let reply = client
+        .request(&set("shop1", "whsec_c2hvcnQtYnV0LXNlY3JldA=="))
+        .await
+        .unwrap();
+    let error = reply.error.unwrap();
+    assert_eq!(error.code, warden_control::ErrorCode::BadRequest);
+    assert!(!error.message.contains("c2hvcnQ"), "{}", error.message);
+
+    let reply = client.request(&set("shop1", SECRET)).await.unwrap();
+    assert!(reply.ok, "{reply:?}");
+    let listed = daemon.json(&["webhooks"]).await;
+    assert_eq!(listed["webhooks"][0]["name"], "shop1:crm");
+    assert_eq!(listed["webhooks"][0]["token"], "shop1");
+    assert!(
+        !listed.to_string().contains("MfKQ9r8G"),
+        "no secret in {listed}"
+    );
+
+    // It delivers the session's changes, signed with its own secret.
+    let stop = Op::Stop {
+        token: "shop1".into(),
+    };
+    let start = Op::Start {
+        token: "shop1".into(),
+        phone: None,
+    };
+    assert!(client.request(&start).await.unwrap().ok);
+    let got = receiver.next().await;
+    assert!(verify(SECRET, &got));
+    assert_eq!(got.body["data"]["token"], "shop1");
+    assert!(client.request(&stop).await.unwrap().ok);
+
+    // Removed through the CLI; gone from the list.
+    let (code, out, err) = daemon.cli(&["webhooks", "remove", "shop1:crm"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        daemon.json(&["webhooks"]).await["webhooks"],
+        serde_json::json!([])
+    );
+}
