@@ -176,7 +176,7 @@ impl ControlServer {
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(self.config.max_clients));
         let context = Arc::new(Context {
-            supervisor,
+            supervisor: supervisor.via("socket"),
             max_line_bytes: self.config.max_line_bytes,
             write_timeout: self.config.write_timeout,
             idle_timeout: self.config.idle_timeout,

@@ -135,3 +135,36 @@ async fn history_shows_pairing_messages_and_leaves_the_qr_code_out() {
         Err(warden_core::Error::InvalidToken(_))
     ));
 }
+
+#[tokio::test(start_paused = true)]
+async fn operations_are_journaled_with_the_interface_that_asked_before_they_answer() {
+    let mut h = Harness::new(Script::login(JID)).await;
+    h.run("s1", []).await;
+    h.wait_state("s1", SessionState::Connected).await;
+    let socket = h.supervisor.via("socket");
+    socket.stop("s1").await.unwrap();
+    socket.stop("s1").await.unwrap();
+    // No flush here: the answer came after the entry was committed.
+    let entries = h.supervisor.history("s1", None, 100).await.unwrap();
+    let asked: Vec<(String, String, u32)> = entries
+        .iter()
+        .filter(|e| e.kind == "session.operation")
+        .map(|e| {
+            (
+                e.data["op"].as_str().unwrap().to_owned(),
+                e.data["by"].as_str().unwrap().to_owned(),
+                e.repeats,
+            )
+        })
+        .collect();
+    assert_eq!(
+        asked,
+        [
+            ("start".to_string(), "embedded".to_string(), 1),
+            ("stop".to_string(), "socket".to_string(), 2)
+        ]
+    );
+    // An unknown session gets no entry.
+    assert!(socket.stop("nobody").await.is_err());
+    assert!(h.supervisor.history("nobody", None, 10).await.is_err());
+}

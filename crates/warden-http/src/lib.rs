@@ -158,7 +158,7 @@ async fn serve_all(
         stopping.clone(),
     ));
     let app = Arc::new(state::AppState {
-        supervisor,
+        supervisor: supervisor.via("http"),
         webhooks,
         api_key: config.api_key.clone(),
         metrics,

@@ -197,9 +197,10 @@ impl WebhookConfig {
             .unwrap_or_else(|| self.url.split('?').next().unwrap_or("").to_owned())
     }
 
-    /// Whether it wants events of type `kind`.
+    /// Whether it wants events of type `kind` (only [`EVENT_TYPES`] are events: the
+    /// journal's other entries, such as operations asked, are not sent).
     pub fn wants(&self, kind: &str) -> bool {
-        self.events.iter().any(|e| e == "*" || e == kind)
+        EVENT_TYPES.contains(&kind) && self.events.iter().any(|e| e == "*" || e == kind)
     }
 
     /// Checks the webhook and returns its signing key (`None`: unsigned).

@@ -130,6 +130,11 @@ pub fn history_entry(e: &HistoryEntryView) -> String {
             what
         }
         "session.qr" => "QR code issued".into(),
+        "session.operation" => format!(
+            "{} asked through {}",
+            text("op").unwrap_or_default(),
+            text("by").unwrap_or_default()
+        ),
         "session.pair_code" => "pairing code issued".into(),
         "message" => format!(
             "message from {}: {}",

@@ -20,8 +20,10 @@ pub mod kind {
     pub const MESSAGE: &str = "message";
     /// An outgoing message changed status, or sends to new chats were paused.
     pub const MESSAGE_STATUS: &str = "message.status";
-    /// Every kind, for filters.
-    pub const ALL: [&str; 5] = [STATUS, QR, PAIR_CODE, MESSAGE, MESSAGE_STATUS];
+    /// An operator asked for an operation (journal only: webhooks do not get it).
+    pub const OPERATION: &str = "session.operation";
+    /// Every kind.
+    pub const ALL: [&str; 6] = [STATUS, QR, PAIR_CODE, MESSAGE, MESSAGE_STATUS, OPERATION];
 }
 
 /// One entry to write: its kind, what makes it collapse with its like (empty: never), its
@@ -81,6 +83,17 @@ pub fn status_change(before: Option<&SessionInfo>, after: &SessionInfo) -> Optio
             .state_since
             .max(before.map_or(after.state_since, |b| b.state_since)),
     })
+}
+
+/// The entry for operation `op` asked through `by` (`socket`, `http`, `embedded`), now.
+/// Repeats of the same operation through the same interface collapse.
+pub fn operation(op: &str, by: &str) -> Entry {
+    Entry {
+        kind: kind::OPERATION,
+        key: format!("op:{op}:{by}"),
+        data: json!({ "op": op, "by": by }),
+        at: SystemTime::now(),
+    }
 }
 
 /// The entry for an event other than a change of view (those go through [`status_change`]),

@@ -145,6 +145,8 @@ pub struct Supervisor {
     ended: watch::Receiver<bool>,
     /// Every session's outgoing messages.
     outbox: Outbox,
+    /// The interface the journal says this handle's operations were asked through.
+    origin: &'static str,
     /// The task that expires old queued messages; it goes with the last handle.
     _expiry: Arc<AbortOnDrop>,
 }
@@ -222,6 +224,7 @@ impl Supervisor {
             stuck,
             ended,
             outbox,
+            origin: "embedded",
             _expiry: expiry,
         };
         // The restore runs before the first message is handled: once this answers, every
@@ -250,7 +253,27 @@ impl Supervisor {
     /// claims a change that a kill -9 could still lose.
     /// Delivers a lifecycle operation; answers as the session machine says, once what it
     /// changed is committed.
+    /// Journals that `op` was asked of `token` through this handle's interface, before the
+    /// operation is sent: the flush that precedes its answer commits the entry with it.
+    /// Nothing for a session that does not exist.
+    fn asked(&self, token: &Token, op: &'static str) {
+        if self.snapshot.contains_key(token) {
+            self.store
+                .journal(token, journal::entry::operation(op, self.origin));
+        }
+    }
+
+    /// A handle whose operations the journal records as asked through `origin` (`socket`,
+    /// `http`...); operations of other handles say `embedded`.
+    pub fn via(&self, origin: &'static str) -> Self {
+        Self {
+            origin,
+            ..self.clone()
+        }
+    }
+
     async fn lifecycle(&self, token: Token, operation: Operation) -> Result<SessionInfo, Error> {
+        self.asked(&token, operation.name());
         self.call(|reply| SupervisorMsg::Operate {
             token,
             operation,
@@ -310,6 +333,7 @@ impl Supervisor {
     ) -> Result<SessionInfo, Error> {
         let token = Token::parse(token)?;
         let proxy = parse_proxy(proxy)?;
+        self.asked(&token, "set_proxy");
         self.call(|reply| SupervisorMsg::SetProxy {
             token,
             proxy,
@@ -357,6 +381,7 @@ impl Supervisor {
     /// Deletes a session: closes it and removes `sessions/<token>/` entirely.
     pub async fn delete(&self, token: &str) -> Result<(), Error> {
         let token = Token::parse(token)?;
+        self.asked(&token, Operation::Delete.name());
         self.call(|reply| SupervisorMsg::Operate {
             token,
             operation: Operation::Delete,
@@ -374,6 +399,7 @@ impl Supervisor {
     /// Sets the reconnect attempts back to 0.
     pub async fn reset_reconnect(&self, token: &str) -> Result<SessionInfo, Error> {
         let token = Token::parse(token)?;
+        self.asked(&token, "reset_reconnect");
         self.call(|reply| SupervisorMsg::ResetReconnect { token, reply })
             .await
     }

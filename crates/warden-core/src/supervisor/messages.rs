@@ -56,6 +56,19 @@ pub(crate) enum Operation {
 }
 
 impl Operation {
+    /// The operation's name, as the control protocol names it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Start(_) => "start",
+            Self::Stop => "stop",
+            Self::ForceCleanup => "force_cleanup",
+            Self::Restart { .. } => "restart",
+            Self::RefreshQr => "refresh_qr",
+            Self::Logout => "logout",
+            Self::Delete => "delete",
+        }
+    }
+
     /// The machine event, and the options a start brings.
     pub fn event(self) -> (Event, Option<OpenOptions>) {
         match self {
