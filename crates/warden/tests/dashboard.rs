@@ -319,6 +319,22 @@ async fn the_dashboard_links_a_phone_in_a_real_browser() {
     );
     let status = daemon.json(&["status", "phone1"]).await;
     assert_eq!(status["state"], json!("connected"));
+    // Its timeline, from the journal: opened on the card, newest first.
+    cdp.eval("document.querySelector('[data-token=\"phone1\"] .history').open = true; true")
+        .await;
+    cdp.wait_until(
+        "(document.querySelector('[data-token=\"phone1\"] .timeline li') || {}).textContent?.includes('→ connected')",
+    )
+    .await;
+    let timeline = cdp
+        .eval("document.querySelector('[data-token=\"phone1\"] .timeline').textContent")
+        .await;
+    for step in ["QR code issued", "→ pairing", "created → stopped", "start asked (http)"] {
+        assert!(
+            timeline.as_str().unwrap().contains(step),
+            "the timeline shows {step:?}: {timeline}"
+        );
+    }
     cdp.screenshot(&target_dir().join("dashboard.png")).await;
 
     // Force cleanup from its card.

@@ -179,11 +179,70 @@ function renderCounts() {
   }
 }
 
+// A session's timeline, from its journal: the newest entries first, fetched when the card's
+// "History" is opened and again after each change while it stays open.
+const HISTORY_ENTRIES = 50;
+const historyPending = new Set();
+
+function historyLine(e) {
+  const d = e.data || {};
+  let what;
+  switch (e.kind) {
+    case "session.status":
+      what = `${d.from || "created"} → ${d.to}`;
+      if (d.reason) what += ` (${d.reason})`;
+      if (d.attempts) what += ` · attempt ${d.attempts}`;
+      if (d.next_retry_at) what += ` · next try ${new Date(d.next_retry_at).toLocaleTimeString()}`;
+      break;
+    case "session.operation": what = `${d.op} asked (${d.by})`; break;
+    case "session.qr": what = "QR code issued"; break;
+    case "session.pair_code": what = "pairing code issued"; break;
+    case "message": what = `message from ${phone(d.sender || "")}`; break;
+    case "message.status":
+      what = d.new_chats_paused_until ? "new chats paused" : `message to ${phone(d.to || "")}: ${d.status}`;
+      break;
+    default: what = e.kind;
+  }
+  if (e.repeats > 1) what += ` ×${e.repeats}`;
+  return what;
+}
+
+async function loadHistory(token, card, tries = 3) {
+  if (historyPending.has(token)) return;
+  historyPending.add(token);
+  try {
+    const h = await api("GET", `/session/history/${encodeURIComponent(token)}?limit=${HISTORY_ENTRIES}`);
+    // A change is shown as soon as it happens, and committed to the journal just after: when
+    // the newest entry is behind the card, look again shortly.
+    const status = h.entries.filter((e) => e.kind === "session.status").pop();
+    const s = sessions.get(token);
+    if (tries > 0 && s && status && status.data.to !== s.state) {
+      setTimeout(() => loadHistory(token, card, tries - 1), 300);
+    }
+    const list = card.querySelector(".timeline");
+    list.replaceChildren(...h.entries.slice().reverse().map((e) => {
+      const item = document.createElement("li");
+      item.dataset.kind = e.kind;
+      const time = document.createElement("time");
+      time.dateTime = e.at;
+      time.textContent = new Date(e.at).toLocaleTimeString();
+      item.append(time, ` ${historyLine(e)}`);
+      return item;
+    }));
+  } catch (e) {
+    if (e.status !== 401) toast(`${token}: history: ${e.message}`, "error");
+  } finally {
+    historyPending.delete(token);
+  }
+}
+
 function cardFor(token) {
   let card = cards.get(token);
   if (card) return card;
   card = $("card-template").content.firstElementChild.cloneNode(true);
   card.dataset.token = token;
+  const history = card.querySelector(".history");
+  history.addEventListener("toggle", () => { if (history.open) loadHistory(token, card); });
   for (const button of card.querySelectorAll("button[data-action]")) {
     button.addEventListener("click", () => act(button.dataset.action, token, button));
   }
@@ -212,7 +271,11 @@ function renderCard(s) {
   let reason = s.reason || "—";
   if (s.next_retry_at) reason += ` · next try ${new Date(s.next_retry_at).toLocaleTimeString()}`;
   if (s.banned_until) reason += ` · banned until ${new Date(s.banned_until).toLocaleString()}`;
+  if (s.why && LIVE.has(s.state) === false) {
+    reason += ` · last disconnect: ${s.why.from} ended (${s.why.reason || "no reason"}) at ${new Date(s.why.at).toLocaleTimeString()}`;
+  }
   setText(card, ".reason", reason);
+  if (card.querySelector(".history").open) loadHistory(s.token, card);
   card.querySelector(".since").dataset.since = s.state_since;
   setText(card, ".since", ago(s.state_since));
   setText(card, ".messages", String(messages.get(s.token) || 0));
