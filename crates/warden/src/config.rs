@@ -188,7 +188,26 @@ pub fn load(path: &Path, required: bool) -> Result<Loaded, ConfigError> {
 /// Parses the file's text with `env`'s `WARDEN_<TABLE>_<KEY>` overrides, and validates it.
 /// An error quotes the offending line with any URL password in it masked (a proxy's).
 pub fn parse(text: &str, env: &[(String, String)]) -> Result<Config, String> {
-    parse_unmasked(text, env).map_err(|e| warden_core::proxy::mask_passwords(&e))
+    parse_unmasked(text, env)
+        .map_err(|e| mask_webhook_secrets(&warden_core::proxy::mask_passwords(&e)))
+}
+
+/// `text` with every `whsec_...` webhook secret replaced by `whsec_***` (a parser error
+/// quotes the offending line, which may hold one).
+fn mask_webhook_secrets(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("whsec_") {
+        out.push_str(&rest[..at]);
+        out.push_str("whsec_***");
+        let after = &rest[at + "whsec_".len()..];
+        let end = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || "+/=".contains(c)))
+            .unwrap_or(after.len());
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn parse_unmasked(text: &str, env: &[(String, String)]) -> Result<Config, String> {
@@ -482,5 +501,33 @@ mod tests {
         let text = include_str!("../../../daemon.toml");
         let config = ok(text, &[]);
         assert_eq!(config.daemon.sessions_dir, PathBuf::from("sessions"));
+    }
+
+    #[test]
+    fn webhooks_need_a_secret_or_unsigned_and_errors_never_quote_the_secret() {
+        let hook = |extra: &str| {
+            format!("[[webhooks]]\nurl = \"https://example.com/h\"\nevents = [\"message\"]\n{extra}")
+        };
+        let config = ok(
+            &hook("secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n[journal]\nkeep = 10"),
+            &[],
+        );
+        assert_eq!(config.webhooks.len(), 1);
+        assert_eq!(config.journal.keep, 10);
+        assert_eq!(ok(&hook("unsigned = true"), &[]).webhooks.len(), 1);
+        let none = parse(&hook(""), &[]).unwrap_err();
+        assert!(none.contains("has no secret"), "{none}");
+        let short = parse(&hook("secret = \"whsec_c2hvcnQtYnV0LXNlY3JldA==\""), &[]).unwrap_err();
+        assert!(short.contains("16 bytes") && !short.contains("c2hvcnQ"), "{short}");
+        let unknown = parse(&hook("secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\ncolour = 1"), &[]).unwrap_err();
+        assert!(unknown.contains("colour"), "{unknown}");
+        let garbled = parse("[[webhooks]]\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", &[])
+            .unwrap_err();
+        assert!(
+            garbled.contains("whsec_***") && !garbled.contains("MfKQ9r8G"),
+            "{garbled}"
+        );
+        let keep = parse("[journal]\nkeep = 0", &[]).unwrap_err();
+        assert!(keep.contains("keep must be at least 1"), "{keep}");
     }
 }
