@@ -1,6 +1,11 @@
 //! One POST to a webhook: resolve, check every address with the SSRF guard, connect (TLS for
-//! https, with the Web PKI roots), send, read the status line and headers, drop the body.
-//! One connection per request; the whole request is bounded by the webhook's timeout.
+//! https, with the Web PKI roots), send, read the status line and headers, drain the body.
+//! The whole request is bounded by the webhook's timeout.
+//!
+//! Connections are kept for the next request ([`Pool`]: at most the webhook's concurrency,
+//! each idle at most [`IDLE`]), so a busy webhook does not pay a TCP and TLS handshake per
+//! event. A request that fails on a kept connection the receiver had closed is sent again
+//! once on a new one (at least once: a receiver may see it twice, with one id).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -19,6 +24,48 @@ use crate::retry::{Outcome, parse_retry_after};
 pub const USER_AGENT: &str = concat!("warden-webhooks/", env!("CARGO_PKG_VERSION"));
 /// The most of a response body read (and thrown away) before the connection is dropped.
 const MAX_DRAIN: usize = 64 * 1024;
+
+/// How long a kept connection may stay idle.
+pub const IDLE: Duration = Duration::from_secs(30);
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// A webhook's kept connections.
+pub struct Pool {
+    idle: std::sync::Mutex<Vec<(Sender, tokio::time::Instant)>>,
+    max: usize,
+}
+
+impl Pool {
+    /// A pool keeping at most `max` idle connections.
+    pub fn new(max: usize) -> Self {
+        Self {
+            idle: std::sync::Mutex::new(Vec::new()),
+            max,
+        }
+    }
+
+    fn take(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((sender, since)) = idle.pop() {
+            if since.elapsed() < IDLE && !sender.is_closed() && sender.is_ready() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn put(&self, sender: Sender) {
+        if sender.is_closed() || !sender.is_ready() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|(s, since)| since.elapsed() < IDLE && !s.is_closed());
+        if idle.len() < self.max {
+            idle.push((sender, tokio::time::Instant::now()));
+        }
+    }
+}
 
 /// One request to send.
 pub struct Request<'a> {
@@ -52,9 +99,10 @@ fn tls_config() -> Arc<rustls::ClientConfig> {
         .clone()
 }
 
-/// Sends `request`; the outcome says how it went (never an error: a failure is an outcome).
-pub async fn post(request: Request<'_>) -> Outcome {
-    match tokio::time::timeout(request.timeout, send(&request)).await {
+/// Sends `request`, on a kept connection of `pool` when there is one; the outcome says how it
+/// went (never an error: a failure is an outcome).
+pub async fn post(pool: &Pool, request: Request<'_>) -> Outcome {
+    match tokio::time::timeout(request.timeout, send(pool, &request)).await {
         Ok(outcome) => outcome,
         Err(_) => Outcome::Failed(format!(
             "no answer within {}",
@@ -105,43 +153,70 @@ async fn connect(addrs: &[SocketAddr]) -> Result<TcpStream, Outcome> {
     ))
 }
 
-async fn send(request: &Request<'_>) -> Outcome {
-    let target = request.target;
-    let addrs = match resolve(target, request.allow_private).await {
-        Ok(addrs) => addrs,
-        Err(outcome) => return outcome,
-    };
-    let stream = match connect(&addrs).await {
-        Ok(stream) => stream,
-        Err(outcome) => return outcome,
-    };
-    if target.tls {
-        let name = match rustls::pki_types::ServerName::try_from(target.host.clone()) {
-            Ok(name) => name,
-            Err(e) => return Outcome::Refused(format!("bad TLS name {}: {e}", target.host)),
-        };
-        let connector = tokio_rustls::TlsConnector::from(tls_config());
-        match connector.connect(name, stream).await {
-            Ok(tls) => exchange(TokioIo::new(tls), request).await,
-            Err(e) => Outcome::Failed(format!("TLS with {}: {e}", target.host)),
+async fn send(pool: &Pool, request: &Request<'_>) -> Outcome {
+    if let Some(mut sender) = pool.take() {
+        match exchange(&mut sender, request).await {
+            // The receiver closed the kept connection: a new one below.
+            Err(_) => {}
+            Ok(outcome) => {
+                pool.put(sender);
+                return outcome;
+            }
         }
-    } else {
-        exchange(TokioIo::new(stream), request).await
+    }
+    let mut sender = match open(request).await {
+        Ok(sender) => sender,
+        Err(outcome) => return outcome,
+    };
+    match exchange(&mut sender, request).await {
+        Ok(outcome) => {
+            pool.put(sender);
+            outcome
+        }
+        Err(why) => Outcome::Failed(why),
     }
 }
 
-async fn exchange<T>(io: T, request: &Request<'_>) -> Outcome
+/// A new connection to the request's target, through the guard (and TLS for https).
+async fn open(request: &Request<'_>) -> Result<Sender, Outcome> {
+    let target = request.target;
+    let addrs = resolve(target, request.allow_private).await?;
+    let stream = connect(&addrs).await?;
+    if target.tls {
+        let name = rustls::pki_types::ServerName::try_from(target.host.clone())
+            .map_err(|e| Outcome::Refused(format!("bad TLS name {}: {e}", target.host)))?;
+        let connector = tokio_rustls::TlsConnector::from(tls_config());
+        let tls = connector
+            .connect(name, stream)
+            .await
+            .map_err(|e| Outcome::Failed(format!("TLS with {}: {e}", target.host)))?;
+        handshake(TokioIo::new(tls)).await
+    } else {
+        handshake(TokioIo::new(stream)).await
+    }
+}
+
+/// HTTP/1 over `io`; the connection's driver task ends when the sender is dropped.
+async fn handshake<T>(io: T) -> Result<Sender, Outcome>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let target = request.target;
-    let (mut sender, connection) = match hyper::client::conn::http1::handshake(io).await {
-        Ok(pair) => pair,
-        Err(e) => return Outcome::Failed(format!("HTTP handshake: {e}")),
-    };
-    let driver = tokio::spawn(async move {
+    let (sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| Outcome::Failed(format!("HTTP handshake: {e}")))?;
+    tokio::spawn(async move {
         let _ = connection.await;
     });
+    Ok(sender)
+}
+
+/// One request on `sender`: its outcome, or why the connection failed before a status.
+async fn exchange(sender: &mut Sender, request: &Request<'_>) -> Result<Outcome, String> {
+    let target = request.target;
+    sender
+        .ready()
+        .await
+        .map_err(|e| format!("connection lost: {e}"))?;
     let host = if target.port == if target.tls { 443 } else { 80 } {
         target.host.clone()
     } else if target.host.contains(':') {
@@ -158,12 +233,9 @@ where
     }
     let http_request = match builder.body(Full::new(request.body.clone())) {
         Ok(r) => r,
-        Err(e) => {
-            driver.abort();
-            return Outcome::Refused(format!("cannot build the request: {e}"));
-        }
+        Err(e) => return Ok(Outcome::Refused(format!("cannot build the request: {e}"))),
     };
-    let outcome = match sender.send_request(http_request).await {
+    match sender.send_request(http_request).await {
         Ok(response) => {
             let code = response.status().as_u16();
             let retry_after = response
@@ -171,8 +243,8 @@ where
                 .get(hyper::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| parse_retry_after(v, SystemTime::now()));
-            // Read a little of the body so a keep-alive receiver is not cut mid-write; the
-            // connection is dropped after anyway.
+            // The body is read (and dropped), so the connection can carry the next request;
+            // one left unread past MAX_DRAIN leaves it not ready, and `Pool::put` drops it.
             let mut body = response.into_body();
             let mut read = 0;
             while read < MAX_DRAIN {
@@ -181,10 +253,8 @@ where
                     _ => break,
                 }
             }
-            Outcome::Status { code, retry_after }
+            Ok(Outcome::Status { code, retry_after })
         }
-        Err(e) => Outcome::Failed(format!("request failed: {e}")),
-    };
-    driver.abort();
-    outcome
+        Err(e) => Err(format!("request failed: {e}")),
+    }
 }

@@ -46,6 +46,8 @@ pub(crate) struct Hook {
     pub stats: Stats,
     /// The one session it serves (set through the API), or `None`: every session.
     pub only: Option<String>,
+    /// Its kept connections.
+    pub pool: client::Pool,
 }
 
 impl Hook {
@@ -61,13 +63,16 @@ impl Hook {
     pub async fn attempt(&self, id: &str, body: &Bytes) -> Outcome {
         let now = unix_secs(SystemTime::now());
         let headers = payload::headers(id, now, body, self.secret.as_ref());
-        client::post(Request {
-            target: &self.target,
-            headers: &headers,
-            body: body.clone(),
-            allow_private: self.config.allow_private,
-            timeout: self.config.timeout,
-        })
+        client::post(
+            &self.pool,
+            Request {
+                target: &self.target,
+                headers: &headers,
+                body: body.clone(),
+                allow_private: self.config.allow_private,
+                timeout: self.config.timeout,
+            },
+        )
         .await
     }
 }

@@ -183,6 +183,7 @@ impl Webhooks {
         let target = Target::parse(&config.url).expect("checked above");
         // Registered before it runs: a new webhook sends what happens from here.
         self.db.webhook_register(name.clone()).await?;
+        let concurrency = config.concurrency;
         let hook = Arc::new(Hook {
             name: name.clone(),
             config,
@@ -190,6 +191,7 @@ impl Webhooks {
             secret,
             stats: Default::default(),
             only,
+            pool: client::Pool::new(concurrency),
         });
         let (commands, receiver) = mpsc::channel(8);
         let task = tokio::spawn(deliver::run(

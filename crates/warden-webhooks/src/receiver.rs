@@ -68,6 +68,7 @@ pub struct Receiver {
     got: mpsc::UnboundedReceiver<Received>,
     sender: mpsc::UnboundedSender<Received>,
     task: Option<tokio::task::JoinHandle<()>>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Receiver {
@@ -82,6 +83,7 @@ impl Receiver {
             got,
             sender,
             task: None,
+            accepted: Arc::default(),
         };
         receiver.serve(listener);
         receiver
@@ -90,14 +92,19 @@ impl Receiver {
     fn serve(&mut self, listener: TcpListener) {
         let script = self.script.clone();
         let sender = self.sender.clone();
+        let accepted = self.accepted.clone();
         self.task = Some(tokio::spawn(async move {
+            // Connections live in this set: stopping the receiver closes them too.
+            let mut connections = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                while connections.try_join_next().is_some() {}
+                accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let script = script.clone();
                 let sender = sender.clone();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let service =
                         service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                             let script = script.clone();
@@ -159,6 +166,11 @@ impl Receiver {
         }));
     }
 
+    /// How many connections it accepted.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Answers the next requests as `answers` say, in order (then 200).
     pub fn answer(&self, answers: impl IntoIterator<Item = Answer>) {
         self.script.lock().unwrap().answers.extend(answers);
@@ -204,7 +216,7 @@ impl Receiver {
         out
     }
 
-    /// Stops listening (connections are refused).
+    /// Stops listening and closes every open connection (new ones are refused).
     pub fn stop(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();

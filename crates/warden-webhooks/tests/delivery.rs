@@ -332,3 +332,28 @@ async fn a_session_webhook_gets_only_its_session_survives_a_restart_and_ends_wit
         Err(warden_webhooks::WebhookError::Unknown(_))
     ));
 }
+
+#[tokio::test]
+async fn connections_are_kept_for_the_next_event() {
+    let journal = Journal::new();
+    let mut receiver = Receiver::start().await;
+    let webhooks = journal.start(&[hook(&receiver)]).await;
+    journal.append(&["a"; 20]).await;
+    receiver.until_delivered(20).await;
+    webhooks
+        .done("r")
+        .unwrap()
+        .wait_for(|n| *n == 20)
+        .await
+        .unwrap();
+    assert_eq!(
+        receiver.connections(),
+        1,
+        "one session's events, one connection"
+    );
+    // A receiver that closed it: the next event goes on a new one.
+    receiver.restart().await;
+    journal.append(&["a"]).await;
+    receiver.until_delivered(1).await;
+    assert_eq!(receiver.connections(), 2);
+}

@@ -506,7 +506,9 @@ mod tests {
     #[test]
     fn webhooks_need_a_secret_or_unsigned_and_errors_never_quote_the_secret() {
         let hook = |extra: &str| {
-            format!("[[webhooks]]\nurl = \"https://example.com/h\"\nevents = [\"message\"]\n{extra}")
+            format!(
+                "[[webhooks]]\nurl = \"https://example.com/h\"\nevents = [\"message\"]\n{extra}"
+            )
         };
         let config = ok(
             &hook("secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n[journal]\nkeep = 10"),
@@ -518,11 +520,21 @@ mod tests {
         let none = parse(&hook(""), &[]).unwrap_err();
         assert!(none.contains("has no secret"), "{none}");
         let short = parse(&hook("secret = \"whsec_c2hvcnQtYnV0LXNlY3JldA==\""), &[]).unwrap_err();
-        assert!(short.contains("16 bytes") && !short.contains("c2hvcnQ"), "{short}");
-        let unknown = parse(&hook("secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\ncolour = 1"), &[]).unwrap_err();
+        assert!(
+            short.contains("16 bytes") && !short.contains("c2hvcnQ"),
+            "{short}"
+        );
+        let unknown = parse(
+            &hook("secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\ncolour = 1"),
+            &[],
+        )
+        .unwrap_err();
         assert!(unknown.contains("colour"), "{unknown}");
-        let garbled = parse("[[webhooks]]\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", &[])
-            .unwrap_err();
+        let garbled = parse(
+            "[[webhooks]]\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            &[],
+        )
+        .unwrap_err();
         assert!(
             garbled.contains("whsec_***") && !garbled.contains("MfKQ9r8G"),
             "{garbled}"

@@ -329,7 +329,12 @@ async fn the_dashboard_links_a_phone_in_a_real_browser() {
     let timeline = cdp
         .eval("document.querySelector('[data-token=\"phone1\"] .timeline').textContent")
         .await;
-    for step in ["QR code issued", "→ pairing", "created → stopped", "start asked (http)"] {
+    for step in [
+        "QR code issued",
+        "→ pairing",
+        "created → stopped",
+        "start asked (http)",
+    ] {
         assert!(
             timeline.as_str().unwrap().contains(step),
             "the timeline shows {step:?}: {timeline}"
