@@ -221,9 +221,18 @@ impl Gateway {
 
     /// Opens an event stream (with the gateway's key as `?api_key=` when it has one).
     pub async fn events(&self, query: &str) -> Sse {
-        let mut path = format!("{}/events{query}", self.base);
+        self.sse(&format!("/events{query}")).await
+    }
+
+    /// Opens the event stream of `path` (with the gateway's key as `?api_key=`).
+    pub async fn sse(&self, path_and_query: &str) -> Sse {
+        let mut path = format!("{}{path_and_query}", self.base);
         if let Some(key) = self.key {
-            path.push(if query.is_empty() { '?' } else { '&' });
+            path.push(if path_and_query.contains('?') {
+                '&'
+            } else {
+                '?'
+            });
             path.push_str(&format!("api_key={key}"));
         }
         let response = reqwest::Client::new().get(path).send().await.unwrap();
