@@ -281,7 +281,17 @@ pub(crate) async fn run(
             Some(done) = running.join_next() => {
                 let Ok((token, seq, dead)) = done else { continue };
                 if last_seq == Some(seq) {
-                    tracing::info!(hook = %name, "the session was deleted; its webhook ends");
+                    match &dead {
+                        // Nothing would be left to redeliver it through.
+                        Some(dead) => tracing::warn!(
+                            hook = %name,
+                            reason = %dead.reason,
+                            "the session's deletion could not be delivered; its webhook ends with it"
+                        ),
+                        None => {
+                            tracing::info!(hook = %name, "the session was deleted; its webhook ends");
+                        }
+                    }
                     persist("removing the webhook", &name, || {
                         db.remove_session_webhook(name.clone())
                     })
