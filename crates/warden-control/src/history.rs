@@ -10,7 +10,7 @@ use warden_core::{Error, HistoryEntry, Supervisor};
 
 use crate::lines::LineReader;
 use crate::protocol::{ErrorBody, EventLine, HistoryEntryView, HistoryView, Reply};
-use crate::server::write_line;
+use crate::server::{end_stream, stream_ends, write_line};
 
 /// How many entries a reply carries when the request says nothing.
 pub const DEFAULT_ENTRIES: usize = 100;
@@ -81,16 +81,9 @@ pub(crate) async fn follow<R, W>(
     }
     loop {
         tokio::select! {
-            () = cancel.cancelled() => {
-                let closed = EventLine::Closed { reason: "the daemon is stopping".into() };
-                let _ = write_line(writer, &closed, timeout).await;
+            ended = stream_ends(reader, cancel) => {
+                end_stream(writer, ended, timeout).await;
                 return;
-            }
-            line = reader.next() => {
-                // A follower only listens; anything it sends is ignored until it hangs up.
-                if matches!(line, Ok(None) | Err(_)) {
-                    return;
-                }
             }
             changed = head.changed() => {
                 if changed.is_err() {

@@ -558,6 +558,50 @@ async fn handle(context: &Context, id: Value, op: Op) -> Reply {
     }
 }
 
+/// Why a stream to a client ends from outside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StreamEnd {
+    /// The daemon is stopping.
+    Stopping,
+    /// The client hung up.
+    HungUp,
+}
+
+/// Waits until a stream to a client must end: the daemon stops or the client hangs up. A
+/// streaming client only listens: anything it sends meanwhile is ignored.
+pub(crate) async fn stream_ends<R>(
+    reader: &mut LineReader<R>,
+    cancel: &CancellationToken,
+) -> StreamEnd
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return StreamEnd::Stopping,
+            line = reader.next() => {
+                if matches!(line, Ok(None) | Err(_)) {
+                    return StreamEnd::HungUp;
+                }
+            }
+        }
+    }
+}
+
+/// Ends a stream: a client still there is told that the daemon is stopping.
+pub(crate) async fn end_stream<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    end: StreamEnd,
+    timeout: Duration,
+) {
+    if end == StreamEnd::Stopping {
+        let closed = EventLine::Closed {
+            reason: "the daemon is stopping".into(),
+        };
+        let _ = write_line(writer, &closed, timeout).await;
+    }
+}
+
 /// Streams events to a client: the current state of every watched session first, then every
 /// change. A client that falls behind is told why and disconnected.
 async fn watch<R, W>(
@@ -608,16 +652,9 @@ async fn watch<R, W>(
     }
     loop {
         tokio::select! {
-            () = cancel.cancelled() => {
-                let closed = EventLine::Closed { reason: "the daemon is stopping".into() };
-                let _ = write_line(writer, &closed, timeout).await;
+            ended = stream_ends(reader, cancel) => {
+                end_stream(writer, ended, timeout).await;
                 return;
-            }
-            line = reader.next() => {
-                // A watcher only listens; anything it sends is ignored until it hangs up.
-                if matches!(line, Ok(None) | Err(_)) {
-                    return;
-                }
             }
             event = events.recv() => match event {
                 Ok(event) if wanted(event.token().as_str()) => {

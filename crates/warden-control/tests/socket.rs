@@ -512,3 +512,78 @@ async fn a_watch_of_one_session_ends_when_it_is_deleted() {
     assert!(matches!(&seen[n - 1], EventLine::Closed { reason } if reason.contains("deleted")));
     d.stop().await;
 }
+
+#[tokio::test]
+async fn history_is_followed_as_it_is_committed_and_streams_end_when_the_daemon_stops() {
+    let d = daemon(Script::login(JID), 1024).await;
+    let mut client = ControlClient::connect(&d.socket).await.unwrap();
+    let _: SessionView = client
+        .call(&Op::Create {
+            name: None,
+            token: Some("h1".into()),
+            proxy: None,
+        })
+        .await
+        .unwrap();
+    let mut follower = ControlClient::connect(&d.socket).await.unwrap();
+    let reply = follower
+        .request(&Op::History {
+            token: "h1".into(),
+            since: None,
+            limit: None,
+            follow: true,
+        })
+        .await
+        .unwrap();
+    assert!(reply.ok, "{reply:?}");
+    let first = reply.result.unwrap();
+    assert_eq!(first["entries"][0]["data"]["to"], "stopped", "{first}");
+    let mut watcher = ControlClient::connect(&d.socket).await.unwrap();
+    assert!(
+        watcher
+            .request(&Op::Watch { token: None })
+            .await
+            .unwrap()
+            .ok
+    );
+
+    let _: SessionView = client
+        .call(&Op::Start {
+            token: "h1".into(),
+            phone: None,
+        })
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    loop {
+        match follower.next_event().await.unwrap() {
+            Some(EventLine::History { token, entries }) => {
+                assert_eq!(token, "h1");
+                seen.extend(entries);
+                if seen.iter().any(|e| e.data["to"] == "connected") {
+                    break;
+                }
+            }
+            other => panic!("history lines until connected, got {other:?}"),
+        }
+    }
+    assert!(
+        seen.iter()
+            .any(|e| e.kind == "session.operation"
+                && e.data == json!({"op": "start", "by": "socket"})),
+        "{seen:?}"
+    );
+    assert!(seen.windows(2).all(|w| w[0].seq < w[1].seq), "{seen:?}");
+
+    d.stop().await;
+    for (name, stream) in [("history", &mut follower), ("watch", &mut watcher)] {
+        let mut last = None;
+        while let Some(event) = stream.next_event().await.unwrap() {
+            last = Some(event);
+        }
+        assert!(
+            matches!(&last, Some(EventLine::Closed { reason }) if reason.contains("stopping")),
+            "{name} ended with {last:?}"
+        );
+    }
+}

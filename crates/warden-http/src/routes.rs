@@ -331,6 +331,7 @@ async fn healthz(State(app): State<Arc<AppState>>) -> Response {
 /// `GET /metrics`.
 async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     let mut text = app.metrics.render(&app.supervisor.counts());
+    crate::metrics::render_journal(&mut text, app.supervisor.journal_dropped());
     if let Some(webhooks) = &app.webhooks {
         webhooks.render_metrics(&mut text);
     }

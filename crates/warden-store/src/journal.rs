@@ -106,6 +106,17 @@ fn entry(row: &Row<'_>) -> rusqlite::Result<JournalEntry> {
     })
 }
 
+/// The entries `sql` selects (its columns are [`COLUMNS`], in that order).
+fn select(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<Vec<JournalEntry>> {
+    conn.prepare_cached(sql)?
+        .query_map(params, entry)?
+        .collect()
+}
+
 /// Applies one change inside the caller's transaction; returns the appended entry's number.
 pub(crate) fn apply(conn: &Connection, change: &JournalChange) -> Result<Option<i64>, DbError> {
     match change {
@@ -194,22 +205,23 @@ impl Db {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.queue
             .call(move |conn| {
-                let rows = match &token {
-                    Some(token) => conn
-                        .prepare_cached(&format!(
+                Ok(match &token {
+                    Some(token) => select(
+                        conn,
+                        &format!(
                             "SELECT {COLUMNS} FROM journal WHERE token = ?1 AND seq > ?2
                              ORDER BY seq LIMIT ?3"
-                        ))?
-                        .query_map(params![token, after, limit], entry)?
-                        .collect::<Result<Vec<_>, _>>()?,
-                    None => conn
-                        .prepare_cached(&format!(
+                        ),
+                        params![token, after, limit],
+                    )?,
+                    None => select(
+                        conn,
+                        &format!(
                             "SELECT {COLUMNS} FROM journal WHERE seq > ?1 ORDER BY seq LIMIT ?2"
-                        ))?
-                        .query_map(params![after, limit], entry)?
-                        .collect::<Result<Vec<_>, _>>()?,
-                };
-                Ok(rows)
+                        ),
+                        params![after, limit],
+                    )?,
+                })
             })
             .await
     }
@@ -223,12 +235,13 @@ impl Db {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.queue
             .call(move |conn| {
-                let mut rows = conn
-                    .prepare_cached(&format!(
+                let mut rows = select(
+                    conn,
+                    &format!(
                         "SELECT {COLUMNS} FROM journal WHERE token = ?1 ORDER BY seq DESC LIMIT ?2"
-                    ))?
-                    .query_map(params![token, limit], entry)?
-                    .collect::<Result<Vec<_>, _>>()?;
+                    ),
+                    params![token, limit],
+                )?;
                 rows.reverse();
                 Ok(rows)
             })
@@ -273,18 +286,17 @@ impl Db {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.queue
             .call(move |conn| {
-                Ok(conn
-                    .prepare_cached(
-                        "SELECT j.seq, j.token, j.kind, j.data, j.first_at, j.at, j.repeats
-                         FROM journal j
-                         JOIN webhooks w ON w.hook = ?1
-                         LEFT JOIN webhook_cursors c ON c.hook = ?1 AND c.token = j.token
-                         WHERE j.seq > ?2 AND j.seq > w.start AND j.seq > COALESCE(c.seq, 0)
-                           AND (?4 IS NULL OR j.token = ?4)
-                         ORDER BY j.seq LIMIT ?3",
-                    )?
-                    .query_map(params![hook, after, limit, only], entry)?
-                    .collect::<Result<Vec<_>, _>>()?)
+                Ok(select(
+                    conn,
+                    "SELECT j.seq, j.token, j.kind, j.data, j.first_at, j.at, j.repeats
+                     FROM journal j
+                     JOIN webhooks w ON w.hook = ?1
+                     LEFT JOIN webhook_cursors c ON c.hook = ?1 AND c.token = j.token
+                     WHERE j.seq > ?2 AND j.seq > w.start AND j.seq > COALESCE(c.seq, 0)
+                       AND (?4 IS NULL OR j.token = ?4)
+                     ORDER BY j.seq LIMIT ?3",
+                    params![hook, after, limit, only],
+                )?)
             })
             .await
     }
@@ -427,13 +439,14 @@ impl Db {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.queue
             .call(move |conn| {
-                let mut rows = conn
-                    .prepare_cached(&format!(
+                let mut rows = select(
+                    conn,
+                    &format!(
                         "SELECT {COLUMNS} FROM journal WHERE token = ?1 AND seq < ?2 AND kind = ?3
                          ORDER BY seq DESC LIMIT ?4"
-                    ))?
-                    .query_map(params![token, seq, kind, limit], entry)?
-                    .collect::<Result<Vec<_>, _>>()?;
+                    ),
+                    params![token, seq, kind, limit],
+                )?;
                 rows.reverse();
                 Ok(rows)
             })

@@ -133,8 +133,9 @@ def settle_and_measure(pid):
     return proc_stats(pid)
 
 
-def write_config(work, port):
-    """The daemon's config in `work`: HTTP off, admission wide open, version pinned."""
+def write_config(work, port, extra=""):
+    """The daemon's config in `work`: HTTP off, admission wide open, version pinned; then
+    `extra` (more tables)."""
     with open(os.path.join(work, "daemon.toml"), "w") as f:
         f.write(f"""
 [daemon]
@@ -154,7 +155,7 @@ enabled = false
 [whatsapp]
 url = "ws://127.0.0.1:{port}/ws/chat"
 version = "{VERSION}"
-""")
+""" + extra)
 
 
 def main():

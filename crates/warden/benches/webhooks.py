@@ -25,7 +25,7 @@ import time
 from datetime import datetime
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from daemon_scale import BIN, VERSION, Control, free_port, start_daemon, wait_connected, wait_none_connected, every  # noqa: E402
+from daemon_scale import BIN, VERSION, Control, write_config, free_port, start_daemon, wait_connected, wait_none_connected, every  # noqa: E402
 
 import signal  # noqa: E402
 import subprocess  # noqa: E402
@@ -109,26 +109,7 @@ def main():
     fake = subprocess.Popen([os.path.join(BIN, "warden-fakewa"), "--listen", f"127.0.0.1:{wa_port}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     work = tempfile.mkdtemp(prefix="warden-webhooks-")
-    with open(os.path.join(work, "daemon.toml"), "w") as f:
-        f.write(f"""
-[daemon]
-sessions_dir = "sessions"
-socket = "warden.sock"
-log_dir = "logs"
-log_level = "warn"
-
-[admission]
-max_in_flight = 100000
-per_second = 100000.0
-burst = 100000
-
-[http]
-enabled = false
-
-[whatsapp]
-url = "ws://127.0.0.1:{wa_port}/ws/chat"
-version = "{VERSION}"
-
+    write_config(work, wa_port, f"""
 [[webhooks]]
 url = "http://127.0.0.1:{hook_port}/hooks"
 secret = "{SECRET}"

@@ -334,6 +334,18 @@ impl Metrics {
     }
 }
 
+/// Appends the journal's metric to `out`: entries dropped because the database could not keep
+/// up (65,536 waiting).
+pub(crate) fn render_journal(out: &mut String, dropped: u64) {
+    family(
+        out,
+        "warden_journal_dropped_total",
+        "counter",
+        "Journal entries dropped because the database could not keep up.",
+    );
+    let _ = writeln!(out, "warden_journal_dropped_total {dropped}");
+}
+
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
