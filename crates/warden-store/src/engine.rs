@@ -7,6 +7,12 @@
 //!
 //! When the queue is full ([`QUEUE_CAPACITY`] jobs), callers wait for room: back-pressure,
 //! never loss and never unbounded memory.
+//!
+//! Reads that must not wait behind a storm of writes (the journal's readers: webhook delivery
+//! and history) have their own lane ([`READ_CAPACITY`] jobs, callers wait when it is full).
+//! The thread answers every read waiting before it starts each write batch, so a read waits
+//! for at most the commit in progress, not for every write queued before it. Reads run with
+//! `query_only` on and see only committed data; a caller that awaited a write sees it.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
@@ -20,6 +26,8 @@ use crate::error::DbError;
 pub const QUEUE_CAPACITY: usize = 4096;
 /// The most jobs one transaction (one commit, one fsync) carries.
 pub const MAX_BATCH: usize = 1024;
+/// How many reads may wait in their own lane before callers wait for room.
+pub const READ_CAPACITY: usize = 1024;
 
 /// One unit of work for the owner thread.
 pub(crate) trait Job: Send {
@@ -83,8 +91,13 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 /// Where jobs go: the owner thread's queue, or (inline mode) the caller's own thread.
 #[derive(Clone)]
 pub(crate) enum Queue {
-    /// The owner thread (the daemon's mode).
-    Thread(mpsc::Sender<Box<dyn Job>>),
+    /// The owner thread (the daemon's mode): its write queue and its read lane.
+    Thread {
+        /// Jobs that may write: run in group commits, in order.
+        writes: mpsc::Sender<Box<dyn Job>>,
+        /// Jobs that only read: answered before the next write batch starts.
+        reads: mpsc::Sender<Box<dyn Job>>,
+    },
     /// Jobs run on the calling thread, one transaction each, under a lock: for tests on
     /// tokio's paused clock (a wait on another thread would let that clock jump) and tiny
     /// embedders. Never used by the daemon.
@@ -98,6 +111,24 @@ impl Queue {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
     {
+        self.submit(work, false).await
+    }
+
+    /// Runs `work`, which only reads, in the read lane: ahead of the writes still queued.
+    /// A write attempted by `work` fails (`query_only`).
+    pub(crate) async fn read<T, F>(&self, work: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+    {
+        self.submit(work, true).await
+    }
+
+    async fn submit<T, F>(&self, work: F, read_only: bool) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+    {
         let (reply, mut answer) = oneshot::channel();
         let job: Box<dyn Job> = Box::new(Call {
             work: Some(work),
@@ -105,8 +136,9 @@ impl Queue {
             reply,
         });
         match self {
-            Queue::Thread(tx) => {
-                tx.send(job).await.map_err(|_| DbError::Unavailable)?;
+            Queue::Thread { writes, reads } => {
+                let lane = if read_only { reads } else { writes };
+                lane.send(job).await.map_err(|_| DbError::Unavailable)?;
                 answer.await.map_err(|_| DbError::Unavailable)?
             }
             Queue::Inline(inline) => {
@@ -127,15 +159,19 @@ pub(crate) type Closed = watch::Receiver<()>;
 /// Starts the owner thread on `conn`. The thread ends (closing the database, then dropping
 /// the [`Closed`] sender) when every [`Queue`] is dropped and the jobs already queued are done.
 pub(crate) fn spawn(conn: Connection) -> std::io::Result<(Queue, Closed)> {
-    let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+    let (writes, write_rx) = mpsc::channel(QUEUE_CAPACITY);
+    let (reads, read_rx) = mpsc::channel(READ_CAPACITY);
     let (closing, closed) = watch::channel(());
+    // Only to wait on both lanes at once: no I/O or timer driver, no thread of its own.
+    let waiter = tokio::runtime::Builder::new_current_thread().build()?;
     std::thread::Builder::new()
         .name("warden-db".into())
         .spawn(move || {
-            run(conn, rx);
+            run(&conn, &waiter, write_rx, read_rx);
+            drop(conn);
             drop(closing);
         })?;
-    Ok((Queue::Thread(tx), closed))
+    Ok((Queue::Thread { writes, reads }, closed))
 }
 
 /// Inline mode: the connection closes when the last [`Queue`] holding it is dropped, and then
@@ -158,17 +194,47 @@ pub(crate) struct InlineConn {
     _closing: watch::Sender<()>,
 }
 
-fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>) {
+/// What the owner thread takes next.
+enum Next {
+    Read(Box<dyn Job>),
+    Write(Box<dyn Job>),
+}
+
+fn run(
+    conn: &Connection,
+    waiter: &tokio::runtime::Runtime,
+    mut writes: mpsc::Receiver<Box<dyn Job>>,
+    mut reads: mpsc::Receiver<Box<dyn Job>>,
+) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(64);
-    while let Some(first) = rx.blocking_recv() {
+    loop {
+        let next = waiter.block_on(async {
+            tokio::select! {
+                biased;
+                Some(job) = reads.recv() => Some(Next::Read(job)),
+                Some(job) = writes.recv() => Some(Next::Write(job)),
+                else => None,
+            }
+        });
+        let first = match next {
+            None => return,
+            Some(Next::Read(job)) => {
+                batch.push(job);
+                run_reads(conn, &mut batch, &mut reads);
+                continue;
+            }
+            Some(Next::Write(job)) => job,
+        };
+        // The reads that came while this write waited go first.
+        run_reads(conn, &mut batch, &mut reads);
         batch.push(first);
         while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
+            match writes.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }
         }
-        let commit = run_batch(&conn, &mut batch);
+        let commit = run_batch(conn, &mut batch);
         if let Err(e) = &commit {
             tracing::error!(error = %e, jobs = batch.len(), "a session database commit failed; its operations were not kept");
         }
@@ -176,7 +242,47 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>) {
             job.finish(commit.clone());
         }
     }
-    drop(conn);
+}
+
+/// Runs the reads in `batch` and every read waiting in `reads` (up to [`MAX_BATCH`]) in one
+/// read transaction with `query_only` on, and answers them.
+fn run_reads(
+    conn: &Connection,
+    batch: &mut Vec<Box<dyn Job>>,
+    reads: &mut mpsc::Receiver<Box<dyn Job>>,
+) {
+    while batch.len() < MAX_BATCH {
+        match reads.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+    if batch.is_empty() {
+        return;
+    }
+    let done = conn
+        .execute_batch("PRAGMA query_only = ON; BEGIN DEFERRED")
+        .map_err(DbError::from);
+    if done.is_ok() {
+        for job in batch.iter_mut() {
+            job.run(conn);
+        }
+    }
+    let end = match &done {
+        Ok(()) => conn.execute_batch("COMMIT").map_err(DbError::from),
+        Err(_) => Ok(()),
+    };
+    if end.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    // Whatever happened above, the writes that follow must be able to write.
+    if let Err(e) = conn.execute_batch("PRAGMA query_only = OFF") {
+        tracing::error!(error = %e, "the session database could not leave read-only mode");
+    }
+    let outcome = done.and(end);
+    for job in batch.drain(..) {
+        job.finish(outcome.clone());
+    }
 }
 
 fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(), DbError> {
@@ -189,4 +295,89 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(), DbErro
         return Err(e.into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::Poll;
+
+    use super::*;
+
+    /// Polls `future` once: `true` if it is still pending (its job is then queued).
+    async fn queued<T>(future: &mut Pin<Box<impl Future<Output = T>>>) -> bool {
+        std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx).is_pending())).await
+    }
+
+    fn count(conn: &Connection) -> Result<i64, DbError> {
+        Ok(conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?)
+    }
+
+    #[tokio::test]
+    async fn a_read_goes_ahead_of_the_writes_queued_before_it_and_cannot_write() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (n INTEGER)").unwrap();
+        let (queue, _closed) = spawn(conn).unwrap();
+
+        // Hold the owner thread in a write until everything below is queued.
+        let (started, running) = oneshot::channel();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let holding = tokio::spawn({
+            let queue = queue.clone();
+            async move {
+                queue
+                    .call(move |_| {
+                        let _ = started.send(());
+                        let _ = held.recv();
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        running.await.unwrap();
+        let mut writes = Vec::new();
+        for n in 0..10 {
+            let mut write = Box::pin(queue.call(move |c| {
+                c.execute("INSERT INTO t VALUES (?1)", [n])?;
+                Ok(())
+            }));
+            assert!(queued(&mut write).await);
+            writes.push(write);
+        }
+        let mut read = Box::pin(queue.read(count));
+        assert!(queued(&mut read).await);
+        release.send(()).unwrap();
+
+        assert_eq!(read.await.unwrap(), 0, "the read went first");
+        for write in writes {
+            write.await.unwrap();
+        }
+        holding.await.unwrap().unwrap();
+        assert_eq!(
+            queue.read(count).await.unwrap(),
+            10,
+            "a read sees what was committed"
+        );
+
+        let refused = queue
+            .read(|c| {
+                c.execute("INSERT INTO t VALUES (99)", [])?;
+                Ok(())
+            })
+            .await;
+        assert!(refused.is_err(), "{refused:?}");
+        queue
+            .call(|c| {
+                c.execute("INSERT INTO t VALUES (100)", [])?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            queue.read(count).await.unwrap(),
+            11,
+            "writes work after a refused one"
+        );
+    }
 }

@@ -204,7 +204,7 @@ impl Db {
     ) -> Result<Vec<JournalEntry>, DbError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.queue
-            .call(move |conn| {
+            .read(move |conn| {
                 Ok(match &token {
                     Some(token) => select(
                         conn,
@@ -234,7 +234,7 @@ impl Db {
     ) -> Result<Vec<JournalEntry>, DbError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.queue
-            .call(move |conn| {
+            .read(move |conn| {
                 let mut rows = select(
                     conn,
                     &format!(
@@ -250,7 +250,7 @@ impl Db {
 
     /// The highest entry number ever given (0 when none).
     pub async fn journal_head(&self) -> Result<i64, DbError> {
-        self.queue.call(head).await
+        self.queue.read(head).await
     }
 
     /// Registers webhook `hook` if it is new, starting it at the current head (it sends what
@@ -285,7 +285,7 @@ impl Db {
     ) -> Result<Vec<JournalEntry>, DbError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.queue
-            .call(move |conn| {
+            .read(move |conn| {
                 Ok(select(
                     conn,
                     "SELECT j.seq, j.token, j.kind, j.data, j.first_at, j.at, j.repeats
@@ -310,21 +310,33 @@ impl Db {
         seq: i64,
         dead: Option<DeadLetter>,
     ) -> Result<(), DbError> {
+        self.webhook_advance_all(hook, vec![(token, seq, dead)])
+            .await
+    }
+
+    /// [`Db::webhook_advance`] for several sessions' entries at once, in one commit.
+    pub async fn webhook_advance_all(
+        &self,
+        hook: String,
+        done: Vec<(String, i64, Option<DeadLetter>)>,
+    ) -> Result<(), DbError> {
         self.queue
             .call(move |conn| {
-                conn.prepare_cached(
-                    "INSERT INTO webhook_cursors (hook, token, seq) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (hook, token) DO UPDATE SET seq = MAX(seq, excluded.seq)",
-                )?
-                .execute(params![hook, token, seq])?;
-                if let Some(dead) = dead {
-                    conn.execute(
-                        "INSERT INTO webhook_dead
-                           (hook, seq, token, kind, body, reason, attempts, failed_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                         ON CONFLICT (hook, seq) DO UPDATE SET reason = excluded.reason,
-                           attempts = excluded.attempts, failed_at = excluded.failed_at",
-                        params![
+                for (token, seq, dead) in done {
+                    conn.prepare_cached(
+                        "INSERT INTO webhook_cursors (hook, token, seq) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (hook, token) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+                    )?
+                    .execute(params![hook, token, seq])?;
+                    if let Some(dead) = dead {
+                        conn.prepare_cached(
+                            "INSERT INTO webhook_dead
+                               (hook, seq, token, kind, body, reason, attempts, failed_at)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                             ON CONFLICT (hook, seq) DO UPDATE SET reason = excluded.reason,
+                               attempts = excluded.attempts, failed_at = excluded.failed_at",
+                        )?
+                        .execute(params![
                             dead.hook,
                             dead.seq,
                             dead.token,
@@ -333,8 +345,8 @@ impl Db {
                             dead.reason,
                             dead.attempts,
                             dead.failed_at
-                        ],
-                    )?;
+                        ])?;
+                    }
                 }
                 Ok(())
             })
@@ -377,7 +389,7 @@ impl Db {
     ) -> Result<Vec<DeadLetter>, DbError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.queue
-            .call(move |conn| {
+            .read(move |conn| {
                 Ok(conn
                     .prepare_cached(
                         "SELECT hook, seq, token, kind, body, reason, attempts, failed_at
@@ -438,7 +450,7 @@ impl Db {
     ) -> Result<Vec<JournalEntry>, DbError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.queue
-            .call(move |conn| {
+            .read(move |conn| {
                 let mut rows = select(
                     conn,
                     &format!(
@@ -530,7 +542,7 @@ impl Db {
     /// Every session's webhooks: (hook, token, configuration).
     pub async fn session_webhooks(&self) -> Result<Vec<(String, String, String)>, DbError> {
         self.queue
-            .call(|conn| {
+            .read(|conn| {
                 Ok(conn
                     .prepare_cached(
                         "SELECT hook, token, config FROM session_webhooks ORDER BY hook",
@@ -544,7 +556,7 @@ impl Db {
     /// How many entries `token` has.
     pub async fn journal_count(&self, token: String) -> Result<usize, DbError> {
         self.queue
-            .call(move |conn| {
+            .read(move |conn| {
                 let n: i64 = conn.query_row(
                     "SELECT COUNT(*) FROM journal WHERE token = ?1",
                     [token],

@@ -278,10 +278,15 @@ pub(crate) async fn run(
             std::sync::atomic::Ordering::Relaxed,
         );
         tokio::select! {
-            Some(done) = running.join_next() => {
-                let Ok((token, seq, dead)) = done else { continue };
-                if last_seq == Some(seq) {
-                    match &dead {
+            Some(first) = running.join_next() => {
+                // Every delivery finished by now is recorded in one commit: under a storm of
+                // writes, a commit per event would hold the whole loop back.
+                let finished: Vec<(String, i64, Option<DeadLetter>)> = std::iter::once(first)
+                    .chain(std::iter::from_fn(|| running.try_join_next()))
+                    .filter_map(Result::ok)
+                    .collect();
+                if let Some((_, _, dead)) = finished.iter().find(|(_, seq, _)| last_seq == Some(*seq)) {
+                    match dead {
                         // Nothing would be left to redeliver it through.
                         Some(dead) => tracing::warn!(
                             hook = %name,
@@ -298,17 +303,19 @@ pub(crate) async fn run(
                     .await;
                     return;
                 }
-                persist("recording a delivery", &name, || {
-                    db.webhook_advance(name.clone(), token.clone(), seq, dead.clone())
+                persist("recording deliveries", &name, || {
+                    db.webhook_advance_all(name.clone(), finished.clone())
                 })
                 .await;
-                queues.busy.remove(&token);
-                hook.stats.done.send_modify(|n| *n += 1);
-                if let Some(waiting) = queues.waiting.get_mut(&token)
-                    && waiting.front().is_some_and(|e| e.seq == seq)
-                {
-                    waiting.pop_front();
-                    queues.len -= 1;
+                for (token, seq, _) in finished {
+                    queues.busy.remove(&token);
+                    hook.stats.done.send_modify(|n| *n += 1);
+                    if let Some(waiting) = queues.waiting.get_mut(&token)
+                        && waiting.front().is_some_and(|e| e.seq == seq)
+                    {
+                        waiting.pop_front();
+                        queues.len -= 1;
+                    }
                 }
             }
             changed = head.changed(), if !unread => {
