@@ -11,7 +11,8 @@
 //! Reads that must not wait behind a storm of writes (the journal's readers: webhook delivery
 //! and history) have their own lane ([`READ_CAPACITY`] jobs, callers wait when it is full).
 //! The thread answers every read waiting before it starts each write batch, so a read waits
-//! for at most the commit in progress, not for every write queued before it. Reads run with
+//! for at most the commit in progress, not for every write queued before it; and it runs at
+//! most one read batch between two write batches, so steady reads never hold writes back. Reads run with
 //! `query_only` on and see only committed data; a caller that awaited a write sees it.
 
 use std::panic::AssertUnwindSafe;
@@ -143,10 +144,14 @@ impl Queue {
             }
             Queue::Inline(inline) => {
                 let conn = inline.conn.lock().unwrap_or_else(|e| e.into_inner());
-                let mut batch = [job];
-                let commit = run_batch(&conn, &mut batch);
-                let [job] = batch;
-                job.finish(commit);
+                if read_only {
+                    run_read_batch(&conn, &mut vec![job]);
+                } else {
+                    let mut batch = [job];
+                    let commit = run_batch(&conn, &mut batch);
+                    let [job] = batch;
+                    job.finish(commit);
+                }
                 answer.try_recv().map_err(|_| DbError::Unavailable)?
             }
         }
@@ -221,12 +226,19 @@ fn run(
             Some(Next::Read(job)) => {
                 batch.push(job);
                 run_reads(conn, &mut batch, &mut reads);
-                continue;
+                // One read batch between write batches at most: steady reads never hold the
+                // writes back.
+                match writes.try_recv() {
+                    Ok(job) => job,
+                    Err(_) => continue,
+                }
             }
-            Some(Next::Write(job)) => job,
+            Some(Next::Write(job)) => {
+                // The reads that came while this write waited go first.
+                run_reads(conn, &mut batch, &mut reads);
+                job
+            }
         };
-        // The reads that came while this write waited go first.
-        run_reads(conn, &mut batch, &mut reads);
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match writes.try_recv() {
@@ -257,6 +269,11 @@ fn run_reads(
             Err(_) => break,
         }
     }
+    run_read_batch(conn, batch);
+}
+
+/// Runs the reads in `batch` in one read transaction with `query_only` on, and answers them.
+fn run_read_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>) {
     if batch.is_empty() {
         return;
     }
@@ -379,5 +396,67 @@ mod tests {
             11,
             "writes work after a refused one"
         );
+    }
+
+    #[tokio::test]
+    async fn reads_do_not_hold_back_a_write_that_waits() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (n INTEGER)").unwrap();
+        let (queue, _closed) = spawn(conn).unwrap();
+
+        // Hold the owner thread in a read until a write and another read are queued.
+        let (started, running) = oneshot::channel();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let holding = tokio::spawn({
+            let queue = queue.clone();
+            async move {
+                queue
+                    .read(move |_| {
+                        let _ = started.send(());
+                        let _ = held.recv();
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        running.await.unwrap();
+        let mut write = Box::pin(queue.call(|c| {
+            c.execute("INSERT INTO t VALUES (1)", [])?;
+            Ok(())
+        }));
+        assert!(queued(&mut write).await);
+        let mut read = Box::pin(queue.read(count));
+        assert!(queued(&mut read).await);
+        release.send(()).unwrap();
+
+        holding.await.unwrap().unwrap();
+        assert_eq!(
+            read.await.unwrap(),
+            1,
+            "the waiting write went before the next reads"
+        );
+        write.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn inline_reads_cannot_write_either() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (n INTEGER)").unwrap();
+        let (queue, _closed) = inline(conn);
+        let refused = queue
+            .read(|c| {
+                c.execute("INSERT INTO t VALUES (1)", [])?;
+                Ok(())
+            })
+            .await;
+        assert!(refused.is_err(), "{refused:?}");
+        queue
+            .call(|c| {
+                c.execute("INSERT INTO t VALUES (2)", [])?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(queue.read(count).await.unwrap(), 1);
     }
 }

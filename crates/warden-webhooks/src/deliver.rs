@@ -183,6 +183,30 @@ async fn deliver(
     }
 }
 
+/// A delivery task that panicked: its event goes to the dead letters (from which it can be
+/// redelivered), so that its session's next events go on.
+fn panicked(hook: &Hook, identity: &str, entry: JournalEntry) -> (String, i64, Option<DeadLetter>) {
+    let reason = "the delivery panicked (a bug in warden)".to_owned();
+    tracing::error!(
+        hook = %hook.name, event = %payload::event_id(identity, entry.seq), %reason,
+        "webhook event given up on; it is in the dead letters (warden webhooks dead)"
+    );
+    hook.stats
+        .dead
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dead = DeadLetter {
+        hook: hook.name.clone(),
+        seq: entry.seq,
+        token: entry.token.clone(),
+        kind: entry.kind.clone(),
+        body: payload::body(&entry, &[]),
+        reason,
+        attempts: 0,
+        failed_at: unix_secs(SystemTime::now()).saturating_mul(1000),
+    };
+    (entry.token, entry.seq, Some(dead))
+}
+
 /// Whether `entry` is its session's deletion.
 fn is_deletion(entry: &JournalEntry) -> bool {
     entry.kind == "session.status"
@@ -210,6 +234,8 @@ pub(crate) async fn run(
     let slots = Arc::new(Semaphore::new(hook.config.concurrency));
     let mut queues = Queues::default();
     let mut running: JoinSet<(String, i64, Option<DeadLetter>)> = JoinSet::new();
+    // What each delivery task carries, for the one that panics.
+    let mut in_flight: HashMap<tokio::task::Id, JournalEntry> = HashMap::new();
     let mut scan = 0i64;
     let mut unread = true;
     // A session's own webhook ends after sending the session's deletion (its configuration
@@ -261,13 +287,14 @@ pub(crate) async fn run(
             }
             if let Some(entry) = waiting.front().cloned() {
                 queues.busy.insert(token.clone());
-                running.spawn(deliver(
+                let task = running.spawn(deliver(
                     hook.clone(),
                     db.clone(),
                     identity.clone(),
-                    entry,
+                    entry.clone(),
                     slots.clone(),
                 ));
+                in_flight.insert(task.id(), entry);
             }
         }
         queues
@@ -278,12 +305,20 @@ pub(crate) async fn run(
             std::sync::atomic::Ordering::Relaxed,
         );
         tokio::select! {
-            Some(first) = running.join_next() => {
+            Some(first) = running.join_next_with_id() => {
                 // Every delivery finished by now is recorded in one commit: under a storm of
                 // writes, a commit per event would hold the whole loop back.
                 let finished: Vec<(String, i64, Option<DeadLetter>)> = std::iter::once(first)
-                    .chain(std::iter::from_fn(|| running.try_join_next()))
-                    .filter_map(Result::ok)
+                    .chain(std::iter::from_fn(|| running.try_join_next_with_id()))
+                    .filter_map(|joined| match joined {
+                        Ok((id, done)) => {
+                            in_flight.remove(&id);
+                            Some(done)
+                        }
+                        Err(e) => in_flight
+                            .remove(&e.id())
+                            .map(|entry| panicked(&hook, &identity, entry)),
+                    })
                     .collect();
                 if let Some((_, _, dead)) = finished.iter().find(|(_, seq, _)| last_seq == Some(*seq)) {
                     match dead {
@@ -320,8 +355,14 @@ pub(crate) async fn run(
             }
             changed = head.changed(), if !unread => {
                 if changed.is_err() {
-                    // The supervisor is gone; finish what is running, then stop.
-                    while running.join_next().await.is_some() {}
+                    // The supervisor is gone; finish what is running, record it, then stop.
+                    let mut finished = Vec::new();
+                    while let Some(joined) = running.join_next().await {
+                        finished.extend(joined.ok());
+                    }
+                    if !finished.is_empty() {
+                        let _ = db.webhook_advance_all(name.clone(), finished).await;
+                    }
                     return;
                 }
                 unread = true;
