@@ -375,10 +375,10 @@ async fn sessions_through_many_connect_drop_cycles_leave_nothing_behind() {
             TOLERANCE * 100.0
         );
     }
-    // Memory: the first reconnects allocate a fixed few megabytes the allocator keeps for
-    // reuse (docs/reliability.md: it does not grow with cycles nor sessions), which is more
-    // than 5% of a small daemon's baseline. A leak grows with cycles: none over the second
-    // half of them.
+    // Memory: the first reconnects take a fixed few megabytes that do not grow with more
+    // cycles (docs/reliability.md, "Soak and leaks": where they are, and what is not yet
+    // known), which is more than 5% of a small daemon's baseline. A leak grows with cycles:
+    // none over the second half of them.
     assert!(
         within(mid.rss_kb, after.rss_kb),
         "RSS: {} kB after the soak, {} kB at its midpoint: it grows with cycles",
