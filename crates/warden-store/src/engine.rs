@@ -327,6 +327,38 @@ mod tests {
         std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx).is_pending())).await
     }
 
+    /// Which lane a job goes to.
+    enum Lane {
+        Write,
+        Read,
+    }
+
+    /// Holds the owner thread in a job of `lane` until the sender is used (or dropped).
+    async fn hold(
+        queue: &Queue,
+        lane: Lane,
+    ) -> (
+        tokio::task::JoinHandle<Result<(), DbError>>,
+        std::sync::mpsc::Sender<()>,
+    ) {
+        let (started, running) = oneshot::channel();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let work = move |_: &Connection| {
+            let _ = started.send(());
+            let _ = held.recv();
+            Ok(())
+        };
+        let queue = queue.clone();
+        let holding = tokio::spawn(async move {
+            match lane {
+                Lane::Write => queue.call(work).await,
+                Lane::Read => queue.read(work).await,
+            }
+        });
+        running.await.unwrap();
+        (holding, release)
+    }
+
     fn count(conn: &Connection) -> Result<i64, DbError> {
         Ok(conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?)
     }
@@ -338,21 +370,7 @@ mod tests {
         let (queue, _closed) = spawn(conn).unwrap();
 
         // Hold the owner thread in a write until everything below is queued.
-        let (started, running) = oneshot::channel();
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        let holding = tokio::spawn({
-            let queue = queue.clone();
-            async move {
-                queue
-                    .call(move |_| {
-                        let _ = started.send(());
-                        let _ = held.recv();
-                        Ok(())
-                    })
-                    .await
-            }
-        });
-        running.await.unwrap();
+        let (holding, release) = hold(&queue, Lane::Write).await;
         let mut writes = Vec::new();
         for n in 0..10 {
             let mut write = Box::pin(queue.call(move |c| {
@@ -405,21 +423,7 @@ mod tests {
         let (queue, _closed) = spawn(conn).unwrap();
 
         // Hold the owner thread in a read until a write and another read are queued.
-        let (started, running) = oneshot::channel();
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        let holding = tokio::spawn({
-            let queue = queue.clone();
-            async move {
-                queue
-                    .read(move |_| {
-                        let _ = started.send(());
-                        let _ = held.recv();
-                        Ok(())
-                    })
-                    .await
-            }
-        });
-        running.await.unwrap();
+        let (holding, release) = hold(&queue, Lane::Read).await;
         let mut write = Box::pin(queue.call(|c| {
             c.execute("INSERT INTO t VALUES (1)", [])?;
             Ok(())
