@@ -22,6 +22,9 @@ use support::*;
 use warden_fakewa::{MessageSpec, Plan, Scenario, Script, ServerEvent, Step};
 
 const SESSIONS: usize = 100;
+/// How long a client of a run that paired may outlive its session: wa-rs's QR rotation task,
+/// left behind by a run that paired, holds it until its 60 s timer ends.
+const QR_ROTATION_BOUND: Duration = Duration::from_secs(70);
 /// Chats that send each session a message on every login.
 const CHATS: [&str; 2] = ["15550001111@s.whatsapp.net", "15550002222@s.whatsapp.net"];
 
@@ -71,8 +74,18 @@ async fn clients_that_received_messages_are_freed_after_their_sessions_stop() {
         // patched wa-rs's `release_chat_workers`): no client outlives its session, without
         // waiting for the queues' five-minute time to live and the sweeper.
         let stopped_at = Instant::now();
+        // The first round's connections paired: a run that paired may leave wa-rs's QR
+        // rotation task behind (when it lost the race with the pairing's cancel, which is
+        // likelier on a loaded machine), and that task holds its client until its 60 s
+        // timer ends. Measured on a loaded machine: 59.6 s. Logins from stored credentials
+        // (the second round) have no such task.
+        let bound = if round == 0 {
+            QR_ROTATION_BOUND
+        } else {
+            SETTLE
+        };
         assert_eq!(
-            settles_within(SETTLE, 0, warden_whatsapp::clients_alive).await,
+            settles_within(bound, 0, warden_whatsapp::clients_alive).await,
             0,
             "a wa-rs client outlived its session (its chat workers hold it)"
         );
