@@ -85,42 +85,70 @@ impl Stats {
     }
 }
 
-/// The webhooks' part of `/metrics`.
+/// The metric families of the webhooks, in the order they are shown: name, type, help.
+const FAMILIES: [(&str, &str, &str); 3] = [
+    (
+        "warden_webhook_deliveries_total",
+        "counter",
+        "Webhook events delivered, attempts retried, events given up on (dead letters).",
+    ),
+    (
+        "warden_webhook_queue_depth",
+        "gauge",
+        "Events read from the journal and not yet delivered or given up on.",
+    ),
+    (
+        "warden_webhook_delivery_seconds",
+        "histogram",
+        "Time from an event to its delivery.",
+    ),
+];
+
+/// The webhooks' part of `/metrics`: each family's header, then its lines for every hook.
 pub fn render(hooks: &[(&str, &Stats)], out: &mut String) {
-    let _ = writeln!(
-        out,
-        "# HELP warden_webhook_deliveries_total Webhook events delivered, attempts retried, events given up on (dead letters).\n# TYPE warden_webhook_deliveries_total counter"
-    );
-    let mut rest = String::new();
+    let mut all = String::new();
     for (hook, stats) in hooks {
-        let mut lines = String::new();
-        stats.lines(hook, &mut lines);
-        for line in lines.lines() {
-            if line.starts_with("warden_webhook_deliveries_total") {
-                let _ = writeln!(out, "{line}");
-            } else {
-                let _ = writeln!(rest, "{line}");
-            }
+        stats.lines(hook, &mut all);
+    }
+    for (name, kind, help) in FAMILIES {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for line in all.lines().filter(|l| l.starts_with(name)) {
+            let _ = writeln!(out, "{line}");
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP warden_webhook_queue_depth Events read from the journal and not yet delivered or given up on.\n# TYPE warden_webhook_queue_depth gauge"
-    );
-    for line in rest
-        .lines()
-        .filter(|l| l.starts_with("warden_webhook_queue_depth"))
-    {
-        let _ = writeln!(out, "{line}");
-    }
-    let _ = writeln!(
-        out,
-        "# HELP warden_webhook_delivery_seconds Time from an event to its delivery.\n# TYPE warden_webhook_delivery_seconds histogram"
-    );
-    for line in rest
-        .lines()
-        .filter(|l| l.starts_with("warden_webhook_delivery_seconds"))
-    {
-        let _ = writeln!(out, "{line}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_family_has_one_header_then_every_hooks_lines() {
+        let (a, b) = (Stats::default(), Stats::default());
+        a.delivered(Duration::from_millis(3));
+        let mut out = String::new();
+        render(&[("a", &a), ("b", &b)], &mut out);
+        let mut at = 0;
+        for (name, kind, _) in FAMILIES {
+            let header = format!("# TYPE {name} {kind}");
+            assert_eq!(out.matches(&header).count(), 1, "{out}");
+            let here = out.find(&header).unwrap();
+            assert!(here >= at, "{name} out of order:\n{out}");
+            at = here;
+            for hook in ["a", "b"] {
+                let line = out[here..]
+                    .lines()
+                    .find(|l| l.starts_with(name) && l.contains(&format!("hook=\"{hook}\"")));
+                assert!(line.is_some(), "{name} of {hook}:\n{out}");
+            }
+        }
+        assert!(
+            out.contains("warden_webhook_deliveries_total{hook=\"a\",outcome=\"delivered\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("warden_webhook_delivery_seconds_count{hook=\"a\"} 1"),
+            "{out}"
+        );
     }
 }
