@@ -174,6 +174,12 @@ where
     S: BuildHasher + Clone + Send + Sync + 'static,
 {
     fn with_settings(settings: Settings, hasher: S) -> Self {
+        if settings.expires() {
+            // The sweeper's one thread starts with the first cache that can hold expiring
+            // entries, not with its first such entry: a process's thread count is then
+            // settled once its first client exists.
+            sweeper::start();
+        }
         Self {
             inner: Arc::new(Inner {
                 map: Mutex::new(Map {

@@ -1,6 +1,7 @@
 //! One process-wide thread that removes expired entries from every cache that holds some.
 //!
-//! A cache registers itself when it stores an entry that can expire, and is dropped from the
+//! The thread starts when the first cache that can expire entries is built. A cache registers
+//! itself when it stores an entry that can expire, and is dropped from the
 //! list once a sweep leaves it empty (it registers again on its next such insert) or once the
 //! cache itself is gone. Caches that are empty cost the sweeper nothing.
 
@@ -34,6 +35,11 @@ fn registry() -> Option<&'static List> {
                 .map(|_| Mutex::new(Vec::new()))
         })
         .as_ref()
+}
+
+/// Starts the sweeper's thread if it is not running yet.
+pub(crate) fn start() {
+    let _ = registry();
 }
 
 /// Adds a cache to the sweeper's list.
