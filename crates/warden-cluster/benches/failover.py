@@ -10,9 +10,13 @@ S sessions (default 300) and the default lease timings (T 15 s, D 10 s, R 2 s, P
 Each round kills a random node that owns sessions with SIGKILL, times how long until every
 one of its sessions is claimed by the survivors, then starts it again (it gets its share back
 through gentle rebalancing, at most 1 session/s per node; the next round starts once it holds
-70 % of its share (rebalancing stops within 10 % of the mean)). Then a few rounds of SIGTERM time
-the graceful hand-over. Throughout, every claim is checked against the nodes' own lines: a
-claim of a session that a live, unfenced node still holds is a double ownership (must be 0).
+70 % of its share, or once nothing has moved for 10 s: rebalancing stops within 10 % of the
+mean). Then a few rounds of SIGTERM time
+the graceful hand-over. Throughout,
+every claim is checked against the nodes' own lines: a claim of a session that a live,
+unfenced node holds, and does not let go of within 2 s (lines of different processes are read
+by different threads, so a claim can be read a few milliseconds before the release that
+preceded it), is a double ownership (must be 0).
 
 This measures ownership only, without WhatsApp: a daemon adds its reconnection (about 1 s per
 session through admission control) on top. PostgreSQL runs from Debian's binaries in a temp
@@ -32,6 +36,7 @@ import queue
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+SUSPECT_FOR = 2.0  # seconds
 BIN = os.path.join(os.environ.get("WARDEN_BIN") or os.path.join(ROOT, "target", "release"),
                    "warden-cluster-node")
 
@@ -73,6 +78,7 @@ class Cluster:
         self.owner = {}          # token -> node, as the lines say
         self.fenced = set()      # nodes fenced or killed (their claims are void)
         self.doubles = 0
+        self.suspects = {}       # token -> (holder, when): a claim read before its release?
 
     def start(self, name, sessions=0):
         proc = subprocess.Popen([BIN, "--database-url", self.url, "--node", name, "--sessions",
@@ -85,25 +91,58 @@ class Cluster:
                 self.lines.put((time.monotonic(), name, line.split()))
         threading.Thread(target=read, daemon=True).start()
 
-    def apply(self, name, words):
+    def apply(self, name, words, at):
+        # Lines of different processes arrive through different reader threads, so a claim
+        # can be read a few milliseconds before the release that preceded it: a claim of a
+        # session that another live node holds is a double only if that node has not let go
+        # of it within SUSPECT_FOR.
+        for token, (holder, since) in list(self.suspects.items()):
+            if at - since > SUSPECT_FOR:
+                self.doubles += 1
+                print(f"DOUBLE: {token} claimed while {holder} held it")
+                del self.suspects[token]
         if words[0] == "claimed":
             holder = self.owner.get(words[1])
             if holder is not None and holder != name and holder not in self.fenced:
-                self.doubles += 1
-                print(f"DOUBLE: {words[1]} claimed by {name} while {holder} holds it")
+                self.suspects[words[1]] = (holder, at)
             self.owner[words[1]] = name
-        elif words[0] in ("lost", "rebalance") and self.owner.get(words[1]) == name:
+        elif words[0] in ("lost", "rebalance"):
             # `rebalance` is printed before the node releases the session
-            del self.owner[words[1]]
+            if self.owner.get(words[1]) == name:
+                del self.owner[words[1]]
+            if self.suspects.get(words[1], (None,))[0] == name:
+                del self.suspects[words[1]]
+        elif words[0] == "left":
+            # A graceful leave: every socket closed, every session released.
+            for token in [t for t, n in self.owner.items() if n == name]:
+                del self.owner[token]
+            for token in [t for t, (h, _) in self.suspects.items() if h == name]:
+                del self.suspects[token]
         elif words[0] == "fenced":
             self.fenced.add(name)
+            for token, (holder, _) in list(self.suspects.items()):
+                if holder == name:
+                    # Fenced before letting go: a double ownership for the time in between.
+                    self.doubles += 1
+                    print(f"DOUBLE: {token} claimed while {holder} held it (until it fenced)")
+                    del self.suspects[token]
 
     def until(self, done, within=120):
         deadline = time.monotonic() + within
         while not done():
             at, name, words = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            self.apply(name, words)
+            self.apply(name, words, at)
             self.last = at
+
+    def settle(self, name, share, quiet=10):
+        """Reads lines until `name` holds `share` sessions, or nothing has changed for `quiet`
+        seconds (rebalancing stops within 10 % of the mean)."""
+        while len(self.held_by(name)) < share:
+            try:
+                at, who, words = self.lines.get(timeout=quiet)
+            except queue.Empty:
+                return
+            self.apply(who, words, at)
 
     def held_by(self, name):
         return {t for t, n in self.owner.items() if n == name}
@@ -149,7 +188,9 @@ def main():
             cluster.procs[victim].wait()
             cluster.start(victim)
             # Rebalancing gives the restarted node its share back (1 session/s per node).
-            cluster.until(lambda: len(cluster.held_by(victim)) >= share, within=300)
+            cluster.settle(victim, share)
+            print(f"         {victim} restarted, holds {len(cluster.held_by(victim))} after "
+                  f"rebalancing")
         handovers = []
         for round_ in range(terms):
             victim = random.choice([n for n in names if cluster.held_by(n)])
@@ -163,13 +204,14 @@ def main():
             cluster.procs[victim].wait()
             cluster.fenced.add(victim)
             cluster.start(victim)
-            cluster.until(lambda: len(cluster.held_by(victim)) >= share, within=300)
+            cluster.settle(victim, share)
         if takeovers:
             print(f"kill -9 takeover, {kills} kills of {sessions} sessions over 3 nodes "
                   f"({statistics.mean(moved):.0f} sessions moved per kill on average): "
                   f"{summary(takeovers)}")
         if handovers:
             print(f"SIGTERM hand-over, {terms} stops: {summary(handovers)}")
+        cluster.apply("", ["end"], time.monotonic() + 2 * SUSPECT_FOR)
         print(f"double ownerships: {cluster.doubles}")
     finally:
         for p in cluster.procs.values():

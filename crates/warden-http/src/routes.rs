@@ -332,6 +332,7 @@ async fn healthz(State(app): State<Arc<AppState>>) -> Response {
 async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     let mut text = app.metrics.render(&app.supervisor.counts());
     crate::metrics::render_journal(&mut text, app.supervisor.journal_dropped());
+    crate::metrics::render_timers(&mut text, app.supervisor.timers_queued());
     if let Some(webhooks) = &app.webhooks {
         webhooks.render_metrics(&mut text);
     }

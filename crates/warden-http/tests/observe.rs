@@ -298,6 +298,8 @@ async fn metrics_parse_as_prometheus_text_with_the_expected_families() {
     assert_eq!(samples["warden_sessions{state=\"qr_expired\"}"], 1.0);
     assert_eq!(samples["warden_sessions{state=\"stopped\"}"], 1.0);
     assert_eq!(samples["warden_journal_dropped_total"], 0.0);
+    // One timer: the connected session's stability timer (the others wait for nothing).
+    assert_eq!(samples["warden_supervisor_timers"], 1.0);
     for family in [
         "warden_connect_attempts_in_flight",
         "warden_connect_attempts_queued",

@@ -13,6 +13,8 @@
 //! `WARDEN_SOAK_SESSIONS=1000 WARDEN_SOAK_CYCLES=100 cargo test --release -p warden --test
 //! soak -- --nocapture`; docs/reliability.md has the last figures.
 //!
+//! `WARDEN_SOAK_WRAPPER` runs the daemon through a command that execs it (a profiler's preload).
+//!
 //! The daemon runs in its own process, measured from `/proc/<pid>` and its `/metrics`; the fake
 //! server runs in the test's process (its recorder grows with the run; the daemon does not).
 
@@ -119,8 +121,8 @@ fn proc_figures(pid: u32) -> (u64, u64, u64, u64, u64) {
     )
 }
 
-/// The daemon's `warden_runtime_tasks`, read from its `/metrics`.
-async fn runtime_tasks(http: std::net::SocketAddr) -> u64 {
+/// A gauge of the daemon's `/metrics`.
+async fn gauge(http: std::net::SocketAddr, name: &str) -> u64 {
     let mut stream = tokio::net::TcpStream::connect(http).await.unwrap();
     stream
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
@@ -129,9 +131,14 @@ async fn runtime_tasks(http: std::net::SocketAddr) -> u64 {
     let mut body = String::new();
     stream.read_to_string(&mut body).await.unwrap();
     body.lines()
-        .find_map(|l| l.strip_prefix("warden_runtime_tasks "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
-        .expect("/metrics has warden_runtime_tasks")
+        .unwrap_or_else(|| panic!("/metrics has {name}"))
+}
+
+/// The daemon's `warden_runtime_tasks`.
+async fn runtime_tasks(http: std::net::SocketAddr) -> u64 {
+    gauge(http, "warden_runtime_tasks").await
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -221,8 +228,13 @@ async fn sessions_through_many_connect_drop_cycles_leave_nothing_behind() {
     let dir = workspace(&server.url());
     let per_second = (sessions as f64 / 4.0).clamp(50.0, 400.0).to_string();
     let in_flight = (sessions / 4).clamp(16, 256).to_string();
-    let daemon = Daemon::start_with(
+    // WARDEN_SOAK_WRAPPER: a command that execs the daemon (e.g. a heap profiler's preload;
+    // docs/reliability.md), split on spaces.
+    let wrapper = std::env::var("WARDEN_SOAK_WRAPPER").unwrap_or_default();
+    let wrapper: Vec<&str> = wrapper.split_whitespace().collect();
+    let daemon = Daemon::start_under(
         dir.path(),
+        &wrapper,
         &[
             ("WARDEN_DAEMON_LOG_LEVEL", "info,warden_whatsapp=warn"),
             ("WARDEN_ADMISSION_PER_SECOND", &per_second),
@@ -358,6 +370,14 @@ async fn sessions_through_many_connect_drop_cycles_leave_nothing_behind() {
         );
     }
     assert_eq!(most, 1, "an account had {most} live connections at once");
+    // Every connection started a ten-minute stability timer; those of the connections that
+    // ended must have left the queue with them (one per connected session is left).
+    let timers = gauge(daemon.http, "warden_supervisor_timers").await;
+    eprintln!("supervisor timers queued: {timers} for {sessions} connected sessions");
+    assert!(
+        timers <= 2 * sessions as u64,
+        "{timers} timers queued for {sessions} sessions: cancelled timers stay queued"
+    );
     let percent = |b: u64, a: u64| (a as f64 / b as f64 - 1.0) * 100.0;
     eprintln!(
         "RSS: {:+.1}% from the baseline, {:+.1}% over the second half of the cycles",

@@ -194,8 +194,10 @@ impl SupervisorState {
                     generation,
                 };
                 let id = self.add_deadline(myself, self.policy.stable_after, due);
-                if let Some(entry) = self.sessions.get_mut(token) {
-                    entry.stable_timer = Some(id);
+                if let Some(entry) = self.sessions.get_mut(token)
+                    && let Some(replaced) = entry.stable_timer.replace(id)
+                {
+                    self.deadlines.cancel(replaced);
                 }
             }
             Effect::ConnectionGone => {
@@ -206,14 +208,18 @@ impl SupervisorState {
                 entry.connected_at = None;
                 entry.qr = None;
                 entry.pair_code = None;
-                entry.cancel_stable();
+                if let Some(key) = entry.cancel_stable() {
+                    self.deadlines.cancel(key);
+                }
                 entry.record.counters.disconnects += 1;
             }
             Effect::ScheduleRetry(delay) => self.schedule_retry(myself, token, *delay),
             Effect::CancelRetry => {
-                let had = entry.retry_timer.is_some();
-                entry.cancel_retry();
-                return had;
+                let Some(key) = entry.cancel_retry() else {
+                    return false;
+                };
+                self.deadlines.cancel(key);
+                return true;
             }
             Effect::DeleteEverything => self.begin_deletion(myself, token),
             Effect::Forget

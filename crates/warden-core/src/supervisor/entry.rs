@@ -16,6 +16,7 @@ use crate::state::{QrCode, SessionInfo, SessionState};
 use crate::store::SessionRecord;
 use crate::token::Token;
 
+use super::deadlines::TimerKey;
 use super::messages::{InfoReply, Waiter};
 
 /// The live session actor of a token.
@@ -53,12 +54,12 @@ pub(crate) struct Entry {
     pub options: OpenOptions,
     /// The token's single connection slot, shared with its session actors.
     pub slot: Arc<Semaphore>,
-    /// The id of the pending retry, ban-expiry or quarantine deadline.
-    pub retry_timer: Option<u64>,
+    /// The pending retry, ban-expiry or quarantine deadline.
+    pub retry_timer: Option<TimerKey>,
     /// When `retry_timer` fires (wall clock, for people).
     pub next_retry_at: Option<SystemTime>,
-    /// The id of the deadline at which the connection has been up for `stable_after`.
-    pub stable_timer: Option<u64>,
+    /// The deadline at which the connection has been up for `stable_after`.
+    pub stable_timer: Option<TimerKey>,
     /// The QR code on show.
     pub qr: Option<QrCode>,
     /// The pairing code on show.
@@ -155,15 +156,18 @@ impl Entry {
         }
     }
 
-    /// Cancels the retry timer.
-    pub fn cancel_retry(&mut self) {
-        self.retry_timer = None;
+    /// Cancels the retry timer; returns its deadline, for the caller to take out of the queue.
+    #[must_use = "the deadline must leave the queue too (Deadlines::cancel)"]
+    pub fn cancel_retry(&mut self) -> Option<TimerKey> {
         self.next_retry_at = None;
+        self.retry_timer.take()
     }
 
-    /// Cancels the stability timer.
-    pub fn cancel_stable(&mut self) {
-        self.stable_timer = None;
+    /// Cancels the stability timer; returns its deadline, for the caller to take out of the
+    /// queue.
+    #[must_use = "the deadline must leave the queue too (Deadlines::cancel)"]
+    pub fn cancel_stable(&mut self) -> Option<TimerKey> {
+        self.stable_timer.take()
     }
 
     /// How long the live connection has been logged in.

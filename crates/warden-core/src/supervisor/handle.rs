@@ -141,6 +141,8 @@ pub struct Supervisor {
     store: StoreWriter,
     /// How many connections did not close at shutdown (set by the supervisor actor).
     stuck: Arc<AtomicUsize>,
+    /// How many deadlines the supervisor has queued (retries, bans, stability timers).
+    timers: Arc<AtomicUsize>,
     /// Becomes true once the supervisor actor has ended, for whatever reason.
     ended: watch::Receiver<bool>,
     /// Every session's outgoing messages.
@@ -189,6 +191,7 @@ impl Supervisor {
         };
         let writer = StoreWriter::spawn(db.clone(), config.journal);
         let stuck = Arc::new(AtomicUsize::new(0));
+        let timers = Arc::new(AtomicUsize::new(0));
         let snapshot: Snapshot = Arc::new(DashMap::new());
         let (events, _) = broadcast::channel(config.event_capacity.max(1));
         let events = Bus::new(events, writer.clone());
@@ -203,6 +206,7 @@ impl Supervisor {
             events: events.clone(),
             store: writer.clone(),
             stuck: stuck.clone(),
+            timers: timers.clone(),
             outbox: outbox.clone(),
         };
         let (actor, join) = Actor::spawn(None, SupervisorActor, args)
@@ -222,6 +226,7 @@ impl Supervisor {
             shutdown_timeout: handle_config.1,
             store: writer,
             stuck,
+            timers,
             ended,
             outbox,
             origin: "embedded",
@@ -609,6 +614,13 @@ impl Supervisor {
     /// failing) with [`crate::store::JOURNAL_QUEUE`] entries waiting.
     pub fn journal_dropped(&self) -> u64 {
         self.store.journal_dropped()
+    }
+
+    /// How many timers the supervisor has queued (retries, ban and quarantine ends, and each
+    /// connection's stability timer): at most two per session, since a cancelled timer leaves
+    /// the queue at once.
+    pub fn timers_queued(&self) -> usize {
+        self.timers.load(Ordering::Relaxed)
     }
 
     /// The session database.

@@ -37,7 +37,7 @@ use crate::token::Token;
 pub use handle::{StartReport, Supervisor, SupervisorConfig};
 pub use messages::Reaped;
 
-use deadlines::{Deadlines, Due};
+use deadlines::{Deadlines, Due, TimerKey};
 use entry::Entry;
 use messages::SupervisorMsg;
 
@@ -57,6 +57,8 @@ pub(crate) struct SupervisorArgs {
     pub store: StoreWriter,
     /// Set at shutdown to how many connections did not close in time.
     pub stuck: Arc<AtomicUsize>,
+    /// How many deadlines are queued.
+    pub timers: Arc<AtomicUsize>,
     pub outbox: Outbox,
 }
 
@@ -107,6 +109,7 @@ impl Actor for SupervisorActor {
             events,
             store,
             stuck,
+            timers,
             outbox,
         } = args;
         let mut state = SupervisorState {
@@ -125,7 +128,7 @@ impl Actor for SupervisorActor {
             stuck,
             max_active: config.max_active,
             janitor: None,
-            deadlines: Deadlines::default(),
+            deadlines: Deadlines::new(timers),
             outbox,
         };
         for (token, record) in records {
@@ -379,10 +382,15 @@ impl SupervisorState {
     }
 
     /// Queues a deadline and makes sure the supervisor wakes up for it.
-    fn add_deadline(&mut self, myself: &ActorRef<SupervisorMsg>, after: Duration, due: Due) -> u64 {
+    fn add_deadline(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        after: Duration,
+        due: Due,
+    ) -> TimerKey {
         let now = Instant::now();
-        let id = self.deadlines.add(now + after, due);
+        let key = self.deadlines.add(now + after, due);
         self.deadlines.arm(myself, now);
-        id
+        key
     }
 }

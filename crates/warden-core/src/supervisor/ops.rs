@@ -231,7 +231,14 @@ impl SupervisorState {
 
     /// Forgets a deleted session.
     pub(super) fn removed(&mut self, token: &Token) {
-        self.sessions.remove(token);
+        if let Some(mut entry) = self.sessions.remove(token) {
+            for key in [entry.cancel_retry(), entry.cancel_stable()]
+                .into_iter()
+                .flatten()
+            {
+                self.deadlines.cancel(key);
+            }
+        }
         self.snapshot.remove(token);
         self.events.send(SessionEvent::Removed {
             token: token.clone(),

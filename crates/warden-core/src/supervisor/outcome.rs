@@ -15,7 +15,7 @@ use crate::policy;
 use crate::token::Token;
 
 use super::SupervisorState;
-use super::deadlines::Due;
+use super::deadlines::{Due, TimerKey};
 use super::effects::Carry;
 use super::messages::SupervisorMsg;
 
@@ -131,9 +131,11 @@ impl SupervisorState {
         if !self.sessions.contains_key(token) {
             return;
         }
-        let id = self.add_deadline(myself, delay, Due::Retry(token.clone()));
+        let key = self.add_deadline(myself, delay, Due::Retry(token.clone()));
         let entry = self.sessions.get_mut(token).expect("checked above");
-        entry.retry_timer = Some(id);
+        if let Some(replaced) = entry.retry_timer.replace(key) {
+            self.deadlines.cancel(replaced);
+        }
         entry.next_retry_at = Some(SystemTime::now() + delay);
     }
 
@@ -147,10 +149,10 @@ impl SupervisorState {
         let Some(entry) = self.sessions.get_mut(token) else {
             return;
         };
-        if entry.retry_timer != Some(timer) {
+        if entry.retry_timer.map(TimerKey::id) != Some(timer) {
             return; // cancelled or replaced
         }
-        entry.cancel_retry();
+        let _came_due = entry.cancel_retry(); // already out of the queue
         self.apply(myself, token, Event::RetryDue, Carry::default())
             .await;
     }
@@ -166,10 +168,10 @@ impl SupervisorState {
         let Some(entry) = self.sessions.get_mut(token) else {
             return;
         };
-        if entry.stable_timer != Some(timer) {
+        if entry.stable_timer.map(TimerKey::id) != Some(timer) {
             return; // cancelled
         }
-        entry.stable_timer = None;
+        let _came_due = entry.cancel_stable(); // already out of the queue
         let current = entry
             .live
             .as_ref()

@@ -346,6 +346,17 @@ pub(crate) fn render_journal(out: &mut String, dropped: u64) {
     let _ = writeln!(out, "warden_journal_dropped_total {dropped}");
 }
 
+/// Appends the supervisor's queued timers to `out` (at most two per session).
+pub(crate) fn render_timers(out: &mut String, queued: usize) {
+    family(
+        out,
+        "warden_supervisor_timers",
+        "gauge",
+        "Timers the supervisor has queued: retries, ban and quarantine ends, stability timers.",
+    );
+    let _ = writeln!(out, "warden_supervisor_timers {queued}");
+}
+
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
