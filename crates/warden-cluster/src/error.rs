@@ -9,6 +9,10 @@ pub enum ClusterError {
     /// The database refused or failed a statement.
     #[error("cluster database: {0}")]
     Database(String),
+    /// The server gave a statement up: a row lock held past `lock_timeout` (a write in
+    /// flight), or its own `statement_timeout`.
+    #[error("cluster database busy: {0}")]
+    Busy(String),
     /// A statement did not answer within its deadline.
     #[error("cluster database: no answer within {0:?}")]
     Timeout(std::time::Duration),
@@ -27,10 +31,17 @@ pub enum ClusterError {
 
 impl From<tokio_postgres::Error> for ClusterError {
     fn from(e: tokio_postgres::Error) -> Self {
+        use tokio_postgres::error::SqlState;
         // The driver's text never carries the connection string's password.
-        ClusterError::Database(match e.as_db_error() {
-            Some(db) => format!("{} ({})", db.message(), db.code().code()),
-            None => e.to_string(),
-        })
+        match e.as_db_error() {
+            Some(db)
+                if *db.code() == SqlState::LOCK_NOT_AVAILABLE
+                    || *db.code() == SqlState::QUERY_CANCELED =>
+            {
+                ClusterError::Busy(db.message().to_owned())
+            }
+            Some(db) => ClusterError::Database(format!("{} ({})", db.message(), db.code().code())),
+            None => ClusterError::Database(e.to_string()),
+        }
     }
 }

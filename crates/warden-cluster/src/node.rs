@@ -11,8 +11,10 @@
 //!
 //! The embedder reads [`Node::ownership`] (what this node owns, with each fence) and
 //! [`Node::may_dial`] before every connection, and aborts every socket when
-//! [`Node::lease`] turns [`Lease::Fenced`]. Dropping a [`Node`] stops it as a crash would:
-//! its peers take over after T. [`Node::leave`] hands everything over at once.
+//! [`Node::lease`] turns [`Lease::Fenced`]: the heartbeat empties the ownership at that same
+//! instant, whatever the ownership task is doing; [`NodeEvent::Lost`] events follow and may
+//! lag, so a socket is never closed on them alone. Dropping a [`Node`] stops it as a crash
+//! would: its peers take over after T. [`Node::leave`] hands everything over at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -174,6 +176,13 @@ impl Node {
     /// Connects, creates the tables if needed, registers a new incarnation and starts the two
     /// tasks. Fails if the timings are unsafe or the database cannot be reached now.
     pub async fn start(config: NodeConfig) -> Result<Self, ClusterError> {
+        Ok(Self::start_with_events(config).await?.0)
+    }
+
+    /// [`Node::start`], with a subscription to every event from the first (`Registered`).
+    pub async fn start_with_events(
+        config: NodeConfig,
+    ) -> Result<(Self, broadcast::Receiver<NodeEvent>), ClusterError> {
         config.timing.validate()?;
         let pg = Pg::connect(&config.database_url, config.timing.statement_timeout).await?;
         pg.migrate().await?;
@@ -184,7 +193,7 @@ impl Node {
         };
         let sent = now();
         pg.register(&key, config.addr.as_deref()).await?;
-        let (events, _) = broadcast::channel(EVENTS);
+        let (events, first) = broadcast::channel(EVENTS);
         let (lease_tx, lease) = watch::channel(LeaseView {
             incarnation,
             lease: Lease::registered(sent, &config.timing),
@@ -193,6 +202,7 @@ impl Node {
             incarnation: Some(incarnation),
             sessions: BTreeMap::new(),
         });
+        let ownership_tx = Arc::new(ownership_tx);
         let _ = events.send(NodeEvent::Registered { incarnation });
         tracing::info!(node = %config.node, incarnation, "joined the cluster");
         let (commands, commands_rx) = mpsc::channel(COMMANDS);
@@ -200,6 +210,7 @@ impl Node {
             config.clone(),
             Some(pg),
             lease_tx,
+            ownership_tx.clone(),
             events.clone(),
         ));
         let owner = tokio::spawn(
@@ -211,13 +222,15 @@ impl Node {
                 lease: lease.clone(),
                 ownership: ownership_tx,
                 events: events.clone(),
+                following: Some(incarnation),
+                releasing: BTreeMap::new(),
                 down: false,
                 last_rebalance: None,
                 wake: Arc::new(Notify::new()),
             }
             .run(commands_rx),
         );
-        Ok(Self {
+        let node = Self {
             name: config.node,
             timing: config.timing,
             lease,
@@ -226,7 +239,8 @@ impl Node {
             commands,
             heartbeat,
             owner,
-        })
+        };
+        Ok((node, first))
     }
 
     /// This node's name.
@@ -286,12 +300,15 @@ impl Node {
     }
 
     /// Removes a session this node owns (its socket closed first). False if not owned here.
+    /// As with [`Node::release`], an unanswered removal is sent again at every poll.
     pub async fn remove_session(&self, token: &str) -> Result<bool, ClusterError> {
         self.ask(|reply| Command::Remove(token.to_owned(), reply))
             .await
     }
 
-    /// Hands a session back (its socket closed first), for its preferred node to claim.
+    /// Hands a session back (its socket closed first), for its preferred node to claim. The
+    /// session is not this node's from the call on; if the database does not answer, the
+    /// error says so and every poll sends the release again until it does.
     pub async fn release(&self, token: &str) -> Result<bool, ClusterError> {
         self.ask(|reply| Command::Release(token.to_owned(), reply))
             .await
@@ -315,6 +332,7 @@ async fn heartbeat(
     config: NodeConfig,
     mut pg: Option<Pg>,
     lease: watch::Sender<LeaseView>,
+    ownership: Arc<watch::Sender<Ownership>>,
     events: broadcast::Sender<NodeEvent>,
 ) {
     let timing = config.timing;
@@ -339,7 +357,10 @@ async fn heartbeat(
             let sent = now();
             let renewed = tokio::select! {
                 renewed = renew(&config, &mut pg, &key) => renewed,
-                _ = sleep_until(deadline) => break FenceReason::Deadline,
+                _ = sleep_until(deadline) => {
+                    pg = None; // the renewal it abandoned may still hold it
+                    break FenceReason::Deadline;
+                }
             };
             match renewed {
                 Ok(_) => {
@@ -362,6 +383,8 @@ async fn heartbeat(
             }
         };
         lease.send_modify(|v| v.lease = Lease::Fenced);
+        // Nothing is this node's from this instant, whatever the ownership task is doing.
+        disown(&ownership, None, &events);
         let _ = events.send(NodeEvent::Fenced {
             incarnation: key.incarnation,
             why,
@@ -393,6 +416,23 @@ async fn heartbeat(
                 Err(_) => pg = None,
             }
         }
+    }
+}
+
+/// Empties `ownership` and gives it to `incarnation` (none while fenced); a `Lost` event for
+/// every session it held.
+fn disown(
+    ownership: &watch::Sender<Ownership>,
+    incarnation: Option<i64>,
+    events: &broadcast::Sender<NodeEvent>,
+) {
+    let mut lost = Vec::new();
+    ownership.send_modify(|o| {
+        lost = std::mem::take(&mut o.sessions).into_keys().collect();
+        o.incarnation = incarnation;
+    });
+    for token in lost {
+        let _ = events.send(NodeEvent::Lost { token });
     }
 }
 
@@ -433,8 +473,13 @@ struct Owner {
     /// Claimable sessions, and when this node first saw each claimable.
     waiting: HashMap<String, Instant>,
     lease: watch::Receiver<LeaseView>,
-    ownership: watch::Sender<Ownership>,
+    ownership: Arc<watch::Sender<Ownership>>,
     events: broadcast::Sender<NodeEvent>,
+    /// The incarnation whose ownership this task keeps.
+    following: Option<i64>,
+    /// Sessions let go of whose release or removal has not been answered yet (token → fence,
+    /// and whether it is a removal): retried at every poll, and never taken back meanwhile.
+    releasing: BTreeMap<String, (i64, bool)>,
     down: bool,
     last_rebalance: Option<Instant>,
     /// Woken when sessions become claimable (`LISTEN`), so they are claimed before the next
@@ -493,20 +538,14 @@ impl Owner {
     /// Drops everything once the lease is fenced or replaced by a new incarnation.
     fn follow_lease(&mut self) {
         let held = self.me().map(|me| me.incarnation);
-        let current = self.ownership.borrow().incarnation;
-        if current == held {
+        if held == self.following {
             return;
         }
-        let lost: Vec<String> = self.ownership.borrow().sessions.keys().cloned().collect();
-        self.ownership.send_replace(Ownership {
-            incarnation: held,
-            sessions: BTreeMap::new(),
-        });
-        for token in lost {
-            let _ = self.events.send(NodeEvent::Lost { token });
-        }
+        self.following = held;
+        disown(&self.ownership, held, &self.events);
         self.reaper.poll_failed();
         self.waiting.clear();
+        self.releasing.clear();
     }
 
     fn lose(&mut self, token: &str) {
@@ -522,11 +561,23 @@ impl Owner {
         }
     }
 
-    fn gain(&mut self, token: String, fence: i64) {
-        self.ownership.send_modify(|o| {
-            o.sessions.insert(token.clone(), fence);
+    /// Records a claim of `me`'s, unless `me`'s lease ended meanwhile (checked under the
+    /// ownership's own lock, which the heartbeat takes when it fences).
+    fn gain(&mut self, me: &NodeKey, token: String, fence: i64) {
+        if self.me().as_ref() != Some(me) {
+            return;
+        }
+        let mut added = false;
+        self.ownership.send_if_modified(|o| {
+            added = o.incarnation == Some(me.incarnation);
+            if added {
+                o.sessions.insert(token.clone(), fence);
+            }
+            added
         });
-        let _ = self.events.send(NodeEvent::Claimed { token, fence });
+        if added {
+            let _ = self.events.send(NodeEvent::Claimed { token, fence });
+        }
     }
 
     async fn poll(&mut self) {
@@ -542,9 +593,6 @@ impl Owner {
                 }
             }
             Err(e) => {
-                // Time this node could not observe never counts against a peer.
-                self.reaper.poll_failed();
-                self.waiting.clear();
                 if !self.down {
                     tracing::warn!(node = %me.node, error = %e, "cluster poll failed");
                     let _ = self.events.send(NodeEvent::DatabaseDown {
@@ -564,8 +612,30 @@ impl Owner {
         self.connect().await?;
         let pg = self.pg.as_ref().expect("connected above");
 
-        // Membership: declare silent peers dead.
-        let rows = pg.nodes().await?;
+        // Releases whose answer was lost: again, until the database answers.
+        let pending: Vec<(String, (i64, bool))> = self
+            .releasing
+            .iter()
+            .map(|(t, f)| (t.clone(), *f))
+            .collect();
+        for (token, (fence, remove)) in pending {
+            if remove {
+                pg.remove_session(me, &token, fence).await?;
+            } else {
+                pg.release(me, &token, fence).await?;
+            }
+            self.releasing.remove(&token);
+        }
+
+        // Membership: declare silent peers dead. Time this node could not observe never
+        // counts against a peer: a failed read restarts every timer.
+        let rows = match pg.nodes().await {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.reaper.poll_failed();
+                return Err(e);
+            }
+        };
         for (peer, beat) in self.reaper.observe(now(), &rows, me, &timing) {
             if pg.reap(&peer, beat).await? {
                 tracing::warn!(peer = %peer.node, incarnation = peer.incarnation, "declared a silent node dead");
@@ -593,8 +663,8 @@ impl Owner {
             return Ok(()); // fenced meanwhile: claim nothing
         }
         for (token, fence) in &in_db {
-            if known.get(token) != Some(fence) {
-                self.gain(token.clone(), *fence);
+            if known.get(token) != Some(fence) && !self.releasing.contains_key(token) {
+                self.gain(me, token.clone(), *fence);
             }
         }
 
@@ -627,7 +697,9 @@ impl Owner {
             let pg = self.pg.as_ref().expect("connected above");
             if let Some(fence) = pg.claim(me, &token, seen).await? {
                 self.waiting.remove(&token);
-                self.gain(token, fence);
+                // Not if the lease ended while the claim was on its way: the session stays
+                // this incarnation's in the database until it is declared dead.
+                self.gain(me, token, fence);
             }
         }
 
@@ -702,14 +774,18 @@ impl Owner {
         let Some(fence) = self.ownership.borrow().sessions.get(token).copied() else {
             return Ok(false);
         };
-        // Not ours from this moment: nothing here may act on it while the database changes.
-        // If the statement fails, the next poll finds it still ours and takes it back.
+        // Not ours from this moment: nothing here may act on it while the database changes,
+        // and no poll takes it back until the database has answered (an unanswered statement
+        // may still commit), which every poll asks again.
         self.lose(token);
+        self.releasing.insert(token.to_owned(), (fence, remove));
         let pg = self.connect().await?;
-        if remove {
-            pg.remove_session(me, token, fence).await
+        let done = if remove {
+            pg.remove_session(me, token, fence).await?
         } else {
-            pg.release(me, token, fence).await
-        }
+            pg.release(me, token, fence).await?
+        };
+        self.releasing.remove(token);
+        Ok(done)
     }
 }

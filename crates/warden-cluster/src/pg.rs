@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS warden_session (
 CREATE INDEX IF NOT EXISTS warden_session_owner ON warden_session (owner_node, owner_inc);
 COMMIT;";
 
-/// The notification channel that says sessions became claimable.
+/// The notification channel that says sessions became claimable (the statements spell it
+/// out too).
 pub const RELEASED: &str = "warden_released";
 
 /// Who owns a session, as the database says.
@@ -91,9 +92,23 @@ impl Drop for Pg {
 
 impl Pg {
     /// Connects to `url` (a `postgres://` URL or a key=value string), within `timeout`.
+    ///
+    /// The deadline holds on the server too: every statement of this session is cancelled by
+    /// the server after `timeout` (`statement_timeout`), waits at most half of it for a row
+    /// lock (`lock_timeout`), and a transaction left open (a node cut off in the middle of a
+    /// write) is ended after twice it (`idle_in_transaction_session_timeout`), releasing its
+    /// locks. TCP keepalives find a dead peer within seconds on both sides.
     pub async fn connect(url: &str, timeout: Duration) -> Result<Self, ClusterError> {
-        let connecting = tokio_postgres::connect(url, NoTls);
-        let (client, connection) = tokio::time::timeout(timeout, connecting)
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| ClusterError::Database(e.to_string()))?;
+        config
+            .connect_timeout(timeout)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(5))
+            .keepalives_interval(Duration::from_secs(2))
+            .keepalives_retries(3);
+        let (client, connection) = tokio::time::timeout(timeout, config.connect(NoTls))
             .await
             .map_err(|_| ClusterError::Timeout(timeout))??;
         let wake = Arc::new(Notify::new());
@@ -112,13 +127,24 @@ impl Pg {
                 }
             }
         });
-        Ok(Self {
+        let pg = Self {
             client,
             driver,
             wake,
             timeout,
             broken: AtomicBool::new(false),
-        })
+        };
+        let ms = |d: Duration| d.as_millis().max(1);
+        let session = format!(
+            "SET statement_timeout = {}; SET lock_timeout = {}; \
+             SET idle_in_transaction_session_timeout = {}; SET tcp_keepalives_idle = 5; \
+             SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3;",
+            ms(timeout),
+            ms(timeout / 2),
+            ms(timeout * 2)
+        );
+        pg.within(pg.client.batch_execute(&session)).await?;
+        Ok(pg)
     }
 
     /// Notified whenever a notification arrives on a channel this connection listens to
@@ -174,11 +200,6 @@ impl Pg {
         }
     }
 
-    async fn notify_released(&self) -> Result<(), ClusterError> {
-        self.within(self.client.batch_execute(&format!("NOTIFY {RELEASED}")))
-            .await
-    }
-
     /// Creates the two tables if they are missing.
     pub async fn migrate(&self) -> Result<(), ClusterError> {
         self.within(self.client.batch_execute(SCHEMA)).await
@@ -191,12 +212,15 @@ impl Pg {
             &[&me.node, &me.incarnation, &addr],
         ))
         .await?;
-        self.within(self.client.execute(
+        // Housekeeping: a failure here must not make the caller register again.
+        let cleanup = self.client.execute(
             "DELETE FROM warden_node n WHERE n.dead AND NOT EXISTS (SELECT 1 FROM warden_session s \
              WHERE s.owner_node = n.node_id AND s.owner_inc = n.incarnation)",
             &[],
-        ))
-        .await?;
+        );
+        if let Err(e) = self.within(cleanup).await {
+            tracing::debug!(error = %e, "forgetting dead nodes failed");
+        }
         Ok(())
     }
 
@@ -249,16 +273,16 @@ impl Pg {
 
     /// Adds a session, unowned; false if it was there.
     pub async fn add_session(&self, token: &str) -> Result<bool, ClusterError> {
-        let n = self
-            .within(self.client.execute(
-                "INSERT INTO warden_session (token) VALUES ($1) ON CONFLICT DO NOTHING",
+        // One statement: the notification goes out with the row's commit, or not at all.
+        let rows = self
+            .within(self.client.query(
+                "WITH added AS (INSERT INTO warden_session (token) VALUES ($1) \
+                 ON CONFLICT DO NOTHING RETURNING 1) \
+                 SELECT pg_notify('warden_released', '') FROM added",
                 &[&token],
             ))
             .await?;
-        if n == 1 {
-            self.notify_released().await?;
-        }
-        Ok(n == 1)
+        Ok(rows.len() == 1)
     }
 
     /// Removes a session its owner holds under `fence`; false if the fence is stale.
@@ -311,8 +335,13 @@ impl Pg {
                  RETURNING s.fence",
                 &[&me.node, &me.incarnation, &token, &seen],
             ))
-            .await?;
-        Ok(rows.first().map(|r| r.get(0)))
+            .await;
+        match rows {
+            Ok(rows) => Ok(rows.first().map(|r| r.get(0))),
+            // Its row is locked by a write in flight past `lock_timeout`: not now.
+            Err(ClusterError::Busy(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// What `me` owns, with each fence.
@@ -379,17 +408,15 @@ impl Pg {
         token: &str,
         fence: i64,
     ) -> Result<bool, ClusterError> {
-        let n = self
-            .within(self.client.execute(
-                "UPDATE warden_session SET owner_node = NULL, owner_inc = NULL \
-                 WHERE token = $1 AND fence = $2 AND owner_node = $3 AND owner_inc = $4",
+        let rows = self
+            .within(self.client.query(
+                "WITH released AS (UPDATE warden_session SET owner_node = NULL, owner_inc = NULL \
+                 WHERE token = $1 AND fence = $2 AND owner_node = $3 AND owner_inc = $4 \
+                 RETURNING 1) SELECT pg_notify('warden_released', '') FROM released",
                 &[&token, &fence, &me.node, &me.incarnation],
             ))
             .await?;
-        if n == 1 {
-            self.notify_released().await?;
-        }
-        Ok(n == 1)
+        Ok(rows.len() == 1)
     }
 
     /// Leaves the cluster (every socket must be closed first): releases everything `me` owns

@@ -49,21 +49,26 @@ impl Timing {
             .filter(|m| !m.is_zero())
     }
 
-    /// Checks the timings against each other: R < D, a renewal's timeout below R, a dial's
-    /// minimum below D, and a positive margin T − D − P.
+    /// Checks the timings against each other: D ≥ 2R, a statement's deadline below D, a
+    /// dial's minimum below D and above a statement's deadline, and a positive margin
+    /// T − D − P (at least 2 s is advised; the defaults have 4 s).
     pub fn validate(&self) -> Result<(), ClusterError> {
         let bad = |why: &str| Err(ClusterError::Timing(why.to_owned()));
         if self.renew_every.is_zero() || self.poll_every.is_zero() {
             return bad("renew_every and poll_every must be above zero");
         }
-        if self.renew_every >= self.fence_after {
-            return bad("renew_every must be shorter than fence_after");
+        if self.renew_every * 2 > self.fence_after {
+            return bad("fence_after must be at least two renew_every (a renewal may fail)");
         }
         if self.min_remaining >= self.fence_after {
             return bad("min_remaining must be shorter than fence_after");
         }
         if self.statement_timeout.is_zero() || self.statement_timeout >= self.fence_after {
             return bad("statement_timeout must be above zero and shorter than fence_after");
+        }
+        if self.min_remaining <= self.statement_timeout {
+            // A claim's answer may take a whole statement timeout: the lease must outlast it.
+            return bad("min_remaining must exceed statement_timeout");
         }
         if self.margin().is_none() {
             return bad("dead_after must exceed fence_after + poll_every");
@@ -92,13 +97,15 @@ mod tests {
         // (renew, fence, dead, poll, min_remaining, statement, valid?)
         let table = [
             (2000, 10000, 15000, 1000, 3000, 2000, true),
-            (10000, 10000, 15000, 1000, 3000, 2000, false), // R = D
-            (2000, 10000, 11000, 1000, 3000, 2000, false),  // T − D − P = 0
-            (2000, 10000, 10000, 1000, 3000, 2000, false),  // T = D
+            (6000, 10000, 15000, 1000, 3000, 2000, false), // D < 2R
+            (2000, 10000, 11000, 1000, 3000, 2000, false), // T − D − P = 0
+            (2000, 10000, 10000, 1000, 3000, 2000, false), // T = D
             (2000, 10000, 15000, 1000, 10000, 2000, false), // dial minimum = D
-            (2000, 10000, 15000, 0, 3000, 2000, false),     // no poll
-            (2000, 10000, 15000, 1000, 3000, 0, false),     // no statement timeout
-            (200, 1000, 1600, 100, 300, 500, true),         // the tests' timings
+            (2000, 10000, 15000, 1000, 2000, 2000, false), // dial minimum = a statement's deadline
+            (2000, 10000, 15000, 0, 3000, 2000, false),    // no poll
+            (2000, 10000, 15000, 1000, 3000, 0, false),    // no statement timeout
+            (400, 2000, 3000, 200, 600, 500, true),        // the cluster tests' timings
+            (400, 2000, 3000, 200, 600, 400, true),        // warden-cluster-node --scale 0.2
         ];
         for (renew, fence, dead, poll, min, stmt, valid) in table {
             let t = Timing {

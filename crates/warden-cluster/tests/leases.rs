@@ -138,12 +138,12 @@ async fn a_reap_loses_to_a_renewal_it_did_not_see() {
     assert!(!db.reap(&a, 2).await.unwrap(), "reaped twice");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_two_racing_claimers_exactly_one_wins_each_session() {
     let Some(server) = Postgres::start() else {
         return;
     };
-    let setup = connect(&server).await;
+    let mut setup = connect(&server).await;
     let (a, b) = (key("a", 1), key("b", 2));
     setup.register(&a, None).await.unwrap();
     setup.register(&b, None).await.unwrap();
@@ -151,8 +151,14 @@ async fn of_two_racing_claimers_exactly_one_wins_each_session() {
     for t in &tokens {
         setup.add_session(t).await.unwrap();
     }
+    // Every row held by a transaction while both claimers line up behind it, in the same
+    // order: when it ends, they race on each session.
+    let hold = setup.client_mut().transaction().await.unwrap();
+    hold.execute("SELECT 1 FROM warden_session FOR UPDATE", &[])
+        .await
+        .unwrap();
     let race = |me: NodeKey, tokens: Vec<String>, url: String| async move {
-        let db = Pg::connect(&url, TIMEOUT).await.unwrap();
+        let db = Pg::connect(&url, Duration::from_secs(30)).await.unwrap();
         let mut won = Vec::new();
         for t in tokens {
             if db.claim(&me, &t, 0).await.unwrap().is_some() {
@@ -161,23 +167,37 @@ async fn of_two_racing_claimers_exactly_one_wins_each_session() {
         }
         won
     };
-    let (won_a, won_b) = tokio::join!(
-        tokio::spawn(race(a.clone(), tokens.clone(), server.url())),
-        tokio::spawn(race(
-            b.clone(),
-            tokens.iter().rev().cloned().collect(),
-            server.url()
-        )),
-    );
-    let (won_a, won_b) = (won_a.unwrap(), won_b.unwrap());
+    let racer_a = tokio::spawn(race(a.clone(), tokens.clone(), server.url()));
+    let racer_b = tokio::spawn(race(b.clone(), tokens.clone(), server.url()));
+    // Both wait on the first row (read from the server's own view), then go.
+    let watcher = Pg::connect(&server.url(), TIMEOUT).await.unwrap();
+    while waiting_on_locks(&watcher).await < 2 {
+        assert!(!racer_a.is_finished() && !racer_b.is_finished());
+        tokio::task::yield_now().await;
+    }
+    hold.commit().await.unwrap();
+    let (won_a, won_b) = (racer_a.await.unwrap(), racer_b.await.unwrap());
     assert_eq!(won_a.len() + won_b.len(), tokens.len());
     assert!(
         won_a.iter().all(|t| !won_b.contains(t)),
         "a session claimed twice"
     );
+    eprintln!("a won {}, b won {}", won_a.len(), won_b.len());
     for owner in setup.owners().await.unwrap() {
         assert_eq!(owner.fence, 1, "{}", owner.token);
     }
+}
+
+/// Backends of the server waiting for a lock.
+async fn waiting_on_locks(db: &Pg) -> i64 {
+    db.client()
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
 }
 
 #[tokio::test]
@@ -208,19 +228,7 @@ async fn a_claim_waits_for_the_deposed_owners_write_in_flight() {
     });
     // The claim waits on the row a's write holds (read from the server's own view).
     let watcher = Pg::connect(&server.url(), TIMEOUT).await.unwrap();
-    loop {
-        let waiting: i64 = watcher
-            .client()
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting == 1 {
-            break;
-        }
+    while waiting_on_locks(&watcher).await < 1 {
         assert!(
             !b_claims.is_finished(),
             "the claim did not wait for the write"
@@ -238,4 +246,33 @@ async fn a_claim_waits_for_the_deposed_owners_write_in_flight() {
         Err(ClusterError::StaleFence { .. })
     ));
     assert_eq!(creds(&b_db, "s1").await.as_deref(), Some("last of a"));
+}
+
+#[tokio::test]
+async fn a_write_left_open_by_a_cut_off_node_does_not_block_the_takeover() {
+    let Some(server) = Postgres::start() else {
+        return;
+    };
+    let proxy = support::proxy::CutProxy::start(server.port()).await;
+    // a's session ends an idle transaction after twice its 0.5 s deadline.
+    let mut a_db = Pg::connect(&server.url_via(proxy.port()), Duration::from_millis(500))
+        .await
+        .unwrap();
+    a_db.migrate().await.unwrap();
+    let b_db = connect(&server).await;
+    let (a, b) = (key("a", 1), key("b", 2));
+    a_db.register(&a, None).await.unwrap();
+    b_db.register(&b, None).await.unwrap();
+    a_db.add_session("s1").await.unwrap();
+    assert_eq!(a_db.claim(&a, "s1", 0).await.unwrap(), Some(1));
+
+    // a is cut off in the middle of a write: its transaction holds the row.
+    let tx = a_db.client_mut().transaction().await.unwrap();
+    check_fence(&tx, &a, "s1", 1).await.unwrap();
+    proxy.cut();
+    assert!(b_db.reap(&a, 0).await.unwrap());
+    // The server ends a's idle transaction, and the claim goes through (b waits up to its
+    // own lock timeout, 2.5 s).
+    assert_eq!(b_db.claim(&b, "s1", 1).await.unwrap(), Some(2));
+    drop(tx);
 }

@@ -78,7 +78,7 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let args = Args::parse();
-    let node = match Node::start(NodeConfig {
+    let (node, mut events) = match Node::start_with_events(NodeConfig {
         database_url: args.database_url.clone(),
         node: args.node.clone(),
         addr: None,
@@ -87,17 +87,12 @@ async fn main() -> ExitCode {
     })
     .await
     {
-        Ok(node) => node,
+        Ok(started) => started,
         Err(e) => {
             eprintln!("warden-cluster-node: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let mut events = node.subscribe();
-    say(format_args!(
-        "registered {}",
-        node.lease().borrow().incarnation
-    ));
     for i in 0..args.sessions {
         if let Err(e) = node.add_session(&format!("s{i:04}")).await {
             eprintln!("warden-cluster-node: adding sessions: {e}");
