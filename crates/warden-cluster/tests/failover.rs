@@ -106,6 +106,16 @@ fn record(node: &Node) -> Arc<Mutex<Vec<(Instant, NodeEvent)>>> {
     log
 }
 
+/// Adds `n` sessions through the first node and waits until they are spread over all of
+/// `nodes`, each holding some.
+async fn placed(nodes: &[&Node], n: usize) -> Vec<Ownership> {
+    add_sessions(nodes[0], n).await;
+    until(nodes, "the sessions placed on every node", |o| {
+        total(o) == n && o.iter().all(|o| !o.sessions.is_empty())
+    })
+    .await
+}
+
 async fn fences(url: &str) -> BTreeMap<String, i64> {
     let db = Pg::connect(url, Duration::from_secs(5)).await.unwrap();
     db.owners()
@@ -127,11 +137,7 @@ async fn a_crashed_nodes_sessions_move_to_the_others_and_only_those() {
     let n2 = start(&url, "n2", None).await;
     let n3 = start(&url, "n3", None).await;
     let survivors_log = [record(&n1), record(&n3)];
-    add_sessions(&n1, 30).await;
-    let placed = until(&[&n1, &n2, &n3], "30 sessions placed on three nodes", |o| {
-        total(o) == 30 && o.iter().all(|o| !o.sessions.is_empty())
-    })
-    .await;
+    let placed = placed(&[&n1, &n2, &n3], 30).await;
     let on_n2: Vec<String> = placed[1].sessions.keys().cloned().collect();
 
     let crashed = Instant::now();
@@ -174,11 +180,7 @@ async fn a_node_cut_off_from_the_database_fences_itself_before_anyone_claims() {
     let n2 = start(&url, "n2", None).await;
     let n3 = start(&url, "n3", None).await;
     let logs = [record(&cut_off), record(&n2), record(&n3)];
-    add_sessions(&n2, 30).await;
-    let placed = until(&[&cut_off, &n2, &n3], "30 sessions placed", |o| {
-        total(o) == 30 && o.iter().all(|o| !o.sessions.is_empty())
-    })
-    .await;
+    let placed = placed(&[&cut_off, &n2, &n3], 30).await;
     let first_incarnation = placed[0].incarnation.unwrap();
     let on_n1: HashSet<String> = placed[0].sessions.keys().cloned().collect();
 
@@ -259,11 +261,7 @@ async fn leaving_hands_everything_over_without_waiting_for_death() {
     let n2 = start(&url, "n2", None).await;
     let n3 = start(&url, "n3", None).await;
     let logs = [record(&n1), record(&n3)];
-    add_sessions(&n1, 30).await;
-    let placed = until(&[&n1, &n2, &n3], "30 sessions placed", |o| {
-        total(o) == 30 && o.iter().all(|o| !o.sessions.is_empty())
-    })
-    .await;
+    let placed = placed(&[&n1, &n2, &n3], 30).await;
     let on_n2 = placed[1].sessions.len();
 
     let left = Instant::now();

@@ -53,6 +53,17 @@ async fn creds(db: &Pg, token: &str) -> Option<String> {
         .map(|r| r.get(0))
 }
 
+/// Registers `a` and `b` (each through its own connection), adds `s1`, and gives it to `a`
+/// under fence 1.
+async fn a_owns_s1(a_db: &Pg, b_db: &Pg) -> (NodeKey, NodeKey) {
+    let (a, b) = (key("a", 1), key("b", 2));
+    a_db.register(&a, None).await.unwrap();
+    b_db.register(&b, None).await.unwrap();
+    a_db.add_session("s1").await.unwrap();
+    assert_eq!(a_db.claim(&a, "s1", 0).await.unwrap(), Some(1));
+    (a, b)
+}
+
 #[tokio::test]
 async fn a_deposed_node_cannot_write_and_cannot_claim() {
     let Some(server) = Postgres::start() else {
@@ -211,11 +222,7 @@ async fn a_claim_waits_for_the_deposed_owners_write_in_flight() {
         .batch_execute("CREATE TABLE creds (token text PRIMARY KEY, value text NOT NULL)")
         .await
         .unwrap();
-    let (a, b) = (key("a", 1), key("b", 2));
-    a_db.register(&a, None).await.unwrap();
-    b_db.register(&b, None).await.unwrap();
-    a_db.add_session("s1").await.unwrap();
-    assert_eq!(a_db.claim(&a, "s1", 0).await.unwrap(), Some(1));
+    let (a, _b) = a_owns_s1(&a_db, &b_db).await;
 
     // a's write has checked its fence and is not committed yet when b deposes a.
     let tx = a_db.client_mut().transaction().await.unwrap();
@@ -260,11 +267,7 @@ async fn a_write_left_open_by_a_cut_off_node_does_not_block_the_takeover() {
         .unwrap();
     a_db.migrate().await.unwrap();
     let b_db = connect(&server).await;
-    let (a, b) = (key("a", 1), key("b", 2));
-    a_db.register(&a, None).await.unwrap();
-    b_db.register(&b, None).await.unwrap();
-    a_db.add_session("s1").await.unwrap();
-    assert_eq!(a_db.claim(&a, "s1", 0).await.unwrap(), Some(1));
+    let (a, b) = a_owns_s1(&a_db, &b_db).await;
 
     // a is cut off in the middle of a write: its transaction holds the row.
     let tx = a_db.client_mut().transaction().await.unwrap();
