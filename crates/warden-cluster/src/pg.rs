@@ -47,8 +47,7 @@ CREATE TABLE IF NOT EXISTS warden_session (
 CREATE INDEX IF NOT EXISTS warden_session_owner ON warden_session (owner_node, owner_inc);
 COMMIT;";
 
-/// The notification channel that says sessions became claimable (the statements spell it
-/// out too).
+/// The notification channel that says sessions became claimable.
 pub const RELEASED: &str = "warden_released";
 
 /// Who owns a session, as the database says.
@@ -278,8 +277,8 @@ impl Pg {
             .within(self.client.query(
                 "WITH added AS (INSERT INTO warden_session (token) VALUES ($1) \
                  ON CONFLICT DO NOTHING RETURNING 1) \
-                 SELECT pg_notify('warden_released', '') FROM added",
-                &[&token],
+                 SELECT pg_notify($2, '') FROM added",
+                &[&token, &RELEASED],
             ))
             .await?;
         Ok(rows.len() == 1)
@@ -412,8 +411,8 @@ impl Pg {
             .within(self.client.query(
                 "WITH released AS (UPDATE warden_session SET owner_node = NULL, owner_inc = NULL \
                  WHERE token = $1 AND fence = $2 AND owner_node = $3 AND owner_inc = $4 \
-                 RETURNING 1) SELECT pg_notify('warden_released', '') FROM released",
-                &[&token, &fence, &me.node, &me.incarnation],
+                 RETURNING 1) SELECT pg_notify($5, '') FROM released",
+                &[&token, &fence, &me.node, &me.incarnation, &RELEASED],
             ))
             .await?;
         Ok(rows.len() == 1)
