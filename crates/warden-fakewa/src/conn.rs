@@ -442,7 +442,7 @@ impl SocketOwner {
             let _ = self.replies.send(node.clone());
             return Vec::new();
         }
-        let Some(id) = id else {
+        let Some(id) = id.filter(|_| !self.flags.hold_iqs.load(Ordering::Relaxed)) else {
             rec.event(
                 self.conn,
                 ServerEvent::Iq {

@@ -39,6 +39,8 @@ pub(crate) enum Command {
 pub(crate) struct Flags {
     /// Leave keepalive pings unanswered.
     pub ignore_pings: AtomicBool,
+    /// Leave every IQ unanswered.
+    pub hold_iqs: AtomicBool,
     /// Ignore everything the client sends.
     pub stalled: AtomicBool,
     /// `<success>` was sent: deliver the offline backlog when the client goes active.
@@ -177,6 +179,10 @@ impl Player {
             }
             Step::IgnorePings => {
                 self.flags.ignore_pings.store(true, Ordering::Relaxed);
+                Flow::Next
+            }
+            Step::HoldIqs => {
+                self.flags.hold_iqs.store(true, Ordering::Relaxed);
                 Flow::Next
             }
             Step::Failure(spec) => {

@@ -34,6 +34,11 @@ pub enum Step {
     Stall,
     /// From now on, leave keepalive pings (`xmlns="w:p"`) unanswered.
     IgnorePings,
+    /// From now on, leave every IQ the client sends unanswered (recorded with
+    /// `answered: false`), pings included; everything else goes on. Before [`Step::Login`],
+    /// the client's setup queries stay in flight (and the login step ends at the server's
+    /// `online_timeout`).
+    HoldIqs,
     /// `<failure reason=…>`, then close.
     Failure(FailureSpec),
     /// `<stream:error …>` (the connection stays open; add `close` or `drop` after it if wanted).
@@ -347,6 +352,7 @@ impl fmt::Display for Step {
             Step::Close => f.write_str("close"),
             Step::Stall => f.write_str("stall"),
             Step::IgnorePings => f.write_str("ignore_pings"),
+            Step::HoldIqs => f.write_str("hold_iqs"),
             Step::Failure(x) => write!(f, "failure({})", x.reason),
             Step::StreamError(StreamErrorSpec::Code(c)) => write!(f, "stream_error({c})"),
             Step::StreamError(StreamErrorSpec::Conflict(c)) => {

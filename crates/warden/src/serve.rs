@@ -234,7 +234,11 @@ async fn serve(
             .await
             .context("cannot start the webhooks")?,
     );
-    let metrics = Arc::new(warden_http::Metrics::new());
+    let metrics = Arc::new(warden_http::Metrics::new().with_gauge(
+        "warden_wa_clients",
+        "WhatsApp clients alive: one per connected session, plus those still finishing.",
+        || warden_whatsapp::clients_alive() as u64,
+    ));
     let observer_metrics = metrics.clone();
     let server = server
         .with_observer(Arc::new(move |op: &str, ok: bool| {

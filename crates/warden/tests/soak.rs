@@ -151,6 +151,9 @@ struct Figures {
     /// pages as code paths are first run, the database's shared-memory index).
     anon_kb: u64,
     file_kb: u64,
+    /// WhatsApp clients alive (`warden_wa_clients`): one per connected session, plus those
+    /// still finishing.
+    clients: u64,
 }
 
 /// The four figures once tasks and descriptors have held still for a second (a connection's
@@ -177,6 +180,7 @@ async fn settled(daemon: &Daemon) -> Figures {
         rss_kb,
         anon_kb,
         file_kb,
+        clients: gauge(daemon.http, "warden_wa_clients").await,
     }
 }
 
@@ -338,8 +342,8 @@ async fn sessions_through_many_connect_drop_cycles_leave_nothing_behind() {
     all_connected(&daemon.socket, sessions, Duration::from_secs(60)).await;
     let soaked = started.elapsed();
     // The settle period: what a connection leaves for a while ends by itself (wa-rs's
-    // queries in flight when a connection ended time out after 75 s; a stopped client's
-    // per-chat workers go with the cache sweeper). Measured until all four are back, or for
+    // post-login task of a connection that ended while logging in waits up to 5 s for the
+    // offline sync; its queries fail with the connection, through the patched wa-rs). Measured until all four are back, or for
     // `SETTLE` at most.
     let settling = std::time::Instant::now();
     let mut after = settled(&daemon).await;
@@ -365,8 +369,9 @@ async fn sessions_through_many_connect_drop_cycles_leave_nothing_behind() {
     eprintln!("database {db} bytes, WAL {wal} bytes");
     for (when, f) in [("before", before), ("middle", mid), ("after ", after)] {
         eprintln!(
-            "{when}: {} threads, {} fds, {} tasks, RSS {} kB (anonymous {} kB, file-backed {} kB)",
-            f.threads, f.fds, f.tasks, f.rss_kb, f.anon_kb, f.file_kb
+            "{when}: {} threads, {} fds, {} tasks, {} WhatsApp clients, RSS {} kB (anonymous {} \
+             kB, file-backed {} kB)",
+            f.threads, f.fds, f.tasks, f.clients, f.rss_kb, f.anon_kb, f.file_kb
         );
     }
     assert_eq!(most, 1, "an account had {most} live connections at once");

@@ -380,11 +380,10 @@ impl Client {
             }
         });
 
-        // Start background task to clean up stale device registry entries
-        let cleanup_arc = arc.clone();
-        tokio::spawn(async move {
-            cleanup_arc.device_registry_cleanup_loop().await;
-        });
+        // warden patch: the device registry's "cleanup" task is not started. It does nothing
+        // but wait for `shutdown_notifier`, holding the client, and `notify_waiters` wakes
+        // only the waiters that exist: a client disconnected before the task first ran (a
+        // short connection on a busy runtime) was held by it for ever.
 
         (arc, rx)
     }
@@ -615,6 +614,12 @@ impl Client {
         self.retried_group_messages.invalidate_all();
         // Reset offline sync state for next connection
         self.offline_sync_completed.store(false, Ordering::Relaxed);
+        // warden patch: the queries in flight end with the connection. No answer can come
+        // any more (a new connection has its own ids), so their waiters are dropped now and
+        // each query fails at once (`IqError::InternalChannelClosed`) instead of at its 75 s
+        // timeout. The task waiting on one holds the client: under reconnect storms they
+        // kept finished clients alive by the thousand.
+        self.response_waiters.lock().await.clear();
     }
 
     async fn read_messages_loop(self: &Arc<Self>) -> Result<(), anyhow::Error> {

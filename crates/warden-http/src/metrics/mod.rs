@@ -79,6 +79,21 @@ pub struct Metrics {
     event_streams: AtomicI64,
     /// Event streams closed because their client fell behind.
     event_streams_lagged: AtomicU64,
+    /// Gauges read from elsewhere at each render (see [`Metrics::with_gauge`]).
+    gauges: Vec<Gauge>,
+}
+
+/// A gauge the embedder reads for `/metrics`: its name, its help text, and how to read it.
+struct Gauge {
+    name: &'static str,
+    help: &'static str,
+    read: Box<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl std::fmt::Debug for Gauge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gauge").field("name", &self.name).finish()
+    }
 }
 
 impl Default for Metrics {
@@ -102,7 +117,24 @@ impl Metrics {
             latency_sum_us: AtomicU64::new(0),
             event_streams: AtomicI64::new(0),
             event_streams_lagged: AtomicU64::new(0),
+            gauges: Vec::new(),
         }
+    }
+
+    /// Adds a gauge read at each render: `name` (a valid metric name), its help text, and
+    /// how to read it (cheap, and never blocking: it runs on the request's task).
+    pub fn with_gauge(
+        mut self,
+        name: &'static str,
+        help: &'static str,
+        read: impl Fn() -> u64 + Send + Sync + 'static,
+    ) -> Self {
+        self.gauges.push(Gauge {
+            name,
+            help,
+            read: Box::new(read),
+        });
+        self
     }
 
     /// Counts one control-socket request: `op` is the request's op name (one of the control
@@ -203,6 +235,10 @@ impl Metrics {
                 "warden_runtime_tasks {}",
                 runtime.metrics().num_alive_tasks()
             );
+        }
+        for gauge in &self.gauges {
+            family(&mut out, gauge.name, "gauge", gauge.help);
+            let _ = writeln!(out, "{} {}", gauge.name, (gauge.read)());
         }
         family(
             &mut out,
@@ -376,5 +412,23 @@ mod tests {
         assert!(text.contains("warden_socket_requests_total{op=\"status\",outcome=\"ok\"} 1"));
         assert!(text.contains("warden_socket_requests_total{op=\"status\",outcome=\"error\"} 1"));
         assert!(text.contains("warden_socket_requests_total{op=\"other\",outcome=\"ok\"} 1"));
+    }
+
+    #[test]
+    fn an_added_gauge_is_read_at_each_render() {
+        let value = std::sync::Arc::new(AtomicU64::new(3));
+        let read = value.clone();
+        let metrics = Metrics::new().with_gauge("warden_things", "Things.", move || {
+            read.load(Ordering::Relaxed)
+        });
+        let text = metrics.render(&BTreeMap::new());
+        assert!(text.contains("# HELP warden_things Things.\n# TYPE warden_things gauge\n"));
+        assert!(text.contains("\nwarden_things 3\n"));
+        value.store(5, Ordering::Relaxed);
+        assert!(
+            metrics
+                .render(&BTreeMap::new())
+                .contains("\nwarden_things 5\n")
+        );
     }
 }

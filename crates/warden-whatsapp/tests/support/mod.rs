@@ -24,8 +24,8 @@ pub const LIMIT: Duration = Duration::from_secs(20);
 /// How long sockets, tasks and threads may take to go once sessions are stopped.
 pub const SETTLE: Duration = Duration::from_secs(30);
 /// How long a wa-rs client may outlive its session: a QR rotation task that missed the
-/// pairing's cancel holds it until its 60 s code expires, and wa-rs does not fail the queries
-/// in flight when it disconnects (each ends at its 75 s query timeout).
+/// pairing's cancel holds it until its 60 s code expires. (Queries in flight no longer hold
+/// it: the patched wa-rs fails them when their connection ends; query_in_flight.rs.)
 pub const CLIENT_LINGER: Duration = Duration::from_secs(90);
 
 /// Refuses every request: nothing here may need HTTP.
