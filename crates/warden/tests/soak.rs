@@ -348,9 +348,17 @@ async fn sessions_through_many_connect_drop_cycles_leave_nothing_behind() {
     let settling = std::time::Instant::now();
     let mut after = settled(&daemon).await;
     let settle_for = Duration::from_secs(env_or("WARDEN_SOAK_SETTLE_SECS", SETTLE.as_secs()));
+    let mut reported = Duration::ZERO;
     while !back(&before, &mid, &after) && settling.elapsed() < settle_for {
         tokio::time::sleep(Duration::from_secs(2)).await;
         after = settled(&daemon).await;
+        if settling.elapsed() >= reported + Duration::from_secs(30) {
+            reported = settling.elapsed();
+            eprintln!(
+                "settling, {reported:.0?}: {} tasks, {} WhatsApp clients, RSS {} kB",
+                after.tasks, after.clients, after.rss_kb
+            );
+        }
     }
     let settle = settling.elapsed();
 
