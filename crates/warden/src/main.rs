@@ -4,6 +4,7 @@ mod cli;
 mod commands;
 
 mod exit;
+mod heap;
 mod limits;
 mod logging;
 mod output;

@@ -17,6 +17,7 @@ use warden_store::Db;
 use warden_webhooks::Webhooks;
 use warden_whatsapp::WaLink;
 
+use crate::heap;
 use crate::limits;
 use crate::logging::{self, Logging};
 use crate::systemd;
@@ -238,6 +239,16 @@ async fn serve(
         "warden_wa_clients",
         "WhatsApp clients alive: one per connected session, plus those still finishing.",
         || warden_whatsapp::clients_alive() as u64,
+    )
+    .with_gauge(
+        "warden_heap_in_use_bytes",
+        "Heap handed out by the allocator and not yet freed (0 where the allocator is not glibc's).",
+        || heap::figures().map_or(0, |f| f.in_use),
+    )
+    .with_gauge(
+        "warden_heap_free_bytes",
+        "Heap freed but kept by the allocator (0 where the allocator is not glibc's).",
+        || heap::figures().map_or(0, |f| f.free),
     ));
     let observer_metrics = metrics.clone();
     let server = server

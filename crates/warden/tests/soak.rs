@@ -162,6 +162,11 @@ struct Figures {
     /// WhatsApp clients alive (`warden_wa_clients`): one per connected session, plus those
     /// still finishing.
     clients: u64,
+    /// The allocator's heap in use (`warden_heap_in_use_bytes`, kB): what is live, whatever
+    /// the allocator kept of what was freed.
+    heap_kb: u64,
+    /// The heap freed but kept by the allocator (`warden_heap_free_bytes`, kB).
+    heap_free_kb: u64,
 }
 
 /// The figures once tasks and descriptors have held still for a second (a connection's
@@ -181,7 +186,16 @@ async fn settled(daemon: &Daemon) -> Figures {
         }
     }
     let (threads, fds, rss_kb, anon_kb, file_kb) = proc_figures(pid);
-    let [tasks, clients] = gauges(daemon.http, ["warden_runtime_tasks", "warden_wa_clients"]).await;
+    let [tasks, clients, heap, heap_free] = gauges(
+        daemon.http,
+        [
+            "warden_runtime_tasks",
+            "warden_wa_clients",
+            "warden_heap_in_use_bytes",
+            "warden_heap_free_bytes",
+        ],
+    )
+    .await;
     Figures {
         threads,
         fds,
@@ -190,6 +204,8 @@ async fn settled(daemon: &Daemon) -> Figures {
         anon_kb,
         file_kb,
         clients,
+        heap_kb: heap / 1024,
+        heap_free_kb: heap_free / 1024,
     }
 }
 
@@ -221,13 +237,14 @@ fn within(before: u64, after: u64) -> bool {
     after as f64 <= before as f64 * (1.0 + TOLERANCE)
 }
 
-/// Whether the figures are back: threads, descriptors and tasks to the baseline, memory to
-/// the midpoint (see the test's last assertion).
+/// Whether the figures are back: threads, descriptors and tasks to the baseline, memory (RSS
+/// and the heap in use) to the midpoint (see the test's last assertions).
 fn back(before: &Figures, mid: &Figures, after: &Figures) -> bool {
     within(before.threads, after.threads)
         && within(before.fds, after.fds)
         && within(before.tasks, after.tasks)
         && within(mid.rss_kb, after.rss_kb)
+        && within(mid.heap_kb, after.heap_kb)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -365,8 +382,9 @@ async fn sessions_through_many_connect_drop_cycles_leave_nothing_behind() {
         if settling.elapsed() >= reported + Duration::from_secs(30) {
             reported = settling.elapsed();
             eprintln!(
-                "settling, {reported:.0?}: {} tasks, {} WhatsApp clients, RSS {} kB",
-                after.tasks, after.clients, after.rss_kb
+                "settling, {reported:.0?}: {} tasks, {} WhatsApp clients, RSS {} kB, heap in use \
+                 {} kB, heap free {} kB",
+                after.tasks, after.clients, after.rss_kb, after.heap_kb, after.heap_free_kb
             );
         }
     }
@@ -388,8 +406,16 @@ async fn sessions_through_many_connect_drop_cycles_leave_nothing_behind() {
     for (when, f) in [("before", before), ("middle", mid), ("after ", after)] {
         eprintln!(
             "{when}: {} threads, {} fds, {} tasks, {} WhatsApp clients, RSS {} kB (anonymous {} \
-             kB, file-backed {} kB)",
-            f.threads, f.fds, f.tasks, f.clients, f.rss_kb, f.anon_kb, f.file_kb
+             kB, file-backed {} kB), heap in use {} kB, heap free {} kB",
+            f.threads,
+            f.fds,
+            f.tasks,
+            f.clients,
+            f.rss_kb,
+            f.anon_kb,
+            f.file_kb,
+            f.heap_kb,
+            f.heap_free_kb
         );
     }
     assert_eq!(most, 1, "an account had {most} live connections at once");
@@ -427,5 +453,13 @@ async fn sessions_through_many_connect_drop_cycles_leave_nothing_behind() {
         "RSS: {} kB after the soak, {} kB at its midpoint: it grows with cycles",
         after.rss_kb,
         mid.rss_kb
+    );
+    // The live heap (what the allocator handed out and was not freed), which the allocator's
+    // own keepings do not blur: no growth over the second half either.
+    assert!(
+        within(mid.heap_kb, after.heap_kb),
+        "heap in use: {} kB after the soak, {} kB at its midpoint: it grows with cycles",
+        after.heap_kb,
+        mid.heap_kb
     );
 }

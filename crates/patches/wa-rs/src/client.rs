@@ -123,6 +123,11 @@ pub struct Client {
     /// the PreKey message that establishes the Signal session.
     pub(crate) message_queues: Cache<String, mpsc::Sender<Arc<Node>>>,
 
+    /// warden patch: set by `release_chat_workers` once the connection is over. A message
+    /// whose (spawned) processing reaches its chat's queue after that gets a worker that ends
+    /// once that queue is empty, instead of one kept for the queue's five-minute time to live.
+    pub(crate) chat_workers_released: AtomicBool,
+
     /// Cache for LID to Phone Number mappings (bidirectional).
     /// When we receive a message with sender_lid/sender_pn attributes, we store the mapping here.
     /// This allows us to reuse existing LID-based sessions when sending replies.
@@ -286,6 +291,7 @@ impl Client {
                 .time_to_live(Duration::from_secs(300)) // Idle queues expire after 5 mins
                 .max_capacity(10_000) // Limit to 10k concurrent chats
                 .build(),
+            chat_workers_released: AtomicBool::new(false),
             lid_pn_cache: Arc::new(LidPnCache::new()),
             message_enqueue_locks: Cache::builder()
                 .time_to_live(Duration::from_secs(300))

@@ -62,8 +62,13 @@ impl Client {
     /// queue sits in `message_queues` (five-minute time to live), so a client whose connection
     /// is over lived on through its own workers for up to five minutes. Called once the
     /// connection is over: the senders go, each worker finishes what is queued and ends, and
-    /// the client is freed with its session.
+    /// the client is freed with its session. A message still being processed (wa-rs handles
+    /// each incoming node in a task of its own) that reaches its chat's queue afterwards gets a
+    /// worker that ends once that queue is empty (`chat_workers_released`).
     pub fn release_chat_workers(&self) {
+        // Set before the queues go: a queue made after `invalidate_all` sees the flag.
+        self.chat_workers_released
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.message_queues.invalidate_all();
     }
 

@@ -86,6 +86,16 @@ impl StanzaHandler for MessageHandler {
         if let Err(e) = tx.send(node).await {
             warn!("Failed to enqueue message for processing: {e}");
         }
+        // warden patch: the connection is over (`Client::release_chat_workers`). The queue may
+        // have been made after the release: take it out of the cache, so that its worker ends
+        // once it has processed what is queued instead of holding the client for the queue's
+        // five-minute time to live.
+        if client
+            .chat_workers_released
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            client.message_queues.invalidate(&chat_id).await;
+        }
 
         // Lock is released here when _enqueue_guard is dropped
 
