@@ -1,6 +1,6 @@
 //! Credentials and keys: one `devices` row per set of credentials of a session (its id is
 //! never reused), and a key-value table keyed by that id, split into namespaces the link
-//! defines (identities, Signal sessions, pre-keys, ...).
+//! defines (identities, Signal sessions, pre-keys, ...), read and written through [`Kv`].
 //!
 //! Deleting a device (logout, delete) removes its row and all its keys in one transaction.
 //! Every later write through a [`Kv`] of that id is refused with [`DbError::Closed`], because
@@ -11,6 +11,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::Db;
 use crate::error::DbError;
+use crate::kv::{Entries, Kv, KvOps};
 
 /// The id of one set of credentials in the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -59,7 +60,7 @@ impl Db {
         F: FnOnce(&mut Kv<'_>) -> Result<T, DbError> + Send + 'static,
     {
         self.queue
-            .call(move |conn| work(&mut Kv::new(conn, device)))
+            .call(move |conn| work(&mut SqliteKv::kv(conn, device)))
             .await
     }
 
@@ -78,7 +79,7 @@ impl Db {
                 }
                 conn.execute("INSERT INTO devices (token) VALUES (?1)", [&token])?;
                 let id = DeviceId(conn.last_insert_rowid());
-                work(&mut Kv::new(conn, id)).map(Some)
+                work(&mut SqliteKv::kv(conn, id)).map(Some)
             })
             .await
     }
@@ -134,30 +135,24 @@ pub(crate) fn delete_device_rows(conn: &Connection, token: &str) -> Result<bool,
     Ok(true)
 }
 
-/// Key-value entries of one namespace, ordered by key.
-pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
-
-/// One device's keys inside a transaction. Reads of a deleted device find nothing; writes to
-/// it are refused with [`DbError::Closed`].
-pub struct Kv<'c> {
+/// One SQLite device's keys, in the owner thread's transaction.
+struct SqliteKv<'c> {
     conn: &'c Connection,
     device: DeviceId,
     /// The device row was seen in this transaction (writes may proceed).
     alive: bool,
 }
 
-impl<'c> Kv<'c> {
-    fn new(conn: &'c Connection, device: DeviceId) -> Self {
-        Self {
-            conn,
+impl<'c> SqliteKv<'c> {
+    fn kv(conn: &'c Connection, device: DeviceId) -> Kv<'c> {
+        Kv::new(
             device,
-            alive: false,
-        }
-    }
-
-    /// The device these keys belong to.
-    pub fn device(&self) -> DeviceId {
-        self.device
+            Self {
+                conn,
+                device,
+                alive: false,
+            },
+        )
     }
 
     fn check_alive(&mut self) -> Result<(), DbError> {
@@ -173,9 +168,10 @@ impl<'c> Kv<'c> {
         }
         Ok(())
     }
+}
 
-    /// The serialized device (credentials), if saved.
-    pub fn device_blob(&mut self) -> Result<Option<Vec<u8>>, DbError> {
+impl KvOps for SqliteKv<'_> {
+    fn device_blob(&mut self) -> Result<Option<Vec<u8>>, DbError> {
         Ok(self
             .conn
             .prepare_cached("SELECT device FROM devices WHERE id = ?1")?
@@ -184,8 +180,7 @@ impl<'c> Kv<'c> {
             .flatten())
     }
 
-    /// Saves the serialized device (credentials).
-    pub fn set_device_blob(&mut self, blob: &[u8]) -> Result<(), DbError> {
+    fn set_device_blob(&mut self, blob: &[u8]) -> Result<(), DbError> {
         self.check_alive()?;
         self.conn
             .prepare_cached("UPDATE devices SET device = ?2 WHERE id = ?1")?
@@ -193,8 +188,7 @@ impl<'c> Kv<'c> {
         Ok(())
     }
 
-    /// The value at `key` in namespace `ns`.
-    pub fn get(&mut self, ns: u16, key: &[u8]) -> Result<Option<Vec<u8>>, DbError> {
+    fn get(&mut self, ns: u16, key: &[u8]) -> Result<Option<Vec<u8>>, DbError> {
         Ok(self
             .conn
             .prepare_cached("SELECT v FROM kv WHERE device_id = ?1 AND ns = ?2 AND k = ?3")?
@@ -202,16 +196,14 @@ impl<'c> Kv<'c> {
             .optional()?)
     }
 
-    /// Whether `key` is set in `ns`.
-    pub fn contains(&mut self, ns: u16, key: &[u8]) -> Result<bool, DbError> {
+    fn contains(&mut self, ns: u16, key: &[u8]) -> Result<bool, DbError> {
         Ok(self
             .conn
             .prepare_cached("SELECT 1 FROM kv WHERE device_id = ?1 AND ns = ?2 AND k = ?3")?
             .exists(params![self.device.0, ns, key])?)
     }
 
-    /// Sets `key` in `ns` to `value`.
-    pub fn put(&mut self, ns: u16, key: &[u8], value: &[u8]) -> Result<(), DbError> {
+    fn put(&mut self, ns: u16, key: &[u8], value: &[u8]) -> Result<(), DbError> {
         self.check_alive()?;
         self.conn
             .prepare_cached(
@@ -222,8 +214,7 @@ impl<'c> Kv<'c> {
         Ok(())
     }
 
-    /// Removes `key` from `ns`; returns whether it was there.
-    pub fn delete(&mut self, ns: u16, key: &[u8]) -> Result<bool, DbError> {
+    fn delete(&mut self, ns: u16, key: &[u8]) -> Result<bool, DbError> {
         self.check_alive()?;
         let n = self
             .conn
@@ -232,8 +223,7 @@ impl<'c> Kv<'c> {
         Ok(n > 0)
     }
 
-    /// Every entry of `ns`, ordered by key.
-    pub fn list(&mut self, ns: u16) -> Result<Entries, DbError> {
+    fn list(&mut self, ns: u16) -> Result<Entries, DbError> {
         let mut statement = self
             .conn
             .prepare_cached("SELECT k, v FROM kv WHERE device_id = ?1 AND ns = ?2 ORDER BY k")?;
@@ -243,16 +233,15 @@ impl<'c> Kv<'c> {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Every entry of `ns` whose key starts with `prefix`, ordered by key.
-    pub fn list_prefix(&mut self, ns: u16, prefix: &[u8]) -> Result<Entries, DbError> {
-        let rows = match prefix_end(prefix) {
+    fn list_range(&mut self, ns: u16, from: &[u8], to: Option<&[u8]>) -> Result<Entries, DbError> {
+        let rows = match to {
             Some(end) => {
                 let mut statement = self.conn.prepare_cached(
                     "SELECT k, v FROM kv WHERE device_id = ?1 AND ns = ?2 AND k >= ?3 AND k < ?4
                      ORDER BY k",
                 )?;
                 statement
-                    .query_map(params![self.device.0, ns, prefix, end], |row| {
+                    .query_map(params![self.device.0, ns, from, end], |row| {
                         Ok((row.get(0)?, row.get(1)?))
                     })?
                     .collect::<Result<Vec<_>, _>>()?
@@ -262,7 +251,7 @@ impl<'c> Kv<'c> {
                     "SELECT k, v FROM kv WHERE device_id = ?1 AND ns = ?2 AND k >= ?3 ORDER BY k",
                 )?;
                 statement
-                    .query_map(params![self.device.0, ns, prefix], |row| {
+                    .query_map(params![self.device.0, ns, from], |row| {
                         Ok((row.get(0)?, row.get(1)?))
                     })?
                     .collect::<Result<Vec<_>, _>>()?
@@ -271,50 +260,20 @@ impl<'c> Kv<'c> {
         Ok(rows)
     }
 
-    /// Removes every entry of `ns` whose key starts with `prefix`; returns how many.
-    pub fn delete_prefix(&mut self, ns: u16, prefix: &[u8]) -> Result<usize, DbError> {
+    fn delete_range(&mut self, ns: u16, from: &[u8], to: Option<&[u8]>) -> Result<usize, DbError> {
         self.check_alive()?;
-        let n = match prefix_end(prefix) {
+        let n = match to {
             Some(end) => self
                 .conn
                 .prepare_cached(
                     "DELETE FROM kv WHERE device_id = ?1 AND ns = ?2 AND k >= ?3 AND k < ?4",
                 )?
-                .execute(params![self.device.0, ns, prefix, end])?,
+                .execute(params![self.device.0, ns, from, end])?,
             None => self
                 .conn
                 .prepare_cached("DELETE FROM kv WHERE device_id = ?1 AND ns = ?2 AND k >= ?3")?
-                .execute(params![self.device.0, ns, prefix])?,
+                .execute(params![self.device.0, ns, from])?,
         };
         Ok(n)
-    }
-}
-
-/// The smallest key greater than every key starting with `prefix` (`None`: no such bound).
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::prefix_end;
-
-    #[test]
-    fn prefix_bounds() {
-        for (prefix, end) in [
-            (&b"ab"[..], Some(b"ac".to_vec())),
-            (&b"a\xff"[..], Some(b"b".to_vec())),
-            (&b"\xff\xff"[..], None),
-            (&b""[..], None),
-        ] {
-            assert_eq!(prefix_end(prefix), end, "{prefix:?}");
-        }
     }
 }

@@ -1,4 +1,5 @@
-//! The owner thread: the one place the SQLite connection lives.
+//! The owner thread: the one place the database connection lives (SQLite's, or PostgreSQL's:
+//! the crate's `Backend` trait).
 //!
 //! Callers hand it jobs through a bounded queue. The thread takes every job waiting (up to
 //! [`MAX_BATCH`]), runs them in order inside one transaction, each under its own savepoint (a
@@ -23,6 +24,29 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::DbError;
 
+/// A connection the owner thread runs transactions on.
+pub(crate) trait Backend: Send + 'static {
+    /// Starts a write transaction.
+    const BEGIN: &'static str;
+    /// Starts a transaction that cannot write.
+    const BEGIN_READ: &'static str;
+    /// Run after every read transaction, whatever happened in it (empty: nothing to undo).
+    const AFTER_READ: &'static str;
+    /// Runs `sql`: statements without results.
+    fn batch(&mut self, sql: &str) -> Result<(), DbError>;
+}
+
+impl Backend for Connection {
+    // Takes the write lock at once: a batch never fails half-way for want of it.
+    const BEGIN: &'static str = "BEGIN IMMEDIATE";
+    const BEGIN_READ: &'static str = "PRAGMA query_only = ON; BEGIN DEFERRED";
+    const AFTER_READ: &'static str = "PRAGMA query_only = OFF";
+
+    fn batch(&mut self, sql: &str) -> Result<(), DbError> {
+        Ok(self.execute_batch(sql)?)
+    }
+}
+
 /// How many jobs may wait for the owner thread before callers wait for room.
 pub const QUEUE_CAPACITY: usize = 4096;
 /// The most jobs one transaction (one commit, one fsync) carries.
@@ -31,9 +55,9 @@ pub const MAX_BATCH: usize = 1024;
 pub const READ_CAPACITY: usize = 1024;
 
 /// One unit of work for the owner thread.
-pub(crate) trait Job: Send {
+pub(crate) trait Job<C>: Send {
     /// Runs the work on the connection, inside the batch's transaction.
-    fn run(&mut self, conn: &Connection);
+    fn run(&mut self, conn: &mut C);
     /// Answers the caller once the batch's commit is known.
     fn finish(self: Box<Self>, commit: Result<(), DbError>);
 }
@@ -45,17 +69,18 @@ struct Call<T, F> {
     reply: oneshot::Sender<Result<T, DbError>>,
 }
 
-impl<T, F> Job for Call<T, F>
+impl<C, T, F> Job<C> for Call<T, F>
 where
+    C: Backend,
     T: Send,
-    F: FnOnce(&Connection) -> Result<T, DbError> + Send,
+    F: FnOnce(&mut C) -> Result<T, DbError> + Send,
 {
-    fn run(&mut self, conn: &Connection) {
+    fn run(&mut self, conn: &mut C) {
         let Some(work) = self.work.take() else {
             return;
         };
-        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
-            self.result = Some(Err(e.into()));
+        if let Err(e) = conn.batch("SAVEPOINT job") {
+            self.result = Some(Err(e));
             return;
         }
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| work(conn)))
@@ -65,9 +90,9 @@ where
         } else {
             "ROLLBACK TO job; RELEASE job"
         };
-        self.result = Some(match conn.execute_batch(end) {
+        self.result = Some(match conn.batch(end) {
             Ok(()) => result,
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         });
     }
 
@@ -90,27 +115,38 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// Where jobs go: the owner thread's queue, or (inline mode) the caller's own thread.
-#[derive(Clone)]
-pub(crate) enum Queue {
+pub(crate) enum Queue<C> {
     /// The owner thread (the daemon's mode): its write queue and its read lane.
     Thread {
         /// Jobs that may write: run in group commits, in order.
-        writes: mpsc::Sender<Box<dyn Job>>,
+        writes: mpsc::Sender<Box<dyn Job<C>>>,
         /// Jobs that only read: answered before the next write batch starts.
-        reads: mpsc::Sender<Box<dyn Job>>,
+        reads: mpsc::Sender<Box<dyn Job<C>>>,
     },
     /// Jobs run on the calling thread, one transaction each, under a lock: for tests on
     /// tokio's paused clock (a wait on another thread would let that clock jump) and tiny
     /// embedders. Never used by the daemon.
-    Inline(Arc<InlineConn>),
+    Inline(Arc<InlineConn<C>>),
 }
 
-impl Queue {
+impl<C> Clone for Queue<C> {
+    fn clone(&self) -> Self {
+        match self {
+            Queue::Thread { writes, reads } => Queue::Thread {
+                writes: writes.clone(),
+                reads: reads.clone(),
+            },
+            Queue::Inline(inline) => Queue::Inline(inline.clone()),
+        }
+    }
+}
+
+impl<C: Backend> Queue<C> {
     /// Runs `work`; resolves after its transaction committed.
     pub(crate) async fn call<T, F>(&self, work: F) -> Result<T, DbError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+        F: FnOnce(&mut C) -> Result<T, DbError> + Send + 'static,
     {
         self.submit(work, false).await
     }
@@ -120,7 +156,7 @@ impl Queue {
     pub(crate) async fn read<T, F>(&self, work: F) -> Result<T, DbError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+        F: FnOnce(&mut C) -> Result<T, DbError> + Send + 'static,
     {
         self.submit(work, true).await
     }
@@ -128,10 +164,10 @@ impl Queue {
     async fn submit<T, F>(&self, work: F, read_only: bool) -> Result<T, DbError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+        F: FnOnce(&mut C) -> Result<T, DbError> + Send + 'static,
     {
         let (reply, mut answer) = oneshot::channel();
-        let job: Box<dyn Job> = Box::new(Call {
+        let job: Box<dyn Job<C>> = Box::new(Call {
             work: Some(work),
             result: None,
             reply,
@@ -143,12 +179,12 @@ impl Queue {
                 answer.await.map_err(|_| DbError::Unavailable)?
             }
             Queue::Inline(inline) => {
-                let conn = inline.conn.lock().unwrap_or_else(|e| e.into_inner());
+                let mut conn = inline.conn.lock().unwrap_or_else(|e| e.into_inner());
                 if read_only {
-                    run_read_batch(&conn, &mut vec![job]);
+                    run_read_batch(&mut *conn, &mut vec![job]);
                 } else {
                     let mut batch = [job];
-                    let commit = run_batch(&conn, &mut batch);
+                    let commit = run_batch(&mut *conn, &mut batch);
                     let [job] = batch;
                     job.finish(commit);
                 }
@@ -163,16 +199,16 @@ pub(crate) type Closed = watch::Receiver<()>;
 
 /// Starts the owner thread on `conn`. The thread ends (closing the database, then dropping
 /// the [`Closed`] sender) when every [`Queue`] is dropped and the jobs already queued are done.
-pub(crate) fn spawn(conn: Connection) -> std::io::Result<(Queue, Closed)> {
+pub(crate) fn spawn<C: Backend>(mut conn: C, name: &str) -> std::io::Result<(Queue<C>, Closed)> {
     let (writes, write_rx) = mpsc::channel(QUEUE_CAPACITY);
     let (reads, read_rx) = mpsc::channel(READ_CAPACITY);
     let (closing, closed) = watch::channel(());
     // Only to wait on both lanes at once: no I/O or timer driver, no thread of its own.
     let waiter = tokio::runtime::Builder::new_current_thread().build()?;
     std::thread::Builder::new()
-        .name("warden-db".into())
+        .name(name.into())
         .spawn(move || {
-            run(&conn, &waiter, write_rx, read_rx);
+            run(&mut conn, &waiter, write_rx, read_rx);
             drop(conn);
             drop(closing);
         })?;
@@ -181,7 +217,7 @@ pub(crate) fn spawn(conn: Connection) -> std::io::Result<(Queue, Closed)> {
 
 /// Inline mode: the connection closes when the last [`Queue`] holding it is dropped, and then
 /// the [`Closed`] sender goes with it.
-pub(crate) fn inline(conn: Connection) -> (Queue, Closed) {
+pub(crate) fn inline<C: Backend>(conn: C) -> (Queue<C>, Closed) {
     let (closing, closed) = watch::channel(());
     (
         Queue::Inline(Arc::new(InlineConn {
@@ -194,24 +230,24 @@ pub(crate) fn inline(conn: Connection) -> (Queue, Closed) {
 
 /// The inline connection; fields drop in order, so the connection is closed before the
 /// sender announces it.
-pub(crate) struct InlineConn {
-    conn: Mutex<Connection>,
+pub(crate) struct InlineConn<C> {
+    conn: Mutex<C>,
     _closing: watch::Sender<()>,
 }
 
 /// What the owner thread takes next.
-enum Next {
-    Read(Box<dyn Job>),
-    Write(Box<dyn Job>),
+enum Next<C> {
+    Read(Box<dyn Job<C>>),
+    Write(Box<dyn Job<C>>),
 }
 
-fn run(
-    conn: &Connection,
+fn run<C: Backend>(
+    conn: &mut C,
     waiter: &tokio::runtime::Runtime,
-    mut writes: mpsc::Receiver<Box<dyn Job>>,
-    mut reads: mpsc::Receiver<Box<dyn Job>>,
+    mut writes: mpsc::Receiver<Box<dyn Job<C>>>,
+    mut reads: mpsc::Receiver<Box<dyn Job<C>>>,
 ) {
-    let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(64);
+    let mut batch: Vec<Box<dyn Job<C>>> = Vec::with_capacity(64);
     loop {
         let next = waiter.block_on(async {
             tokio::select! {
@@ -257,11 +293,11 @@ fn run(
 }
 
 /// Runs the reads in `batch` and every read waiting in `reads` (up to [`MAX_BATCH`]) in one
-/// read transaction with `query_only` on, and answers them.
-fn run_reads(
-    conn: &Connection,
-    batch: &mut Vec<Box<dyn Job>>,
-    reads: &mut mpsc::Receiver<Box<dyn Job>>,
+/// read-only transaction, and answers them.
+fn run_reads<C: Backend>(
+    conn: &mut C,
+    batch: &mut Vec<Box<dyn Job<C>>>,
+    reads: &mut mpsc::Receiver<Box<dyn Job<C>>>,
 ) {
     while batch.len() < MAX_BATCH {
         match reads.try_recv() {
@@ -272,28 +308,28 @@ fn run_reads(
     run_read_batch(conn, batch);
 }
 
-/// Runs the reads in `batch` in one read transaction with `query_only` on, and answers them.
-fn run_read_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>) {
+/// Runs the reads in `batch` in one read-only transaction, and answers them.
+fn run_read_batch<C: Backend>(conn: &mut C, batch: &mut Vec<Box<dyn Job<C>>>) {
     if batch.is_empty() {
         return;
     }
-    let done = conn
-        .execute_batch("PRAGMA query_only = ON; BEGIN DEFERRED")
-        .map_err(DbError::from);
+    let done = conn.batch(C::BEGIN_READ);
     if done.is_ok() {
         for job in batch.iter_mut() {
             job.run(conn);
         }
     }
     let end = match &done {
-        Ok(()) => conn.execute_batch("COMMIT").map_err(DbError::from),
+        Ok(()) => conn.batch("COMMIT"),
         Err(_) => Ok(()),
     };
     if end.is_err() {
-        let _ = conn.execute_batch("ROLLBACK");
+        let _ = conn.batch("ROLLBACK");
     }
     // Whatever happened above, the writes that follow must be able to write.
-    if let Err(e) = conn.execute_batch("PRAGMA query_only = OFF") {
+    if !C::AFTER_READ.is_empty()
+        && let Err(e) = conn.batch(C::AFTER_READ)
+    {
         tracing::error!(error = %e, "the session database could not leave read-only mode");
     }
     let outcome = done.and(end);
@@ -302,14 +338,14 @@ fn run_read_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>) {
     }
 }
 
-fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(), DbError> {
-    conn.execute_batch("BEGIN IMMEDIATE")?;
+fn run_batch<C: Backend>(conn: &mut C, batch: &mut [Box<dyn Job<C>>]) -> Result<(), DbError> {
+    conn.batch(C::BEGIN)?;
     for job in batch.iter_mut() {
         job.run(conn);
     }
-    if let Err(e) = conn.execute_batch("COMMIT") {
-        let _ = conn.execute_batch("ROLLBACK");
-        return Err(e.into());
+    if let Err(e) = conn.batch("COMMIT") {
+        let _ = conn.batch("ROLLBACK");
+        return Err(e);
     }
     Ok(())
 }
@@ -335,7 +371,7 @@ mod tests {
 
     /// Holds the owner thread in a job of `lane` until the sender is used (or dropped).
     async fn hold(
-        queue: &Queue,
+        queue: &Queue<Connection>,
         lane: Lane,
     ) -> (
         tokio::task::JoinHandle<Result<(), DbError>>,
@@ -343,7 +379,7 @@ mod tests {
     ) {
         let (started, running) = oneshot::channel();
         let (release, held) = std::sync::mpsc::channel::<()>();
-        let work = move |_: &Connection| {
+        let work = move |_: &mut Connection| {
             let _ = started.send(());
             let _ = held.recv();
             Ok(())
@@ -359,7 +395,7 @@ mod tests {
         (holding, release)
     }
 
-    fn count(conn: &Connection) -> Result<i64, DbError> {
+    fn count(conn: &mut Connection) -> Result<i64, DbError> {
         Ok(conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?)
     }
 
@@ -367,7 +403,7 @@ mod tests {
     async fn a_read_goes_ahead_of_the_writes_queued_before_it_and_cannot_write() {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch("CREATE TABLE t (n INTEGER)").unwrap();
-        let (queue, _closed) = spawn(conn).unwrap();
+        let (queue, _closed) = spawn(conn, "test-db").unwrap();
 
         // Hold the owner thread in a write until everything below is queued.
         let (holding, release) = hold(&queue, Lane::Write).await;
@@ -420,7 +456,7 @@ mod tests {
     async fn reads_do_not_hold_back_a_write_that_waits() {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch("CREATE TABLE t (n INTEGER)").unwrap();
-        let (queue, _closed) = spawn(conn).unwrap();
+        let (queue, _closed) = spawn(conn, "test-db").unwrap();
 
         // Hold the owner thread in a read until a write and another read are queued.
         let (holding, release) = hold(&queue, Lane::Read).await;

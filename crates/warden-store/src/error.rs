@@ -25,6 +25,18 @@ pub enum DbError {
     /// A statement or a commit failed; nothing of the operation was kept.
     #[error("the session database failed: {0}")]
     Sqlite(String),
+    /// A PostgreSQL statement, commit or connection failed; nothing of the operation was kept.
+    #[error("the session database (PostgreSQL) failed: {0}")]
+    Postgres(String),
+    /// The writer no longer holds the session under this fence (its lease moved to another
+    /// node, or it fenced itself): the write was refused and nothing of it kept.
+    #[error("session {token}: fence {fence} is stale, another node owns the session now")]
+    StaleFence {
+        /// The session.
+        token: String,
+        /// The fence the write carried.
+        fence: i64,
+    },
     /// The session's credentials were deleted (logout or delete): later writes are refused.
     #[error("the session's credentials were deleted; its store is closed")]
     Closed,

@@ -250,7 +250,7 @@ impl Db {
 
     /// The highest entry number ever given (0 when none).
     pub async fn journal_head(&self) -> Result<i64, DbError> {
-        self.queue.read(head).await
+        self.queue.read(|conn| head(conn)).await
     }
 
     /// Registers webhook `hook` if it is new, starting it at the current head (it sends what

@@ -13,6 +13,9 @@
 //!   `synchronous = FULL`. A reply survives a kill -9, and a power loss.
 //! - **One daemon.** The database is opened with an exclusive lock: a second process is
 //!   refused with [`DbError::InUse`].
+//! - **Several daemons**: [`PgDb`] keeps sessions' credentials and keys on PostgreSQL, the
+//!   same way (one owner thread and connection, group commit), every write checked against
+//!   the writer's lease on the session ([`Fence`]); [`CredentialsDb`] is either store.
 //! - **Deletion is final.** Logout and delete remove a session's rows in one transaction, with
 //!   `secure_delete` on, and later writes for that set of credentials are refused
 //!   ([`DbError::Closed`]).
@@ -25,21 +28,27 @@
 //! # Ok(()) }
 //! ```
 
+mod credentials;
 mod devices;
 pub mod engine;
 mod error;
 pub mod journal;
+mod kv;
 mod outbox;
+pub mod pg;
 mod records;
 pub mod schema;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use devices::{DeviceId, Entries, Kv};
+pub use credentials::CredentialsDb;
+pub use devices::DeviceId;
 pub use error::DbError;
 pub use journal::{DeadLetter, JournalChange, JournalEntry, NewJournalEntry};
+pub use kv::{Entries, Kv};
 pub use outbox::{NewOutboxMessage, OutboxChange, OutboxRow};
+pub use pg::{Fence, PgDb, PgOptions};
 pub use records::RecordChange;
 
 /// The database's file name inside `sessions/`.
@@ -75,7 +84,7 @@ fn owner_only(path: &Path) -> std::io::Result<()> {
 /// thread, which ends (closing the file) when the last clone is dropped.
 #[derive(Clone)]
 pub struct Db {
-    queue: engine::Queue,
+    queue: engine::Queue<rusqlite::Connection>,
     closed: engine::Closed,
     path: Arc<PathBuf>,
 }
@@ -117,7 +126,7 @@ impl Db {
         })?;
         let conn = rusqlite::Connection::open(path).map_err(open_error)?;
         schema::prepare(&conn).map_err(open_error)?;
-        let (queue, closed) = engine::spawn(conn).map_err(|e| DbError::Open {
+        let (queue, closed) = engine::spawn(conn, "warden-db").map_err(|e| DbError::Open {
             path: path.to_owned(),
             message: format!("cannot start the database thread: {e}"),
         })?;

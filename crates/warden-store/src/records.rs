@@ -28,7 +28,7 @@ pub enum RecordChange {
 impl Db {
     /// Every stored record, ordered by token.
     pub async fn load_records(&self) -> Result<Vec<(String, String)>, DbError> {
-        self.queue.call(read_records).await
+        self.queue.call(|conn| read_records(conn)).await
     }
 
     /// Applies `changes` in order, in one transaction: all are kept, or none.

@@ -28,7 +28,7 @@ use wa_rs_core::store::traits::{Backend, DeviceStore};
 use wa_rs_core::types::events::{Event, EventHandler};
 use warden_core::{LinkError, Token};
 
-use warden_store::Db;
+use warden_store::CredentialsDb;
 
 use crate::classify::{self, Seen};
 use crate::config::WaConfig;
@@ -107,7 +107,7 @@ impl Session {
     /// Finds (or makes) the token's credentials in the database and loads the device.
     pub async fn open(
         token: &Token,
-        db: &Db,
+        db: CredentialsDb,
         config: &WaConfig,
         http: Arc<dyn HttpClient>,
     ) -> Result<Self, LinkError> {
@@ -119,7 +119,7 @@ impl Session {
             .open_device(token.as_str())
             .await
             .map_err(|e| LinkError::Storage(format!("opening the session's credentials: {e}")))?;
-        let store = Arc::new(SessionStore::new(db.clone(), device));
+        let store = Arc::new(SessionStore::new(db, device));
         let backend: Arc<dyn Backend> = store.clone();
         let persistence = Arc::new(
             PersistenceManager::new(backend)

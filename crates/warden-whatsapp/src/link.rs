@@ -11,6 +11,7 @@ use warden_store::Db;
 use crate::client::Session;
 use crate::config::{ConfigError, WaConfig};
 use crate::connection::{DriveConfig, WaConnection};
+use crate::credentials::Credentials;
 use crate::watchdog::Watchdog;
 
 /// Bound on letting go of a session before its credentials are deleted.
@@ -22,6 +23,9 @@ const RELEASE_BOUND: Duration = Duration::from_secs(5);
 pub struct WaLink {
     config: WaConfig,
     db: Db,
+    /// Where each session's credentials are kept: `db` unless replaced
+    /// ([`WaLink::with_credentials`]).
+    credentials: Arc<dyn Credentials>,
     http: Arc<dyn HttpClient>,
     /// The session of each token that has a connection (or one letting go). Weak: a session
     /// nobody drives is freed at once, with its client.
@@ -35,6 +39,7 @@ impl std::fmt::Debug for WaLink {
         f.debug_struct("WaLink")
             .field("config", &self.config)
             .field("db", &self.db)
+            .field("credentials", &self.credentials)
             .field("held", &self.held().len())
             .finish()
     }
@@ -49,6 +54,7 @@ impl WaLink {
         let http = Arc::new(crate::http::BoundedHttp::new(config.connect_timeout));
         Ok(Self {
             config,
+            credentials: Arc::new(db.clone()),
             db,
             http,
             sessions: Mutex::new(HashMap::new()),
@@ -61,12 +67,28 @@ impl WaLink {
         self
     }
 
+    /// Keeps the sessions' credentials in `credentials` instead of the session database: on
+    /// PostgreSQL under each session's lease, when several daemons share the sessions.
+    pub fn with_credentials(mut self, credentials: Arc<dyn Credentials>) -> Self {
+        self.credentials = credentials;
+        self
+    }
+
+    /// Where `token`'s credentials are kept, or the error that this process may not use them.
+    fn credentials_of(&self, token: &Token) -> Result<warden_store::CredentialsDb, LinkError> {
+        self.credentials.for_session(token).ok_or_else(|| {
+            LinkError::Open(format!(
+                "session {token}: this node does not hold the session's lease"
+            ))
+        })
+    }
+
     /// The configuration.
     pub fn config(&self) -> &WaConfig {
         &self.config
     }
 
-    /// The session database.
+    /// The session database (the supervisor's; also the credentials' unless replaced).
     pub fn db(&self) -> &Db {
         &self.db
     }
@@ -94,8 +116,9 @@ impl WaLink {
         if let Some(session) = self.live(token) {
             return Ok(session);
         }
+        let credentials = self.credentials_of(token)?;
         let session =
-            Arc::new(Session::open(token, &self.db, &self.config, self.http.clone()).await?);
+            Arc::new(Session::open(token, credentials, &self.config, self.http.clone()).await?);
         let mut sessions = self.sessions();
         sessions.retain(|_, weak| weak.strong_count() > 0);
         sessions.insert(token.clone(), Arc::downgrade(&session));
@@ -109,7 +132,7 @@ impl WaLink {
         if let Some(session) = &live {
             session.release(RELEASE_BOUND).await?;
         }
-        self.db
+        self.credentials_of(token)?
             .delete_device(token.as_str())
             .await
             .map_err(|e| LinkError::Storage(format!("deleting the credentials: {e}")))?;

@@ -2,10 +2,12 @@
 //!
 //! It implements wa-rs-core's four storage traits over [`warden_store::Kv`]: each logical
 //! table of wa-rs's own SQLite store is a namespace ([`ns`]) of the session's device, and every
-//! method is one [`Db::kv`] call, so one transaction on the database's owner thread (no
+//! method is one [`warden_store::Db::kv`] call, so one transaction on the database's owner thread (no
 //! thread, connection or file per session). The semantics are wa-rs 0.2's `SqliteStore`'s,
-//! method by method. Once the session's credentials are deleted ([`Db::delete_device`]),
+//! method by method. Once the session's credentials are deleted ([`warden_store::Db::delete_device`]),
 //! reads find nothing and writes fail ([`DbError::Closed`] becomes [`StoreError::Connection`]).
+//! On PostgreSQL ([`CredentialsDb::Leased`]), writes also fail once the session's lease moved
+//! to another node ([`DbError::StaleFence`], a [`StoreError::Connection`] too).
 //!
 //! The encoders are shared with [`crate::legacy`], which imports the previous release's
 //! per-session files into the same namespaces.
@@ -20,7 +22,7 @@ use wa_rs_core::store::traits::{
     AppStateSyncKey, AppSyncStore, DeviceListRecord, DeviceStore, LidPnMappingEntry, ProtocolStore,
     SignalStore, TcTokenEntry,
 };
-use warden_store::{Db, DbError, DeviceId, Kv};
+use warden_store::{CredentialsDb, DbError, DeviceId, Kv};
 
 /// The namespaces of a session's keys: one per table of wa-rs's SQLite store.
 ///
@@ -65,14 +67,18 @@ pub mod ns {
 /// One session's wa-rs storage in the shared database; see the module docs.
 #[derive(Debug, Clone)]
 pub struct SessionStore {
-    db: Db,
+    db: CredentialsDb,
     device: DeviceId,
 }
 
 impl SessionStore {
-    /// The store of `device` (made by [`Db::open_device`]) in `db`.
-    pub fn new(db: Db, device: DeviceId) -> Self {
-        Self { db, device }
+    /// The store of `device` (made by [`warden_store::Db::open_device`], or [`warden_store::PgDb`]'s) in
+    /// `db`: a [`warden_store::Db`], or PostgreSQL under the session's lease.
+    pub fn new(db: impl Into<CredentialsDb>, device: DeviceId) -> Self {
+        Self {
+            db: db.into(),
+            device,
+        }
     }
 
     /// The device whose keys this store holds.
@@ -94,10 +100,14 @@ impl SessionStore {
 pub(crate) fn store_error(e: DbError) -> StoreError {
     match e {
         DbError::Corrupt(_) => StoreError::Serialization(e.to_string()),
-        DbError::Closed | DbError::Unavailable | DbError::Open { .. } | DbError::InUse { .. } => {
-            StoreError::Connection(e.to_string())
+        DbError::Closed
+        | DbError::StaleFence { .. }
+        | DbError::Unavailable
+        | DbError::Open { .. }
+        | DbError::InUse { .. } => StoreError::Connection(e.to_string()),
+        DbError::Sqlite(_) | DbError::Postgres(_) | DbError::Panicked(_) => {
+            StoreError::Database(e.to_string())
         }
-        DbError::Sqlite(_) | DbError::Panicked(_) => StoreError::Database(e.to_string()),
     }
 }
 
@@ -732,6 +742,7 @@ impl DeviceStore for SessionStore {
 mod tests {
     use super::*;
     use wa_rs_core::store::device::DEVICE_PROPS;
+    use warden_store::Db;
 
     const TOKEN: &str = "shop1";
 

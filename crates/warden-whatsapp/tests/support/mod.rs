@@ -175,6 +175,34 @@ impl Harness {
         }
     }
 
+    /// A harness against `server` whose link keeps the credentials in `credentials` (the
+    /// supervisor's records stay in the harness's own database).
+    pub async fn with_credentials(
+        server: FakeServer,
+        credentials: Arc<dyn warden_whatsapp::Credentials>,
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = Db::open_in(dir.path()).expect("session database");
+        let link = Arc::new(
+            WaLink::new(wa_config(&server.url()), db.clone())
+                .expect("valid config")
+                .with_http_client(Arc::new(NoHttp))
+                .with_credentials(credentials),
+        );
+        let (supervisor, _) = Supervisor::start(supervisor_config(dir.path(), &db), link.clone())
+            .await
+            .expect("supervisor starts");
+        let events = EventWaiter::new(&supervisor, LIMIT);
+        Self {
+            server,
+            supervisor,
+            link,
+            events,
+            dir,
+            db,
+        }
+    }
+
     /// Creates `token` and starts it.
     pub async fn start(&mut self, token: &str) {
         self.supervisor

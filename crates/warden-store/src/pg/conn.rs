@@ -1,0 +1,122 @@
+//! The PostgreSQL connection the owner thread holds: made on first use and again after it
+//! broke (the jobs of the batch it broke in fail, and none of them was acknowledged), with
+//! deadlines on both sides so that a cut-off server cannot hold the thread.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use postgres::{Client, NoTls, Statement};
+
+use crate::engine::Backend;
+use crate::error::DbError;
+
+/// How the connection is made, and its deadlines.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// Every statement's deadline, held by the server (`statement_timeout`; `lock_timeout` is
+    /// half of it, `idle_in_transaction_session_timeout` twice it) and, through TCP's
+    /// user timeout and keepalives, by this side.
+    pub statement_timeout: Duration,
+    /// How long connecting may take.
+    pub connect_timeout: Duration,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        Self {
+            statement_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The owner thread's connection and its prepared statements.
+pub(crate) struct PgConn {
+    config: postgres::Config,
+    client: Option<Client>,
+    statements: HashMap<&'static str, Statement>,
+}
+
+impl PgConn {
+    /// A connection to `url` (made on first use), with `options`' deadlines.
+    pub(crate) fn new(url: &str, options: &PgOptions) -> Result<Self, DbError> {
+        let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| {
+            DbError::Postgres(format!("the database URL is not valid: {e}"))
+        })?;
+        let ms = options.statement_timeout.as_millis();
+        config
+            .options(&format!(
+                "-c statement_timeout={ms} -c lock_timeout={} \
+                 -c idle_in_transaction_session_timeout={}",
+                ms / 2,
+                ms * 2
+            ))
+            .application_name("warden-store")
+            .connect_timeout(options.connect_timeout)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(1))
+            .keepalives_interval(Duration::from_secs(1))
+            .keepalives_retries(3)
+            .tcp_user_timeout(options.statement_timeout * 2);
+        Ok(Self {
+            config,
+            client: None,
+            statements: HashMap::new(),
+        })
+    }
+
+    /// The connection, made now if there is none or it broke.
+    pub(crate) fn client(&mut self) -> Result<&mut Client, DbError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.statements.clear();
+            self.client = None;
+            self.client = Some(self.config.connect(NoTls).map_err(pg_error)?);
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    /// `sql` prepared once per connection.
+    pub(crate) fn prepared(
+        &mut self,
+        sql: &'static str,
+    ) -> Result<(&mut Client, Statement), DbError> {
+        let cached = self.statements.get(sql).cloned();
+        let client = self.client()?;
+        let statement = match cached {
+            Some(statement) => statement,
+            None => {
+                let statement = client.prepare(sql).map_err(pg_error)?;
+                self.statements.insert(sql, statement.clone());
+                statement
+            }
+        };
+        Ok((self.client.as_mut().expect("connected above"), statement))
+    }
+}
+
+impl Backend for PgConn {
+    const BEGIN: &'static str = "BEGIN";
+    const BEGIN_READ: &'static str = "BEGIN READ ONLY";
+    const AFTER_READ: &'static str = "";
+
+    fn batch(&mut self, sql: &str) -> Result<(), DbError> {
+        // A broken connection is only replaced at the start of a transaction: one that broke
+        // in a transaction's middle fails every statement up to its end.
+        let client = if sql.starts_with("BEGIN") {
+            self.client()?
+        } else {
+            self.client
+                .as_mut()
+                .ok_or_else(|| DbError::Postgres("the connection broke".into()))?
+        };
+        client.batch_execute(sql).map_err(pg_error)
+    }
+}
+
+/// What PostgreSQL said, as the store's error.
+pub(crate) fn pg_error(e: postgres::Error) -> DbError {
+    DbError::Postgres(match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    })
+}

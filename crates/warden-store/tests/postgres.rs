@@ -1,0 +1,345 @@
+//! The session store on PostgreSQL (`PgDb`), against a real server started by the test (Debian's
+//! binaries, as in `warden-cluster`'s tests): the same keys as on SQLite, writes refused once
+//! the writer's lease moved on, every acknowledged write committed, a broken connection made
+//! again.
+
+#[path = "../../warden-cluster/tests/support/postgres.rs"]
+mod pg_server;
+
+use std::time::Duration;
+
+use pg_server::Postgres;
+use warden_cluster::{NodeKey, Pg};
+use warden_store::{Db, DbError, DeviceId, Fence, Kv, PgDb, PgOptions};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The cluster's tables (memberships and leases) and a node `name` that holds `token`.
+struct Cluster {
+    pg: Pg,
+}
+
+impl Cluster {
+    async fn start(server: &Postgres) -> Self {
+        let pg = Pg::connect(&server.url(), TIMEOUT).await.unwrap();
+        pg.migrate().await.unwrap();
+        Self { pg }
+    }
+
+    /// Registers incarnation `incarnation` of node `name`.
+    async fn node(&self, name: &str, incarnation: i64) -> NodeKey {
+        let key = NodeKey {
+            node: name.to_owned(),
+            incarnation,
+        };
+        self.pg.register(&key, None).await.unwrap();
+        key
+    }
+
+    /// `me` claims `token` (added if new) and gets the fence to write under.
+    async fn claim(&self, me: &NodeKey, token: &str) -> Fence {
+        self.pg.add_session(token).await.unwrap();
+        let seen = self
+            .pg
+            .claimable()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|(t, _)| t == token)
+            .map(|(_, fence)| fence)
+            .expect("the session is claimable");
+        let fence = self
+            .pg
+            .claim(me, token, seen)
+            .await
+            .unwrap()
+            .expect("the claim wins");
+        Fence {
+            node: me.node.clone(),
+            incarnation: me.incarnation,
+            fence,
+        }
+    }
+
+    async fn release(&self, fence: &Fence, token: &str) {
+        let me = NodeKey {
+            node: fence.node.clone(),
+            incarnation: fence.incarnation,
+        };
+        assert!(self.pg.release(&me, token, fence.fence).await.unwrap());
+    }
+}
+
+async fn store(server: &Postgres) -> PgDb {
+    let url = server.url();
+    tokio::task::spawn_blocking(move || PgDb::connect(&url, &PgOptions::default()))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Writes, then reads and deletes, then reads: what each step saw, to compare backends.
+fn write_step(kv: &mut Kv<'_>) -> Result<Vec<String>, DbError> {
+    kv.set_device_blob(b"creds-1")?;
+    kv.set_device_blob(b"creds-2")?;
+    for (ns, key, value) in [
+        (1, &b"alice.1"[..], &b"a1"[..]),
+        (1, b"alice.2", b"a2"),
+        (1, b"bob.1", b"b1"),
+        (1, b"alice.1", b"a1-again"),
+        (2, b"alice.1", b"other-ns"),
+        (2, b"\xff\xff", b"top"),
+        (2, b"\xff\xfe", b"below-top"),
+    ] {
+        kv.put(ns, key, value)?;
+    }
+    Ok(vec![format!("{:?}", kv.device_blob()?)])
+}
+
+fn read_step(kv: &mut Kv<'_>) -> Result<Vec<String>, DbError> {
+    Ok(vec![
+        format!("{:?}", kv.get(1, b"alice.1")?),
+        format!("{:?}", kv.get(1, b"carol")?),
+        format!("{:?}", kv.contains(2, b"alice.1")?),
+        format!("{:?}", kv.contains(2, b"bob.1")?),
+        format!("{:?}", kv.list(1)?),
+        format!("{:?}", kv.list_prefix(1, b"alice.")?),
+        format!("{:?}", kv.list_prefix(2, b"\xff")?),
+        format!("{:?}", kv.list_prefix(2, b"")?),
+        format!("{:?}", kv.device_blob()?),
+    ])
+}
+
+fn delete_step(kv: &mut Kv<'_>) -> Result<Vec<String>, DbError> {
+    Ok(vec![
+        format!("{:?}", kv.delete(1, b"bob.1")?),
+        format!("{:?}", kv.delete(1, b"bob.1")?),
+        format!("{:?}", kv.delete_prefix(1, b"alice.")?),
+        format!("{:?}", kv.delete_prefix(2, b"\xff")?),
+        format!("{:?}", kv.list(1)?),
+        format!("{:?}", kv.list(2)?),
+    ])
+}
+
+#[tokio::test]
+async fn keys_behave_the_same_on_postgresql_as_on_sqlite() {
+    let Some(server) = Postgres::start() else {
+        return;
+    };
+    let cluster = Cluster::start(&server).await;
+    let a = cluster.node("a", 1).await;
+    let fence = cluster.claim(&a, "s1").await;
+    let pg = store(&server).await;
+    let device = pg.open_device("s1", &fence).await.unwrap();
+    let mut on_pg = Vec::new();
+    on_pg.extend(pg.kv(device, &fence, write_step).await.unwrap());
+    on_pg.extend(pg.kv(device, &fence, read_step).await.unwrap());
+    on_pg.extend(pg.kv(device, &fence, delete_step).await.unwrap());
+    on_pg.extend(pg.kv(device, &fence, read_step).await.unwrap());
+
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Db::open_in(dir.path()).unwrap();
+    let device = sqlite.open_device("s1").await.unwrap();
+    let mut on_sqlite = Vec::new();
+    on_sqlite.extend(sqlite.kv(device, write_step).await.unwrap());
+    on_sqlite.extend(sqlite.kv(device, read_step).await.unwrap());
+    on_sqlite.extend(sqlite.kv(device, delete_step).await.unwrap());
+    on_sqlite.extend(sqlite.kv(device, read_step).await.unwrap());
+
+    assert_eq!(on_pg, on_sqlite);
+    // The transcript says something: the prefix ending in 0xff and the empty one worked.
+    assert!(on_pg.contains(&"2".to_owned()), "{on_pg:?}");
+}
+
+#[tokio::test]
+async fn a_deposed_writer_is_refused_and_the_new_owners_keys_stay() {
+    let Some(server) = Postgres::start() else {
+        return;
+    };
+    let cluster = Cluster::start(&server).await;
+    let a = cluster.node("a", 1).await;
+    let b = cluster.node("b", 2).await;
+    let old = cluster.claim(&a, "s1").await;
+    let pg = store(&server).await;
+    let device = pg.open_device("s1", &old).await.unwrap();
+    pg.kv(device, &old, |kv| kv.put(1, b"k", b"from a"))
+        .await
+        .unwrap();
+
+    // The lease moves to b.
+    cluster.release(&old, "s1").await;
+    let new = cluster.claim(&b, "s1").await;
+    assert!(new.fence > old.fence);
+    pg.kv(device, &new, |kv| kv.put(1, b"k", b"from b"))
+        .await
+        .unwrap();
+
+    // a, deposed, writes under its old fence: refused, and nothing of the job is kept (its
+    // read went through; the write after it took the whole job back).
+    let late = pg
+        .kv(device, &old, |kv| {
+            let seen = kv.get(1, b"k")?;
+            kv.put(1, b"other", b"from a")?;
+            Ok(seen)
+        })
+        .await;
+    assert_eq!(
+        late,
+        Err(DbError::StaleFence {
+            token: "s1".into(),
+            fence: old.fence
+        })
+    );
+    for refused in [
+        pg.kv(device, &old, |kv| kv.set_device_blob(b"a's")).await,
+        pg.kv(device, &old, |kv| kv.delete_prefix(1, b"").map(|_| ()))
+            .await,
+        pg.delete_device("s1", &old).await.map(|_| ()),
+        pg.open_device("s1", &old).await.map(|_| ()),
+    ] {
+        assert!(
+            matches!(refused, Err(DbError::StaleFence { .. })),
+            "{refused:?}"
+        );
+    }
+    let kept = pg.kv(device, &new, |kv| kv.list(1)).await.unwrap();
+    assert_eq!(kept, vec![(b"k".to_vec(), b"from b".to_vec())]);
+    let message = DbError::StaleFence {
+        token: "s1".into(),
+        fence: old.fence,
+    }
+    .to_string();
+    assert!(
+        message.contains("another node owns the session"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn every_acknowledged_write_is_committed_and_a_failing_one_alone_is_rolled_back() {
+    let Some(server) = Postgres::start() else {
+        return;
+    };
+    let cluster = Cluster::start(&server).await;
+    let a = cluster.node("a", 1).await;
+    let pg = store(&server).await;
+    let mut devices: Vec<(DeviceId, Fence)> = Vec::new();
+    for n in 0..20 {
+        let fence = cluster.claim(&a, &format!("s{n}")).await;
+        devices.push((
+            pg.open_device(&format!("s{n}"), &fence).await.unwrap(),
+            fence,
+        ));
+    }
+    let stale = Fence {
+        fence: devices[0].1.fence + 1,
+        ..devices[0].1.clone()
+    };
+    // 400 writers at once, and a stale one among them: they share group commits.
+    let mut writers = tokio::task::JoinSet::new();
+    for i in 0..400u32 {
+        let (device, fence) = devices[i as usize % devices.len()].clone();
+        let pg = pg.clone();
+        writers.spawn(async move {
+            pg.kv(device, &fence, move |kv| {
+                kv.put(1, &i.to_be_bytes(), format!("v{i}").as_bytes())
+            })
+            .await
+        });
+    }
+    let (device, _) = devices[0].clone();
+    let refused = pg.kv(device, &stale, |kv| kv.put(1, b"stale", b"x")).await;
+    assert!(
+        matches!(refused, Err(DbError::StaleFence { .. })),
+        "{refused:?}"
+    );
+    while let Some(done) = writers.join_next().await {
+        done.unwrap().unwrap();
+    }
+    pg.close().await;
+
+    // Read back on a new connection: every acknowledged write is there.
+    let pg = store(&server).await;
+    let mut total = 0;
+    for (device, fence) in &devices {
+        let entries = pg.kv(*device, fence, |kv| kv.list(1)).await.unwrap();
+        for (key, value) in &entries {
+            let i = u32::from_be_bytes(key.as_slice().try_into().unwrap());
+            assert_eq!(value, format!("v{i}").as_bytes());
+        }
+        total += entries.len();
+    }
+    assert_eq!(total, 400);
+}
+
+#[tokio::test]
+async fn deleted_credentials_refuse_late_writes_and_their_id_is_never_reused() {
+    let Some(server) = Postgres::start() else {
+        return;
+    };
+    let cluster = Cluster::start(&server).await;
+    let a = cluster.node("a", 1).await;
+    let fence = cluster.claim(&a, "s1").await;
+    let pg = store(&server).await;
+    let first = pg.open_device("s1", &fence).await.unwrap();
+    pg.kv(first, &fence, |kv| kv.put(1, b"k", b"v"))
+        .await
+        .unwrap();
+    assert!(pg.delete_device("s1", &fence).await.unwrap());
+    assert!(!pg.delete_device("s1", &fence).await.unwrap());
+    assert_eq!(pg.find_device("s1").await.unwrap(), None);
+    let late = pg.kv(first, &fence, |kv| kv.put(1, b"k", b"again")).await;
+    assert_eq!(late, Err(DbError::Closed));
+    assert_eq!(pg.kv(first, &fence, |kv| kv.get(1, b"k")).await, Ok(None));
+    let second = pg.open_device("s1", &fence).await.unwrap();
+    assert!(second.0 > first.0, "{second:?} after {first:?}");
+    assert_eq!(pg.find_device("s1").await.unwrap(), Some(second));
+}
+
+#[tokio::test]
+async fn a_connection_the_server_ended_is_made_again_and_nothing_unanswered_is_claimed() {
+    let Some(server) = Postgres::start() else {
+        return;
+    };
+    let cluster = Cluster::start(&server).await;
+    let a = cluster.node("a", 1).await;
+    let fence = cluster.claim(&a, "s1").await;
+    let pg = store(&server).await;
+    let device = pg.open_device("s1", &fence).await.unwrap();
+    pg.kv(device, &fence, |kv| kv.put(1, b"before", b"1"))
+        .await
+        .unwrap();
+
+    // The server ends the store's connection (an administrator, a failover, a restart).
+    let ended = cluster
+        .pg
+        .client()
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = 'warden-store'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(ended.len(), 1, "the store holds one connection");
+
+    // The first write after it may fail (the connection's end is learnt by using it); it is
+    // then not kept. The next is made on a new connection.
+    let first = pg.kv(device, &fence, |kv| kv.put(1, b"first", b"2")).await;
+    pg.kv(device, &fence, |kv| kv.put(1, b"after", b"3"))
+        .await
+        .unwrap();
+    let keys: Vec<Vec<u8>> = pg
+        .kv(device, &fence, |kv| kv.list(1))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    let mut expected = vec![b"after".to_vec(), b"before".to_vec()];
+    if first.is_ok() {
+        expected.push(b"first".to_vec());
+    }
+    expected.sort();
+    assert_eq!(keys, expected, "first write: {first:?}");
+}

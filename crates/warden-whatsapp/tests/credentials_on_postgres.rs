@@ -1,0 +1,189 @@
+//! Credentials on PostgreSQL move with the session's lease (#16): a session paired by node a
+//! logs in on node b from the stored credentials, without a new QR code, once a released it
+//! and b claimed it; a, deposed, can no longer write them. The real supervisor and link of
+//! each node (each with its own local database for session records), wa-rs clients, the fake
+//! WhatsApp server, and a real PostgreSQL with `warden-cluster`'s leases.
+
+mod support;
+
+#[path = "../../warden-cluster/tests/support/postgres.rs"]
+mod pg_server;
+
+use std::sync::{Arc, Mutex};
+
+use pg_server::Postgres;
+use support::*;
+use wa_rs_core::store::error::StoreError;
+use wa_rs_core::store::traits::SignalStore;
+use warden_cluster::{NodeKey, Pg};
+use warden_core::{SessionEvent, SessionState, Supervisor, Token};
+use warden_fakewa::{Plan, Scenario, ServerEvent};
+use warden_store::{CredentialsDb, Db, Fence, PgDb, PgOptions};
+use warden_whatsapp::store::SessionStore;
+use warden_whatsapp::{Credentials, WaLink};
+
+const PHONE: &str = "15550001616";
+const TOKEN: &str = "shop1";
+
+/// A node's credentials: on PostgreSQL, under the fence it holds (none: not its session).
+#[derive(Debug)]
+struct Leased {
+    db: PgDb,
+    fence: Mutex<Option<Fence>>,
+}
+
+impl Credentials for Leased {
+    fn for_session(&self, _token: &Token) -> Option<CredentialsDb> {
+        let fence = self.fence.lock().unwrap().clone()?;
+        Some(CredentialsDb::Leased {
+            db: self.db.clone(),
+            fence,
+        })
+    }
+}
+
+/// `me` claims `token` (added if new): the fence to write under.
+async fn claim(pg: &Pg, me: &NodeKey, token: &str) -> Fence {
+    pg.add_session(token).await.unwrap();
+    let (_, seen) = pg
+        .claimable()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|(t, _)| t == token)
+        .expect("claimable");
+    let fence = pg.claim(me, token, seen).await.unwrap().expect("claimed");
+    Fence {
+        node: me.node.clone(),
+        incarnation: me.incarnation,
+        fence,
+    }
+}
+
+fn pairings(server: &warden_fakewa::FakeServer) -> usize {
+    server
+        .recorder()
+        .inspect(|s| s.count(|r| matches!(r.event, ServerEvent::PairSent { .. })))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_paired_on_one_node_logs_in_on_another_without_a_qr_code() {
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    let pg = Pg::connect(&postgres.url(), LIMIT).await.unwrap();
+    pg.migrate().await.unwrap();
+    let (a, b) = (
+        NodeKey {
+            node: "a".into(),
+            incarnation: 1,
+        },
+        NodeKey {
+            node: "b".into(),
+            incarnation: 2,
+        },
+    );
+    pg.register(&a, None).await.unwrap();
+    pg.register(&b, None).await.unwrap();
+    let url = postgres.url();
+    let store = tokio::task::spawn_blocking(move || PgDb::connect(&url, &PgOptions::default()))
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Node a holds the lease, pairs the session and stops it.
+    let fence_a = claim(&pg, &a, TOKEN).await;
+    let on_a = Arc::new(Leased {
+        db: store.clone(),
+        fence: Mutex::new(Some(fence_a.clone())),
+    });
+    let server = server(PHONE, Plan::always(Scenario::login())).await;
+    let mut h = Harness::with_credentials(server, on_a.clone()).await;
+    h.paired(TOKEN, PHONE).await;
+    assert_eq!(
+        h.supervisor.stop(TOKEN).await.unwrap().state,
+        SessionState::Stopped
+    );
+    let device = store
+        .find_device(TOKEN)
+        .await
+        .unwrap()
+        .expect("credentials on PostgreSQL");
+    assert!(
+        !has_credentials(&h.db, TOKEN).await,
+        "nothing of the credentials in a's local database"
+    );
+    assert_eq!(pairings(&h.server), 1);
+
+    // The lease moves to b.
+    assert!(pg.release(&a, TOKEN, fence_a.fence).await.unwrap());
+    *on_a.fence.lock().unwrap() = None;
+    let fence_b = claim(&pg, &b, TOKEN).await;
+
+    // Node b: its own supervisor, link and local database; the credentials from PostgreSQL.
+    let dir_b = tempfile::tempdir().unwrap();
+    let db_b = Db::open_in(dir_b.path()).unwrap();
+    let on_b = Arc::new(Leased {
+        db: store.clone(),
+        fence: Mutex::new(Some(fence_b)),
+    });
+    let link_b = Arc::new(
+        WaLink::new(wa_config(&h.server.url()), db_b.clone())
+            .unwrap()
+            .with_http_client(Arc::new(NoHttp))
+            .with_credentials(on_b),
+    );
+    let (supervisor_b, _) = Supervisor::start(supervisor_config(dir_b.path(), &db_b), link_b)
+        .await
+        .unwrap();
+    let mut events_b = EventWaiter::new(&supervisor_b, LIMIT);
+    supervisor_b.create(None, Some(TOKEN)).await.unwrap();
+    supervisor_b
+        .start_session(TOKEN, Default::default())
+        .await
+        .unwrap();
+    let info = events_b.state(TOKEN, SessionState::Connected).await;
+    assert_eq!(info.jid.as_deref(), Some(device_jid(PHONE).as_str()));
+    assert!(
+        !events_b
+            .others
+            .iter()
+            .any(|e| matches!(e, SessionEvent::Qr { .. })),
+        "b showed a QR code"
+    );
+    assert_eq!(pairings(&h.server), 1, "no second pairing");
+    assert_eq!(
+        h.connections(PHONE),
+        3,
+        "a's pairing and login, then b's login"
+    );
+    h.assert_one_at_a_time();
+
+    // a's store, under its old fence: wa-rs is refused every write.
+    let deposed = SessionStore::new(
+        CredentialsDb::Leased {
+            db: store.clone(),
+            fence: fence_a,
+        },
+        device,
+    );
+    let refused = deposed.put_session("15550009999.0", b"session").await;
+    assert!(
+        matches!(refused, Err(StoreError::Connection(_))),
+        "{refused:?}"
+    );
+    // And a's link will not even connect it: the attempt fails with the reason.
+    h.supervisor
+        .start_session(TOKEN, Default::default())
+        .await
+        .unwrap();
+    h.events
+        .wait(TOKEN, |i| {
+            i.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("does not hold the session's lease"))
+        })
+        .await;
+    assert_eq!(h.connections(PHONE), 3, "a did not dial");
+    supervisor_b.shutdown().await.unwrap();
+}
