@@ -92,7 +92,16 @@ where
         };
         self.result = Some(match conn.batch(end) {
             Ok(()) => result,
-            Err(e) => Err(e),
+            Err(e) => {
+                // A statement of the job failed underneath it, and the job went on (PostgreSQL
+                // then refuses everything, the release included, until the savepoint is rolled
+                // back; its `COMMIT` would quietly roll the whole batch back): undo the job
+                // alone, so that the others in the batch still commit.
+                if result.is_ok() {
+                    let _ = conn.batch("ROLLBACK TO job; RELEASE job");
+                }
+                Err(e)
+            }
         });
     }
 

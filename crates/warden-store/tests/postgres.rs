@@ -343,3 +343,69 @@ async fn a_connection_the_server_ended_is_made_again_and_nothing_unanswered_is_c
     expected.sort();
     assert_eq!(keys, expected, "first write: {first:?}");
 }
+
+/// Polls `future` once: `true` if it is still pending (its job is then queued).
+async fn queued<T>(future: &mut std::pin::Pin<Box<impl std::future::Future<Output = T>>>) -> bool {
+    std::future::poll_fn(|cx| std::task::Poll::Ready(future.as_mut().poll(cx).is_pending())).await
+}
+
+#[tokio::test]
+async fn a_job_that_goes_on_after_a_failed_statement_is_undone_alone() {
+    let Some(server) = Postgres::start() else {
+        return;
+    };
+    let mut cluster = Cluster::start(&server).await;
+    let a = cluster.node("a", 1).await;
+    let (f1, f2) = (cluster.claim(&a, "s1").await, cluster.claim(&a, "s2").await);
+    let pg = store(&server).await;
+    let d1 = pg.open_device("s1", &f1).await.unwrap();
+    let d2 = pg.open_device("s2", &f2).await.unwrap();
+
+    // A claim by another node holds s1's row: a write to s1 waits, then fails (lock timeout).
+    let claim = cluster.pg.client_mut().transaction().await.unwrap();
+    claim
+        .query(
+            "SELECT 1 FROM warden_session WHERE token = 's1' FOR UPDATE",
+            &[],
+        )
+        .await
+        .unwrap();
+
+    // The owner thread is held while two jobs queue behind it, so they share one batch.
+    let (started, running) = tokio::sync::oneshot::channel();
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let holder = tokio::spawn({
+        let (pg, f2) = (pg.clone(), f2.clone());
+        async move {
+            pg.kv(d2, &f2, move |_| {
+                let _ = started.send(());
+                let _ = held.recv();
+                Ok(())
+            })
+            .await
+        }
+    });
+    running.await.unwrap();
+    let mut kept = Box::pin(pg.kv(d2, &f2, |kv| kv.put(1, b"kept", b"yes")));
+    assert!(queued(&mut kept).await);
+    // This job swallows its write's failure and goes on: PostgreSQL has aborted the
+    // transaction under it.
+    let mut careless = Box::pin(pg.kv(d1, &f1, |kv| Ok(kv.put(1, b"k", b"v").is_err())));
+    assert!(queued(&mut careless).await);
+    release.send(()).unwrap();
+
+    holder.await.unwrap().unwrap();
+    let careless = careless.await;
+    assert!(
+        matches!(careless, Err(DbError::Postgres(_))),
+        "the job's own failure is its answer: {careless:?}"
+    );
+    kept.await.unwrap();
+    claim.rollback().await.unwrap();
+    assert_eq!(
+        pg.kv(d2, &f2, |kv| kv.get(1, b"kept")).await.unwrap(),
+        Some(b"yes".to_vec()),
+        "the other job of the batch was answered ok: it is committed"
+    );
+    assert_eq!(pg.kv(d1, &f1, |kv| kv.get(1, b"k")).await.unwrap(), None);
+}
