@@ -71,8 +71,12 @@ impl Cluster {
 }
 
 async fn store(server: &Postgres) -> PgDb {
+    store_with(server, PgOptions::default()).await
+}
+
+async fn store_with(server: &Postgres, options: PgOptions) -> PgDb {
     let url = server.url();
-    tokio::task::spawn_blocking(move || PgDb::connect(&url, &PgOptions::default()))
+    tokio::task::spawn_blocking(move || PgDb::connect(&url, &options))
         .await
         .unwrap()
         .unwrap()
@@ -321,7 +325,11 @@ async fn a_connection_the_server_ended_is_made_again_and_nothing_unanswered_is_c
         )
         .await
         .unwrap();
-    assert_eq!(ended.len(), 1, "the store holds one connection");
+    assert_eq!(
+        ended.len(),
+        PgOptions::default().connections,
+        "the store holds its pool's connections"
+    );
 
     // The first write after it may fail (the connection's end is learnt by using it); it is
     // then not kept. The next is made on a new connection.
@@ -357,7 +365,15 @@ async fn a_job_that_goes_on_after_a_failed_statement_is_undone_alone() {
     let mut cluster = Cluster::start(&server).await;
     let a = cluster.node("a", 1).await;
     let (f1, f2) = (cluster.claim(&a, "s1").await, cluster.claim(&a, "s2").await);
-    let pg = store(&server).await;
+    // One connection: the two sessions' jobs share its batches.
+    let pg = store_with(
+        &server,
+        PgOptions {
+            connections: 1,
+            ..PgOptions::default()
+        },
+    )
+    .await;
     let d1 = pg.open_device("s1", &f1).await.unwrap();
     let d2 = pg.open_device("s2", &f2).await.unwrap();
 
@@ -408,4 +424,87 @@ async fn a_job_that_goes_on_after_a_failed_statement_is_undone_alone() {
         "the other job of the batch was answered ok: it is committed"
     );
     assert_eq!(pg.kv(d1, &f1, |kv| kv.get(1, b"k")).await.unwrap(), None);
+}
+
+/// Not a test: the write throughput of many sessions' keys on both stores (a benchmark; run
+/// with `cargo test --release -p warden-store --test postgres -- --ignored --nocapture`;
+/// `WARDEN_PG_CONNECTIONS` sets the pool's size).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run it on its own, in release"]
+async fn throughput_of_many_sessions_writing_keys() {
+    const SESSIONS: usize = 1_000;
+    const WRITES: usize = 20;
+    let Some(server) = Postgres::start() else {
+        return;
+    };
+    let cluster = Cluster::start(&server).await;
+    let a = cluster.node("a", 1).await;
+    let connections: usize = std::env::var("WARDEN_PG_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(PgOptions::default().connections);
+    let pg = store_with(
+        &server,
+        PgOptions {
+            connections,
+            ..PgOptions::default()
+        },
+    )
+    .await;
+    let mut devices = Vec::new();
+    for n in 0..SESSIONS {
+        let token = format!("s{n}");
+        let fence = cluster.claim(&a, &token).await;
+        devices.push((pg.open_device(&token, &fence).await.unwrap(), fence));
+    }
+    let started = std::time::Instant::now();
+    let mut writers = tokio::task::JoinSet::new();
+    for (device, fence) in devices.clone() {
+        let pg = pg.clone();
+        writers.spawn(async move {
+            for i in 0..WRITES as u32 {
+                pg.kv(device, &fence, move |kv| {
+                    kv.put(1, &i.to_be_bytes(), &[7; 200])
+                })
+                .await
+                .unwrap();
+            }
+        });
+    }
+    while let Some(done) = writers.join_next().await {
+        done.unwrap();
+    }
+    let on_pg = started.elapsed();
+
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Db::open_in(dir.path()).unwrap();
+    let mut devices = Vec::new();
+    for n in 0..SESSIONS {
+        devices.push(sqlite.open_device(&format!("s{n}")).await.unwrap());
+    }
+    let started = std::time::Instant::now();
+    let mut writers = tokio::task::JoinSet::new();
+    for device in devices {
+        let sqlite = sqlite.clone();
+        writers.spawn(async move {
+            for i in 0..WRITES as u32 {
+                sqlite
+                    .kv(device, move |kv| kv.put(1, &i.to_be_bytes(), &[7; 200]))
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    while let Some(done) = writers.join_next().await {
+        done.unwrap();
+    }
+    let on_sqlite = started.elapsed();
+    let total = (SESSIONS * WRITES) as f64;
+    eprintln!(
+        "{SESSIONS} sessions x {WRITES} fenced key writes, each acknowledged after its commit: \
+         PostgreSQL ({connections} connections) {on_pg:.2?} ({:.0}/s), SQLite {on_sqlite:.2?} \
+         ({:.0}/s)",
+        total / on_pg.as_secs_f64(),
+        total / on_sqlite.as_secs_f64()
+    );
 }

@@ -19,6 +19,9 @@ pub struct PgOptions {
     pub statement_timeout: Duration,
     /// How long connecting may take.
     pub connect_timeout: Duration,
+    /// How many connections (each on its owner thread) the store keeps, whatever the number
+    /// of sessions.
+    pub connections: usize,
 }
 
 impl Default for PgOptions {
@@ -26,6 +29,7 @@ impl Default for PgOptions {
         Self {
             statement_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(5),
+            connections: 4,
         }
     }
 }

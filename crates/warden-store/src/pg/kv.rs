@@ -39,16 +39,35 @@ impl PgKv<'_> {
     }
 
     fn check_writable(&mut self) -> Result<(), DbError> {
-        let device = self.device.0;
         if self.checked {
             return Ok(());
         }
-        let rows = self.query("SELECT token FROM warden_device WHERE id = $1", &[&device])?;
-        let Some(row) = rows.first() else {
-            return Err(DbError::Closed);
-        };
-        let token: String = row.get(0);
-        check_fence(self.conn, &token, &self.fence)?;
+        let device = self.device.0;
+        let fence = &self.fence;
+        // The common case in one round trip: the device exists and its session is the
+        // writer's under this fence (the session's row held shared until the commit).
+        let (client, statement) = self.conn.prepared(
+            "SELECT 1 FROM warden_device d JOIN warden_session s ON s.token = d.token \
+             WHERE d.id = $1 AND s.fence = $2 AND s.owner_node = $3 AND s.owner_inc = $4 \
+             FOR SHARE OF s",
+        )?;
+        let held = client
+            .query(
+                &statement,
+                &[&device, &fence.fence, &fence.node, &fence.incarnation],
+            )
+            .map_err(pg_error)?;
+        if held.is_empty() {
+            // Refused: say why.
+            let rows = self.query("SELECT token FROM warden_device WHERE id = $1", &[&device])?;
+            return Err(match rows.first() {
+                None => DbError::Closed,
+                Some(row) => DbError::StaleFence {
+                    token: row.get(0),
+                    fence: self.fence.fence,
+                },
+            });
+        }
         self.checked = true;
         Ok(())
     }

@@ -1,9 +1,13 @@
 //! [`PgDb`]: the session store on PostgreSQL, for warden running as several nodes over one
 //! database (`warden-cluster` owns the membership and the session leases).
 //!
-//! The same shape as the SQLite store: one owner thread holding one connection, whatever the
-//! number of sessions; callers queue jobs (bounded); the thread runs every job waiting in one
+//! The same shape as the SQLite store, with a small fixed pool: [`PgOptions::connections`]
+//! owner threads (4 by default), each holding one connection, whatever the number of sessions.
+//! A device's jobs always go to the same one (by its id), so they run in the order they were
+//! queued. Callers queue jobs (bounded); each thread runs every job waiting in one
 //! transaction, each under its own savepoint, and answers each caller only after `COMMIT`.
+//! Several connections are what make it fast: each job is a few round trips to the server,
+//! and one connection waits for every one of them.
 //! The difference: every write carries the writer's [`Fence`], and is refused with
 //! [`DbError::StaleFence`] once the session's lease has moved on, so a deposed node cannot
 //! write.
@@ -37,11 +41,11 @@ pub struct Fence {
 }
 
 /// A handle to the session store on PostgreSQL. Cheap to clone; every clone talks to the same
-/// owner thread, which ends (closing its connection) when the last clone is dropped.
+/// owner threads, which end (closing their connections) when the last clone is dropped.
 #[derive(Clone)]
 pub struct PgDb {
-    queue: Queue<PgConn>,
-    closed: engine::Closed,
+    queues: std::sync::Arc<[Queue<PgConn>]>,
+    closed: Vec<engine::Closed>,
 }
 
 impl std::fmt::Debug for PgDb {
@@ -55,27 +59,54 @@ impl PgDb {
     /// thread. Blocking: call it at startup (or from `spawn_blocking`). The connection is made
     /// again on the next transaction whenever it breaks.
     pub fn connect(url: &str, options: &PgOptions) -> Result<Self, DbError> {
-        let mut conn = PgConn::new(url, options)?;
-        conn.client()?
-            .batch_execute(schema::SCHEMA)
-            .map_err(pg_error)?;
-        let (queue, closed) = engine::spawn(conn, "warden-pg")
-            .map_err(|e| DbError::Postgres(format!("cannot start the database thread: {e}")))?;
-        Ok(Self { queue, closed })
+        let mut queues = Vec::new();
+        let mut closed = Vec::new();
+        for n in 0..options.connections.max(1) {
+            let mut conn = PgConn::new(url, options)?;
+            let client = conn.client()?;
+            if n == 0 {
+                client.batch_execute(schema::SCHEMA).map_err(pg_error)?;
+            }
+            let (queue, done) = engine::spawn(conn, &format!("warden-pg-{n}"))
+                .map_err(|e| DbError::Postgres(format!("cannot start the database thread: {e}")))?;
+            queues.push(queue);
+            closed.push(done);
+        }
+        Ok(Self {
+            queues: queues.into(),
+            closed,
+        })
     }
 
-    /// Lets go of this handle and resolves once every clone is dropped and the owner thread
-    /// has finished the jobs queued before and closed its connection.
+    /// Lets go of this handle and resolves once every clone is dropped and the owner threads
+    /// have finished the jobs queued before and closed their connections.
     pub async fn close(self) {
         let mut closed = self.closed.clone();
         drop(self);
-        let _ = closed.changed().await;
+        for done in &mut closed {
+            let _ = done.changed().await;
+        }
+    }
+
+    /// The owner thread of `device`'s jobs.
+    fn of_device(&self, device: DeviceId) -> &Queue<PgConn> {
+        &self.queues[device.0.unsigned_abs() as usize % self.queues.len()]
+    }
+
+    /// The owner thread of jobs on `token` before it has a device.
+    fn of_token(&self, token: &str) -> &Queue<PgConn> {
+        // FNV-1a: stable, and spreads tokens that differ in one character.
+        let hash = token.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        &self.queues[hash as usize % self.queues.len()]
     }
 
     /// The device of `token`, made if it has none yet. A write: checked against `fence`.
     pub async fn open_device(&self, token: &str, fence: &Fence) -> Result<DeviceId, DbError> {
         let (token, fence) = (token.to_owned(), fence.clone());
-        self.queue
+        self.of_token(&token)
+            .clone()
             .call(move |conn| {
                 kv::check_fence(conn, &token, &fence)?;
                 if let Some(id) = find(conn, &token)? {
@@ -92,14 +123,21 @@ impl PgDb {
     /// The device of `token`, if it has one.
     pub async fn find_device(&self, token: &str) -> Result<Option<DeviceId>, DbError> {
         let token = token.to_owned();
-        self.queue.read(move |conn| find(conn, &token)).await
+        self.of_token(&token)
+            .clone()
+            .read(move |conn| find(conn, &token))
+            .await
     }
 
     /// Deletes `token`'s credentials and every key, in one transaction (checked against
-    /// `fence`). Returns whether there was anything to delete.
+    /// `fence`), on the owner thread of its device: after every write queued before for it.
+    /// Returns whether there was anything to delete.
     pub async fn delete_device(&self, token: &str, fence: &Fence) -> Result<bool, DbError> {
+        let Some(device) = self.find_device(token).await? else {
+            return Ok(false);
+        };
         let (token, fence) = (token.to_owned(), fence.clone());
-        self.queue
+        self.of_device(device)
             .call(move |conn| {
                 kv::check_fence(conn, &token, &fence)?;
                 let Some(id) = find(conn, &token)? else {
@@ -126,7 +164,7 @@ impl PgDb {
         F: FnOnce(&mut Kv<'_>) -> Result<T, DbError> + Send + 'static,
     {
         let fence = fence.clone();
-        self.queue
+        self.of_device(device)
             .call(move |conn| {
                 let ops = kv::PgKv {
                     conn,
@@ -141,7 +179,10 @@ impl PgDb {
 
     /// Resolves once every job queued before it is committed: a barrier.
     pub async fn sync(&self) -> Result<(), DbError> {
-        self.queue.call(|_| Ok(())).await
+        for queue in self.queues.iter() {
+            queue.call(|_| Ok(())).await?;
+        }
+        Ok(())
     }
 }
 
