@@ -14,7 +14,7 @@
 //! - **One daemon.** The database is opened with an exclusive lock: a second process is
 //!   refused with [`DbError::InUse`].
 //! - **Several daemons**: [`PgDb`] keeps sessions' credentials and keys on PostgreSQL, the
-//!   same way (one owner thread and connection, group commit), every write checked against
+//!   same way (a small fixed pool of owner threads, group commit), every write checked against
 //!   the writer's lease on the session ([`Fence`]); [`CredentialsDb`] is either store.
 //! - **Deletion is final.** Logout and delete remove a session's rows in one transaction, with
 //!   `secure_delete` on, and later writes for that set of credentials are refused
