@@ -104,16 +104,35 @@ impl Backend for PgConn {
     const AFTER_READ: &'static str = "";
 
     fn batch(&mut self, sql: &str) -> Result<(), DbError> {
-        // A broken connection is only replaced at the start of a transaction: one that broke
-        // in a transaction's middle fails every statement up to its end.
-        let client = if sql.starts_with("BEGIN") {
-            self.client()?
-        } else {
-            self.client
-                .as_mut()
-                .ok_or_else(|| DbError::Postgres("the connection broke".into()))?
-        };
-        client.batch_execute(sql).map_err(pg_error)
+        if sql.starts_with("BEGIN") {
+            // Nothing is in the transaction yet: a connection found broken here (the server
+            // restarted, or ended it while it was idle) is made again, and the batch goes on.
+            match self.client()?.batch_execute(sql) {
+                Err(e) if connection_lost(&e) => {
+                    tracing::warn!(error = %e, "the PostgreSQL connection broke; connecting again");
+                    self.client = None;
+                    return self.client()?.batch_execute(sql).map_err(pg_error);
+                }
+                result => return result.map_err(pg_error),
+            }
+        }
+        // In a transaction's middle, a broken connection fails every statement up to its end:
+        // nothing of the batch is acknowledged.
+        self.client
+            .as_mut()
+            .ok_or_else(|| DbError::Postgres("the connection broke".into()))?
+            .batch_execute(sql)
+            .map_err(pg_error)
+    }
+}
+
+/// Whether `e` says the connection itself is gone: an I/O error, or the server ending it
+/// (SQLSTATE class 08, connection exception; 57, operator intervention: terminated by an
+/// administrator, shutting down).
+fn connection_lost(e: &postgres::Error) -> bool {
+    match e.as_db_error() {
+        None => true,
+        Some(db) => matches!(&db.code().code()[..2], "08" | "57"),
     }
 }
 

@@ -161,18 +161,7 @@ impl Harness {
         adjust(&mut config);
         let db = Db::open_in(dir.path()).expect("session database");
         let link = link(config, &db);
-        let (supervisor, _) = Supervisor::start(supervisor_config(dir.path(), &db), link.clone())
-            .await
-            .expect("supervisor starts");
-        let events = EventWaiter::new(&supervisor, LIMIT);
-        Self {
-            server,
-            supervisor,
-            link,
-            events,
-            dir,
-            db,
-        }
+        Self::with_link(server, dir, db, link).await
     }
 
     /// A harness against `server` whose link keeps the credentials in `credentials` (the
@@ -189,6 +178,16 @@ impl Harness {
                 .with_http_client(Arc::new(NoHttp))
                 .with_credentials(credentials),
         );
+        Self::with_link(server, dir, db, link).await
+    }
+
+    /// A supervisor on `db` (in `dir`) driving `link`.
+    async fn with_link(
+        server: FakeServer,
+        dir: tempfile::TempDir,
+        db: Db,
+        link: Arc<WaLink>,
+    ) -> Self {
         let (supervisor, _) = Supervisor::start(supervisor_config(dir.path(), &db), link.clone())
             .await
             .expect("supervisor starts");
