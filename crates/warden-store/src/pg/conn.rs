@@ -79,13 +79,19 @@ impl PgConn {
         Ok(self.client.as_mut().expect("connected above"))
     }
 
-    /// `sql` prepared once per connection.
+    /// `sql` prepared once per connection. Never connects: a statement runs inside the
+    /// transaction its batch began, so a connection that broke fails it (only `BEGIN` makes a
+    /// new connection, `Backend::batch`).
     pub(crate) fn prepared(
         &mut self,
         sql: &'static str,
     ) -> Result<(&mut Client, Statement), DbError> {
         let cached = self.statements.get(sql).cloned();
-        let client = self.client()?;
+        let client = self
+            .client
+            .as_mut()
+            .filter(|c| !c.is_closed())
+            .ok_or_else(|| DbError::Postgres("the connection broke".into()))?;
         let statement = match cached {
             Some(statement) => statement,
             None => {
