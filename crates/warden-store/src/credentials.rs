@@ -29,6 +29,14 @@ impl From<Db> for CredentialsDb {
 }
 
 impl CredentialsDb {
+    /// The fence its writes carry: `None` for the local database, which has no leases.
+    pub fn fence(&self) -> Option<&Fence> {
+        match self {
+            Self::Local(_) => None,
+            Self::Leased { fence, .. } => Some(fence),
+        }
+    }
+
     /// Runs `work` on `device`'s keys, in one transaction.
     pub async fn kv<T, F>(&self, device: DeviceId, work: F) -> Result<T, DbError>
     where

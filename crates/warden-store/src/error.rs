@@ -28,8 +28,17 @@ pub enum DbError {
     /// A PostgreSQL statement, commit or connection failed; nothing of the operation was kept.
     #[error("the session database (PostgreSQL) failed: {0}")]
     Postgres(String),
-    /// The writer no longer holds the session under this fence (its lease moved to another
-    /// node, or it fenced itself): the write was refused and nothing of it kept.
+    /// PostgreSQL's answer to the operation never came: the connection broke during its
+    /// `COMMIT`, or no answer came within the store's deadline (`PgOptions::answer_timeout`;
+    /// a frozen or cut-off server). It may have been kept or not: read it back before relying
+    /// on either.
+    #[error(
+        "the session database (PostgreSQL) did not confirm the operation, which may or may not have been kept: {0}"
+    )]
+    Unconfirmed(String),
+    /// The writer no longer holds the session under this fence (another node claimed it,
+    /// after this one released it or was declared dead): the write was refused and nothing
+    /// of it kept.
     #[error("session {token}: fence {fence} is stale, another node owns the session now")]
     StaleFence {
         /// The session.

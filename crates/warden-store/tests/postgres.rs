@@ -522,3 +522,171 @@ async fn throughput_of_many_sessions_writing_keys() {
         total / on_sqlite.as_secs_f64()
     );
 }
+
+/// Polls `pg_stat_activity` (through `watcher`) until a backend waits for a lock.
+async fn until_a_backend_waits_for_a_lock(watcher: &Pg) {
+    let waiting = async {
+        loop {
+            let row = watcher
+                .client()
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .unwrap();
+            if row.get::<_, i64>(0) > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(TIMEOUT, waiting)
+        .await
+        .expect("a backend waiting for a lock");
+}
+
+/// A write in flight holds its session's row: a claim by another node waits for it to
+/// commit, so the write is kept whole, and every write under the old fence after the claim is
+/// refused with `StaleFence`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_waits_for_a_write_in_flight_and_the_old_fence_is_refused_after() {
+    let Some(server) = Postgres::start() else {
+        return;
+    };
+    let (cluster, a, fence, pg) = one_session(&server).await;
+    let b = cluster.node("b", 2).await;
+    let device = pg.open_device("s1", &fence).await.unwrap();
+
+    // a's write, held open after its first statement (which checked the fence).
+    let (go_on, hold) = std::sync::mpsc::channel::<()>();
+    let (wrote, written) = tokio::sync::oneshot::channel::<()>();
+    let write = tokio::spawn({
+        let (pg, fence) = (pg.clone(), fence.clone());
+        async move {
+            pg.kv(device, &fence, move |kv| {
+                kv.put(1, b"k", b"in flight")?;
+                let _ = wrote.send(());
+                let _ = hold.recv();
+                kv.put(1, b"k2", b"in flight")
+            })
+            .await
+        }
+    });
+    written.await.unwrap();
+
+    // a is declared dead, and b claims the session: the claim waits for the write.
+    let beat = cluster
+        .pg
+        .nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|n| n.key == a)
+        .unwrap()
+        .beat;
+    assert!(cluster.pg.reap(&a, beat).await.unwrap());
+    let claim = tokio::spawn({
+        let claimer = Pg::connect(&server.url(), TIMEOUT).await.unwrap();
+        let b = b.clone();
+        async move { claimer.claim(&b, "s1", fence.fence).await }
+    });
+    until_a_backend_waits_for_a_lock(&cluster.pg).await;
+    assert!(!claim.is_finished(), "the claim waits for the write");
+
+    go_on.send(()).unwrap();
+    write.await.unwrap().expect("the write in flight is kept");
+    let new = claim
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("the claim wins after the write");
+    assert_eq!(new, fence.fence + 1);
+
+    // After the claim, a's fence is stale; b, under the new one, sees a's whole write.
+    assert_eq!(
+        pg.kv(device, &fence, |kv| kv.put(1, b"k3", b"late")).await,
+        Err(DbError::StaleFence {
+            token: "s1".into(),
+            fence: fence.fence
+        })
+    );
+    let new = Fence {
+        node: b.node.clone(),
+        incarnation: b.incarnation,
+        fence: new,
+    };
+    let keys: Vec<Vec<u8>> = pg
+        .kv(device, &new, |kv| kv.list(1))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys, vec![b"k".to_vec(), b"k2".to_vec()]);
+}
+
+/// A server that stops answering (its backend frozen with SIGSTOP: TCP still answered by the
+/// kernel, and the server's own deadlines stopped with it) cannot hold a caller: the write is
+/// answered `Unconfirmed` at the deadline. Once the server goes on, the write in fact commits,
+/// which is why the answer is "unconfirmed" and not "not kept"; later writes go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_answers_unconfirmed_at_the_deadline_not_never() {
+    let Some(server) = Postgres::start() else {
+        return;
+    };
+    let cluster = Cluster::start(&server).await;
+    let a = cluster.node("a", 1).await;
+    let fence = cluster.claim(&a, "s1").await;
+    let deadline = Duration::from_millis(500);
+    let pg = store_with(
+        &server,
+        PgOptions {
+            connections: 1,
+            answer_timeout: deadline,
+            ..PgOptions::default()
+        },
+    )
+    .await;
+    let device = pg.open_device("s1", &fence).await.unwrap();
+    let backend: i32 = cluster
+        .pg
+        .client()
+        .query_one(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'warden-store'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([name, &backend.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {name}");
+    };
+
+    signal("-STOP");
+    let frozen = pg
+        .kv(device, &fence, |kv| kv.put(1, b"while frozen", b"1"))
+        .await;
+    signal("-CONT");
+    assert!(
+        matches!(&frozen, Err(DbError::Unconfirmed(why)) if why.contains("no answer within")),
+        "{frozen:?}"
+    );
+
+    // The server goes on: the unconfirmed write was kept after all, and the next one works.
+    pg.kv(device, &fence, |kv| kv.put(1, b"after", b"2"))
+        .await
+        .unwrap();
+    let keys: Vec<Vec<u8>> = pg
+        .kv(device, &fence, |kv| kv.list(1))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys, vec![b"after".to_vec(), b"while frozen".to_vec()]);
+}

@@ -95,6 +95,8 @@ pub(crate) struct Session {
     pub factory: Arc<WsFactory>,
     /// The proxy of the current connection, read by the transport and the HTTP client.
     pub proxy: Arc<ProxySetting>,
+    /// The fence every write of this session carries (`None`: the local database).
+    pub fence: Option<warden_store::Fence>,
     store: Arc<SessionStore>,
     persistence: Arc<PersistenceManager>,
     http: Arc<dyn HttpClient>,
@@ -119,6 +121,7 @@ impl Session {
             .open_device(token.as_str())
             .await
             .map_err(|e| LinkError::Storage(format!("opening the session's credentials: {e}")))?;
+        let fence = db.fence().cloned();
         let store = Arc::new(SessionStore::new(db, device));
         let backend: Arc<dyn Backend> = store.clone();
         let persistence = Arc::new(
@@ -142,6 +145,7 @@ impl Session {
             token: token.clone(),
             factory,
             proxy,
+            fence,
             store,
             persistence,
             http,

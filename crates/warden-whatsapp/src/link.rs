@@ -111,12 +111,25 @@ impl WaLink {
         self.sessions().get(token).and_then(Weak::upgrade)
     }
 
-    /// The session of `token`: the live one, or a new one loaded from the database.
+    /// The session of `token`: the live one, or a new one loaded from the database. The
+    /// credentials' source is asked first, every time: a node that lost the session's lease
+    /// gets an error, and a live session whose writes carry an older fence (the node lost the
+    /// lease and claimed it again) is let go of first (its client stopped), since every write
+    /// it made would be refused; if it cannot be let go of within the bound, the open fails
+    /// with that reason.
     async fn session(&self, token: &Token) -> Result<Arc<Session>, LinkError> {
-        if let Some(session) = self.live(token) {
-            return Ok(session);
-        }
         let credentials = self.credentials_of(token)?;
+        if let Some(session) = self.live(token) {
+            if session.fence.as_ref() == credentials.fence() {
+                return Ok(session);
+            }
+            session.release(RELEASE_BOUND).await.map_err(|_| {
+                LinkError::Open(format!(
+                    "session {token}: its client under an earlier lease could not be stopped"
+                ))
+            })?;
+            tracing::info!(token = %token, "session let go of: it was opened under an earlier lease");
+        }
         let session =
             Arc::new(Session::open(token, credentials, &self.config, self.http.clone()).await?);
         let mut sessions = self.sessions();

@@ -105,9 +105,10 @@ pub(crate) fn store_error(e: DbError) -> StoreError {
         | DbError::Unavailable
         | DbError::Open { .. }
         | DbError::InUse { .. } => StoreError::Connection(e.to_string()),
-        DbError::Sqlite(_) | DbError::Postgres(_) | DbError::Panicked(_) => {
-            StoreError::Database(e.to_string())
-        }
+        DbError::Sqlite(_)
+        | DbError::Postgres(_)
+        | DbError::Unconfirmed(_)
+        | DbError::Panicked(_) => StoreError::Database(e.to_string()),
     }
 }
 

@@ -13,10 +13,13 @@ use std::sync::{Arc, Mutex};
 
 use pg_server::Postgres;
 use support::*;
+use tokio::sync::mpsc;
 use wa_rs_core::store::error::StoreError;
 use wa_rs_core::store::traits::SignalStore;
 use warden_cluster::{NodeKey, Pg};
-use warden_core::{SessionEvent, SessionState, Supervisor, Token};
+use warden_core::{
+    LifecycleEvent, LifecycleSink, Link, OpenOptions, SessionEvent, SessionState, Supervisor, Token,
+};
 use warden_fakewa::{Plan, Scenario, ServerEvent};
 use warden_store::{CredentialsDb, Db, Fence, PgDb, PgOptions};
 use warden_whatsapp::store::SessionStore;
@@ -186,4 +189,95 @@ async fn a_session_paired_on_one_node_logs_in_on_another_without_a_qr_code() {
         .await;
     assert_eq!(h.connections(PHONE), 3, "a did not dial");
     supervisor_b.shutdown().await.unwrap();
+}
+
+/// A sink whose events the test reads.
+fn sink() -> (LifecycleSink, mpsc::UnboundedReceiver<LifecycleEvent>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (
+        LifecycleSink::new(move |e| {
+            let _ = tx.send(e);
+        }),
+        rx,
+    )
+}
+
+/// A node that lost a session's lease and claimed it again has a new fence: the session it
+/// opened under the old one (whose every write would now be refused) is not handed to the
+/// new connection. The open lets go of it (its client stops, so its connection ends) and
+/// builds a new session under the new fence, which runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_opened_under_an_earlier_lease_is_not_reused() {
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    let pg = Pg::connect(&postgres.url(), LIMIT).await.unwrap();
+    pg.migrate().await.unwrap();
+    let a = NodeKey {
+        node: "a".into(),
+        incarnation: 1,
+    };
+    pg.register(&a, None).await.unwrap();
+    let url = postgres.url();
+    let store = tokio::task::spawn_blocking(move || PgDb::connect(&url, &PgOptions::default()))
+        .await
+        .unwrap()
+        .unwrap();
+    let first_fence = claim(&pg, &a, TOKEN).await;
+    let on_a = Arc::new(Leased {
+        db: store.clone(),
+        fence: Mutex::new(Some(first_fence.clone())),
+    });
+    let server = server(PHONE, Plan::always(Scenario::login())).await;
+    let h = Harness::with_credentials(server, on_a.clone()).await;
+    let token = Token::parse(TOKEN).unwrap();
+
+    // The first connection runs (it shows a QR code) under the first fence.
+    let (first_sink, mut first_events) = sink();
+    let first = h
+        .link
+        .open(&token, OpenOptions::default(), first_sink)
+        .await
+        .unwrap();
+    next_qr(&mut first_events).await;
+
+    // The lease is released and claimed again by the same node: a new fence.
+    assert!(pg.release(&a, TOKEN, first_fence.fence).await.unwrap());
+    let second_fence = claim(&pg, &a, TOKEN).await;
+    assert_ne!(second_fence, first_fence);
+    *on_a.fence.lock().unwrap() = Some(second_fence);
+
+    // The next open lets go of the old session (its client stops: the first connection
+    // ends) and runs a new one under the new fence.
+    let (second_sink, mut second_events) = sink();
+    let _second = h
+        .link
+        .open(&token, OpenOptions::default(), second_sink)
+        .await
+        .unwrap();
+    tokio::time::timeout(LIMIT, async {
+        while let Some(event) = first_events.recv().await {
+            if matches!(event, LifecycleEvent::Disconnected { .. }) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the connection under the earlier lease ended");
+    drop(first);
+    next_qr(&mut second_events).await;
+}
+
+/// Waits for the connection's next QR code.
+async fn next_qr(events: &mut mpsc::UnboundedReceiver<LifecycleEvent>) {
+    tokio::time::timeout(LIMIT, async {
+        while let Some(event) = events.recv().await {
+            if matches!(event, LifecycleEvent::QrIssued { .. }) {
+                return;
+            }
+        }
+        panic!("the connection ended without a QR code");
+    })
+    .await
+    .expect("a QR code");
 }

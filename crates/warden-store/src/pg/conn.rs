@@ -22,6 +22,13 @@ pub struct PgOptions {
     /// How many connections (each on its owner thread) the store keeps, whatever the number
     /// of sessions.
     pub connections: usize,
+    /// How long a caller waits for its operation's answer. Past it, the caller gets
+    /// [`DbError::Unconfirmed`] (a read: [`DbError::Postgres`]). This is the deadline a frozen
+    /// server (stopped, or cut off while the kernels still answer TCP) cannot hold up: the
+    /// server's own deadlines do not run while it is stopped, and the client library has no
+    /// read deadline of its own. The owner thread stays blocked until the server answers or
+    /// the connection breaks; jobs queued behind it get the same error at their deadline.
+    pub answer_timeout: Duration,
 }
 
 impl Default for PgOptions {
@@ -30,6 +37,7 @@ impl Default for PgOptions {
             statement_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(5),
             connections: 4,
+            answer_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -123,12 +131,20 @@ impl Backend for PgConn {
             }
         }
         // In a transaction's middle, a broken connection fails every statement up to its end:
-        // nothing of the batch is acknowledged.
-        self.client
+        // nothing of the batch is acknowledged. A `COMMIT` whose answer was lost (the
+        // connection broke, no answer at all) may have been carried out: the callers are told
+        // it is unconfirmed, not that it was not kept.
+        let client = self
+            .client
             .as_mut()
-            .ok_or_else(|| DbError::Postgres("the connection broke".into()))?
-            .batch_execute(sql)
-            .map_err(pg_error)
+            .ok_or_else(|| DbError::Postgres("the connection broke".into()))?;
+        match client.batch_execute(sql) {
+            // The server's own error answer (SQLSTATE) means it rolled back: not kept.
+            Err(e) if sql == "COMMIT" && e.as_db_error().is_none() => Err(DbError::Unconfirmed(
+                format!("the connection broke during COMMIT: {e}"),
+            )),
+            result => result.map_err(pg_error),
+        }
     }
 }
 

@@ -46,6 +46,8 @@ pub struct Fence {
 pub struct PgDb {
     queues: std::sync::Arc<[Queue<PgConn>]>,
     closed: Vec<engine::Closed>,
+    /// How long a caller waits for an answer ([`PgOptions::answer_timeout`]).
+    answer_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for PgDb {
@@ -75,6 +77,7 @@ impl PgDb {
         Ok(Self {
             queues: queues.into(),
             closed,
+            answer_timeout: options.answer_timeout,
         })
     }
 
@@ -86,6 +89,26 @@ impl PgDb {
         for done in &mut closed {
             let _ = done.changed().await;
         }
+    }
+
+    /// `answer`, or the error that it did not come within the deadline: unconfirmed for a
+    /// write (it may still commit), a plain failure for a read.
+    async fn answered<T>(
+        &self,
+        write: bool,
+        answer: impl std::future::Future<Output = Result<T, DbError>>,
+    ) -> Result<T, DbError> {
+        let limit = self.answer_timeout;
+        tokio::time::timeout(limit, answer)
+            .await
+            .unwrap_or_else(|_| {
+                let what = format!("no answer within {limit:?}");
+                Err(if write {
+                    DbError::Unconfirmed(what)
+                } else {
+                    DbError::Postgres(what)
+                })
+            })
     }
 
     /// The owner thread of `device`'s jobs.
@@ -105,9 +128,10 @@ impl PgDb {
     /// The device of `token`, made if it has none yet. A write: checked against `fence`.
     pub async fn open_device(&self, token: &str, fence: &Fence) -> Result<DeviceId, DbError> {
         let (token, fence) = (token.to_owned(), fence.clone());
-        self.of_token(&token)
-            .clone()
-            .call(move |conn| {
+        let queue = self.of_token(&token).clone();
+        self.answered(
+            true,
+            queue.call(move |conn| {
                 kv::check_fence(conn, &token, &fence)?;
                 if let Some(id) = find(conn, &token)? {
                     return Ok(id);
@@ -116,16 +140,16 @@ impl PgDb {
                     conn.prepared("INSERT INTO warden_device (token) VALUES ($1) RETURNING id")?;
                 let row = client.query_one(&statement, &[&token]).map_err(pg_error)?;
                 Ok(DeviceId(row.get(0)))
-            })
-            .await
+            }),
+        )
+        .await
     }
 
     /// The device of `token`, if it has one.
     pub async fn find_device(&self, token: &str) -> Result<Option<DeviceId>, DbError> {
         let token = token.to_owned();
-        self.of_token(&token)
-            .clone()
-            .read(move |conn| find(conn, &token))
+        let queue = self.of_token(&token).clone();
+        self.answered(false, queue.read(move |conn| find(conn, &token)))
             .await
     }
 
@@ -137,8 +161,9 @@ impl PgDb {
             return Ok(false);
         };
         let (token, fence) = (token.to_owned(), fence.clone());
-        self.of_device(device)
-            .call(move |conn| {
+        self.answered(
+            true,
+            self.of_device(device).call(move |conn| {
                 kv::check_fence(conn, &token, &fence)?;
                 let Some(id) = find(conn, &token)? else {
                     return Ok(false);
@@ -151,8 +176,9 @@ impl PgDb {
                     client.execute(&statement, &[&id.0]).map_err(pg_error)?;
                 }
                 Ok(true)
-            })
-            .await
+            }),
+        )
+        .await
     }
 
     /// Runs `work` on `device`'s keys, in one transaction with nothing else of its own. Its
@@ -164,8 +190,9 @@ impl PgDb {
         F: FnOnce(&mut Kv<'_>) -> Result<T, DbError> + Send + 'static,
     {
         let fence = fence.clone();
-        self.of_device(device)
-            .call(move |conn| {
+        self.answered(
+            true,
+            self.of_device(device).call(move |conn| {
                 let ops = kv::PgKv {
                     conn,
                     device,
@@ -173,14 +200,15 @@ impl PgDb {
                     checked: false,
                 };
                 work(&mut Kv::new(device, ops))
-            })
-            .await
+            }),
+        )
+        .await
     }
 
     /// Resolves once every job queued before it is committed: a barrier.
     pub async fn sync(&self) -> Result<(), DbError> {
         for queue in self.queues.iter() {
-            queue.call(|_| Ok(())).await?;
+            self.answered(true, queue.call(|_| Ok(()))).await?;
         }
         Ok(())
     }
