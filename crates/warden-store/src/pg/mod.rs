@@ -60,6 +60,12 @@ impl PgDb {
     /// Connects to `url`, creates the store's tables if they are missing, and starts the owner
     /// thread. Blocking: call it at startup (or from `spawn_blocking`). The connection is made
     /// again on the next transaction whenever it breaks.
+    ///
+    /// Its own wait is bounded only where the client library bounds it: `connect_timeout`
+    /// covers the TCP connect, not the startup and authentication exchange after it, so a
+    /// server frozen just then holds this call; a caller that must not wait for ever runs it
+    /// under its own deadline. Once connected, every call answers within
+    /// [`PgOptions::answer_timeout`].
     pub fn connect(url: &str, options: &PgOptions) -> Result<Self, DbError> {
         let mut queues = Vec::new();
         let mut closed = Vec::new();
