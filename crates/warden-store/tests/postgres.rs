@@ -353,13 +353,7 @@ async fn a_connection_the_server_ended_is_made_again_and_the_writes_go_on() {
             .await
             .unwrap();
     }
-    let keys: Vec<Vec<u8>> = pg
-        .kv(device, &fence, |kv| kv.list(1))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect();
+    let keys = keys_of(&pg, device, &fence).await;
     assert_eq!(
         keys,
         vec![b"after-1".to_vec(), b"after-2".to_vec(), b"before".to_vec()]
@@ -523,6 +517,16 @@ async fn throughput_of_many_sessions_writing_keys() {
     );
 }
 
+/// The keys in namespace 1 of `device`, read under `fence`.
+async fn keys_of(pg: &PgDb, device: DeviceId, fence: &Fence) -> Vec<Vec<u8>> {
+    pg.kv(device, fence, |kv| kv.list(1))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect()
+}
+
 /// Polls `pg_stat_activity` (through `watcher`) until a backend waits for a lock.
 async fn until_a_backend_waits_for_a_lock(watcher: &Pg) {
     let waiting = async {
@@ -616,13 +620,7 @@ async fn a_claim_waits_for_a_write_in_flight_and_the_old_fence_is_refused_after(
         incarnation: b.incarnation,
         fence: new,
     };
-    let keys: Vec<Vec<u8>> = pg
-        .kv(device, &new, |kv| kv.list(1))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect();
+    let keys = keys_of(&pg, device, &new).await;
     assert_eq!(keys, vec![b"k".to_vec(), b"k2".to_vec()]);
 }
 
@@ -681,12 +679,6 @@ async fn a_frozen_server_answers_unconfirmed_at_the_deadline_not_never() {
     pg.kv(device, &fence, |kv| kv.put(1, b"after", b"2"))
         .await
         .unwrap();
-    let keys: Vec<Vec<u8>> = pg
-        .kv(device, &fence, |kv| kv.list(1))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect();
+    let keys = keys_of(&pg, device, &fence).await;
     assert_eq!(keys, vec![b"after".to_vec(), b"while frozen".to_vec()]);
 }

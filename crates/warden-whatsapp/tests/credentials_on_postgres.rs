@@ -45,6 +45,28 @@ impl Credentials for Leased {
     }
 }
 
+/// The cluster's tables on `postgres`, and the session store beside them.
+async fn tables_and_store(postgres: &Postgres) -> (Pg, PgDb) {
+    let pg = Pg::connect(&postgres.url(), LIMIT).await.unwrap();
+    pg.migrate().await.unwrap();
+    let url = postgres.url();
+    let store = tokio::task::spawn_blocking(move || PgDb::connect(&url, &PgOptions::default()))
+        .await
+        .unwrap()
+        .unwrap();
+    (pg, store)
+}
+
+/// Registers incarnation `incarnation` of node `name`.
+async fn node(pg: &Pg, name: &str, incarnation: i64) -> NodeKey {
+    let key = NodeKey {
+        node: name.into(),
+        incarnation,
+    };
+    pg.register(&key, None).await.unwrap();
+    key
+}
+
 /// `me` claims `token` (added if new): the fence to write under.
 async fn claim(pg: &Pg, me: &NodeKey, token: &str) -> Fence {
     pg.add_session(token).await.unwrap();
@@ -74,25 +96,8 @@ async fn a_session_paired_on_one_node_logs_in_on_another_without_a_qr_code() {
     let Some(postgres) = Postgres::start() else {
         return;
     };
-    let pg = Pg::connect(&postgres.url(), LIMIT).await.unwrap();
-    pg.migrate().await.unwrap();
-    let (a, b) = (
-        NodeKey {
-            node: "a".into(),
-            incarnation: 1,
-        },
-        NodeKey {
-            node: "b".into(),
-            incarnation: 2,
-        },
-    );
-    pg.register(&a, None).await.unwrap();
-    pg.register(&b, None).await.unwrap();
-    let url = postgres.url();
-    let store = tokio::task::spawn_blocking(move || PgDb::connect(&url, &PgOptions::default()))
-        .await
-        .unwrap()
-        .unwrap();
+    let (pg, store) = tables_and_store(&postgres).await;
+    let (a, b) = (node(&pg, "a", 1).await, node(&pg, "b", 2).await);
 
     // Node a holds the lease, pairs the session and stops it.
     let fence_a = claim(&pg, &a, TOKEN).await;
@@ -211,18 +216,8 @@ async fn a_session_opened_under_an_earlier_lease_is_not_reused() {
     let Some(postgres) = Postgres::start() else {
         return;
     };
-    let pg = Pg::connect(&postgres.url(), LIMIT).await.unwrap();
-    pg.migrate().await.unwrap();
-    let a = NodeKey {
-        node: "a".into(),
-        incarnation: 1,
-    };
-    pg.register(&a, None).await.unwrap();
-    let url = postgres.url();
-    let store = tokio::task::spawn_blocking(move || PgDb::connect(&url, &PgOptions::default()))
-        .await
-        .unwrap()
-        .unwrap();
+    let (pg, store) = tables_and_store(&postgres).await;
+    let a = node(&pg, "a", 1).await;
     let first_fence = claim(&pg, &a, TOKEN).await;
     let on_a = Arc::new(Leased {
         db: store.clone(),
