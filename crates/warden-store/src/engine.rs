@@ -293,7 +293,7 @@ fn run<C: Backend>(
         }
         let commit = run_batch(conn, &mut batch);
         if let Err(e) = &commit {
-            tracing::error!(error = %e, jobs = batch.len(), "a session database commit failed; its operations were not kept");
+            tracing::error!(error = %e, jobs = batch.len(), "a session database commit failed (the error says whether its operations were kept)");
         }
         for job in batch.drain(..) {
             job.finish(commit.clone());

@@ -13,6 +13,8 @@ use warden_cluster::{NodeKey, Pg};
 use warden_store::{Db, DbError, DeviceId, Fence, Kv, PgDb, PgOptions};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
+/// A deadline no step of a test should come near, even on a slow machine.
+const PATIENT: Duration = Duration::from_secs(30);
 
 /// The cluster's tables (memberships and leases) and a node `name` that holds `token`.
 struct Cluster {
@@ -558,8 +560,19 @@ async fn a_claim_waits_for_a_write_in_flight_and_the_old_fence_is_refused_after(
     let Some(server) = Postgres::start() else {
         return;
     };
-    let (cluster, a, fence, pg) = one_session(&server).await;
+    let cluster = Cluster::start(&server).await;
+    let a = cluster.node("a", 1).await;
     let b = cluster.node("b", 2).await;
+    let fence = cluster.claim(&a, "s1").await;
+    // The held write's transaction is ended by the server only after twice this.
+    let pg = store_with(
+        &server,
+        PgOptions {
+            statement_timeout: PATIENT,
+            ..PgOptions::default()
+        },
+    )
+    .await;
     let device = pg.open_device("s1", &fence).await.unwrap();
 
     // a's write, held open after its first statement (which checked the fence).
@@ -591,7 +604,8 @@ async fn a_claim_waits_for_a_write_in_flight_and_the_old_fence_is_refused_after(
         .beat;
     assert!(cluster.pg.reap(&a, beat).await.unwrap());
     let claim = tokio::spawn({
-        let claimer = Pg::connect(&server.url(), TIMEOUT).await.unwrap();
+        // Its lock wait (half its deadline) outlasts a slow machine's steps below.
+        let claimer = Pg::connect(&server.url(), PATIENT).await.unwrap();
         let b = b.clone();
         async move { claimer.claim(&b, "s1", fence.fence).await }
     });
@@ -658,18 +672,28 @@ async fn a_frozen_server_answers_unconfirmed_at_the_deadline_not_never() {
         .unwrap()
         .get(0);
     let signal = |name: &str| {
-        let status = std::process::Command::new("kill")
+        std::process::Command::new("kill")
             .args([name, &backend.to_string()])
             .status()
-            .unwrap();
-        assert!(status.success(), "kill {name}");
+            .is_ok_and(|status| status.success())
     };
+    /// Resumes the backend however the test ends.
+    struct Resume<F: Fn(&str) -> bool>(F);
+    impl<F: Fn(&str) -> bool> Drop for Resume<F> {
+        fn drop(&mut self) {
+            (self.0)("-CONT");
+        }
+    }
 
-    signal("-STOP");
-    let frozen = pg
-        .kv(device, &fence, |kv| kv.put(1, b"while frozen", b"1"))
-        .await;
-    signal("-CONT");
+    assert!(signal("-STOP"), "kill -STOP");
+    let resume = Resume(signal);
+    let frozen = tokio::time::timeout(
+        TIMEOUT,
+        pg.kv(device, &fence, |kv| kv.put(1, b"while frozen", b"1")),
+    )
+    .await
+    .expect("an answer at the store's deadline, not never");
+    drop(resume);
     assert!(
         matches!(&frozen, Err(DbError::Unconfirmed(why)) if why.contains("no answer within")),
         "{frozen:?}"

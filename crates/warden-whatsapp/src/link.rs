@@ -114,9 +114,9 @@ impl WaLink {
     /// The session of `token`: the live one, or a new one loaded from the database. The
     /// credentials' source is asked first, every time: a node that lost the session's lease
     /// gets an error, and a live session whose writes carry an older fence (the node lost the
-    /// lease and claimed it again) is let go of first (its client stopped), since every write
-    /// it made would be refused; if it cannot be let go of within the bound, the open fails
-    /// with that reason.
+    /// lease and claimed it again) is never handed on, since every write it made would be
+    /// refused: the link waits (within a bound) for its connection to end and lets go of its
+    /// client, or, while that connection still runs, fails the open and says why.
     async fn session(&self, token: &Token) -> Result<Arc<Session>, LinkError> {
         let credentials = self.credentials_of(token)?;
         if let Some(session) = self.live(token) {
@@ -125,10 +125,10 @@ impl WaLink {
             }
             session.release(RELEASE_BOUND).await.map_err(|_| {
                 LinkError::Open(format!(
-                    "session {token}: its client under an earlier lease could not be stopped"
+                    "session {token}: its connection under an earlier lease is still running"
                 ))
             })?;
-            tracing::info!(token = %token, "session let go of: it was opened under an earlier lease");
+            tracing::info!(token = %token, "session opened under an earlier lease let go of");
         }
         let session =
             Arc::new(Session::open(token, credentials, &self.config, self.http.clone()).await?);

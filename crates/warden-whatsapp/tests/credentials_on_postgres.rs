@@ -18,15 +18,20 @@ use wa_rs_core::store::error::StoreError;
 use wa_rs_core::store::traits::SignalStore;
 use warden_cluster::{NodeKey, Pg};
 use warden_core::{
-    LifecycleEvent, LifecycleSink, Link, OpenOptions, SessionEvent, SessionState, Supervisor, Token,
+    LifecycleEvent, LifecycleSink, Link, LinkError, OpenOptions, SessionEvent, SessionState,
+    Supervisor, Token,
 };
-use warden_fakewa::{Plan, Scenario, ServerEvent};
+use warden_fakewa::{Plan, QrSpec, Scenario, Script, ServerEvent, Step};
 use warden_store::{CredentialsDb, Db, Fence, PgDb, PgOptions};
 use warden_whatsapp::store::SessionStore;
 use warden_whatsapp::{Credentials, WaLink};
 
 const PHONE: &str = "15550001616";
 const TOKEN: &str = "shop1";
+/// Longer than any test here.
+const LONG: std::time::Duration = std::time::Duration::from_secs(120);
+/// A QR code's life (the fake server's longest).
+const QR: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A node's credentials: on PostgreSQL, under the fence it holds (none: not its session).
 #[derive(Debug)]
@@ -209,8 +214,9 @@ fn sink() -> (LifecycleSink, mpsc::UnboundedReceiver<LifecycleEvent>) {
 
 /// A node that lost a session's lease and claimed it again has a new fence: the session it
 /// opened under the old one (whose every write would now be refused) is not handed to the
-/// new connection. The open lets go of it (its client stops, so its connection ends) and
-/// builds a new session under the new fence, which runs.
+/// new connection: while that session's connection runs, the open fails and says why (the
+/// link waits a bounded time for it to end); once it ended, a new session is built under the
+/// new fence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_opened_under_an_earlier_lease_is_not_reused() {
     let Some(postgres) = Postgres::start() else {
@@ -223,13 +229,18 @@ async fn a_session_opened_under_an_earlier_lease_is_not_reused() {
         db: store.clone(),
         fence: Mutex::new(Some(first_fence.clone())),
     });
-    let server = server(PHONE, Plan::always(Scenario::login())).await;
+    // Registration shows a QR code and waits: nobody scans it, so the connection runs on.
+    let unscanned = Plan::always(Scenario::new([
+        Step::Qr(QrSpec::new(1, QR, QR)),
+        Step::wait(LONG),
+    ]));
+    let server = server_with(Script::default().with_registration(unscanned)).await;
     let h = Harness::with_credentials(server, on_a.clone()).await;
     let token = Token::parse(TOKEN).unwrap();
 
     // The first connection runs (it shows a QR code) under the first fence.
     let (first_sink, mut first_events) = sink();
-    let first = h
+    let mut first = h
         .link
         .open(&token, OpenOptions::default(), first_sink)
         .await
@@ -242,24 +253,32 @@ async fn a_session_opened_under_an_earlier_lease_is_not_reused() {
     assert_ne!(second_fence, first_fence);
     *on_a.fence.lock().unwrap() = Some(second_fence);
 
-    // The next open lets go of the old session (its client stops: the first connection
-    // ends) and runs a new one under the new fence.
+    // While the connection under the earlier lease runs, the open refuses to hand its session
+    // on (every write of it would be refused), and says why.
+    let (refused_sink, _) = sink();
+    let refused = h
+        .link
+        .open(&token, OpenOptions::default(), refused_sink)
+        .await;
+    assert!(
+        matches!(&refused, Err(LinkError::Open(reason)) if reason.contains("earlier lease")),
+        "{:?}",
+        refused.err()
+    );
+    assert!(
+        first_events.try_recv().is_err(),
+        "the first connection ran on, untouched"
+    );
+
+    // Once it ended, the open builds a new session under the new fence, which runs.
+    first.close().await;
+    drop(first);
     let (second_sink, mut second_events) = sink();
     let _second = h
         .link
         .open(&token, OpenOptions::default(), second_sink)
         .await
         .unwrap();
-    tokio::time::timeout(LIMIT, async {
-        while let Some(event) = first_events.recv().await {
-            if matches!(event, LifecycleEvent::Disconnected { .. }) {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("the connection under the earlier lease ended");
-    drop(first);
     next_qr(&mut second_events).await;
 }
 

@@ -22,8 +22,9 @@ pub struct PgOptions {
     /// How many connections (each on its owner thread) the store keeps, whatever the number
     /// of sessions.
     pub connections: usize,
-    /// How long a caller waits for its operation's answer. Past it, the caller gets
-    /// [`DbError::Unconfirmed`] (a read: [`DbError::Postgres`]). This is the deadline a frozen
+    /// How long a caller waits for its operation's answer (each `PgDb` call but `connect` and
+    /// `close`, whole). Past it, the caller gets [`DbError::Unconfirmed`] (a read:
+    /// [`DbError::Postgres`]). This is the deadline a frozen
     /// server (stopped, or cut off while the kernels still answer TCP) cannot hold up: the
     /// server's own deadlines do not run while it is stopped, and the client library has no
     /// read deadline of its own. The owner thread stays blocked until the server answers or
@@ -131,18 +132,20 @@ impl Backend for PgConn {
             }
         }
         // In a transaction's middle, a broken connection fails every statement up to its end:
-        // nothing of the batch is acknowledged. A `COMMIT` whose answer was lost (the
-        // connection broke, no answer at all) may have been carried out: the callers are told
-        // it is unconfirmed, not that it was not kept.
+        // nothing of the batch is acknowledged. A `COMMIT` sent whose answer was lost (the
+        // connection broke under it, or the server ended the session with it: SQLSTATE 08 or
+        // 57, which it may send after committing) may have been carried out: its callers are
+        // told it is unconfirmed, not that it was not kept. A `COMMIT` never sent (the
+        // connection had broken before) is a plain failure.
         let client = self
             .client
             .as_mut()
+            .filter(|c| !c.is_closed())
             .ok_or_else(|| DbError::Postgres("the connection broke".into()))?;
         match client.batch_execute(sql) {
-            // The server's own error answer (SQLSTATE) means it rolled back: not kept.
-            Err(e) if sql == "COMMIT" && e.as_db_error().is_none() => Err(DbError::Unconfirmed(
-                format!("the connection broke during COMMIT: {e}"),
-            )),
+            Err(e) if sql == "COMMIT" && connection_lost(&e) => Err(DbError::Unconfirmed(format!(
+                "the connection ended during COMMIT: {e}"
+            ))),
             result => result.map_err(pg_error),
         }
     }

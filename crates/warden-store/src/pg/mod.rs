@@ -5,7 +5,10 @@
 //! owner threads (4 by default), each holding one connection, whatever the number of sessions.
 //! A device's jobs always go to the same one (by its id), so they run in the order they were
 //! queued. Callers queue jobs (bounded); each thread runs every job waiting in one
-//! transaction, each under its own savepoint, and answers each caller only after `COMMIT`.
+//! transaction, each under its own savepoint, and answers each caller only after `COMMIT`
+//! (or, when the answer is lost or late, with [`DbError::Unconfirmed`]: every call but
+//! `connect` and `close` answers within [`PgOptions::answer_timeout`], whatever the server
+//! does).
 //! Several connections are what make it fast: each job is a few round trips to the server,
 //! and one connection waits for every one of them.
 //! The difference: every write carries the writer's [`Fence`], and is refused with
@@ -64,7 +67,7 @@ impl PgDb {
     /// Its own wait is bounded only where the client library bounds it: `connect_timeout`
     /// covers the TCP connect, not the startup and authentication exchange after it, so a
     /// server frozen just then holds this call; a caller that must not wait for ever runs it
-    /// under its own deadline. Once connected, every call answers within
+    /// under its own deadline. Once connected, every call but `close` answers within
     /// [`PgOptions::answer_timeout`].
     pub fn connect(url: &str, options: &PgOptions) -> Result<Self, DbError> {
         let mut queues = Vec::new();
@@ -105,16 +108,19 @@ impl PgDb {
         answer: impl std::future::Future<Output = Result<T, DbError>>,
     ) -> Result<T, DbError> {
         let limit = self.answer_timeout;
-        tokio::time::timeout(limit, answer)
-            .await
-            .unwrap_or_else(|_| {
+        match tokio::time::timeout(limit, answer).await {
+            // A read kept nothing whatever happened to its transaction's end.
+            Ok(Err(DbError::Unconfirmed(why))) if !write => Err(DbError::Postgres(why)),
+            Ok(answer) => answer,
+            Err(_) => {
                 let what = format!("no answer within {limit:?}");
                 Err(if write {
                     DbError::Unconfirmed(what)
                 } else {
                     DbError::Postgres(what)
                 })
-            })
+            }
+        }
     }
 
     /// The owner thread of `device`'s jobs.
@@ -163,27 +169,34 @@ impl PgDb {
     /// `fence`), on the owner thread of its device: after every write queued before for it.
     /// Returns whether there was anything to delete.
     pub async fn delete_device(&self, token: &str, fence: &Fence) -> Result<bool, DbError> {
-        let Some(device) = self.find_device(token).await? else {
-            return Ok(false);
-        };
         let (token, fence) = (token.to_owned(), fence.clone());
-        self.answered(
-            true,
-            self.of_device(device).call(move |conn| {
-                kv::check_fence(conn, &token, &fence)?;
-                let Some(id) = find(conn, &token)? else {
-                    return Ok(false);
-                };
-                for sql in [
-                    "DELETE FROM warden_kv WHERE device_id = $1",
-                    "DELETE FROM warden_device WHERE id = $1",
-                ] {
-                    let (client, statement) = conn.prepared(sql)?;
-                    client.execute(&statement, &[&id.0]).map_err(pg_error)?;
-                }
-                Ok(true)
-            }),
-        )
+        self.answered(true, async move {
+            let found = token.clone();
+            let Some(device) = self
+                .of_token(&token)
+                .clone()
+                .read(move |conn| find(conn, &found))
+                .await?
+            else {
+                return Ok(false);
+            };
+            self.of_device(device)
+                .call(move |conn| {
+                    kv::check_fence(conn, &token, &fence)?;
+                    let Some(id) = find(conn, &token)? else {
+                        return Ok(false);
+                    };
+                    for sql in [
+                        "DELETE FROM warden_kv WHERE device_id = $1",
+                        "DELETE FROM warden_device WHERE id = $1",
+                    ] {
+                        let (client, statement) = conn.prepared(sql)?;
+                        client.execute(&statement, &[&id.0]).map_err(pg_error)?;
+                    }
+                    Ok(true)
+                })
+                .await
+        })
         .await
     }
 
@@ -213,10 +226,13 @@ impl PgDb {
 
     /// Resolves once every job queued before it is committed: a barrier.
     pub async fn sync(&self) -> Result<(), DbError> {
-        for queue in self.queues.iter() {
-            self.answered(true, queue.call(|_| Ok(()))).await?;
-        }
-        Ok(())
+        self.answered(true, async {
+            for queue in self.queues.iter() {
+                queue.call(|_| Ok(())).await?;
+            }
+            Ok(())
+        })
+        .await
     }
 }
 
