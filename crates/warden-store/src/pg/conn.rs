@@ -24,11 +24,11 @@ pub struct PgOptions {
     pub connections: usize,
     /// How long a caller waits for its operation's answer (each `PgDb` call but `connect` and
     /// `close`, whole). Past it, the caller gets [`DbError::Unconfirmed`] (a read:
-    /// [`DbError::Postgres`]). This is the deadline a frozen
-    /// server (stopped, or cut off while the kernels still answer TCP) cannot hold up: the
-    /// server's own deadlines do not run while it is stopped, and the client library has no
-    /// read deadline of its own. The owner thread stays blocked until the server answers or
-    /// the connection breaks; jobs queued behind it get the same error at their deadline.
+    /// [`DbError::Postgres`]). This is the deadline a frozen server (stopped, or cut off while
+    /// the kernels still answer TCP) cannot hold up: the server's own deadlines do not run
+    /// while it is stopped, and the client library has no read deadline of its own. The owner
+    /// thread stays blocked until the server answers or the connection breaks; jobs queued
+    /// behind it get the same error at their deadline.
     pub answer_timeout: Duration,
 }
 

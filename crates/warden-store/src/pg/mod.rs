@@ -171,13 +171,7 @@ impl PgDb {
     pub async fn delete_device(&self, token: &str, fence: &Fence) -> Result<bool, DbError> {
         let (token, fence) = (token.to_owned(), fence.clone());
         self.answered(true, async move {
-            let found = token.clone();
-            let Some(device) = self
-                .of_token(&token)
-                .clone()
-                .read(move |conn| find(conn, &found))
-                .await?
-            else {
+            let Some(device) = self.find_device(&token).await? else {
                 return Ok(false);
             };
             self.of_device(device)
