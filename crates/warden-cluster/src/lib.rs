@@ -27,6 +27,6 @@ mod timing;
 pub use error::ClusterError;
 pub use lease::{Lease, Verdict};
 pub use node::{EVENTS, FenceReason, LeaseView, Node, NodeConfig, NodeEvent, Ownership};
-pub use pg::{Pg, SessionOwner, check_fence};
+pub use pg::{Pg, RELEASED, SessionOwner, check_fence};
 pub use reaper::{NodeKey, NodeRow, Reaper};
 pub use timing::Timing;

@@ -13,9 +13,10 @@
 //!   `synchronous = FULL`. A reply survives a kill -9, and a power loss.
 //! - **One daemon.** The database is opened with an exclusive lock: a second process is
 //!   refused with [`DbError::InUse`].
-//! - **Several daemons**: [`PgDb`] keeps sessions' credentials and keys on PostgreSQL, the
-//!   same way (a small fixed pool of owner threads, group commit), every write checked against
-//!   the writer's lease on the session ([`Fence`]); [`CredentialsDb`] is either store.
+//! - **Several daemons**: [`PgDb`] is the same store on PostgreSQL (records, credentials and
+//!   keys, outbox, journal, webhooks' progress), the same way (a small fixed pool of owner
+//!   threads, group commit), every write checked against the writer's lease on the session
+//!   ([`Fence`]); [`CredentialsDb`] is either store for one session's credentials.
 //! - **Deletion is final.** Logout and delete remove a session's rows in one transaction, with
 //!   `secure_delete` on, and later writes for that set of credentials are refused
 //!   ([`DbError::Closed`]).
@@ -48,7 +49,7 @@ pub use error::DbError;
 pub use journal::{DeadLetter, JournalChange, JournalEntry, NewJournalEntry};
 pub use kv::{Entries, Kv};
 pub use outbox::{NewOutboxMessage, OutboxChange, OutboxRow};
-pub use pg::{Fence, PgDb, PgOptions};
+pub use pg::{Fence, PgDb, PgOptions, RELEASED_CHANNEL};
 pub use records::RecordChange;
 
 /// The database's file name inside `sessions/`.

@@ -3,74 +3,15 @@
 //! the writer's lease moved on, every acknowledged write committed, a broken connection made
 //! again.
 
-#[path = "../../warden-cluster/tests/support/postgres.rs"]
-mod pg_server;
+mod support;
 
 use std::time::Duration;
 
-use pg_server::Postgres;
+use support::{
+    Cluster, PATIENT, Postgres, TIMEOUT, store, store_with, until_a_backend_waits_for_a_lock,
+};
 use warden_cluster::{NodeKey, Pg};
 use warden_store::{Db, DbError, DeviceId, Fence, Kv, PgDb, PgOptions};
-
-const TIMEOUT: Duration = Duration::from_secs(5);
-/// A deadline no step of a test should come near, even on a slow machine.
-const PATIENT: Duration = Duration::from_secs(30);
-
-/// The cluster's tables (memberships and leases) and a node `name` that holds `token`.
-struct Cluster {
-    pg: Pg,
-}
-
-impl Cluster {
-    async fn start(server: &Postgres) -> Self {
-        let pg = Pg::connect(&server.url(), TIMEOUT).await.unwrap();
-        pg.migrate().await.unwrap();
-        Self { pg }
-    }
-
-    /// Registers incarnation `incarnation` of node `name`.
-    async fn node(&self, name: &str, incarnation: i64) -> NodeKey {
-        let key = NodeKey {
-            node: name.to_owned(),
-            incarnation,
-        };
-        self.pg.register(&key, None).await.unwrap();
-        key
-    }
-
-    /// `me` claims `token` (added if new) and gets the fence to write under.
-    async fn claim(&self, me: &NodeKey, token: &str) -> Fence {
-        self.pg.add_session(token).await.unwrap();
-        let seen = self
-            .pg
-            .claimable()
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|(t, _)| t == token)
-            .map(|(_, fence)| fence)
-            .expect("the session is claimable");
-        let fence = self
-            .pg
-            .claim(me, token, seen)
-            .await
-            .unwrap()
-            .expect("the claim wins");
-        Fence {
-            node: me.node.clone(),
-            incarnation: me.incarnation,
-            fence,
-        }
-    }
-
-    async fn release(&self, fence: &Fence, token: &str) {
-        let me = NodeKey {
-            node: fence.node.clone(),
-            incarnation: fence.incarnation,
-        };
-        assert!(self.pg.release(&me, token, fence.fence).await.unwrap());
-    }
-}
 
 /// The cluster's tables, node `a` holding `s1` under the returned fence, and a store.
 async fn one_session(server: &Postgres) -> (Cluster, NodeKey, Fence, PgDb) {
@@ -79,18 +20,6 @@ async fn one_session(server: &Postgres) -> (Cluster, NodeKey, Fence, PgDb) {
     let fence = cluster.claim(&a, "s1").await;
     let pg = store(server).await;
     (cluster, a, fence, pg)
-}
-
-async fn store(server: &Postgres) -> PgDb {
-    store_with(server, PgOptions::default()).await
-}
-
-async fn store_with(server: &Postgres, options: PgOptions) -> PgDb {
-    let url = server.url();
-    tokio::task::spawn_blocking(move || PgDb::connect(&url, &options))
-        .await
-        .unwrap()
-        .unwrap()
 }
 
 /// Writes, then reads and deletes, then reads: what each step saw, to compare backends.
@@ -527,29 +456,6 @@ async fn keys_of(pg: &PgDb, device: DeviceId, fence: &Fence) -> Vec<Vec<u8>> {
         .into_iter()
         .map(|(k, _)| k)
         .collect()
-}
-
-/// Polls `pg_stat_activity` (through `watcher`) until a backend waits for a lock.
-async fn until_a_backend_waits_for_a_lock(watcher: &Pg) {
-    let waiting = async {
-        loop {
-            let row = watcher
-                .client()
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
-                    &[],
-                )
-                .await
-                .unwrap();
-            if row.get::<_, i64>(0) > 0 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    tokio::time::timeout(TIMEOUT, waiting)
-        .await
-        .expect("a backend waiting for a lock");
 }
 
 /// A write in flight holds its session's row: a claim by another node waits for it to

@@ -16,12 +16,18 @@
 //! write.
 //!
 //! What is here so far: the credentials and keys ([`PgDb::kv`], the wa-rs store's whole
-//! backend) and the devices' lifecycle. Records, outbox, journal and webhooks' progress are
-//! still SQLite's only (docs/cluster.md).
+//! backend) and the devices' lifecycle; the session records and the event journal
+//! ([`PgDb::commit`]); the outbox ([`PgDb::outbox_insert`] and the rest); the webhooks'
+//! progress ([`PgDb::webhook_pending`] and the rest): the whole store. The daemon does not use
+//! it yet (docs/cluster.md).
 
 mod conn;
+mod journal;
 mod kv;
+mod outbox;
+mod records;
 mod schema;
+mod webhooks;
 
 use crate::devices::DeviceId;
 use crate::engine::{self, Queue};
@@ -30,6 +36,8 @@ use crate::kv::Kv;
 
 pub use conn::PgOptions;
 use conn::{PgConn, pg_error};
+pub use records::RELEASED_CHANNEL;
+pub use schema::JOURNAL_LOCK;
 
 /// Who writes a session's data, and under which fence: the node's incarnation that holds the
 /// session's lease, and the fence of its claim (`warden_cluster::Node::may_dial` gives it).
@@ -128,6 +136,12 @@ impl PgDb {
         &self.queues[device.0.unsigned_abs() as usize % self.queues.len()]
     }
 
+    /// The owner thread of the records and the journal: one, so that one node's commits are
+    /// made in the order they were asked for.
+    fn of_writes(&self) -> &Queue<PgConn> {
+        &self.queues[0]
+    }
+
     /// The owner thread of jobs on `token` before it has a device.
     fn of_token(&self, token: &str) -> &Queue<PgConn> {
         // FNV-1a: stable, and spreads tokens that differ in one character.
@@ -180,13 +194,7 @@ impl PgDb {
                     let Some(id) = find(conn, &token)? else {
                         return Ok(false);
                     };
-                    for sql in [
-                        "DELETE FROM warden_kv WHERE device_id = $1",
-                        "DELETE FROM warden_device WHERE id = $1",
-                    ] {
-                        let (client, statement) = conn.prepared(sql)?;
-                        client.execute(&statement, &[&id.0]).map_err(pg_error)?;
-                    }
+                    delete_device_rows(conn, id)?;
                     Ok(true)
                 })
                 .await
@@ -234,4 +242,16 @@ fn find(conn: &mut PgConn, token: &str) -> Result<Option<DeviceId>, DbError> {
     let (client, statement) = conn.prepared("SELECT id FROM warden_device WHERE token = $1")?;
     let rows = client.query(&statement, &[&token]).map_err(pg_error)?;
     Ok(rows.first().map(|r| DeviceId(r.get(0))))
+}
+
+/// Deletes device `id`'s keys and credentials, in the transaction in progress.
+fn delete_device_rows(conn: &mut PgConn, id: DeviceId) -> Result<(), DbError> {
+    for sql in [
+        "DELETE FROM warden_kv WHERE device_id = $1",
+        "DELETE FROM warden_device WHERE id = $1",
+    ] {
+        let (client, statement) = conn.prepared(sql)?;
+        client.execute(&statement, &[&id.0]).map_err(pg_error)?;
+    }
+    Ok(())
 }

@@ -1,0 +1,150 @@
+//! Session records on PostgreSQL: the same rows as SQLite's (`crate::records`), shared by every
+//! node, with every session's changes made under its writer's lease.
+//!
+//! - [`PgDb::create_session`] adds a session to the cluster: its record and its unowned lease
+//!   row in one commit, announced to the nodes (the cluster's `RELEASED` channel) so one
+//!   claims it.
+//! - [`PgDb::commit`] is SQLite's `Db::commit` with a [`Fence`] per session: every session
+//!   whose records or journal it changes must still be held under its fence, or nothing of
+//!   the commit is kept ([`DbError::StaleFence`] names the session).
+
+use std::collections::{BTreeSet, HashMap};
+
+use super::conn::{PgConn, pg_error};
+use super::{Fence, PgDb, delete_device_rows, find, kv};
+use crate::error::DbError;
+use crate::journal::JournalChange;
+use crate::records::RecordChange;
+
+/// The channel that tells the cluster's nodes a session may be claimed (`warden_cluster`'s
+/// `RELEASED`; a test checks that they match).
+pub const RELEASED_CHANNEL: &str = "warden_released";
+
+impl PgDb {
+    /// Every stored record of the cluster, ordered by token.
+    pub async fn load_records(&self) -> Result<Vec<(String, String)>, DbError> {
+        self.answered(
+            false,
+            self.of_writes().read(|conn| {
+                let (client, statement) =
+                    conn.prepared("SELECT token, record FROM warden_record ORDER BY token")?;
+                let rows = client.query(&statement, &[]).map_err(pg_error)?;
+                Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+            }),
+        )
+        .await
+    }
+
+    /// Adds session `token` with its record `text`, and its lease row (unowned, so any node
+    /// may claim it), in one commit. Returns false, and changes nothing, when the session has
+    /// a record already (created by another caller, on any node).
+    pub async fn create_session(&self, token: &str, text: &str) -> Result<bool, DbError> {
+        let (token, text) = (token.to_owned(), text.to_owned());
+        self.answered(
+            true,
+            self.of_writes().call(move |conn| {
+                let (client, statement) = conn.prepared(
+                    "INSERT INTO warden_record (token, record) VALUES ($1, $2) \
+                     ON CONFLICT (token) DO NOTHING",
+                )?;
+                if client
+                    .execute(&statement, &[&token, &text])
+                    .map_err(pg_error)?
+                    == 0
+                {
+                    return Ok(false);
+                }
+                let (client, statement) = conn.prepared(
+                    "WITH added AS (INSERT INTO warden_session (token) VALUES ($1) \
+                     ON CONFLICT DO NOTHING RETURNING 1) \
+                     SELECT pg_notify($2, '') FROM added",
+                )?;
+                client
+                    .query(&statement, &[&token, &RELEASED_CHANNEL])
+                    .map_err(pg_error)?;
+                Ok(true)
+            }),
+        )
+        .await
+    }
+
+    /// Applies the record changes, then the journal changes, in one transaction: all are
+    /// kept, or none. Returns the number of the last journal entry appended.
+    ///
+    /// Every session the changes touch (a record put or removed, an entry appended) must be
+    /// in `fences`, and still held under its fence: the session's lease row is held shared
+    /// until the commit, so a claim waits for it. Otherwise nothing is kept:
+    /// [`DbError::StaleFence`] (another node owns it now, or it was removed) or
+    /// [`DbError::Unfenced`] (the caller gave no fence). Removing a session takes its record,
+    /// credentials, keys, outbox, journal and lease row; its removal's own entry, appended after,
+    /// stays. A prune of the journal needs no fence.
+    pub async fn commit(
+        &self,
+        fences: HashMap<String, Fence>,
+        changes: Vec<RecordChange>,
+        journal: Vec<JournalChange>,
+    ) -> Result<Option<i64>, DbError> {
+        self.answered(
+            true,
+            self.of_writes().call(move |conn| {
+                for token in touched(&changes, &journal) {
+                    let fence = fences
+                        .get(token)
+                        .ok_or_else(|| DbError::Unfenced(token.to_owned()))?;
+                    kv::check_fence(conn, token, fence)?;
+                }
+                for change in &changes {
+                    apply(conn, change)?;
+                }
+                let mut last = None;
+                for change in &journal {
+                    last = super::journal::apply(conn, change)?.or(last);
+                }
+                Ok(last)
+            }),
+        )
+        .await
+    }
+}
+
+/// Every session `changes` and `journal` write, each once, in a fixed order (so that two
+/// commits lock the same rows in the same order).
+fn touched<'a>(changes: &'a [RecordChange], journal: &'a [JournalChange]) -> BTreeSet<&'a str> {
+    let records = changes.iter().map(|change| match change {
+        RecordChange::Put { token, .. } | RecordChange::Remove { token } => token.as_str(),
+    });
+    let entries = journal.iter().filter_map(|change| match change {
+        JournalChange::Append(new) => Some(new.token.as_str()),
+        JournalChange::Prune { .. } => None,
+    });
+    records.chain(entries).collect()
+}
+
+fn apply(conn: &mut PgConn, change: &RecordChange) -> Result<(), DbError> {
+    match change {
+        RecordChange::Put { token, text } => {
+            let (client, statement) = conn.prepared(
+                "INSERT INTO warden_record (token, record) VALUES ($1, $2) \
+                 ON CONFLICT (token) DO UPDATE SET record = excluded.record",
+            )?;
+            client
+                .execute(&statement, &[token, text])
+                .map_err(pg_error)?;
+        }
+        RecordChange::Remove { token } => {
+            if let Some(device) = find(conn, token)? {
+                delete_device_rows(conn, device)?;
+            }
+            for sql in [
+                "DELETE FROM warden_record WHERE token = $1",
+                "DELETE FROM warden_session WHERE token = $1",
+            ] {
+                let (client, statement) = conn.prepared(sql)?;
+                client.execute(&statement, &[token]).map_err(pg_error)?;
+            }
+            super::journal::delete_session_rows(conn, token)?;
+            super::outbox::delete_session_rows(conn, token)?;
+        }
+    }
+    Ok(())
+}
