@@ -11,6 +11,10 @@
 //!   [`JOURNAL_QUEUE`] waiting (past it they are dropped and counted).
 //! - **Failures are retried** with backoff (100 ms doubling to 30 s), logged once when writes
 //!   start failing and once when they recover, never once per try.
+//! - **A session this node no longer holds** (on a cluster's store, its lease moved on: the
+//!   commit is refused whole, naming it) has its pending changes dropped, never retried, and
+//!   the rest is committed at once without it. The operation that made a dropped change is
+//!   answered with the refusal ([`StoreWriter::refusal_since`]), not with success.
 //! - **Upgrade.** [`import_legacy_records`] moves `sessions/<token>/session.toml` files written by
 //!   earlier releases into the database, deleting each file only after its row is committed.
 
@@ -22,7 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
-use warden_store::{Db, JournalChange, NewJournalEntry, RecordChange};
+use warden_store::{JournalChange, NewJournalEntry, RecordChange, Store};
 
 use crate::error::StoreError;
 use crate::journal::JournalConfig;
@@ -134,7 +138,7 @@ pub struct Loaded {
 }
 
 /// Reads every record in the database. Unreadable rows are reported, never deleted.
-pub async fn load_all(db: &Db) -> Result<Loaded, StoreError> {
+pub async fn load_all(db: &Store) -> Result<Loaded, StoreError> {
     let mut loaded = Loaded::default();
     for (name, text) in db.load_records().await? {
         let token = match Token::parse(&name) {
@@ -165,8 +169,11 @@ pub struct Imported {
 /// is deleted only after its row is committed (a record already in the database wins); the
 /// folder goes too once nothing else is in it. A folder whose credentials (`session.db`) are
 /// still there was not imported by the link, and is left whole.
-pub async fn import_legacy_records(db: &Db, sessions_dir: &Path) -> Imported {
+pub async fn import_legacy_records(db: &Store, sessions_dir: &Path) -> Imported {
     let mut done = Imported::default();
+    if db.local().is_none() {
+        return done; // a cluster's store: nothing of one machine's folders belongs in it
+    }
     let Ok(entries) = std::fs::read_dir(sessions_dir) else {
         return done; // no folder, nothing to import
     };
@@ -190,7 +197,7 @@ pub async fn import_legacy_records(db: &Db, sessions_dir: &Path) -> Imported {
     done
 }
 
-async fn import_one(db: &Db, dir: &Path, name: &str) -> Result<Token, StoreError> {
+async fn import_one(db: &Store, dir: &Path, name: &str) -> Result<Token, StoreError> {
     let token = Token::parse(name).map_err(|reason| StoreError::BadFolderName {
         path: dir.to_owned(),
         reason,
@@ -207,7 +214,7 @@ async fn import_one(db: &Db, dir: &Path, name: &str) -> Result<Token, StoreError
         path: path.clone(),
         message: crate::proxy::mask_passwords(e.to_string().trim_end()),
     })?;
-    db.import_record(token.as_str(), &text).await?;
+    db.create_session(token.as_str(), &text).await?;
     for leftover in [RECORD_FILE, LEGACY_LOCK_FILE, ".session.toml.tmp"] {
         match std::fs::remove_file(dir.join(leftover)) {
             Ok(()) => {}
@@ -276,7 +283,14 @@ struct Shared {
     /// Every handle is gone: the task commits what is pending, then ends (letting go of the
     /// database).
     closed: std::sync::atomic::AtomicBool,
+    /// The sessions whose changes were dropped because this node no longer holds them: the
+    /// number of the last change dropped, and why (at most [`REFUSALS_KEPT`]).
+    refused: Mutex<HashMap<Token, (u64, String)>>,
 }
+
+/// How many sessions' refusals are remembered; past it the oldest half is forgotten (an
+/// operation still waiting on one of those would then be answered as saved).
+const REFUSALS_KEPT: usize = 4096;
 
 /// The handle to the writer task; see the module docs.
 #[derive(Clone)]
@@ -308,7 +322,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 impl StoreWriter {
     /// Starts the writer task on `db`.
-    pub(crate) fn spawn(db: Db, journal: JournalConfig) -> Self {
+    pub(crate) fn spawn(db: Store, journal: JournalConfig) -> Self {
         let shared = Arc::new(Shared {
             queued: Mutex::new(Queued {
                 next: 1,
@@ -320,6 +334,7 @@ impl StoreWriter {
             journal_dropped: AtomicU64::new(0),
             journal,
             closed: std::sync::atomic::AtomicBool::new(false),
+            refused: Mutex::new(HashMap::new()),
         });
         tokio::spawn(run_writer(db, shared.clone()));
         Self {
@@ -387,10 +402,59 @@ impl StoreWriter {
     }
 
     /// Removes the session's record, credentials and keys; resolves once committed (or with
-    /// the error while writes are failing).
+    /// the error while writes are failing, or the refusal when this node no longer holds it).
     pub(crate) async fn remove(&self, token: &Token) -> Result<(), StoreError> {
         let seq = self.mark(token, Pending::Remove);
-        self.wait_for(seq).await
+        self.wait_for(seq).await?;
+        match self.refusal_since(token, seq - 1) {
+            Some(refusal) => Err(StoreError::NotSaved(refusal)),
+            None => Ok(()),
+        }
+    }
+
+    /// Drops whatever of `token` waits to be committed (its record change and journal
+    /// entries): this node no longer holds the session. Those who wait for them are answered
+    /// with the refusal ([`StoreWriter::refusal_since`]).
+    pub(crate) fn forget(&self, token: &Token) {
+        let mut queued = self.queued();
+        let mut last = queued.records.remove(token).map(|change| change.seq());
+        queued.journal.retain(|(seq, new)| {
+            let keep = new.token != token.as_str();
+            if !keep {
+                last = last.max(Some(*seq));
+            }
+            keep
+        });
+        drop(queued);
+        if let Some(last) = last {
+            remember_refusal(
+                &self.shared,
+                token.clone(),
+                last,
+                "this node no longer holds the session".into(),
+            );
+        }
+        self.shared.wake.notify_one();
+    }
+
+    /// The number of the last change marked so far: a point to ask
+    /// [`StoreWriter::refusal_since`] from.
+    pub(crate) fn mark_point(&self) -> u64 {
+        self.queued().next - 1
+    }
+
+    /// Why a change of `token` marked after `point` was dropped unsaved (this node no longer
+    /// holds the session), if one was.
+    pub(crate) fn refusal_since(&self, token: &Token, point: u64) -> Option<String> {
+        let refused = self
+            .shared
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        refused
+            .get(token)
+            .filter(|(seq, _)| *seq > point)
+            .map(|(_, why)| why.clone())
     }
 
     /// Resolves once every change marked (and journal entry queued) before it is committed,
@@ -428,18 +492,26 @@ pub(crate) fn unix_millis(t: SystemTime) -> i64 {
 /// A journal entry with its place in the order of changes.
 type Numbered = (u64, NewJournalEntry);
 
-async fn run_writer(db: Db, shared: Arc<Shared>) {
+async fn run_writer(db: Store, shared: Arc<Shared>) {
     let mut retry = RETRY_FIRST;
     let mut last_prune: Option<tokio::time::Instant> = None;
     loop {
-        let (taken, journal): (Vec<(Token, Pending)>, Vec<Numbered>) = {
+        let (mut taken, mut journal, marked): (Vec<(Token, Pending)>, Vec<Numbered>, u64) = {
             let mut queued = shared.queued.lock().unwrap_or_else(|e| e.into_inner());
             (
                 queued.records.drain().collect(),
                 queued.journal.drain(..).collect(),
+                queued.next - 1,
             )
         };
         if taken.is_empty() && journal.is_empty() {
+            // Nothing waits and no commit is in flight: every change marked so far was
+            // committed, or dropped (a session this node let go of).
+            shared.progress.send_if_modified(|p| {
+                let advanced = marked > p.committed;
+                p.committed = p.committed.max(marked);
+                advanced
+            });
             if shared.closed.load(std::sync::atomic::Ordering::SeqCst) {
                 return;
             }
@@ -510,18 +582,27 @@ async fn run_writer(db: Db, shared: Arc<Shared>) {
                     p.committed = p.committed.max(through);
                 });
             }
+            Err(e)
+                if refused_session(&e).is_some_and(|lost| {
+                    drop_refused(&shared, lost, &e, &mut taken, &mut journal)
+                }) =>
+            {
+                // The rest goes again at once; what was dropped counts as done.
+                put_back(&shared, taken, journal);
+                let oldest_pending = shared
+                    .queued
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .oldest();
+                let through = oldest_pending.map_or(top, |s| top.min(s - 1));
+                shared
+                    .progress
+                    .send_modify(|p| p.committed = p.committed.max(through));
+            }
             Err(e) => {
                 // Put back what no newer change replaced, and the journal entries in front
                 // of any queued since.
-                {
-                    let mut queued = shared.queued.lock().unwrap_or_else(|e| e.into_inner());
-                    for (token, change) in taken {
-                        queued.records.entry(token).or_insert(change);
-                    }
-                    for entry in journal.into_iter().rev() {
-                        queued.journal.push_front(entry);
-                    }
-                }
+                put_back(&shared, taken, journal);
                 shared.progress.send_modify(|p| {
                     if p.failing.is_none() {
                         tracing::error!(error = %e, "could not save session records; retrying with backoff until it works");
@@ -535,9 +616,80 @@ async fn run_writer(db: Db, shared: Arc<Shared>) {
     }
 }
 
+/// Puts back what a commit did not keep: each session's change unless a newer one replaced
+/// it, and the journal entries in front of any queued since.
+fn put_back(shared: &Shared, taken: Vec<(Token, Pending)>, journal: Vec<Numbered>) {
+    let mut queued = shared.queued.lock().unwrap_or_else(|e| e.into_inner());
+    for (token, change) in taken {
+        queued.records.entry(token).or_insert(change);
+    }
+    for entry in journal.into_iter().rev() {
+        queued.journal.push_front(entry);
+    }
+}
+
+/// The session a commit was refused for because this node does not hold it (any more).
+fn refused_session(e: &StoreError) -> Option<&str> {
+    match e {
+        StoreError::Db(
+            warden_store::DbError::StaleFence { token, .. } | warden_store::DbError::NotHeld(token),
+        ) => Some(token),
+        _ => None,
+    }
+}
+
+/// Drops `lost`'s changes and journal entries from what a refused commit carried, and
+/// remembers the refusal for the operations that made them. Whether anything was dropped
+/// (nothing: the refusal named a session the commit did not carry, and it is a plain failure).
+fn drop_refused(
+    shared: &Shared,
+    lost: &str,
+    e: &StoreError,
+    taken: &mut Vec<(Token, Pending)>,
+    journal: &mut Vec<Numbered>,
+) -> bool {
+    let mut last = None;
+    taken.retain(|(token, change)| {
+        let keep = token.as_str() != lost;
+        if !keep {
+            last = last.max(Some(change.seq()));
+        }
+        keep
+    });
+    journal.retain(|(seq, new)| {
+        let keep = new.token != lost;
+        if !keep {
+            last = last.max(Some(*seq));
+        }
+        keep
+    });
+    let (Some(last), Ok(token)) = (last, Token::parse(lost)) else {
+        return false;
+    };
+    tracing::warn!(session = %token, error = %e, "this node no longer holds the session: its unsaved changes are dropped");
+    remember_refusal(shared, token, last, e.to_string());
+    true
+}
+
+/// Remembers that `token`'s changes up to number `last` were dropped, and why.
+fn remember_refusal(shared: &Shared, token: Token, last: u64, why: String) {
+    let mut refused = shared.refused.lock().unwrap_or_else(|e| e.into_inner());
+    if refused.len() >= REFUSALS_KEPT {
+        let mut seqs: Vec<u64> = refused.values().map(|(seq, _)| *seq).collect();
+        seqs.sort_unstable();
+        let median = seqs[seqs.len() / 2];
+        refused.retain(|_, (seq, _)| *seq > median);
+    }
+    let entry = refused.entry(token).or_insert((last, why.clone()));
+    if entry.0 <= last {
+        *entry = (last, why);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use warden_store::Db;
 
     #[test]
     fn an_unreadable_record_is_reported_without_its_proxy_password() {
@@ -555,7 +707,7 @@ mod tests {
     async fn a_flushed_record_is_in_the_database_and_a_removal_takes_every_row() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open_in(dir.path()).unwrap();
-        let writer = StoreWriter::spawn(db.clone(), JournalConfig::default());
+        let writer = StoreWriter::spawn(db.clone().into(), JournalConfig::default());
         let mut record = SessionRecord::new("Shop one".into(), SystemTime::UNIX_EPOCH);
         record.desired = Desired::Running;
         record.state = SessionState::Banned;
@@ -567,14 +719,20 @@ mod tests {
         );
         writer.write(&token("shop1"), record.clone());
         writer.flush().await.unwrap();
-        let loaded = load_all(&db).await.unwrap();
+        let loaded = load_all(&db.clone().into()).await.unwrap();
         assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
         assert_eq!(loaded.records, vec![(token("shop1"), record)]);
 
         db.open_device("shop1").await.unwrap();
         writer.remove(&token("shop1")).await.unwrap();
         assert_eq!(db.rows_of("shop1").await.unwrap(), 0);
-        assert!(load_all(&db).await.unwrap().records.is_empty());
+        assert!(
+            load_all(&db.clone().into())
+                .await
+                .unwrap()
+                .records
+                .is_empty()
+        );
     }
 
     #[tokio::test]
@@ -600,7 +758,7 @@ mod tests {
         ])
         .await
         .unwrap();
-        let loaded = load_all(&db).await.unwrap();
+        let loaded = load_all(&db.clone().into()).await.unwrap();
         assert_eq!(loaded.records.len(), 1);
         assert_eq!(loaded.records[0].0, token("good"));
         let problems: Vec<String> = loaded.problems.iter().map(|p| p.to_string()).collect();
@@ -640,7 +798,7 @@ mod tests {
         std::fs::write(sessions.join("creds").join(LEGACY_DB_FILE), "keys").unwrap();
         let db = Db::open_in(sessions).unwrap();
 
-        let done = import_legacy_records(&db, sessions).await;
+        let done = import_legacy_records(&db.clone().into(), sessions).await;
         assert_eq!(done.imported, vec![token("shop1"), token("shop2")]);
         assert_eq!(done.problems.len(), 2, "{:?}", done.problems);
         assert!(!sessions.join("shop1").exists(), "an emptied folder goes");
@@ -654,12 +812,12 @@ mod tests {
             "left whole"
         );
         assert!(sessions.join("not a token").join(RECORD_FILE).exists());
-        let loaded = load_all(&db).await.unwrap();
+        let loaded = load_all(&db.clone().into()).await.unwrap();
         let tokens: Vec<_> = loaded.records.iter().map(|(t, _)| t.clone()).collect();
         assert_eq!(tokens, vec![token("shop1"), token("shop2")]);
 
         // Running it again finds nothing more to do.
-        let again = import_legacy_records(&db, sessions).await;
+        let again = import_legacy_records(&db.clone().into(), sessions).await;
         assert!(again.imported.is_empty());
     }
 }

@@ -46,10 +46,10 @@ pub enum DbError {
         /// The fence the write carried.
         fence: i64,
     },
-    /// A write on PostgreSQL for a session its caller gave no fence for: every write there
-    /// must carry its writer's lease. Nothing of the operation was kept.
-    #[error("session {0}: a write on PostgreSQL needs the writer's fence, and none was given")]
-    Unfenced(String),
+    /// A write on PostgreSQL for a session this node does not hold (no fence for it): every
+    /// write there must carry its writer's lease. Nothing of the operation was kept.
+    #[error("session {0} is not held by this node, which may not write it")]
+    NotHeld(String),
     /// The session's credentials were deleted (logout or delete): later writes are refused.
     #[error("the session's credentials were deleted; its store is closed")]
     Closed,

@@ -52,6 +52,16 @@ pub enum JournalChange {
     },
 }
 
+impl JournalChange {
+    /// The session an append writes; `None` for a prune, which writes every session's.
+    pub fn token(&self) -> Option<&str> {
+        match self {
+            JournalChange::Append(new) => Some(&new.token),
+            JournalChange::Prune { .. } => None,
+        }
+    }
+}
+
 /// One stored entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalEntry {

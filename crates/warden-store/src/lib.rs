@@ -39,6 +39,7 @@ mod outbox;
 pub mod pg;
 mod records;
 pub mod schema;
+mod store;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -51,6 +52,7 @@ pub use kv::{Entries, Kv};
 pub use outbox::{NewOutboxMessage, OutboxChange, OutboxRow};
 pub use pg::{Fence, PgDb, PgOptions, RELEASED_CHANNEL};
 pub use records::RecordChange;
+pub use store::{Leases, Shared, Store};
 
 /// The database's file name inside `sessions/`.
 pub const DB_FILE: &str = "warden.db";

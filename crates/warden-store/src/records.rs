@@ -1,7 +1,7 @@
 //! Session records: what the supervisor persists about each session (its name, desired state,
 //! last state, counters), as text it encodes itself, one row per token.
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::Db;
 use crate::error::DbError;
@@ -25,10 +25,32 @@ pub enum RecordChange {
     },
 }
 
+impl RecordChange {
+    /// The session it changes.
+    pub fn token(&self) -> &str {
+        match self {
+            RecordChange::Put { token, .. } | RecordChange::Remove { token } => token,
+        }
+    }
+}
+
 impl Db {
     /// Every stored record, ordered by token.
     pub async fn load_records(&self) -> Result<Vec<(String, String)>, DbError> {
         self.queue.call(|conn| read_records(conn)).await
+    }
+
+    /// The stored record of `token`, if it has one.
+    pub async fn load_record(&self, token: &str) -> Result<Option<String>, DbError> {
+        let token = token.to_owned();
+        self.queue
+            .read(move |conn| {
+                Ok(conn
+                    .prepare_cached("SELECT record FROM session_records WHERE token = ?1")?
+                    .query_row([token], |row| row.get(0))
+                    .optional()?)
+            })
+            .await
     }
 
     /// Applies `changes` in order, in one transaction: all are kept, or none.

@@ -797,7 +797,7 @@ async fn a_commit_touching_a_session_held_elsewhere_keeps_nothing_of_itself() {
     let unfenced = db
         .commit(fences(&[]), vec![put_record("s1", "a-2")], vec![])
         .await;
-    assert_eq!(unfenced, Err(DbError::Unfenced("s1".into())));
+    assert_eq!(unfenced, Err(DbError::NotHeld("s1".into())));
     assert_eq!(
         db.load_records().await.unwrap(),
         vec![("s1".into(), "a-1".into()), ("s2".into(), "b-1".into())]

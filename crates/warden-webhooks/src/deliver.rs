@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
-use warden_store::{Db, DbError, DeadLetter, JournalEntry};
+use warden_store::{DbError, DeadLetter, JournalEntry, Store};
 
 use crate::client::{self, Request};
 use crate::config::{Target, WebhookConfig};
@@ -120,7 +120,7 @@ where
 /// Sends one event until it is delivered or given up on; returns its dead letter if it was.
 async fn deliver(
     hook: Arc<Hook>,
-    db: Db,
+    db: Store,
     identity: Arc<str>,
     entry: JournalEntry,
     slots: Arc<Semaphore>,
@@ -225,7 +225,7 @@ struct Queues {
 /// The delivery loop of `hook`; ends when `commands` closes.
 pub(crate) async fn run(
     hook: Arc<Hook>,
-    db: Db,
+    db: Store,
     identity: Arc<str>,
     mut head: watch::Receiver<i64>,
     mut commands: mpsc::Receiver<Command>,

@@ -35,7 +35,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
-use warden_store::{Db, DbError, DeadLetter};
+use warden_store::{DbError, DeadLetter, Store};
 
 pub use config::{ConfigError, EVENT_TYPES, Target, WebhookConfig, check_all};
 pub use deliver::BUFFER;
@@ -126,7 +126,7 @@ impl Drop for Running {
 /// API (kept in the database). Dropping it stops them (what was in flight is sent again
 /// after a restart).
 pub struct Webhooks {
-    db: Db,
+    db: Store,
     identity: Arc<str>,
     head: watch::Receiver<i64>,
     hooks: std::sync::Mutex<Vec<Arc<Running>>>,
@@ -144,10 +144,11 @@ impl Webhooks {
     /// current end; one seen before resumes where it got to.
     pub async fn start(
         configs: &[WebhookConfig],
-        db: Db,
+        db: impl Into<Store>,
         head: watch::Receiver<i64>,
     ) -> Result<Self, WebhookError> {
         check_all(configs)?;
+        let db: Store = db.into();
         let candidate = format!("{:016x}", rand::random::<u64>());
         let identity: Arc<str> = db.identity(candidate).await?.into();
         let webhooks = Self {

@@ -102,7 +102,7 @@ pub(crate) fn store_error(e: DbError) -> StoreError {
         DbError::Corrupt(_) => StoreError::Serialization(e.to_string()),
         DbError::Closed
         | DbError::StaleFence { .. }
-        | DbError::Unfenced(_)
+        | DbError::NotHeld(_)
         | DbError::Unavailable
         | DbError::Open { .. }
         | DbError::InUse { .. } => StoreError::Connection(e.to_string()),

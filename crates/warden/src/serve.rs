@@ -220,7 +220,7 @@ async fn serve(
         close_timeout: config.daemon.close_timeout,
         shutdown_timeout: config.daemon.shutdown_timeout,
         max_active: Some(capacity),
-        db: Some(db.clone()),
+        store: Some(db.clone().into()),
         ..SupervisorConfig::new(&config.daemon.sessions_dir)
     };
     let (supervisor, report) = Supervisor::start(supervisor_config, link)
@@ -528,7 +528,7 @@ mod tests {
         let config = SupervisorConfig {
             close_timeout: Duration::from_millis(100),
             shutdown_timeout: Duration::from_millis(300),
-            db: Some(db.clone()),
+            store: Some(db.clone().into()),
             ..SupervisorConfig::new(dir.path())
         };
         let (supervisor, _) = Supervisor::start(config, Arc::new(Stuck)).await.unwrap();

@@ -15,6 +15,10 @@
 //! | `Live` | a session actor holds (or is opening) the connection; `closing` says why the supervisor asked it to end | its end |
 //! | `Cleaning` | credentials (logout) or everything (delete) being deleted; `then` says what follows | the cleanup's result |
 //!
+//! In a cluster, a session whose lease this node lost is relinquished from any phase: what
+//! runs here ends (a live connection is closed, whatever close was under way), and the
+//! session is forgotten here without anything deleted or written (`Release`).
+//!
 //! The restart policy ([`crate::policy`]) decides what follows a connection that ended on its
 //! own; [`crate::start_rule`] decides what an operator's `start` does to a session at rest.
 
@@ -36,7 +40,7 @@ use crate::state::{Desired, SessionState};
 
 use builder::Builder;
 use operations::{delete, logout, reconnect, restore, start, stop};
-use reports::{on_cleanup, on_end, on_progress};
+use reports::{on_cleanup, on_end, on_progress, relinquish};
 
 /// What follows `event` for a session in `phase`; see the module docs.
 pub fn next(phase: &Phase, view: &View, ctx: &Context, event: Event) -> Step {
@@ -48,6 +52,9 @@ pub fn next(phase: &Phase, view: &View, ctx: &Context, event: Event) -> Step {
     let is_operation = event.is_operation();
     if is_operation && phase.deleting() {
         return b.refuse(Refusal::NotFound);
+    }
+    if is_operation && phase.relinquishing() {
+        return b.refuse(Refusal::NotHeld);
     }
     match event {
         Event::Start => start(b, view, ctx),
@@ -146,5 +153,6 @@ pub fn next(phase: &Phase, view: &View, ctx: &Context, event: Event) -> Step {
             b.done()
         }
         Event::CleanupDone { ok } => on_cleanup(b, view, ctx, ok),
+        Event::Relinquish => relinquish(b),
     }
 }

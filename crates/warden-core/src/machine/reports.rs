@@ -98,6 +98,7 @@ pub(super) fn on_end(
             b.begin_logout(Some(why), then);
         }
         Some(Closing::Delete) => b.begin_delete(),
+        Some(Closing::Relinquish) => b.push(Effect::Release),
         None => apply_policy(&mut b, ctx, reason, policy),
     }
     b.done()
@@ -154,6 +155,38 @@ fn apply_policy(b: &mut Builder, ctx: &Context, reason: DisconnectReason, policy
             b.push(Effect::SetState(SessionState::Stopped, why()));
         }
     }
+}
+
+/// This node no longer holds the session: a live connection is closed (the session is
+/// forgotten once it is gone), anything else is forgotten now. Nothing is written or deleted:
+/// the node that holds the session carries on from its record.
+pub(super) fn relinquish(mut b: Builder) -> Step {
+    match b.phase.clone() {
+        Phase::Live { admitted, closing } => {
+            if closing.is_none() {
+                b.push(Effect::Close);
+            }
+            b.phase = Phase::Live {
+                admitted,
+                closing: Some(Closing::Relinquish),
+            };
+        }
+        Phase::Queued => {
+            b.push(Effect::Dequeue);
+            b.push(Effect::Release);
+            b.phase = Phase::Idle;
+        }
+        Phase::Idle => {
+            b.push(Effect::CancelRetry);
+            b.push(Effect::Release);
+        }
+        // The cleanup runs on; it is refused whatever it writes now.
+        Phase::Cleaning { .. } => {
+            b.push(Effect::Release);
+            b.phase = Phase::Idle;
+        }
+    }
+    b.done()
 }
 
 pub(super) fn on_cleanup(mut b: Builder, view: &View, ctx: &Context, ok: bool) -> Step {

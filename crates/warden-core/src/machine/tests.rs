@@ -108,6 +108,11 @@ fn phases(t0: Instant) -> Vec<(&'static str, Phase, View)> {
             view(S::WaitingForScan, Running),
         ),
         (
+            "live/closing:relinquish",
+            live(true, Some(Closing::Relinquish)),
+            view(S::Connecting, Running),
+        ),
+        (
             "cleaning:credentials",
             cleaning(CleanupKind::Credentials, Then::Rest),
             view(S::LoggedOut, Stopped),
@@ -189,6 +194,7 @@ fn events(view: &View) -> Vec<(&'static str, Event)> {
         ("retry-due", Event::RetryDue),
         ("cleanup-ok", Event::CleanupDone { ok: true }),
         ("cleanup-failed", Event::CleanupDone { ok: false }),
+        ("relinquish", Event::Relinquish),
     ]
 }
 
@@ -205,6 +211,7 @@ fn phase_name(phase: &Phase) -> String {
                 Some(Closing::Logout { then }) => format!("closing:logout+{}", then_name(*then)),
                 Some(Closing::Delete) => "closing:delete".into(),
                 Some(Closing::Reap { state, .. }) => format!("closing:reap>{state}"),
+                Some(Closing::Relinquish) => "closing:relinquish".into(),
             };
             let slot = if *admitted && closing != "handshake" {
                 "(slot)"
@@ -260,6 +267,7 @@ fn effect_name(effect: &Effect) -> String {
         Effect::DeleteCredentials => "DELETE-CREDENTIALS".into(),
         Effect::DeleteEverything => "DELETE-ALL".into(),
         Effect::Forget => "forget".into(),
+        Effect::Release => "RELEASE".into(),
         Effect::Log(_) => String::new(),
         Effect::Reply => "reply".into(),
         Effect::Refuse(r) => format!("refuse:{}", refusal_name(r)),
@@ -291,6 +299,7 @@ fn refusal_name(refusal: &Refusal) -> String {
         Refusal::Capacity(n) => format!("capacity({n})"),
         Refusal::Cooldown(d) => format!("cooldown({}s)", d.as_secs()),
         Refusal::NoQrNow { paired } => format!("no-qr(paired={paired})"),
+        Refusal::NotHeld => "not-held".into(),
     }
 }
 

@@ -46,6 +46,17 @@ impl Phase {
         )
     }
 
+    /// Whether the connection is closing because this node no longer holds the session.
+    pub fn relinquishing(&self) -> bool {
+        matches!(
+            self,
+            Phase::Live {
+                closing: Some(Closing::Relinquish),
+                ..
+            }
+        )
+    }
+
     /// Whether the connection is closing for a delete (the session is not gone yet).
     pub fn closing_for_delete(&self) -> bool {
         matches!(
@@ -75,6 +86,8 @@ pub enum Closing {
     },
     /// Delete: remove everything once it is gone.
     Delete,
+    /// This node no longer holds the session: forget it here once it is gone.
+    Relinquish,
     /// The janitor reaped it: leave it in `state` with `reason`.
     Reap {
         /// The state it is left in.
@@ -227,6 +240,10 @@ pub enum Event {
         /// Whether it succeeded.
         ok: bool,
     },
+    /// This node no longer holds the session's lease (in a cluster: it was released, or
+    /// another node took it over): end what runs here and forget the session here, deleting
+    /// and writing nothing; the node that holds it carries on from its record.
+    Relinquish,
 }
 
 impl Event {
@@ -285,6 +302,8 @@ pub enum Refusal {
         /// Whether it is linked to an account.
         paired: bool,
     },
+    /// This node no longer holds the session (it is closing here, for another node).
+    NotHeld,
 }
 
 /// A line the supervisor logs about a decision (the legacy gateway's log lines included).
@@ -373,6 +392,9 @@ pub enum Effect {
     DeleteEverything,
     /// Forget the session: it is deleted.
     Forget,
+    /// Forget the session here, deleting nothing, and answer whoever waits that another node
+    /// holds it now.
+    Release,
     /// Log a decision.
     Log(Note),
     /// Answer the caller with the session's view.

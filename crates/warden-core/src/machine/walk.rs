@@ -7,7 +7,8 @@
 //! - no session is left with no way forward: at rest, it is parked (an operator's `start`
 //!   takes it out), stopped, or has its retry scheduled; and a `start` is never refused for
 //!   ever;
-//! - once the world has delivered everything, nobody is left waiting for an answer.
+//! - once the world has delivered everything, nobody is left waiting for an answer;
+//! - a session relinquished (its lease lost) is forgotten only once no connection is live.
 
 use std::time::Duration;
 
@@ -228,6 +229,14 @@ impl World {
                 });
             }
             Effect::Forget => self.forgotten = true,
+            Effect::Release => {
+                self.check(self.live == 0, "released with a connection live");
+                self.check(!self.queued, "released while queued");
+                // Forgotten here; whoever waited is told another node holds it.
+                self.forgotten = true;
+                self.info_waiters = 0;
+                self.delete_waiters = 0;
+            }
             Effect::Reply | Effect::Refuse(_) => {}
             Effect::Wait if self.deleting_op => self.delete_waiters += 1,
             Effect::Wait => self.info_waiters += 1,
@@ -393,6 +402,10 @@ fn walk(seed: u64) {
         let mut choices = world.deliverable(&mut rng, false);
         if choices.is_empty() || rng.random_bool(0.5) {
             choices.push(World::operation(&mut rng));
+        }
+        if rng.random_bool(0.02) {
+            // In a cluster, the lease moves to another node.
+            choices.push(Event::Relinquish);
         }
         let event = choices.swap_remove(rng.random_range(0..choices.len()));
         world.deliver(event);

@@ -36,7 +36,7 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 
 use crate::journal::Bus;
-use warden_store::{Db, NewOutboxMessage, OutboxChange, OutboxRow};
+use warden_store::{NewOutboxMessage, OutboxChange, OutboxRow, Store};
 
 use crate::error::{Error, StoreError};
 use crate::events::SessionEvent;
@@ -236,7 +236,7 @@ pub(crate) struct Outbox {
 }
 
 struct Inner {
-    db: Db,
+    db: Store,
     config: OutboxConfig,
     clock: Clock,
     events: Bus,
@@ -251,7 +251,7 @@ struct Inner {
 }
 
 impl Outbox {
-    pub(crate) fn new(db: Db, config: OutboxConfig, events: Bus) -> Self {
+    pub(crate) fn new(db: Store, config: OutboxConfig, events: Bus) -> Self {
         Self {
             inner: Arc::new(Inner {
                 db,

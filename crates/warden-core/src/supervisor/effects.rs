@@ -101,6 +101,7 @@ impl SupervisorState {
         let mut changed = false;
         let mut answers = Vec::new();
         let mut forget = false;
+        let mut release = false;
         let mut queued = false;
         for effect in &step.effects {
             match effect {
@@ -108,6 +109,7 @@ impl SupervisorState {
                     answers.push(effect.clone())
                 }
                 Effect::Forget => forget = true,
+                Effect::Release => release = true,
                 Effect::Log(note) => log(token, note),
                 Effect::DeleteCredentials => {
                     // The record as the machine left it (no account) is queued before the
@@ -131,6 +133,9 @@ impl SupervisorState {
         }
         if forget {
             self.removed(token);
+        }
+        if release {
+            self.released(token);
         }
         if queued {
             self.pump(myself).await;
@@ -223,6 +228,7 @@ impl SupervisorState {
             }
             Effect::DeleteEverything => self.begin_deletion(myself, token),
             Effect::Forget
+            | Effect::Release
             | Effect::DeleteCredentials
             | Effect::Log(_)
             | Effect::Reply

@@ -66,6 +66,11 @@ pub(crate) struct Entry {
     pub pair_code: Option<String>,
     /// Operations to answer once the connection has gone (or cleanup finished).
     pub waiters: Vec<Waiter>,
+    /// This node no longer holds the session (it is being relinquished): nothing of it is
+    /// written or announced any more.
+    pub leaving: bool,
+    /// Those who relinquished it, answered once it is gone here.
+    pub relinquished_by: Vec<ractor::RpcReplyPort<Result<bool, Error>>>,
 }
 
 impl Entry {
@@ -91,6 +96,8 @@ impl Entry {
             qr: None,
             pair_code: None,
             waiters: Vec::new(),
+            leaving: false,
+            relinquished_by: Vec::new(),
         }
     }
 

@@ -21,9 +21,9 @@ use crate::policy::PolicyConfig;
 use crate::proxy::ProxyUrl;
 use crate::session::AbortOnDrop;
 use crate::state::{SessionInfo, SessionList};
-use crate::store::{self, StoreWriter};
+use crate::store::{self, SessionRecord, StoreWriter};
 use crate::token::Token;
-use warden_store::Db;
+use warden_store::{Db, Store};
 
 use super::messages::{Operation, Reaped, SupervisorMsg, Waiter};
 use super::{Snapshot, SupervisorActor, SupervisorArgs};
@@ -47,8 +47,9 @@ pub struct SupervisorConfig {
     pub call_timeout: Duration,
     /// How many events a subscriber may fall behind before it misses some.
     pub event_capacity: usize,
-    /// The session database, shared with the link; `None` opens `<sessions_dir>/warden.db`.
-    pub db: Option<Db>,
+    /// The session store (shared with the link, when local); `None` opens
+    /// `<sessions_dir>/warden.db`.
+    pub store: Option<Store>,
     /// How many sessions may be live (queued, connecting or connected) at once; a start past
     /// it is refused with [`Error::Capacity`]. `None`: no limit.
     pub max_active: Option<usize>,
@@ -70,16 +71,17 @@ impl SupervisorConfig {
             shutdown_timeout: Duration::from_secs(10),
             call_timeout: Duration::from_secs(30),
             event_capacity: 1024,
-            db: None,
+            store: None,
             max_active: None,
             outbox: OutboxConfig::default(),
             journal: JournalConfig::default(),
         }
     }
 
-    /// The same configuration on an already opened session database (the one the link uses).
-    pub fn with_db(mut self, db: Db) -> Self {
-        self.db = Some(db);
+    /// The same configuration on an already opened session store: a local database (the one
+    /// the link uses), or PostgreSQL shared with other nodes.
+    pub fn with_db(mut self, store: impl Into<Store>) -> Self {
+        self.store = Some(store.into());
         self
     }
 
@@ -133,8 +135,8 @@ pub struct Supervisor {
     actor: ActorRef<SupervisorMsg>,
     snapshot: Snapshot,
     events: Bus,
-    /// The session database (history reads).
-    db: Db,
+    /// The session store (history reads).
+    db: Store,
     call_timeout: Duration,
     shutdown_timeout: Duration,
     /// The record writer: an operation's answer waits until its changes are committed.
@@ -161,18 +163,24 @@ impl Supervisor {
         link: Arc<dyn Link>,
     ) -> Result<(Self, StartReport), Error> {
         config.validate()?;
-        let db = match config.db.clone() {
-            Some(db) => db,
+        let db = match config.store.clone() {
+            Some(store) => store,
             None => {
                 let dir = config.sessions_dir.clone();
-                tokio::task::spawn_blocking(move || Db::open_in(&dir))
+                let db = tokio::task::spawn_blocking(move || Db::open_in(&dir))
                     .await
                     .map_err(|e| Error::Unavailable(format!("opening the session store: {e}")))?
-                    .map_err(StoreError::from)?
+                    .map_err(StoreError::from)?;
+                Store::Local(db)
             }
         };
         let imported = store::import_legacy_records(&db, &config.sessions_dir).await;
-        let loaded = store::load_all(&db).await?;
+        // On a cluster's store, a node starts holding nothing: sessions come in as it claims
+        // them (`adopt`).
+        let loaded = match db {
+            Store::Local(_) => store::load_all(&db).await?,
+            Store::Shared(_) => store::Loaded::default(),
+        };
         let mut problems = imported.problems;
         problems.extend(loaded.problems);
         for problem in &problems {
@@ -279,7 +287,7 @@ impl Supervisor {
 
     async fn lifecycle(&self, token: Token, operation: Operation) -> Result<SessionInfo, Error> {
         self.asked(&token, operation.name());
-        self.call(|reply| SupervisorMsg::Operate {
+        self.call_on(&token.clone(), |reply| SupervisorMsg::Operate {
             token,
             operation,
             reply: Waiter::Info(reply),
@@ -294,6 +302,55 @@ impl Supervisor {
         let answer = self.ask(build).await;
         self.store.flush().await?;
         answer
+    }
+
+    /// [`Supervisor::call`] for an operation on `token`: answered with the refusal when a
+    /// change it made was dropped because this node no longer holds the session.
+    async fn call_on<T: Send + 'static>(
+        &self,
+        token: &Token,
+        build: impl FnOnce(RpcReplyPort<Result<T, Error>>) -> SupervisorMsg,
+    ) -> Result<T, Error> {
+        let point = self.store.mark_point();
+        let answer = self.call(build).await;
+        match self.store.refusal_since(token, point) {
+            Some(refusal) => Err(StoreError::NotSaved(refusal).into()),
+            None => answer,
+        }
+    }
+
+    /// This node now holds session `token` (in a cluster, it claimed the session's lease):
+    /// the session comes in from its stored record and is restored as at start-up (connected
+    /// through admission control if it is meant to run). A session already here is reported
+    /// as it is; one still closing here after [`Supervisor::relinquish`] is refused with
+    /// [`Error::Conflict`] until it is gone, and one with no stored record with
+    /// [`Error::NotFound`].
+    pub async fn adopt(&self, token: &str) -> Result<SessionInfo, Error> {
+        let token = Token::parse(token)?;
+        let text = self
+            .db
+            .load_record(token.as_str())
+            .await
+            .map_err(StoreError::Db)?
+            .ok_or_else(|| Error::NotFound(token.clone()))?;
+        let record = SessionRecord::decode(token.as_str(), &text)?;
+        self.ask(|reply| SupervisorMsg::Adopt {
+            token,
+            record: Box::new(record),
+            reply,
+        })
+        .await
+    }
+
+    /// This node no longer holds session `token` (in a cluster, its lease was released or
+    /// taken over): its connection here is closed at once and the session is forgotten here,
+    /// with nothing written or deleted; whoever waits on it is told another node holds it.
+    /// Answers once it is gone here (its connection closed: a graceful hand-over releases the
+    /// lease only then), with whether the session was here.
+    pub async fn relinquish(&self, token: &str) -> Result<bool, Error> {
+        let token = Token::parse(token)?;
+        self.ask(|reply| SupervisorMsg::Relinquish { token, reply })
+            .await
     }
 
     /// Creates a session (stopped). `token` is chosen by the caller or generated; `name`
@@ -339,7 +396,7 @@ impl Supervisor {
         let token = Token::parse(token)?;
         let proxy = parse_proxy(proxy)?;
         self.asked(&token, "set_proxy");
-        self.call(|reply| SupervisorMsg::SetProxy {
+        self.call_on(&token.clone(), |reply| SupervisorMsg::SetProxy {
             token,
             proxy,
             reconnect,
@@ -387,7 +444,7 @@ impl Supervisor {
     pub async fn delete(&self, token: &str) -> Result<(), Error> {
         let token = Token::parse(token)?;
         self.asked(&token, Operation::Delete.name());
-        self.call(|reply| SupervisorMsg::Operate {
+        self.call_on(&token.clone(), |reply| SupervisorMsg::Operate {
             token,
             operation: Operation::Delete,
             reply: Waiter::Unit(reply),
@@ -405,8 +462,11 @@ impl Supervisor {
     pub async fn reset_reconnect(&self, token: &str) -> Result<SessionInfo, Error> {
         let token = Token::parse(token)?;
         self.asked(&token, "reset_reconnect");
-        self.call(|reply| SupervisorMsg::ResetReconnect { token, reply })
-            .await
+        self.call_on(&token.clone(), |reply| SupervisorMsg::ResetReconnect {
+            token,
+            reply,
+        })
+        .await
     }
 
     /// Queues a text message of a session that is connected or on its way back (queued,
@@ -623,8 +683,8 @@ impl Supervisor {
         self.timers.load(Ordering::Relaxed)
     }
 
-    /// The session database.
-    pub fn db(&self) -> &Db {
+    /// The session store.
+    pub fn db(&self) -> &Store {
         &self.db
     }
 

@@ -11,6 +11,7 @@ use crate::machine::{CleanupKind, Event};
 use crate::policy::PolicyConfig;
 use crate::proxy::ProxyUrl;
 use crate::state::{SessionInfo, SessionState};
+use crate::store::SessionRecord;
 use crate::token::Token;
 
 /// A reply carrying the session's view after the operation.
@@ -132,6 +133,18 @@ pub(crate) enum SupervisorMsg {
     /// Answers at once: proves the supervisor's loop is alive.
     Ping {
         reply: RpcReplyPort<Result<(), Error>>,
+    },
+    /// This node now holds the session (in a cluster): run it from its stored record.
+    Adopt {
+        token: Token,
+        record: Box<SessionRecord>,
+        reply: InfoReply,
+    },
+    /// This node no longer holds the session: end it here, writing nothing (answered once it
+    /// is gone here, with whether it was here).
+    Relinquish {
+        token: Token,
+        reply: RpcReplyPort<Result<bool, Error>>,
     },
 
     // ---- internal ----

@@ -304,6 +304,15 @@ impl SupervisorState {
             M::Ping { reply } => {
                 let _ = reply.send(Ok(()));
             }
+            M::Adopt {
+                token,
+                record,
+                reply,
+            } => {
+                let answer = self.adopt(myself, token, *record).await;
+                let _ = reply.send(answer);
+            }
+            M::Relinquish { token, reply } => self.relinquish(myself, &token, reply).await,
             M::Lifecycle {
                 token,
                 generation,
@@ -373,6 +382,9 @@ impl SupervisorState {
             info.last_disconnect = entry.record.last_disconnect.clone();
         }
         self.snapshot.insert(token.clone(), info.clone());
+        if entry.leaving {
+            return; // another node holds it: it announces and writes the session now
+        }
         self.events.updated(before.as_ref(), info);
         let fingerprint = entry.record.fingerprint();
         if !entry.deleting() && entry.persisted != Some(fingerprint) {

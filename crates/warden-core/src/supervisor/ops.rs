@@ -229,6 +229,80 @@ impl SupervisorState {
         }
     }
 
+    /// This node now holds `token` (in a cluster): the session comes in from its stored
+    /// record and is restored as at start-up. A session already here is left as it is; one
+    /// still closing after being relinquished is refused until it is gone (the caller tries
+    /// again).
+    pub(super) async fn adopt(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        token: Token,
+        record: SessionRecord,
+    ) -> Result<SessionInfo, Error> {
+        if let Some(entry) = self.sessions.get(&token) {
+            if entry.leaving {
+                return Err(Error::Conflict {
+                    token,
+                    state: entry.state(),
+                    message: "its connection here is still closing; try again once it is gone"
+                        .into(),
+                });
+            }
+            return Ok(entry.info());
+        }
+        let entry = Entry::new(token.clone(), record, Instant::now());
+        self.snapshot.insert(token.clone(), entry.info());
+        self.sessions.insert(token.clone(), entry);
+        tracing::info!(token = %token, "session held by this node now");
+        self.apply(myself, &token, Event::Restore, Carry::default())
+            .await;
+        Ok(self.sessions[&token].info())
+    }
+
+    /// This node no longer holds `token`: what runs here ends and the session is forgotten
+    /// here, without anything written or deleted. `reply` is answered once it is gone here
+    /// (at once when nothing ran), with whether it was here.
+    pub(super) async fn relinquish(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        token: &Token,
+        reply: ractor::RpcReplyPort<Result<bool, Error>>,
+    ) {
+        let Some(entry) = self.sessions.get_mut(token) else {
+            let _ = reply.send(Ok(false));
+            return;
+        };
+        if !entry.leaving {
+            tracing::warn!(token = %token, "this node no longer holds the session: ending it here");
+        }
+        entry.leaving = true;
+        entry.relinquished_by.push(reply);
+        // Whatever was queued for it and not yet committed is another node's business now.
+        self.store.forget(token);
+        self.apply(myself, token, Event::Relinquish, Carry::default())
+            .await;
+    }
+
+    /// Forgets a relinquished session: its timers go, and whoever waited is told that another
+    /// node holds it now.
+    pub(super) fn released(&mut self, token: &Token) {
+        self.snapshot.remove(token);
+        self.store.forget(token);
+        if let Some(mut entry) = self.sessions.remove(token) {
+            for key in [entry.cancel_retry(), entry.cancel_stable()]
+                .into_iter()
+                .flatten()
+            {
+                self.deadlines.cancel(key);
+            }
+            // Answered once nothing of it is left here.
+            entry.fail_waiters(&super::texts::not_held(token, entry.state()));
+            for reply in entry.relinquished_by.drain(..) {
+                let _ = reply.send(Ok(true));
+            }
+        }
+    }
+
     /// Forgets a deleted session.
     pub(super) fn removed(&mut self, token: &Token) {
         if let Some(mut entry) = self.sessions.remove(token) {

@@ -79,6 +79,7 @@ pub(super) fn refusal_error(
             token: token.clone(),
             retry_after: *retry_after,
         },
+        Refusal::NotHeld => not_held(token, state),
         Refusal::NoQrNow { paired } => {
             let message = if *paired {
                 "it is linked to an account, so it shows no QR code; log out first to link another phone"
@@ -87,6 +88,15 @@ pub(super) fn refusal_error(
             };
             conflict(state, message.into())
         }
+    }
+}
+
+/// The answer about a session this node no longer holds (in a cluster, another node runs it).
+pub(super) fn not_held(token: &Token, state: SessionState) -> Error {
+    Error::Conflict {
+        token: token.clone(),
+        state,
+        message: "this node no longer holds it: another node of the cluster runs it now".into(),
     }
 }
 

@@ -60,7 +60,11 @@ impl Harness {
         let dir = tempfile::tempdir().expect("temp dir");
         let link = ScriptedLink::new(default);
         let config = adjust(dir.path());
-        let db = config.db.clone().expect("the test config has a database");
+        let db = config
+            .store
+            .as_ref()
+            .and_then(|store| store.local().cloned())
+            .expect("the test config has a local database");
         let (supervisor, _) = Supervisor::start(config, Arc::new(link.clone()))
             .await
             .expect("supervisor starts");

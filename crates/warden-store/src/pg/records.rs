@@ -35,6 +35,21 @@ impl PgDb {
         .await
     }
 
+    /// The stored record of `token`, if it has one.
+    pub async fn load_record(&self, token: &str) -> Result<Option<String>, DbError> {
+        let token = token.to_owned();
+        self.answered(
+            false,
+            self.of_writes().read(move |conn| {
+                let (client, statement) =
+                    conn.prepared("SELECT record FROM warden_record WHERE token = $1")?;
+                let rows = client.query(&statement, &[&token]).map_err(pg_error)?;
+                Ok(rows.first().map(|r| r.get(0)))
+            }),
+        )
+        .await
+    }
+
     /// Adds session `token` with its record `text`, and its lease row (unowned, so any node
     /// may claim it), in one commit. Returns false, and changes nothing, when the session has
     /// a record already (created by another caller, on any node).
@@ -75,7 +90,7 @@ impl PgDb {
     /// in `fences`, and still held under its fence: the session's lease row is held shared
     /// until the commit, so a claim waits for it. Otherwise nothing is kept:
     /// [`DbError::StaleFence`] (another node owns it now, or it was removed) or
-    /// [`DbError::Unfenced`] (the caller gave no fence). Removing a session takes its record,
+    /// [`DbError::NotHeld`] (the caller gave no fence for it). Removing a session takes its record,
     /// credentials, keys, outbox, journal and lease row; its removal's own entry, appended after,
     /// stays. A prune of the journal needs no fence.
     pub async fn commit(
@@ -90,7 +105,7 @@ impl PgDb {
                 for token in touched(&changes, &journal) {
                     let fence = fences
                         .get(token)
-                        .ok_or_else(|| DbError::Unfenced(token.to_owned()))?;
+                        .ok_or_else(|| DbError::NotHeld(token.to_owned()))?;
                     kv::check_fence(conn, token, fence)?;
                 }
                 for change in &changes {
@@ -110,14 +125,10 @@ impl PgDb {
 /// Every session `changes` and `journal` write, each once, in a fixed order (so that two
 /// commits lock the same rows in the same order).
 fn touched<'a>(changes: &'a [RecordChange], journal: &'a [JournalChange]) -> BTreeSet<&'a str> {
-    let records = changes.iter().map(|change| match change {
-        RecordChange::Put { token, .. } | RecordChange::Remove { token } => token.as_str(),
-    });
-    let entries = journal.iter().filter_map(|change| match change {
-        JournalChange::Append(new) => Some(new.token.as_str()),
-        JournalChange::Prune { .. } => None,
-    });
-    records.chain(entries).collect()
+    let records = changes.iter().map(RecordChange::token);
+    records
+        .chain(journal.iter().filter_map(JournalChange::token))
+        .collect()
 }
 
 fn apply(conn: &mut PgConn, change: &RecordChange) -> Result<(), DbError> {
