@@ -26,7 +26,7 @@ mod timing;
 
 pub use error::ClusterError;
 pub use lease::{Lease, Verdict};
-pub use node::{EVENTS, FenceReason, LeaseView, Node, NodeConfig, NodeEvent, Ownership};
+pub use node::{EVENTS, FenceReason, Gate, LeaseView, Node, NodeConfig, NodeEvent, Ownership};
 pub use pg::{Pg, RELEASED, SessionOwner, check_fence};
 pub use reaper::{NodeKey, NodeRow, Reaper};
 pub use timing::Timing;

@@ -83,6 +83,58 @@ pub struct Ownership {
     pub sessions: BTreeMap<String, i64>,
 }
 
+/// A cheap, cloneable view of a node's lease and ownership, for the parts of an embedder that
+/// must ask before they dial or write ([`Node::gate`]). It stays valid after the node is
+/// dropped: it then holds nothing.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    name: String,
+    timing: Timing,
+    lease: watch::Receiver<LeaseView>,
+    ownership: watch::Receiver<Ownership>,
+}
+
+impl Gate {
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The incarnation that holds `token` and its fence, if this node holds it now (whatever
+    /// is left of its lease): what a write carries. The database refuses it once stale.
+    pub fn held(&self, token: &str) -> Option<(i64, i64)> {
+        if self.ownership.has_changed().is_err() {
+            return None; // the node is gone
+        }
+        let ownership = self.ownership.borrow();
+        let incarnation = ownership.incarnation?;
+        ownership
+            .sessions
+            .get(token)
+            .map(|fence| (incarnation, *fence))
+    }
+
+    /// The fence under which this node may dial `token` now: it holds it, and its lease has
+    /// at least [`Timing::min_remaining`] left. `None` means: do not connect.
+    pub fn may_dial(&self, token: &str) -> Option<i64> {
+        if self.lease.has_changed().is_err() {
+            return None; // the node is gone
+        }
+        let view = *self.lease.borrow();
+        if !matches!(
+            view.lease.verdict(now(), &self.timing),
+            Verdict::Dial { .. }
+        ) {
+            return None;
+        }
+        let ownership = self.ownership.borrow();
+        if ownership.incarnation != Some(view.incarnation) {
+            return None;
+        }
+        ownership.sessions.get(token).copied()
+    }
+}
+
 /// Why a node fenced itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FenceReason {
@@ -266,18 +318,17 @@ impl Node {
     /// The fence under which this node may dial `token` now: it owns it, and its lease has at
     /// least [`Timing::min_remaining`] left. `None` means: do not connect.
     pub fn may_dial(&self, token: &str) -> Option<i64> {
-        let view = *self.lease.borrow();
-        if !matches!(
-            view.lease.verdict(now(), &self.timing),
-            Verdict::Dial { .. }
-        ) {
-            return None;
+        self.gate().may_dial(token)
+    }
+
+    /// A cloneable view of this node's lease and ownership ([`Gate`]).
+    pub fn gate(&self) -> Gate {
+        Gate {
+            name: self.name.clone(),
+            timing: self.timing,
+            lease: self.lease.clone(),
+            ownership: self.ownership.clone(),
         }
-        let ownership = self.ownership.borrow();
-        if ownership.incarnation != Some(view.incarnation) {
-            return None;
-        }
-        ownership.sessions.get(token).copied()
     }
 
     async fn ask<T>(
