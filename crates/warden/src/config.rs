@@ -12,8 +12,9 @@ use warden_whatsapp::WaConfig;
 
 /// The tables `daemon.toml` may have (and the `WARDEN_<TABLE>_` prefixes that override them).
 /// (`[[webhooks]]`, a list, has no overrides.)
-pub const TABLES: [&str; 8] = [
+pub const TABLES: [&str; 9] = [
     "daemon",
+    "cluster",
     "policy",
     "janitor",
     "admission",
@@ -45,6 +46,107 @@ pub struct Config {
     pub whatsapp: WaConfig,
     /// `[http]`: the HTTP gateway and dashboard.
     pub http: HttpConfig,
+    /// `[cluster]`: one node of several over PostgreSQL (off unless `database_url` is set).
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]` (docs/cluster.md): with `database_url` set, the daemon is one node of a
+/// cluster: sessions, credentials and history live on PostgreSQL, and each session runs on the
+/// one node that holds its lease.
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `postgres://user:password@host/db` or a `key=value` string; never logged. Empty: a
+    /// daemon on its own, on `sessions/warden.db`.
+    pub database_url: String,
+    /// This node's name, stable across restarts (sessions are placed by it); unique in the
+    /// cluster.
+    pub node: String,
+    /// At most this many sessions on this node; 0: no cap beyond `[daemon] max_sessions`.
+    pub cap: usize,
+    /// Every lease timing multiplied by this: 1.0 is renew every 2 s, fence after 10 s, dead
+    /// after 15 s. Below 1 only for tests on one machine.
+    pub timing_scale: f64,
+    /// The session store's PostgreSQL connections (whatever the number of sessions).
+    pub connections: usize,
+    /// How long a call to PostgreSQL may wait for its answer before it is reported
+    /// unconfirmed (a write) or failed (a read).
+    #[serde(with = "humantime_serde")]
+    pub answer_timeout: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            database_url: String::new(),
+            node: String::new(),
+            cap: 0,
+            timing_scale: 1.0,
+            connections: 4,
+            answer_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field(
+                "database_url",
+                &(!self.database_url.is_empty()).then_some("(set)"),
+            )
+            .field("node", &self.node)
+            .field("cap", &self.cap)
+            .field("timing_scale", &self.timing_scale)
+            .field("connections", &self.connections)
+            .field("answer_timeout", &self.answer_timeout)
+            .finish()
+    }
+}
+
+impl ClusterConfig {
+    /// Whether the daemon runs as a node of a cluster.
+    pub fn enabled(&self) -> bool {
+        !self.database_url.is_empty()
+    }
+
+    /// The lease timings, scaled.
+    pub fn timing(&self) -> warden_cluster::Timing {
+        let d = warden_cluster::Timing::default();
+        let s = |x: Duration| x.mul_f64(self.timing_scale);
+        warden_cluster::Timing {
+            renew_every: s(d.renew_every),
+            fence_after: s(d.fence_after),
+            dead_after: s(d.dead_after),
+            poll_every: s(d.poll_every),
+            min_remaining: s(d.min_remaining),
+            grace: s(d.grace),
+            statement_timeout: s(d.statement_timeout),
+        }
+    }
+
+    /// Checks the values (only when the cluster is on).
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        if self.node.trim().is_empty() {
+            return Err("node must name this node when database_url is set".into());
+        }
+        if !(self.timing_scale.is_finite() && self.timing_scale > 0.0 && self.timing_scale <= 10.0)
+        {
+            return Err("timing_scale must be above 0 and at most 10".into());
+        }
+        if !(1..=64).contains(&self.connections) {
+            return Err("connections must be between 1 and 64".into());
+        }
+        if self.answer_timeout.is_zero() {
+            return Err("answer_timeout must be more than 0s".into());
+        }
+        self.timing()
+            .validate()
+            .map_err(|e| format!("timing_scale {}: {e}", self.timing_scale))
+    }
 }
 
 /// `[daemon]`.
@@ -288,7 +390,7 @@ fn overrides(env: &[(String, String)]) -> Vec<Override> {
 
 /// Checks what types alone cannot, naming the line of the offending key when it is in the file.
 fn validate(config: &Config, text: &str) -> Result<(), String> {
-    let checks: [(&str, Result<(), String>); 7] = [
+    let checks: [(&str, Result<(), String>); 8] = [
         ("policy", config.policy.validate()),
         ("janitor", config.janitor.validate()),
         ("admission", config.admission.validate()),
@@ -299,6 +401,7 @@ fn validate(config: &Config, text: &str) -> Result<(), String> {
             config.whatsapp.validate().map_err(|e| e.to_string()),
         ),
         ("http", config.http.validate().map_err(|e| e.to_string())),
+        ("cluster", config.cluster.validate()),
     ];
 
     for (table, result) in checks {

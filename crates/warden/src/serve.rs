@@ -11,9 +11,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use warden::cluster::{NodeCredentials, NodeLeases, follow, hand_over};
 use warden_control::{ControlServer, ServerConfig};
 use warden_core::{Supervisor, SupervisorConfig};
-use warden_store::Db;
+use warden_store::{Db, PgDb, PgOptions, Shared, Store};
 use warden_webhooks::Webhooks;
 use warden_whatsapp::WaLink;
 
@@ -186,11 +187,27 @@ async fn serve(
         import.failed.len()
     );
     let link = match WaLink::new(config.whatsapp.clone(), db.clone()) {
-        Ok(link) => Arc::new(link),
+        Ok(link) => link,
         Err(e) => {
             tracing::error!("invalid [whatsapp] configuration: {e}");
             return Ok(ExitCode::from(EX_CONFIG));
         }
+    };
+    // In a cluster, the sessions, their credentials and their history are on PostgreSQL, and
+    // this node runs only what it holds the lease of.
+    let (store, link, member) = if config.cluster.enabled() {
+        let joined = join_cluster(&config.cluster).await?;
+        let link = link.with_credentials(Arc::new(NodeCredentials {
+            gate: joined.node.gate(),
+            db: joined.db.clone(),
+        }));
+        let store = Store::Shared(Shared {
+            db: joined.db,
+            leases: Arc::new(NodeLeases(joined.node.gate())),
+        });
+        (store, Arc::new(link), Some(joined.node))
+    } else {
+        (Store::Local(db.clone()), Arc::new(link), None)
     };
 
     let http_listener = if config.http.enabled {
@@ -220,7 +237,7 @@ async fn serve(
         close_timeout: config.daemon.close_timeout,
         shutdown_timeout: config.daemon.shutdown_timeout,
         max_active: Some(capacity),
-        store: Some(db.clone().into()),
+        store: Some(store.clone()),
         ..SupervisorConfig::new(&config.daemon.sessions_dir)
     };
     let (supervisor, report) = Supervisor::start(supervisor_config, link)
@@ -231,7 +248,7 @@ async fn serve(
     }
 
     let webhooks = Arc::new(
-        Webhooks::start(&config.webhooks, db.clone(), supervisor.journal_head())
+        Webhooks::start(&config.webhooks, store.clone(), supervisor.journal_head())
             .await
             .context("cannot start the webhooks")?,
     );
@@ -275,6 +292,11 @@ async fn serve(
     } else {
         None
     };
+    // A cluster node runs what it holds: what it claims comes in, what it loses goes.
+    let member = member.map(|node| {
+        let follower = tokio::spawn(follow(supervisor.clone(), node.ownership()));
+        (node, follower)
+    });
     let summary = systemd::summary(&supervisor.list());
     tracing::info!(
         sessions_dir = %config.daemon.sessions_dir.display(),
@@ -324,7 +346,20 @@ async fn serve(
     backstop(bound + BACKSTOP_AFTER);
     let _ = stop_server.send(());
     let _ = stop_http.send(());
-    let stuck = shutdown(deadline, bound, &supervisor, &db, http, served).await;
+    if let Some((node, follower)) = member {
+        // Close every session here, then hand them all over at once: the other nodes claim
+        // them now instead of after declaring this one dead.
+        match tokio::time::timeout_at(deadline, hand_over(&supervisor, node, follower)).await {
+            Ok(Ok(handed)) => tracing::info!(handed, "left the cluster; sessions handed over"),
+            Ok(Err(e)) => tracing::error!(
+                "could not leave the cluster cleanly ({e}); the other nodes take over once they declare this one dead"
+            ),
+            Err(_) => tracing::error!(
+                "leaving the cluster did not finish in time; the other nodes take over once they declare this one dead"
+            ),
+        }
+    }
+    let stuck = shutdown(deadline, bound, &supervisor, &store, http, served).await;
     if supervisor_died {
         return Ok(ExitCode::from(EX_SOFTWARE));
     }
@@ -340,6 +375,48 @@ async fn serve(
     }
 }
 
+/// How long joining the cluster (reaching PostgreSQL, registering) may take at startup.
+const JOIN_WITHIN: Duration = Duration::from_secs(30);
+
+/// This node's membership and its session store on PostgreSQL.
+struct Joined {
+    node: warden_cluster::Node,
+    db: PgDb,
+}
+
+/// Joins the cluster `[cluster]` describes: registers this node and opens the session store,
+/// each within [`JOIN_WITHIN`]. The database URL is never logged.
+async fn join_cluster(cluster: &config::ClusterConfig) -> anyhow::Result<Joined> {
+    let node = tokio::time::timeout(
+        JOIN_WITHIN,
+        warden_cluster::Node::start(warden_cluster::NodeConfig {
+            database_url: cluster.database_url.clone(),
+            node: cluster.node.clone(),
+            addr: None,
+            cap: (cluster.cap > 0).then_some(cluster.cap),
+            timing: cluster.timing(),
+        }),
+    )
+    .await
+    .context("joining the cluster: PostgreSQL did not answer in time")?
+    .context("cannot join the cluster")?;
+    let url = cluster.database_url.clone();
+    let options = PgOptions {
+        connections: cluster.connections,
+        answer_timeout: cluster.answer_timeout,
+        ..PgOptions::default()
+    };
+    let db = tokio::time::timeout(
+        JOIN_WITHIN,
+        tokio::task::spawn_blocking(move || PgDb::connect(&url, &options)),
+    )
+    .await
+    .context("opening the session store on PostgreSQL: no answer in time")?
+    .context("opening the session store on PostgreSQL")??;
+    tracing::info!(node = %cluster.node, "joined the cluster; the session store is on PostgreSQL");
+    Ok(Joined { node, db })
+}
+
 /// The bounded part of the shutdown: the HTTP gateway, the control socket and the supervisor
 /// stop side by side (the database commits what is queued once the supervisor is done), all
 /// before `deadline`.
@@ -348,7 +425,7 @@ async fn shutdown(
     deadline: Instant,
     bound: Duration,
     supervisor: &Supervisor,
-    db: &Db,
+    db: &Store,
     http: Option<JoinHandle<Result<(), warden_http::ServeError>>>,
     mut served: JoinHandle<()>,
 ) -> Vec<String> {
@@ -544,7 +621,8 @@ mod tests {
         let never = tokio::spawn(std::future::pending::<()>());
         let bound = Duration::from_millis(300) + SHUTDOWN_MARGIN;
         let started = Instant::now();
-        let stuck = shutdown(started + bound, bound, &supervisor, &db, None, never).await;
+        let store = Store::Local(db.clone());
+        let stuck = shutdown(started + bound, bound, &supervisor, &store, None, never).await;
         assert!(started.elapsed() <= bound + Duration::from_millis(200));
         assert!(!stuck.is_empty());
         let said = stuck.join("; ");

@@ -374,6 +374,9 @@ impl Supervisor {
     ) -> Result<SessionInfo, Error> {
         let token = token.map(Token::parse).transpose()?;
         let proxy = parse_proxy(proxy)?;
+        if let Store::Shared(_) = &self.db {
+            return self.create_in_cluster(name, token, proxy).await;
+        }
         self.call(|reply| SupervisorMsg::Create {
             name,
             token,
@@ -381,6 +384,33 @@ impl Supervisor {
             reply,
         })
         .await
+    }
+
+    /// Creates a session on a cluster's store: it joins the cluster, stopped and unowned, in one
+    /// commit, before this answers; the node that claims it runs it. Refused with
+    /// [`Error::AlreadyExists`] when the token is taken anywhere in the cluster.
+    async fn create_in_cluster(
+        &self,
+        name: Option<String>,
+        token: Option<Token>,
+        proxy: Option<ProxyUrl>,
+    ) -> Result<SessionInfo, Error> {
+        let token = token.unwrap_or_else(Token::generate);
+        let name = name
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| token.to_string());
+        let mut record = SessionRecord::new(name, std::time::SystemTime::now());
+        record.proxy = proxy;
+        let created = self
+            .db
+            .create_session(token.as_str(), &record.encode()?)
+            .await
+            .map_err(StoreError::Db)?;
+        if !created {
+            return Err(Error::AlreadyExists(token));
+        }
+        tracing::info!(token = %token, "session created in the cluster");
+        Ok(super::entry::Entry::new(token, record, tokio::time::Instant::now()).info())
     }
 
     /// Sets the session's proxy (`None` clears it: the link's default applies). It is saved

@@ -1,0 +1,274 @@
+//! Three `warden serve` daemons as one cluster over a real PostgreSQL (Debian's, started by the
+//! test; skipped where none is installed) and the fake WhatsApp server, driven from outside:
+//! the sessions are added to the cluster, each is linked (its QR code "scanned") and logged
+//! in on the node that holds it; then the node holding the most is killed with SIGKILL.
+//!
+//! What it proves:
+//! - every session of the killed node logs in again on the others, from the credentials on
+//!   PostgreSQL: no QR code, no registration, no second pairing at the server;
+//! - the server never sees two live connections of one account, before or after the kill;
+//! - a node stopped with SIGTERM closes its sessions, then hands them over: the last node runs
+//!   them without declaring it dead;
+//! - a session created through a node's socket joins the cluster, and a second create of its
+//!   token is refused.
+
+mod common;
+#[path = "../../warden-cluster/tests/support/postgres.rs"]
+mod pg_server;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+use tokio::time::Instant;
+use warden_control::{ControlClient, Op};
+use warden_core::Desired;
+use warden_core::store::SessionRecord;
+use warden_fakewa::{ClientKind, ServerEvent};
+use warden_store::{PgDb, PgOptions};
+
+use common::{Daemon, fake_whatsapp_with, pair_any, workspace};
+use pg_server::Postgres;
+
+/// Sessions in the cluster.
+const SESSIONS: usize = 9;
+/// Bound on each wait; nothing normally comes close.
+const LIMIT: Duration = Duration::from_secs(90);
+/// The lease timings, five times faster than the defaults: dead after 3 s.
+const SCALE: &str = "0.2";
+
+fn phone_of(jid: &str) -> &str {
+    jid.split([':', '@']).next().unwrap_or(jid)
+}
+
+/// Adds `count` sessions to the cluster, meant to run; returns their tokens.
+async fn add_sessions(server: &Postgres, count: usize) -> Vec<String> {
+    // The cluster's tables first (a node makes them too), then the store's.
+    let pg = warden_cluster::Pg::connect(&server.url(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    pg.migrate().await.unwrap();
+    let url = server.url();
+    let db = tokio::task::spawn_blocking(move || PgDb::connect(&url, &PgOptions::default()))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut tokens = Vec::new();
+    for n in 0..count {
+        let token = format!("shop{n}");
+        let mut record = SessionRecord::new(token.clone(), SystemTime::now());
+        record.desired = Desired::Running;
+        assert!(
+            db.create_session(&token, &record.encode().unwrap())
+                .await
+                .unwrap()
+        );
+        tokens.push(token);
+    }
+    tokens
+}
+
+/// The sessions `daemon` runs, with their account (once linked).
+async fn held(daemon: &Daemon) -> BTreeMap<String, Option<String>> {
+    let mut control = ControlClient::connect(&daemon.socket).await.unwrap();
+    let list: Value = control.call(&Op::List {}).await.expect("list");
+    list["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .map(|s| {
+            (
+                s["token"].as_str().unwrap().to_owned(),
+                s["jid"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_s_sessions_log_in_on_the_others_and_no_account_ever_runs_twice() {
+    let Some(server) = Postgres::start() else {
+        return;
+    };
+    let whatsapp = fake_whatsapp_with(pair_any(Duration::from_millis(200))).await;
+    let recorder = whatsapp.recorder();
+    let url = server.url();
+    let mut daemons = Vec::new();
+    let mut dirs = Vec::new();
+    for name in ["a", "b", "c"] {
+        let dir = workspace(&whatsapp.url());
+        let env = [
+            ("WARDEN_CLUSTER_DATABASE_URL", url.as_str()),
+            ("WARDEN_CLUSTER_NODE", name),
+            ("WARDEN_CLUSTER_TIMING_SCALE", SCALE),
+        ];
+        daemons.push(Daemon::start_with(dir.path(), &env).await);
+        dirs.push(dir);
+    }
+    assert!(
+        !daemons[0].startup.join("\n").contains(&url),
+        "the database URL is never logged"
+    );
+    // Added once the three nodes are up, so that placement spreads them.
+    let tokens = add_sessions(&server, SESSIONS).await;
+
+    // Every session is linked and online, each on one node.
+    recorder
+        .wait_until(LIMIT, |s| {
+            let online: BTreeSet<&str> = s
+                .records()
+                .iter()
+                .filter(|r| r.event == ServerEvent::Online)
+                .filter_map(|r| r.account.as_deref())
+                .collect();
+            online.len() == SESSIONS
+        })
+        .await
+        .expect("every session linked and online");
+    let mut shares = Vec::new();
+    for daemon in &daemons {
+        shares.push(held(daemon).await);
+    }
+    let all: BTreeSet<&String> = shares.iter().flat_map(|s| s.keys()).collect();
+    assert_eq!(all.len(), SESSIONS, "every session runs: {shares:?}");
+    assert_eq!(
+        shares.iter().map(BTreeMap::len).sum::<usize>(),
+        SESSIONS,
+        "each on one node: {shares:?}"
+    );
+    assert_eq!(
+        all.into_iter().cloned().collect::<Vec<_>>(),
+        tokens,
+        "the sessions added"
+    );
+
+    assert!(
+        shares.iter().filter(|s| !s.is_empty()).count() >= 2,
+        "placement spreads the sessions: {shares:?}"
+    );
+
+    // SIGKILL to the node holding the most.
+    let victim = (0..daemons.len()).max_by_key(|&i| shares[i].len()).unwrap();
+    let phones: BTreeSet<String> = shares[victim]
+        .values()
+        .map(|jid| phone_of(jid.as_deref().expect("linked")).to_owned())
+        .collect();
+    assert!(!phones.is_empty());
+    let boundary = recorder.inspect(|s| s.connections().len()) as u64;
+    let killed = Instant::now();
+    daemons[victim].child.start_kill().unwrap();
+    let _ = daemons[victim].child.wait().await;
+
+    recorder
+        .wait_until(LIMIT, |s| {
+            phones.iter().all(|phone| {
+                s.records().iter().any(|r| {
+                    r.conn > boundary
+                        && r.account.as_deref() == Some(phone.as_str())
+                        && r.event == ServerEvent::Online
+                })
+            })
+        })
+        .await
+        .expect("every session of the killed node online again on another");
+    let took_over = killed.elapsed();
+    let (registrations, pairings) = recorder.inspect(|s| {
+        let registrations = s
+            .connections()
+            .iter()
+            .filter(|c| c.id > boundary)
+            .filter(|c| {
+                matches!(
+                    c.client.as_ref().map(|c| &c.kind),
+                    Some(ClientKind::Registration { .. })
+                )
+            })
+            .count();
+        let pairings = s
+            .records()
+            .iter()
+            .filter(|r| r.conn > boundary)
+            .filter(|r| matches!(r.event, ServerEvent::Paired { .. }))
+            .count();
+        (registrations, pairings)
+    });
+    assert_eq!(
+        (registrations, pairings),
+        (0, 0),
+        "logged in from the credentials on PostgreSQL, no new QR code or pairing"
+    );
+    assert_eq!(
+        recorder.inspect(|s| s.max_concurrent_any()),
+        1,
+        "the server never saw two live connections of one account"
+    );
+    eprintln!(
+        "{} of {SESSIONS} sessions were on the killed node; all online again on the others \
+         {took_over:.2?} after the kill",
+        phones.len()
+    );
+
+    // SIGTERM to a survivor: it closes its sessions, then hands them over; the last node runs
+    // them without declaring it dead.
+    let leaving = (victim + 1) % daemons.len();
+    let last = (victim + 2) % daemons.len();
+    let moving: BTreeSet<String> = held(&daemons[leaving])
+        .await
+        .values()
+        .map(|jid| phone_of(jid.as_deref().expect("linked")).to_owned())
+        .collect();
+    let boundary = recorder.inspect(|s| s.connections().len()) as u64;
+    let pid = daemons[leaving].child.id().expect("running");
+    let term = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(term.success());
+    let handed = daemons[leaving].log_line("left the cluster").await;
+    assert!(
+        handed.contains(&format!("handed={}", moving.len())),
+        "{handed}"
+    );
+    let _ = daemons[leaving].child.wait().await;
+    recorder
+        .wait_until(LIMIT, |s| {
+            moving.iter().all(|phone| {
+                s.records().iter().any(|r| {
+                    r.conn > boundary
+                        && r.account.as_deref() == Some(phone.as_str())
+                        && r.event == ServerEvent::Online
+                })
+            })
+        })
+        .await
+        .expect("every session of the leaving node online again on the last one");
+    assert_eq!(held(&daemons[last]).await.len(), SESSIONS);
+    let mut last_log = Vec::new();
+    while let Ok(line) = daemons[last].log.try_recv() {
+        last_log.push(line);
+    }
+    let leaving_name = ["a", "b", "c"][leaving];
+    assert!(
+        !last_log
+            .iter()
+            .any(|l| l.contains("declared a silent node dead")
+                && l.contains(&format!("peer={leaving_name}"))),
+        "handed over, never declared dead"
+    );
+    assert_eq!(
+        recorder.inspect(|s| s.max_concurrent_any()),
+        1,
+        "never two live connections of one account, through the hand-over either"
+    );
+
+    // A create through a node's socket joins the cluster; another node refuses its token.
+    let (code, out, err) = daemons[last].cli(&["create", "--token", "late1"]).await;
+    assert_eq!(code, 0, "{out} {err}");
+    let (code, out, err) = daemons[last].cli(&["create", "--token", "late1"]).await;
+    assert_ne!(code, 0, "a second create of one token is refused: {out}");
+    assert!(
+        err.contains("already exists") || out.contains("already exists"),
+        "{out} {err}"
+    );
+}
