@@ -17,9 +17,10 @@
 //!   keys, outbox, journal, webhooks' progress), the same way (a small fixed pool of owner
 //!   threads, group commit), every write checked against the writer's lease on the session
 //!   ([`Fence`]); [`CredentialsDb`] is either store for one session's credentials.
-//! - **Deletion is final.** Logout and delete remove a session's rows in one transaction, with
-//!   `secure_delete` on, and later writes for that set of credentials are refused
-//!   ([`DbError::Closed`]).
+//! - **Deletion is final.** Logout and delete remove a session's rows in one transaction, and
+//!   later writes for that set of credentials are refused ([`DbError::Closed`]). SQLite
+//!   overwrites the deleted rows (`secure_delete`); PostgreSQL keeps them on disk until
+//!   `VACUUM` reclaims them.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), warden_store::DbError> {

@@ -896,6 +896,54 @@ async fn a_removed_session_leaves_the_cluster_and_its_old_fence_writes_nothing()
     assert!(db.load_records().await.unwrap().is_empty());
 }
 
+/// A removal waits for a key write in flight (it holds the session's lease row shared), then
+/// takes every key with it; a key write after it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_waits_for_a_key_write_in_flight_and_leaves_no_key_behind() {
+    let Some((server, cluster, db)) = cluster().await else {
+        return;
+    };
+    let a = cluster.node("a", 1).await;
+    let s1 = cluster.claim(&a, "s1").await;
+    let held = fences(&[("s1", &s1)]);
+    db.commit(held.clone(), vec![put_record("s1", "one")], vec![])
+        .await
+        .unwrap();
+    let device = db.open_device("s1", &s1).await.unwrap();
+    let (go_on, wait) = std::sync::mpsc::channel::<()>();
+    let (started, running) = tokio::sync::oneshot::channel();
+    let writing = tokio::spawn({
+        let (db, s1) = (db.clone(), s1.clone());
+        async move {
+            db.kv(device, &s1, move |kv| {
+                kv.put(1, b"k1", b"v1")?;
+                let _ = started.send(());
+                let _ = wait.recv();
+                kv.put(1, b"k2", b"v2")
+            })
+            .await
+        }
+    });
+    running.await.unwrap();
+    // Another connection of the store (the records' one), so the key write stays open.
+    let removing = tokio::spawn({
+        let db = db.clone();
+        async move { db.commit(held, vec![remove("s1")], vec![]).await }
+    });
+    until_a_backend_waits_for_a_lock(&cluster.pg).await;
+    go_on.send(()).unwrap();
+    writing.await.unwrap().unwrap();
+    removing.await.unwrap().unwrap();
+    assert_eq!(
+        db.find_device("s1").await.unwrap(),
+        None,
+        "no key left behind"
+    );
+    let late = db.kv(device, &s1, |kv| kv.put(1, b"k3", b"v3")).await;
+    assert!(late.is_err(), "{late:?}");
+    drop(server);
+}
+
 /// A reader that has seen entry `n` asks for what comes after it: an entry with a lower
 /// number must never become visible after it. Another node's append in flight (here, a
 /// transaction holding the journal's lock and its number) holds every later append back.
@@ -925,11 +973,6 @@ async fn journal_numbers_become_visible_in_the_order_they_were_given_across_node
         )
         .await
         .unwrap();
-    let first: i64 = in_flight
-        .query_one("SELECT nextval('warden_journal_seq')", &[])
-        .await
-        .unwrap()
-        .get(0);
 
     let appending = tokio::spawn({
         let db = db.clone();
@@ -943,6 +986,13 @@ async fn journal_numbers_become_visible_in_the_order_they_were_given_across_node
         }
     });
     until_a_backend_waits_for_a_lock(&cluster.pg).await;
+    // Only now does the other node take its number: an appender that took its own before
+    // waiting for the lock would hold the lower one, and commit it after.
+    let first: i64 = in_flight
+        .query_one("SELECT nextval('warden_journal_seq')", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert!(
         reader.read_journal(None, 0, 100).await.unwrap().is_empty(),
         "nothing after the entry in flight is visible before it"

@@ -48,6 +48,8 @@ pub(crate) struct PgConn {
     config: postgres::Config,
     client: Option<Client>,
     statements: HashMap<&'static str, Statement>,
+    /// How long callers wait for an answer ([`PgOptions::answer_timeout`]).
+    answer_timeout: Duration,
 }
 
 impl PgConn {
@@ -75,7 +77,29 @@ impl PgConn {
             config,
             client: None,
             statements: HashMap::new(),
+            answer_timeout: options.answer_timeout,
         })
+    }
+
+    /// How long callers wait for an answer.
+    pub(crate) fn answer_timeout(&self) -> Duration {
+        self.answer_timeout
+    }
+
+    /// Lets every lock wait for the rest of the transaction in progress last up to `limit`
+    /// (`SET LOCAL lock_timeout`). Never connects, as [`PgConn::prepared`].
+    pub(crate) fn lock_timeout_for_rest(&mut self, limit: Duration) -> Result<(), DbError> {
+        let client = self
+            .client
+            .as_mut()
+            .filter(|c| !c.is_closed())
+            .ok_or_else(|| DbError::Postgres("the connection broke".into()))?;
+        client
+            .batch_execute(&format!(
+                "SET LOCAL lock_timeout = {}",
+                limit.as_millis().max(1)
+            ))
+            .map_err(pg_error)
     }
 
     /// The connection, made now if there is none or it broke.

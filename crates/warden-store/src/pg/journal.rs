@@ -20,6 +20,8 @@ pub(crate) fn apply(conn: &mut PgConn, change: &JournalChange) -> Result<Option<
     match change {
         JournalChange::Append(new) => append(conn, new).map(Some),
         JournalChange::Prune { before } => {
+            // Under the lock too: a prune racing an append's collapse or trim could deadlock.
+            lock(conn)?;
             let (client, statement) = conn.prepared("DELETE FROM warden_journal WHERE at < $1")?;
             client.execute(&statement, &[before]).map_err(pg_error)?;
             Ok(None)
@@ -27,11 +29,20 @@ pub(crate) fn apply(conn: &mut PgConn, change: &JournalChange) -> Result<Option<
     }
 }
 
-fn append(conn: &mut PgConn, new: &NewJournalEntry) -> Result<i64, DbError> {
+/// Takes the journal's lock for the rest of the transaction. It may wait for another node's
+/// commit as long as the caller waits for its answer (`PgOptions::answer_timeout`), not just
+/// the connection's `lock_timeout`: waiting for an append elsewhere is the rule, not a fault.
+fn lock(conn: &mut PgConn) -> Result<(), DbError> {
+    conn.lock_timeout_for_rest(conn.answer_timeout())?;
     let (client, statement) = conn.prepared("SELECT pg_advisory_xact_lock($1)")?;
     client
         .execute(&statement, &[&JOURNAL_LOCK])
         .map_err(pg_error)?;
+    Ok(())
+}
+
+fn append(conn: &mut PgConn, new: &NewJournalEntry) -> Result<i64, DbError> {
+    lock(conn)?;
     let mut first_at = new.at;
     let mut repeats = 1_i64;
     if !new.key.is_empty() {
@@ -79,10 +90,7 @@ fn append(conn: &mut PgConn, new: &NewJournalEntry) -> Result<i64, DbError> {
 /// transaction: it takes the journal's lock, so no append is in progress anywhere once it
 /// has it, and holds it until its transaction ends.
 pub(crate) fn head(conn: &mut PgConn) -> Result<i64, DbError> {
-    let (client, statement) = conn.prepared("SELECT pg_advisory_xact_lock($1)")?;
-    client
-        .execute(&statement, &[&JOURNAL_LOCK])
-        .map_err(pg_error)?;
+    lock(conn)?;
     let (client, statement) = conn.prepared(
         "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM warden_journal_seq",
     )?;
@@ -132,13 +140,26 @@ impl PgDb {
         self.answered(
             false,
             self.of_writes().read(move |conn| {
-                let (client, statement) = conn.prepared(
-                    "SELECT seq, token, kind, data, first_at, at, repeats FROM warden_journal \
-                     WHERE ($1::text IS NULL OR token = $1) AND seq > $2 ORDER BY seq LIMIT $3",
-                )?;
-                let rows = client
-                    .query(&statement, &[&token, &after, &limit])
-                    .map_err(pg_error)?;
+                // Two statements, not one with `$1 IS NULL OR`: a prepared statement's generic
+                // plan would walk everyone's entries for one session's.
+                let rows = match &token {
+                    Some(token) => {
+                        let (client, statement) = conn.prepared(
+                            "SELECT seq, token, kind, data, first_at, at, repeats \
+                             FROM warden_journal WHERE token = $1 AND seq > $2 \
+                             ORDER BY seq LIMIT $3",
+                        )?;
+                        client.query(&statement, &[token, &after, &limit])
+                    }
+                    None => {
+                        let (client, statement) = conn.prepared(
+                            "SELECT seq, token, kind, data, first_at, at, repeats \
+                             FROM warden_journal WHERE seq > $1 ORDER BY seq LIMIT $2",
+                        )?;
+                        client.query(&statement, &[&after, &limit])
+                    }
+                }
+                .map_err(pg_error)?;
                 Ok(entries(rows))
             }),
         )

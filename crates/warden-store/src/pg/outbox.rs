@@ -62,8 +62,9 @@ pub(crate) fn delete_session_rows(conn: &mut PgConn, token: &str) -> Result<u64,
 impl PgDb {
     /// Accepts `message` under `fence` unless its session already has one with the same key
     /// (on any node). Returns the stored row (the earlier one, for a repeated key) and whether
-    /// it is new. Answers after the commit. A session without a record gets
-    /// [`DbError::Closed`]; one held elsewhere, [`DbError::StaleFence`].
+    /// it is new. Answers after the commit. A session with a lease but no record gets
+    /// [`DbError::Closed`]; one held elsewhere, or removed (its lease row is gone),
+    /// [`DbError::StaleFence`].
     pub async fn outbox_insert(
         &self,
         message: NewOutboxMessage,
@@ -90,7 +91,7 @@ impl PgDb {
                     "INSERT INTO warden_outbox (token, id, key, recipient, body, status, \
                        attempts, created_at, updated_at, expires_at) \
                      VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $7, $8) \
-                     ON CONFLICT (token, key) DO NOTHING",
+                     ON CONFLICT DO NOTHING",
                 )?;
                 let inserted = client
                     .execute(

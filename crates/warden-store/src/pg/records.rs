@@ -51,8 +51,9 @@ impl PgDb {
     }
 
     /// Adds session `token` with its record `text`, and its lease row (unowned, so any node
-    /// may claim it), in one commit. Returns false, and changes nothing, when the session has
-    /// a record already (created by another caller, on any node).
+    /// may claim it), in one commit. Returns false, and keeps the record there, when the
+    /// session has one already (created by another caller, on any node); its lease row is
+    /// made again if it was missing.
     pub async fn create_session(&self, token: &str, text: &str) -> Result<bool, DbError> {
         let (token, text) = (token.to_owned(), text.to_owned());
         self.answered(
@@ -62,13 +63,12 @@ impl PgDb {
                     "INSERT INTO warden_record (token, record) VALUES ($1, $2) \
                      ON CONFLICT (token) DO NOTHING",
                 )?;
-                if client
+                let created = client
                     .execute(&statement, &[&token, &text])
                     .map_err(pg_error)?
-                    == 0
-                {
-                    return Ok(false);
-                }
+                    == 1;
+                // The lease row, whether the record is new or not: a session whose row went
+                // (removed by the cluster's own tools) can be claimed again.
                 let (client, statement) = conn.prepared(
                     "WITH added AS (INSERT INTO warden_session (token) VALUES ($1) \
                      ON CONFLICT DO NOTHING RETURNING 1) \
@@ -77,7 +77,7 @@ impl PgDb {
                 client
                     .query(&statement, &[&token, &RELEASED_CHANNEL])
                     .map_err(pg_error)?;
-                Ok(true)
+                Ok(created)
             }),
         )
         .await
@@ -143,15 +143,18 @@ fn apply(conn: &mut PgConn, change: &RecordChange) -> Result<(), DbError> {
                 .map_err(pg_error)?;
         }
         RecordChange::Remove { token } => {
-            if let Some(device) = find(conn, token)? {
-                delete_device_rows(conn, device)?;
-            }
+            // The lease row first: its exclusive lock waits for every key write in flight
+            // (each holds it shared until its commit) and refuses every later one, so the keys
+            // deleted next are all there will ever be.
             for sql in [
-                "DELETE FROM warden_record WHERE token = $1",
                 "DELETE FROM warden_session WHERE token = $1",
+                "DELETE FROM warden_record WHERE token = $1",
             ] {
                 let (client, statement) = conn.prepared(sql)?;
                 client.execute(&statement, &[token]).map_err(pg_error)?;
+            }
+            if let Some(device) = find(conn, token)? {
+                delete_device_rows(conn, device)?;
             }
             super::journal::delete_session_rows(conn, token)?;
             super::outbox::delete_session_rows(conn, token)?;

@@ -84,18 +84,37 @@ impl PgDb {
         self.answered(
             false,
             self.of_writes().read(move |conn| {
-                let (client, statement) = conn.prepared(
-                    "SELECT j.seq, j.token, j.kind, j.data, j.first_at, j.at, j.repeats \
-                     FROM warden_journal j \
-                     JOIN warden_webhook w ON w.hook = $1 \
-                     LEFT JOIN warden_webhook_cursor c ON c.hook = $1 AND c.token = j.token \
-                     WHERE j.seq > $2 AND j.seq > w.start AND j.seq > COALESCE(c.seq, 0) \
-                       AND ($4::text IS NULL OR j.token = $4) \
-                     ORDER BY j.seq LIMIT $3",
-                )?;
-                let rows = client
-                    .query(&statement, &[&hook, &after, &limit, &only])
-                    .map_err(pg_error)?;
+                // Two statements, not one with `$4 IS NULL OR`: a generic plan would walk
+                // everyone's entries for one session's.
+                let rows = match &only {
+                    Some(token) => {
+                        let (client, statement) = conn.prepared(
+                            "SELECT j.seq, j.token, j.kind, j.data, j.first_at, j.at, j.repeats \
+                             FROM warden_journal j \
+                             JOIN warden_webhook w ON w.hook = $1 \
+                             LEFT JOIN warden_webhook_cursor c \
+                               ON c.hook = $1 AND c.token = j.token \
+                             WHERE j.token = $4 AND j.seq > $2 AND j.seq > w.start \
+                               AND j.seq > COALESCE(c.seq, 0) \
+                             ORDER BY j.seq LIMIT $3",
+                        )?;
+                        client.query(&statement, &[&hook, &after, &limit, token])
+                    }
+                    None => {
+                        let (client, statement) = conn.prepared(
+                            "SELECT j.seq, j.token, j.kind, j.data, j.first_at, j.at, j.repeats \
+                             FROM warden_journal j \
+                             JOIN warden_webhook w ON w.hook = $1 \
+                             LEFT JOIN warden_webhook_cursor c \
+                               ON c.hook = $1 AND c.token = j.token \
+                             WHERE j.seq > $2 AND j.seq > w.start \
+                               AND j.seq > COALESCE(c.seq, 0) \
+                             ORDER BY j.seq LIMIT $3",
+                        )?;
+                        client.query(&statement, &[&hook, &after, &limit])
+                    }
+                }
+                .map_err(pg_error)?;
                 Ok(entries(rows))
             }),
         )
