@@ -568,19 +568,7 @@ async fn run_writer(db: Store, shared: Arc<Shared>) {
                 if let Some(head) = head {
                     shared.journal_head.send_replace(head);
                 }
-                // Everything up to `top` not still pending was committed now or before.
-                let oldest_pending = shared
-                    .queued
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .oldest();
-                let through = oldest_pending.map_or(top, |s| top.min(s - 1));
-                shared.progress.send_modify(|p| {
-                    if p.failing.take().is_some() {
-                        tracing::info!("session records are being saved again");
-                    }
-                    p.committed = p.committed.max(through);
-                });
+                advance(&shared, top, true);
             }
             Err(e)
                 if refused_session(&e).is_some_and(|lost| {
@@ -589,15 +577,7 @@ async fn run_writer(db: Store, shared: Arc<Shared>) {
             {
                 // The rest goes again at once; what was dropped counts as done.
                 put_back(&shared, taken, journal);
-                let oldest_pending = shared
-                    .queued
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .oldest();
-                let through = oldest_pending.map_or(top, |s| top.min(s - 1));
-                shared
-                    .progress
-                    .send_modify(|p| p.committed = p.committed.max(through));
+                advance(&shared, top, false);
             }
             Err(e) => {
                 // Put back what no newer change replaced, and the journal entries in front
@@ -614,6 +594,24 @@ async fn run_writer(db: Store, shared: Arc<Shared>) {
             }
         }
     }
+}
+
+/// Everything up to `top` that is not pending any more was committed (or dropped), now or
+/// before: those waiting for it are answered. `recovered`: a commit went through, so writes
+/// that were failing work again.
+fn advance(shared: &Shared, top: u64, recovered: bool) {
+    let oldest_pending = shared
+        .queued
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .oldest();
+    let through = oldest_pending.map_or(top, |s| top.min(s - 1));
+    shared.progress.send_modify(|p| {
+        if recovered && p.failing.take().is_some() {
+            tracing::info!("session records are being saved again");
+        }
+        p.committed = p.committed.max(through);
+    });
 }
 
 /// Puts back what a commit did not keep: each session's change unless a newer one replaced

@@ -112,17 +112,7 @@ impl ClusterConfig {
 
     /// The lease timings, scaled.
     pub fn timing(&self) -> warden_cluster::Timing {
-        let d = warden_cluster::Timing::default();
-        let s = |x: Duration| x.mul_f64(self.timing_scale);
-        warden_cluster::Timing {
-            renew_every: s(d.renew_every),
-            fence_after: s(d.fence_after),
-            dead_after: s(d.dead_after),
-            poll_every: s(d.poll_every),
-            min_remaining: s(d.min_remaining),
-            grace: s(d.grace),
-            statement_timeout: s(d.statement_timeout),
-        }
+        warden_cluster::Timing::scaled(self.timing_scale)
     }
 
     /// Checks the values (only when the cluster is on).

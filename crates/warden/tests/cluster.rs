@@ -68,6 +68,28 @@ async fn add_sessions(server: &Postgres, count: usize) -> Vec<String> {
     tokens
 }
 
+/// Waits until each of `phones` went online on a connection the server accepted after
+/// `boundary` (one of `whose` sessions, online again elsewhere).
+async fn until_online_after(
+    recorder: &warden_fakewa::Recorder,
+    boundary: u64,
+    phones: &BTreeSet<String>,
+    whose: &str,
+) {
+    recorder
+        .wait_until(LIMIT, |s| {
+            phones.iter().all(|phone| {
+                s.records().iter().any(|r| {
+                    r.conn > boundary
+                        && r.account.as_deref() == Some(phone.as_str())
+                        && r.event == ServerEvent::Online
+                })
+            })
+        })
+        .await
+        .unwrap_or_else(|_| panic!("every one of {whose} sessions online again on another node"));
+}
+
 /// The sessions `daemon` runs, with their account (once linked).
 async fn held(daemon: &Daemon) -> BTreeMap<String, Option<String>> {
     let mut control = ControlClient::connect(&daemon.socket).await.unwrap();
@@ -159,18 +181,7 @@ async fn a_killed_node_s_sessions_log_in_on_the_others_and_no_account_ever_runs_
     daemons[victim].child.start_kill().unwrap();
     let _ = daemons[victim].child.wait().await;
 
-    recorder
-        .wait_until(LIMIT, |s| {
-            phones.iter().all(|phone| {
-                s.records().iter().any(|r| {
-                    r.conn > boundary
-                        && r.account.as_deref() == Some(phone.as_str())
-                        && r.event == ServerEvent::Online
-                })
-            })
-        })
-        .await
-        .expect("every session of the killed node online again on another");
+    until_online_after(recorder, boundary, &phones, "the killed node's").await;
     let took_over = killed.elapsed();
     let (registrations, pairings) = recorder.inspect(|s| {
         let registrations = s
@@ -231,18 +242,7 @@ async fn a_killed_node_s_sessions_log_in_on_the_others_and_no_account_ever_runs_
         "{handed}"
     );
     let _ = daemons[leaving].child.wait().await;
-    recorder
-        .wait_until(LIMIT, |s| {
-            moving.iter().all(|phone| {
-                s.records().iter().any(|r| {
-                    r.conn > boundary
-                        && r.account.as_deref() == Some(phone.as_str())
-                        && r.event == ServerEvent::Online
-                })
-            })
-        })
-        .await
-        .expect("every session of the leaving node online again on the last one");
+    until_online_after(recorder, boundary, &moving, "the leaving node's").await;
     assert_eq!(held(&daemons[last]).await.len(), SESSIONS);
     let mut last_log = Vec::new();
     while let Ok(line) = daemons[last].log.try_recv() {

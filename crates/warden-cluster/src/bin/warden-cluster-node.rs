@@ -47,20 +47,6 @@ struct Args {
     rebalance: bool,
 }
 
-fn scaled(scale: f64) -> Timing {
-    let d = Timing::default();
-    let s = |x: std::time::Duration| x.mul_f64(scale);
-    Timing {
-        renew_every: s(d.renew_every),
-        fence_after: s(d.fence_after),
-        dead_after: s(d.dead_after),
-        poll_every: s(d.poll_every),
-        min_remaining: s(d.min_remaining),
-        grace: s(d.grace),
-        statement_timeout: s(d.statement_timeout),
-    }
-}
-
 fn say(line: std::fmt::Arguments<'_>) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
@@ -83,7 +69,7 @@ async fn main() -> ExitCode {
         node: args.node.clone(),
         addr: None,
         cap: args.cap,
-        timing: scaled(args.scale),
+        timing: Timing::scaled(args.scale),
     })
     .await
     {

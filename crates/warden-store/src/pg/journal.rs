@@ -9,11 +9,21 @@
 //! and holds it until its commit: appends of the whole cluster commit one transaction at a
 //! time, in number order. A transaction holds it from its first append to its `COMMIT`.
 
-use super::PgDb;
 use super::conn::{PgConn, pg_error};
 use super::schema::JOURNAL_LOCK;
+use super::{PgDb, limit_of};
 use crate::error::DbError;
 use crate::journal::{COLLAPSE_WINDOW, JournalChange, JournalEntry, NewJournalEntry};
+
+/// A select of journal entries, with the columns [`entries`] reads, `WHERE ...`.
+macro_rules! entries_where {
+    ($where:literal) => {
+        concat!(
+            "SELECT seq, token, kind, data, first_at, at, repeats FROM warden_journal ",
+            $where
+        )
+    };
+}
 
 /// Applies one change inside the caller's transaction; returns the appended entry's number.
 pub(crate) fn apply(conn: &mut PgConn, change: &JournalChange) -> Result<Option<i64>, DbError> {
@@ -121,11 +131,6 @@ pub(crate) fn entries(rows: Vec<postgres::Row>) -> Vec<JournalEntry> {
         .collect()
 }
 
-/// A limit as PostgreSQL takes it.
-fn limit_of(limit: usize) -> i64 {
-    i64::try_from(limit).unwrap_or(i64::MAX)
-}
-
 impl PgDb {
     /// Entries after `after`, oldest first, at most `limit`: one session's, or (`None`)
     /// the whole cluster's. What it returns after `after` is final: no entry with a lower
@@ -144,18 +149,15 @@ impl PgDb {
                 // plan would walk everyone's entries for one session's.
                 let rows = match &token {
                     Some(token) => {
-                        let (client, statement) = conn.prepared(
-                            "SELECT seq, token, kind, data, first_at, at, repeats \
-                             FROM warden_journal WHERE token = $1 AND seq > $2 \
-                             ORDER BY seq LIMIT $3",
-                        )?;
+                        let (client, statement) = conn.prepared(entries_where!(
+                            "WHERE token = $1 AND seq > $2 \
+                             ORDER BY seq LIMIT $3"
+                        ))?;
                         client.query(&statement, &[token, &after, &limit])
                     }
                     None => {
-                        let (client, statement) = conn.prepared(
-                            "SELECT seq, token, kind, data, first_at, at, repeats \
-                             FROM warden_journal WHERE seq > $1 ORDER BY seq LIMIT $2",
-                        )?;
+                        let (client, statement) =
+                            conn.prepared(entries_where!("WHERE seq > $1 ORDER BY seq LIMIT $2"))?;
                         client.query(&statement, &[&after, &limit])
                     }
                 }
@@ -176,10 +178,9 @@ impl PgDb {
         self.answered(
             false,
             self.of_writes().read(move |conn| {
-                let (client, statement) = conn.prepared(
-                    "SELECT seq, token, kind, data, first_at, at, repeats FROM warden_journal \
-                     WHERE token = $1 ORDER BY seq DESC LIMIT $2",
-                )?;
+                let (client, statement) = conn.prepared(entries_where!(
+                    "WHERE token = $1 ORDER BY seq DESC LIMIT $2"
+                ))?;
                 let rows = client
                     .query(&statement, &[&token, &limit])
                     .map_err(pg_error)?;
@@ -203,10 +204,9 @@ impl PgDb {
         self.answered(
             false,
             self.of_writes().read(move |conn| {
-                let (client, statement) = conn.prepared(
-                    "SELECT seq, token, kind, data, first_at, at, repeats FROM warden_journal \
-                     WHERE token = $1 AND seq < $2 AND kind = $3 ORDER BY seq DESC LIMIT $4",
-                )?;
+                let (client, statement) = conn.prepared(entries_where!(
+                    "WHERE token = $1 AND seq < $2 AND kind = $3 ORDER BY seq DESC LIMIT $4"
+                ))?;
                 let rows = client
                     .query(&statement, &[&token, &seq, &kind, &limit])
                     .map_err(pg_error)?;

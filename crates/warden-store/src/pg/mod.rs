@@ -246,12 +246,31 @@ fn find(conn: &mut PgConn, token: &str) -> Result<Option<DeviceId>, DbError> {
 
 /// Deletes device `id`'s keys and credentials, in the transaction in progress.
 fn delete_device_rows(conn: &mut PgConn, id: DeviceId) -> Result<(), DbError> {
-    for sql in [
-        "DELETE FROM warden_kv WHERE device_id = $1",
-        "DELETE FROM warden_device WHERE id = $1",
-    ] {
+    execute_each(
+        conn,
+        &[
+            "DELETE FROM warden_kv WHERE device_id = $1",
+            "DELETE FROM warden_device WHERE id = $1",
+        ],
+        &id.0,
+    )
+}
+
+/// Runs each of `statements`, in order, with `param` as its one parameter, in the
+/// transaction in progress.
+fn execute_each(
+    conn: &mut PgConn,
+    statements: &[&'static str],
+    param: &(dyn postgres::types::ToSql + Sync),
+) -> Result<(), DbError> {
+    for sql in statements {
         let (client, statement) = conn.prepared(sql)?;
-        client.execute(&statement, &[&id.0]).map_err(pg_error)?;
+        client.execute(&statement, &[param]).map_err(pg_error)?;
     }
     Ok(())
+}
+
+/// A row limit as PostgreSQL takes it.
+fn limit_of(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
 }

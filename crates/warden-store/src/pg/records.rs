@@ -11,7 +11,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use super::conn::{PgConn, pg_error};
-use super::{Fence, PgDb, delete_device_rows, find, kv};
+use super::{Fence, PgDb, delete_device_rows, execute_each, find, kv};
 use crate::error::DbError;
 use crate::journal::JournalChange;
 use crate::records::RecordChange;
@@ -146,13 +146,14 @@ fn apply(conn: &mut PgConn, change: &RecordChange) -> Result<(), DbError> {
             // The lease row first: its exclusive lock waits for every key write in flight
             // (each holds it shared until its commit) and refuses every later one, so the keys
             // deleted next are all there will ever be.
-            for sql in [
-                "DELETE FROM warden_session WHERE token = $1",
-                "DELETE FROM warden_record WHERE token = $1",
-            ] {
-                let (client, statement) = conn.prepared(sql)?;
-                client.execute(&statement, &[token]).map_err(pg_error)?;
-            }
+            execute_each(
+                conn,
+                &[
+                    "DELETE FROM warden_session WHERE token = $1",
+                    "DELETE FROM warden_record WHERE token = $1",
+                ],
+                token,
+            )?;
             if let Some(device) = find(conn, token)? {
                 delete_device_rows(conn, device)?;
             }

@@ -6,15 +6,27 @@
 //! delivered it, and it only moves forward ([`PgDb::webhook_advance_all`]) except on an
 //! explicit replay ([`PgDb::webhook_rewind`]).
 
-use super::PgDb;
 use super::conn::{PgConn, pg_error};
 use super::journal::{entries, head};
+use super::{PgDb, execute_each, limit_of};
 use crate::error::DbError;
 use crate::journal::{DeadLetter, JournalEntry};
 
-/// A limit as PostgreSQL takes it.
-fn limit_of(limit: usize) -> i64 {
-    i64::try_from(limit).unwrap_or(i64::MAX)
+/// What webhook `$1` has not done after entry `$2`, at most `$3`: entries past its start and
+/// its cursor for their session, also matching `$cond` (which ends with `AND`, or is empty).
+macro_rules! pending_where {
+    ($cond:literal) => {
+        concat!(
+            "SELECT j.seq, j.token, j.kind, j.data, j.first_at, j.at, j.repeats \
+             FROM warden_journal j \
+             JOIN warden_webhook w ON w.hook = $1 \
+             LEFT JOIN warden_webhook_cursor c ON c.hook = $1 AND c.token = j.token \
+             WHERE ",
+            $cond,
+            " j.seq > $2 AND j.seq > w.start AND j.seq > COALESCE(c.seq, 0) \
+             ORDER BY j.seq LIMIT $3"
+        )
+    };
 }
 
 /// Moves `hook`'s cursor of `token` forward to `seq` (never back), in the caller's
@@ -33,17 +45,17 @@ fn advance(conn: &mut PgConn, hook: &str, token: &str, seq: i64) -> Result<(), D
 
 /// Removes a session's delivery state and its own webhooks, in the caller's transaction.
 pub(crate) fn delete_session_rows(conn: &mut PgConn, token: &str) -> Result<(), DbError> {
-    for sql in [
-        "DELETE FROM warden_webhook_cursor WHERE token = $1",
-        "DELETE FROM warden_webhook_dead WHERE token = $1",
-        // The session's own webhooks stop being started; each, still running, sends the
-        // deletion and then removes the rest of itself (`remove_session_webhook`).
-        "DELETE FROM warden_session_webhook WHERE token = $1",
-    ] {
-        let (client, statement) = conn.prepared(sql)?;
-        client.execute(&statement, &[&token]).map_err(pg_error)?;
-    }
-    Ok(())
+    // The session's own webhooks stop being started; each, still running, sends the
+    // deletion and then removes the rest of itself (`remove_session_webhook`).
+    execute_each(
+        conn,
+        &[
+            "DELETE FROM warden_webhook_cursor WHERE token = $1",
+            "DELETE FROM warden_webhook_dead WHERE token = $1",
+            "DELETE FROM warden_session_webhook WHERE token = $1",
+        ],
+        &token,
+    )
 }
 
 impl PgDb {
@@ -88,29 +100,12 @@ impl PgDb {
                 // everyone's entries for one session's.
                 let rows = match &only {
                     Some(token) => {
-                        let (client, statement) = conn.prepared(
-                            "SELECT j.seq, j.token, j.kind, j.data, j.first_at, j.at, j.repeats \
-                             FROM warden_journal j \
-                             JOIN warden_webhook w ON w.hook = $1 \
-                             LEFT JOIN warden_webhook_cursor c \
-                               ON c.hook = $1 AND c.token = j.token \
-                             WHERE j.token = $4 AND j.seq > $2 AND j.seq > w.start \
-                               AND j.seq > COALESCE(c.seq, 0) \
-                             ORDER BY j.seq LIMIT $3",
-                        )?;
+                        let (client, statement) =
+                            conn.prepared(pending_where!("j.token = $4 AND"))?;
                         client.query(&statement, &[&hook, &after, &limit, token])
                     }
                     None => {
-                        let (client, statement) = conn.prepared(
-                            "SELECT j.seq, j.token, j.kind, j.data, j.first_at, j.at, j.repeats \
-                             FROM warden_journal j \
-                             JOIN warden_webhook w ON w.hook = $1 \
-                             LEFT JOIN warden_webhook_cursor c \
-                               ON c.hook = $1 AND c.token = j.token \
-                             WHERE j.seq > $2 AND j.seq > w.start \
-                               AND j.seq > COALESCE(c.seq, 0) \
-                             ORDER BY j.seq LIMIT $3",
-                        )?;
+                        let (client, statement) = conn.prepared(pending_where!(""))?;
                         client.query(&statement, &[&hook, &after, &limit])
                     }
                 }
@@ -329,14 +324,15 @@ impl PgDb {
                 let (client, statement) =
                     conn.prepared("DELETE FROM warden_session_webhook WHERE hook = $1")?;
                 let removed = client.execute(&statement, &[&hook]).map_err(pg_error)?;
-                for sql in [
-                    "DELETE FROM warden_webhook WHERE hook = $1",
-                    "DELETE FROM warden_webhook_cursor WHERE hook = $1",
-                    "DELETE FROM warden_webhook_dead WHERE hook = $1",
-                ] {
-                    let (client, statement) = conn.prepared(sql)?;
-                    client.execute(&statement, &[&hook]).map_err(pg_error)?;
-                }
+                execute_each(
+                    conn,
+                    &[
+                        "DELETE FROM warden_webhook WHERE hook = $1",
+                        "DELETE FROM warden_webhook_cursor WHERE hook = $1",
+                        "DELETE FROM warden_webhook_dead WHERE hook = $1",
+                    ],
+                    &hook,
+                )?;
                 Ok(removed > 0)
             }),
         )
