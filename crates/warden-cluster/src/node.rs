@@ -117,6 +117,11 @@ impl Gate {
     /// The fence under which this node may dial `token` now: it holds it, and its lease has
     /// at least [`Timing::min_remaining`] left. `None` means: do not connect.
     pub fn may_dial(&self, token: &str) -> Option<i64> {
+        self.dial(token).map(|(_, fence)| fence)
+    }
+
+    /// [`Gate::may_dial`] with the incarnation the fence belongs to, read together.
+    pub fn dial(&self, token: &str) -> Option<(i64, i64)> {
         if self.lease.has_changed().is_err() {
             return None; // the node is gone
         }
@@ -131,7 +136,10 @@ impl Gate {
         if ownership.incarnation != Some(view.incarnation) {
             return None;
         }
-        ownership.sessions.get(token).copied()
+        ownership
+            .sessions
+            .get(token)
+            .map(|fence| (view.incarnation, *fence))
     }
 }
 

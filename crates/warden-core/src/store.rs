@@ -13,8 +13,10 @@
 //!   start failing and once when they recover, never once per try.
 //! - **A session this node no longer holds** (on a cluster's store, its lease moved on: the
 //!   commit is refused whole, naming it) has its pending changes dropped, never retried, and
-//!   the rest is committed at once without it. The operation that made a dropped change is
-//!   answered with the refusal ([`StoreWriter::refusal_since`]), not with success.
+//!   the rest is committed at once without it. An operation on that session (start, stop,
+//!   delete...) whose change was dropped is answered with the refusal
+//!   ([`StoreWriter::refusal_since`]), not with success; the operations on no one session
+//!   (reap, reload) answer as before.
 //! - **Upgrade.** [`import_legacy_records`] moves `sessions/<token>/session.toml` files written by
 //!   earlier releases into the database, deleting each file only after its row is committed.
 
@@ -425,7 +427,8 @@ impl StoreWriter {
             }
             keep
         });
-        drop(queued);
+        // Remembered before the queue lock goes: the writer, finding the queue empty, counts
+        // what was dropped as done, and those waiting must then find the refusal.
         if let Some(last) = last {
             remember_refusal(
                 &self.shared,
@@ -434,6 +437,7 @@ impl StoreWriter {
                 "this node no longer holds the session".into(),
             );
         }
+        drop(queued);
         self.shared.wake.notify_one();
     }
 

@@ -11,7 +11,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use warden::cluster::{NodeCredentials, NodeLeases, follow, hand_over};
+use warden::cluster::{Adopted, NodeCredentials, NodeLeases, follow, hand_over};
 use warden_control::{ControlServer, ServerConfig};
 use warden_core::{Supervisor, SupervisorConfig};
 use warden_store::{Db, PgDb, PgOptions, Shared, Store};
@@ -197,15 +197,20 @@ async fn serve(
     // this node runs only what it holds the lease of.
     let (store, link, member) = if config.cluster.enabled() {
         let joined = join_cluster(&config.cluster).await?;
+        let adopted = Adopted::default();
         let link = link.with_credentials(Arc::new(NodeCredentials {
             gate: joined.node.gate(),
+            adopted: adopted.clone(),
             db: joined.db.clone(),
         }));
         let store = Store::Shared(Shared {
             db: joined.db,
-            leases: Arc::new(NodeLeases(joined.node.gate())),
+            leases: Arc::new(NodeLeases {
+                gate: joined.node.gate(),
+                adopted: adopted.clone(),
+            }),
         });
-        (store, Arc::new(link), Some(joined.node))
+        (store, Arc::new(link), Some((joined.node, adopted)))
     } else {
         (Store::Local(db.clone()), Arc::new(link), None)
     };
@@ -293,9 +298,13 @@ async fn serve(
         None
     };
     // A cluster node runs what it holds: what it claims comes in, what it loses goes.
-    let member = member.map(|node| {
-        let follower = tokio::spawn(follow(supervisor.clone(), node.ownership()));
-        (node, follower)
+    let member = member.map(|(node, adopted)| {
+        let follower = tokio::spawn(follow(
+            supervisor.clone(),
+            node.ownership(),
+            adopted.clone(),
+        ));
+        (node, follower, adopted)
     });
     let summary = systemd::summary(&supervisor.list());
     tracing::info!(
@@ -346,10 +355,11 @@ async fn serve(
     backstop(bound + BACKSTOP_AFTER);
     let _ = stop_server.send(());
     let _ = stop_http.send(());
-    if let Some((node, follower)) = member {
+    if let Some((node, follower, adopted)) = member {
         // Close every session here, then hand them all over at once: the other nodes claim
         // them now instead of after declaring this one dead.
-        match tokio::time::timeout_at(deadline, hand_over(&supervisor, node, follower)).await {
+        let leaving = hand_over(&supervisor, node, follower, &adopted);
+        match tokio::time::timeout_at(deadline, leaving).await {
             Ok(Ok(handed)) => tracing::info!(handed, "left the cluster; sessions handed over"),
             Ok(Err(e)) => tracing::error!(
                 "could not leave the cluster cleanly ({e}); the other nodes take over once they declare this one dead"

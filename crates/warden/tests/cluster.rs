@@ -90,6 +90,17 @@ async fn until_online_after(
         .unwrap_or_else(|_| panic!("every one of {whose} sessions online again on another node"));
 }
 
+/// What the daemons logged since they became ready (for a failure's message).
+fn said(daemons: &mut [Daemon]) -> String {
+    let mut out = String::new();
+    for (name, daemon) in ["a", "b", "c"].iter().zip(daemons.iter_mut()) {
+        while let Ok(line) = daemon.log.try_recv() {
+            out.push_str(&format!("\n{name}: {line}"));
+        }
+    }
+    out
+}
+
 /// The sessions `daemon` runs, with their account (once linked).
 async fn held(daemon: &Daemon) -> BTreeMap<String, Option<String>> {
     let mut control = ControlClient::connect(&daemon.socket).await.unwrap();
@@ -146,7 +157,7 @@ async fn a_killed_node_s_sessions_log_in_on_the_others_and_no_account_ever_runs_
             online.len() == SESSIONS
         })
         .await
-        .expect("every session linked and online");
+        .unwrap_or_else(|_| panic!("every session linked and online; {}", said(&mut daemons)));
     let mut shares = Vec::new();
     for daemon in &daemons {
         shares.push(held(daemon).await);

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use pg_server::Postgres;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
-use warden::cluster::{NodeLeases, follow, hand_over};
+use warden::cluster::{Adopted, NodeLeases, follow, hand_over};
 use warden_cluster::{Node, NodeConfig, NodeEvent, Timing};
 use warden_core::scripted::{Script, ScriptedLink};
 use warden_core::store::SessionRecord;
@@ -49,6 +49,7 @@ struct Member {
     events: broadcast::Receiver<NodeEvent>,
     supervisor: Supervisor,
     follower: JoinHandle<()>,
+    adopted: Adopted,
     _dir: tempfile::TempDir,
 }
 
@@ -67,9 +68,13 @@ async fn member(server: &Postgres, name: &str, link: &ScriptedLink) -> Member {
         .await
         .unwrap()
         .unwrap();
+    let adopted = Adopted::default();
     let store = Store::Shared(Shared {
         db,
-        leases: Arc::new(NodeLeases(node.gate())),
+        leases: Arc::new(NodeLeases {
+            gate: node.gate(),
+            adopted: adopted.clone(),
+        }),
     });
     let dir = tempfile::tempdir().unwrap();
     let mut config = SupervisorConfig::new(dir.path()).with_db(store);
@@ -81,12 +86,17 @@ async fn member(server: &Postgres, name: &str, link: &ScriptedLink) -> Member {
     let (supervisor, _) = Supervisor::start(config, Arc::new(link.clone()))
         .await
         .unwrap();
-    let follower = tokio::spawn(follow(supervisor.clone(), node.ownership()));
+    let follower = tokio::spawn(follow(
+        supervisor.clone(),
+        node.ownership(),
+        adopted.clone(),
+    ));
     Member {
         node,
         events,
         supervisor,
         follower,
+        adopted,
         _dir: dir,
     }
 }
@@ -210,7 +220,9 @@ async fn a_node_that_leaves_hands_its_sessions_over_without_being_declared_dead(
         "placement gives a some sessions: {shares:?}"
     );
 
-    let handed = hand_over(&a.supervisor, a.node, a.follower).await.unwrap();
+    let handed = hand_over(&a.supervisor, a.node, a.follower, &a.adopted)
+        .await
+        .unwrap();
     assert_eq!(handed, on_a.len() as u64);
     for token in &on_a {
         assert_eq!(

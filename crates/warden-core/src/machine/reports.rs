@@ -180,10 +180,13 @@ pub(super) fn relinquish(mut b: Builder) -> Step {
             b.push(Effect::CancelRetry);
             b.push(Effect::Release);
         }
-        // The cleanup runs on; it is refused whatever it writes now.
-        Phase::Cleaning { .. } => {
-            b.push(Effect::Release);
-            b.phase = Phase::Idle;
+        // The deletion runs on (it may hold the connection slot): forgotten once it is over,
+        // so that nothing of it runs beside a later adoption of the session here.
+        Phase::Cleaning { kind, .. } => {
+            b.phase = Phase::Cleaning {
+                kind,
+                then: Then::Release,
+            };
         }
     }
     b.done()
@@ -194,6 +197,10 @@ pub(super) fn on_cleanup(mut b: Builder, view: &View, ctx: &Context, ok: bool) -
         return b.done(); // no cleanup runs: stale
     };
     b.phase = Phase::Idle;
+    if then == Then::Release && kind == CleanupKind::Credentials {
+        b.push(Effect::Release);
+        return b.done();
+    }
     match (kind, ok) {
         (CleanupKind::Credentials, true) => {
             b.push(Effect::SetReason(Reason::CredentialsDeleted));
@@ -201,7 +208,7 @@ pub(super) fn on_cleanup(mut b: Builder, view: &View, ctx: &Context, ok: bool) -
                 Then::Delete => b.begin_delete(),
                 // Connect only if that is still what the operator wants.
                 Then::Connect if b.desired == Desired::Running => b.connect(ctx, false),
-                Then::Connect | Then::Rest => {}
+                Then::Connect | Then::Rest | Then::Release => {}
             }
             b.push(Effect::AnswerInfoWaiters);
         }
@@ -231,6 +238,9 @@ pub(super) fn on_cleanup(mut b: Builder, view: &View, ctx: &Context, ok: bool) -
                 ));
             }
             b.push(Effect::FailWaiters);
+            if then == Then::Release {
+                b.push(Effect::Release);
+            }
         }
     }
     b.done()

@@ -128,6 +128,16 @@ fn phases(t0: Instant) -> Vec<(&'static str, Phase, View)> {
             view(S::LoggedOut, Stopped),
         ),
         (
+            "cleaning:credentials+release",
+            cleaning(CleanupKind::Credentials, Then::Release),
+            view(S::LoggedOut, Stopped),
+        ),
+        (
+            "cleaning:everything+release",
+            cleaning(CleanupKind::Everything, Then::Release),
+            view(S::Stopped, Stopped),
+        ),
+        (
             "cleaning:everything",
             cleaning(CleanupKind::Everything, Then::Rest),
             view(S::Stopped, Stopped),
@@ -235,6 +245,7 @@ fn then_name(then: Then) -> &'static str {
         Then::Rest => "rest",
         Then::Connect => "connect",
         Then::Delete => "delete",
+        Then::Release => "release",
     }
 }
 

@@ -46,12 +46,16 @@ impl Phase {
         )
     }
 
-    /// Whether the connection is closing because this node no longer holds the session.
+    /// Whether the session is going from here because this node no longer holds it (its
+    /// connection closing, or a deletion finishing).
     pub fn relinquishing(&self) -> bool {
         matches!(
             self,
             Phase::Live {
                 closing: Some(Closing::Relinquish),
+                ..
+            } | Phase::Cleaning {
+                then: Then::Release,
                 ..
             }
         )
@@ -115,6 +119,8 @@ pub enum Then {
     Connect,
     /// Delete the session.
     Delete,
+    /// This node no longer holds the session: forget it here once the deletion is over.
+    Release,
 }
 
 /// What the supervisor knows of the session, besides its phase.

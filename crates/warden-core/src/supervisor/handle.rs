@@ -286,8 +286,8 @@ impl Supervisor {
     }
 
     async fn lifecycle(&self, token: Token, operation: Operation) -> Result<SessionInfo, Error> {
-        self.asked(&token, operation.name());
-        self.call_on(&token.clone(), |reply| SupervisorMsg::Operate {
+        let op = operation.name();
+        self.call_on(&token.clone(), Some(op), |reply| SupervisorMsg::Operate {
             token,
             operation,
             reply: Waiter::Info(reply),
@@ -304,14 +304,21 @@ impl Supervisor {
         answer
     }
 
-    /// [`Supervisor::call`] for an operation on `token`: answered with the refusal when a
-    /// change it made was dropped because this node no longer holds the session.
+    /// [`Supervisor::call`] for operation `op` on `token` (journaled as asked, when named):
+    /// answered with the refusal when a change of the session made from here on (its journal
+    /// entry included) was dropped because this node no longer holds the session. It may
+    /// also be a change the supervisor made to the session meanwhile: the answer then errs
+    /// on the side of "not saved".
     async fn call_on<T: Send + 'static>(
         &self,
         token: &Token,
+        op: Option<&'static str>,
         build: impl FnOnce(RpcReplyPort<Result<T, Error>>) -> SupervisorMsg,
     ) -> Result<T, Error> {
         let point = self.store.mark_point();
+        if let Some(op) = op {
+            self.asked(token, op);
+        }
         let answer = self.call(build).await;
         match self.store.refusal_since(token, point) {
             Some(refusal) => Err(StoreError::NotSaved(refusal).into()),
@@ -334,7 +341,7 @@ impl Supervisor {
             .map_err(StoreError::Db)?
             .ok_or_else(|| Error::NotFound(token.clone()))?;
         let record = SessionRecord::decode(token.as_str(), &text)?;
-        self.ask(|reply| SupervisorMsg::Adopt {
+        self.call_on(&token.clone(), None, |reply| SupervisorMsg::Adopt {
             token,
             record: Box::new(record),
             reply,
@@ -345,8 +352,8 @@ impl Supervisor {
     /// This node no longer holds session `token` (in a cluster, its lease was released or
     /// taken over): its connection here is closed at once and the session is forgotten here,
     /// with nothing written or deleted; whoever waits on it is told another node holds it.
-    /// Answers once it is gone here (its connection closed: a graceful hand-over releases the
-    /// lease only then), with whether the session was here.
+    /// Answers once it is gone here (its connection closed, or a deletion under way finished:
+    /// a graceful hand-over releases the lease only then), with whether the session was here.
     pub async fn relinquish(&self, token: &str) -> Result<bool, Error> {
         let token = Token::parse(token)?;
         self.ask(|reply| SupervisorMsg::Relinquish { token, reply })
@@ -425,12 +432,13 @@ impl Supervisor {
     ) -> Result<SessionInfo, Error> {
         let token = Token::parse(token)?;
         let proxy = parse_proxy(proxy)?;
-        self.asked(&token, "set_proxy");
-        self.call_on(&token.clone(), |reply| SupervisorMsg::SetProxy {
-            token,
-            proxy,
-            reconnect,
-            reply,
+        self.call_on(&token.clone(), Some("set_proxy"), |reply| {
+            SupervisorMsg::SetProxy {
+                token,
+                proxy,
+                reconnect,
+                reply,
+            }
         })
         .await
     }
@@ -473,8 +481,8 @@ impl Supervisor {
     /// Deletes a session: closes it and removes `sessions/<token>/` entirely.
     pub async fn delete(&self, token: &str) -> Result<(), Error> {
         let token = Token::parse(token)?;
-        self.asked(&token, Operation::Delete.name());
-        self.call_on(&token.clone(), |reply| SupervisorMsg::Operate {
+        let op = Operation::Delete.name();
+        self.call_on(&token.clone(), Some(op), |reply| SupervisorMsg::Operate {
             token,
             operation: Operation::Delete,
             reply: Waiter::Unit(reply),
@@ -491,10 +499,8 @@ impl Supervisor {
     /// Sets the reconnect attempts back to 0.
     pub async fn reset_reconnect(&self, token: &str) -> Result<SessionInfo, Error> {
         let token = Token::parse(token)?;
-        self.asked(&token, "reset_reconnect");
-        self.call_on(&token.clone(), |reply| SupervisorMsg::ResetReconnect {
-            token,
-            reply,
+        self.call_on(&token.clone(), Some("reset_reconnect"), |reply| {
+            SupervisorMsg::ResetReconnect { token, reply }
         })
         .await
     }
