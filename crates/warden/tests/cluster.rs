@@ -12,111 +12,23 @@
 //! - a session created through a node's socket joins the cluster, and a second create of its
 //!   token is refused.
 
+#[path = "common/cluster.rs"]
+mod cluster_support;
 mod common;
-#[path = "../../warden-cluster/tests/support/postgres.rs"]
-mod pg_server;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use serde_json::Value;
 use tokio::time::Instant;
-use warden_control::{ControlClient, Op};
-use warden_core::Desired;
-use warden_core::store::SessionRecord;
 use warden_fakewa::{ClientKind, ServerEvent};
-use warden_store::{PgDb, PgOptions};
 
+use cluster_support::{LIMIT, Postgres, add_sessions, held, phone_of, said, until_online_after};
 use common::{Daemon, fake_whatsapp_with, pair_any, workspace};
-use pg_server::Postgres;
 
 /// Sessions in the cluster.
 const SESSIONS: usize = 9;
-/// Bound on each wait; nothing normally comes close.
-const LIMIT: Duration = Duration::from_secs(90);
 /// The lease timings, five times faster than the defaults: dead after 3 s.
 const SCALE: &str = "0.2";
-
-fn phone_of(jid: &str) -> &str {
-    jid.split([':', '@']).next().unwrap_or(jid)
-}
-
-/// Adds `count` sessions to the cluster, meant to run; returns their tokens.
-async fn add_sessions(server: &Postgres, count: usize) -> Vec<String> {
-    // The cluster's tables first (a node makes them too), then the store's.
-    let pg = warden_cluster::Pg::connect(&server.url(), Duration::from_secs(10))
-        .await
-        .unwrap();
-    pg.migrate().await.unwrap();
-    let url = server.url();
-    let db = tokio::task::spawn_blocking(move || PgDb::connect(&url, &PgOptions::default()))
-        .await
-        .unwrap()
-        .unwrap();
-    let mut tokens = Vec::new();
-    for n in 0..count {
-        let token = format!("shop{n}");
-        let mut record = SessionRecord::new(token.clone(), SystemTime::now());
-        record.desired = Desired::Running;
-        assert!(
-            db.create_session(&token, &record.encode().unwrap())
-                .await
-                .unwrap()
-        );
-        tokens.push(token);
-    }
-    tokens
-}
-
-/// Waits until each of `phones` went online on a connection the server accepted after
-/// `boundary` (one of `whose` sessions, online again elsewhere).
-async fn until_online_after(
-    recorder: &warden_fakewa::Recorder,
-    boundary: u64,
-    phones: &BTreeSet<String>,
-    whose: &str,
-) {
-    recorder
-        .wait_until(LIMIT, |s| {
-            phones.iter().all(|phone| {
-                s.records().iter().any(|r| {
-                    r.conn > boundary
-                        && r.account.as_deref() == Some(phone.as_str())
-                        && r.event == ServerEvent::Online
-                })
-            })
-        })
-        .await
-        .unwrap_or_else(|_| panic!("every one of {whose} sessions online again on another node"));
-}
-
-/// What the daemons logged since they became ready (for a failure's message).
-fn said(daemons: &mut [Daemon]) -> String {
-    let mut out = String::new();
-    for (name, daemon) in ["a", "b", "c"].iter().zip(daemons.iter_mut()) {
-        while let Ok(line) = daemon.log.try_recv() {
-            out.push_str(&format!("\n{name}: {line}"));
-        }
-    }
-    out
-}
-
-/// The sessions `daemon` runs, with their account (once linked).
-async fn held(daemon: &Daemon) -> BTreeMap<String, Option<String>> {
-    let mut control = ControlClient::connect(&daemon.socket).await.unwrap();
-    let list: Value = control.call(&Op::List {}).await.expect("list");
-    list["sessions"]
-        .as_array()
-        .expect("sessions")
-        .iter()
-        .map(|s| {
-            (
-                s["token"].as_str().unwrap().to_owned(),
-                s["jid"].as_str().map(str::to_owned),
-            )
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_s_sessions_log_in_on_the_others_and_no_account_ever_runs_twice() {

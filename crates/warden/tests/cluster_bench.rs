@@ -1,0 +1,124 @@
+//! Issue #16's benchmark: three `warden serve` nodes over a real PostgreSQL and the fake
+//! WhatsApp server, every session linked and online; then, repeatedly, SIGKILL to a random
+//! node holding sessions, the time until every one of its sessions is online again on the
+//! others (its accounts' logins seen by the server), and the node started again. It records
+//! the distribution of those takeover times and the most live connections any one account
+//! ever had at the server (which must be 1).
+//!
+//! `cargo test --release -p warden --test cluster_bench -- --ignored --nocapture`, with
+//! `WARDEN_BENCH_SESSIONS` (300), `WARDEN_BENCH_KILLS` (20) and `WARDEN_BENCH_SCALE` (1.0:
+//! the default lease timings, dead after 15 s).
+
+#[path = "common/cluster.rs"]
+mod cluster_support;
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use cluster_support::{Postgres, add_sessions, held, phone_of, said, until_online_after};
+use common::{Daemon, fake_whatsapp_with, pair_any, workspace};
+
+fn setting(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark (about 10 minutes): run it on its own, in release"]
+async fn takeover_times_after_kill_9_of_a_node() {
+    let sessions: usize = setting("WARDEN_BENCH_SESSIONS", "300").parse().unwrap();
+    let kills: usize = setting("WARDEN_BENCH_KILLS", "20").parse().unwrap();
+    let scale = setting("WARDEN_BENCH_SCALE", "1.0");
+    let server = Postgres::start().expect("PostgreSQL's server binaries are installed");
+    let whatsapp = fake_whatsapp_with(pair_any(Duration::from_millis(200))).await;
+    let recorder = whatsapp.recorder();
+    let url = server.url();
+    let names = ["a", "b", "c"];
+    let dirs: Vec<tempfile::TempDir> = names.iter().map(|_| workspace(&whatsapp.url())).collect();
+    let start = |i: usize| {
+        let env = [
+            ("WARDEN_CLUSTER_DATABASE_URL", url.clone()),
+            ("WARDEN_CLUSTER_NODE", names[i].to_owned()),
+            ("WARDEN_CLUSTER_TIMING_SCALE", scale.clone()),
+        ];
+        let dir = dirs[i].path().to_owned();
+        async move {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            Daemon::start_with(&dir, &env).await
+        }
+    };
+    let mut daemons = Vec::new();
+    for i in 0..names.len() {
+        daemons.push(start(i).await);
+    }
+    add_sessions(&server, sessions).await;
+    let linked = Instant::now();
+    let all_online = recorder
+        .wait_until(Duration::from_secs(600), |s| {
+            let online: BTreeSet<&str> = s
+                .records()
+                .iter()
+                .filter(|r| r.event == warden_fakewa::ServerEvent::Online)
+                .filter_map(|r| r.account.as_deref())
+                .collect();
+            online.len() == sessions
+        })
+        .await;
+    if all_online.is_err() {
+        panic!("every session linked and online; {}", said(&mut daemons));
+    }
+    eprintln!(
+        "{sessions} sessions linked and online in {:.1?}",
+        linked.elapsed()
+    );
+
+    // A fixed sequence of victims, so that runs compare (xorshift).
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut takeovers = Vec::new();
+    for kill in 0..kills {
+        let mut shares = Vec::new();
+        for daemon in &daemons {
+            shares.push(held(daemon).await);
+        }
+        let holding: Vec<usize> = (0..daemons.len())
+            .filter(|&i| !shares[i].is_empty())
+            .collect();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let victim = holding[(seed % holding.len() as u64) as usize];
+        let phones: BTreeSet<String> = shares[victim]
+            .values()
+            .map(|jid| phone_of(jid.as_deref().expect("linked")).to_owned())
+            .collect();
+        let boundary = recorder.inspect(|s| s.connections().len()) as u64;
+        let killed = Instant::now();
+        daemons[victim].child.start_kill().unwrap();
+        let _ = daemons[victim].child.wait().await;
+        until_online_after(recorder, boundary, &phones, "the killed node's").await;
+        let took = killed.elapsed();
+        eprintln!(
+            "kill {}: node {} with {} sessions; all online again on the others after {took:.2?}",
+            kill + 1,
+            names[victim],
+            phones.len()
+        );
+        takeovers.push(took);
+        daemons[victim] = start(victim).await;
+    }
+
+    takeovers.sort();
+    let at = |q: f64| takeovers[((takeovers.len() - 1) as f64 * q).round() as usize];
+    let doubles = recorder.inspect(|s| s.max_concurrent_any());
+    eprintln!(
+        "takeover after kill -9 ({kills} kills, {sessions} sessions, 3 nodes, timing scale {scale}): \
+         min {:.2?}, median {:.2?}, p90 {:.2?}, max {:.2?}; most live connections of one account: {doubles}",
+        at(0.0),
+        at(0.5),
+        at(0.9),
+        at(1.0)
+    );
+    assert_eq!(doubles, 1, "never two live connections of one account");
+}
