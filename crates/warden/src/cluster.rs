@@ -125,6 +125,8 @@ pub async fn follow(
 ) {
     // What the supervisor runs here, with the fence it was adopted under.
     let mut here: BTreeMap<String, i64> = BTreeMap::new();
+    // Sessions whose adopt keeps failing (warned once each, until it works).
+    let mut failing: std::collections::BTreeSet<String> = Default::default();
     loop {
         let (wanted, stopped) = match ownership.has_changed() {
             Err(_) => (BTreeMap::new(), true),
@@ -161,6 +163,9 @@ pub async fn follow(
             match result {
                 Some(Ok(_)) => {
                     here.insert(token.clone(), *fence);
+                    if failing.remove(token) {
+                        tracing::info!(token = %token, "a session this node holds runs here now");
+                    }
                 }
                 Some(Err(e)) if for_good(&e) => {
                     tracing::warn!(token = %token, error = %e, "a session this node holds cannot run here");
@@ -168,17 +173,22 @@ pub async fn follow(
                     here.insert(token.clone(), *fence);
                 }
                 Some(Err(e)) => {
-                    // Still closing here from an earlier loss, or a passing failure.
-                    if !matches!(e, Error::Conflict { .. }) {
-                        tracing::warn!(token = %token, error = %e, "could not run a session this node holds; trying again");
-                    }
+                    // Still closing here from an earlier loss, or a passing failure (which may
+                    // have come after the supervisor took the session in): undone, then tried
+                    // again.
                     adopted.unset(token);
+                    if !matches!(e, Error::Conflict { .. }) {
+                        undo_adopt(&supervisor, token).await;
+                        if failing.insert(token.clone()) {
+                            tracing::warn!(token = %token, error = %e, "could not run a session this node holds; trying again");
+                        }
+                    }
                     retry = true;
                 }
                 None => {
                     // Abandoned for a change of ownership: undo it, in case it got through.
                     adopted.unset(token);
-                    let _ = supervisor.relinquish(token).await;
+                    undo_adopt(&supervisor, token).await;
                     break;
                 }
             }
@@ -194,6 +204,14 @@ pub async fn follow(
         } else if ownership.changed().await.is_err() {
             // The node stopped: the next round lets go of everything.
         }
+    }
+}
+
+/// Lets go of `token` in case an adopt got through before it failed or was abandoned (a
+/// session nobody follows must not run); a failure to do so is logged.
+async fn undo_adopt(supervisor: &Supervisor, token: &str) {
+    if let Err(e) = supervisor.relinquish(token).await {
+        tracing::error!(token = %token, error = %e, "could not let go of a session whose adopt did not complete");
     }
 }
 

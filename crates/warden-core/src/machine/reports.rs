@@ -197,8 +197,15 @@ pub(super) fn on_cleanup(mut b: Builder, view: &View, ctx: &Context, ok: bool) -
         return b.done(); // no cleanup runs: stale
     };
     b.phase = Phase::Idle;
-    if then == Then::Release && kind == CleanupKind::Credentials {
-        b.push(Effect::Release);
+    if then == Then::Release {
+        // Another node holds it now: a completed deletion is final (forgotten as deleted),
+        // anything else is let go of without a word written.
+        if kind == CleanupKind::Everything && ok {
+            b.push(Effect::AnswerWaiters);
+            b.push(Effect::Forget);
+        } else {
+            b.push(Effect::Release);
+        }
         return b.done();
     }
     match (kind, ok) {
@@ -208,7 +215,8 @@ pub(super) fn on_cleanup(mut b: Builder, view: &View, ctx: &Context, ok: bool) -
                 Then::Delete => b.begin_delete(),
                 // Connect only if that is still what the operator wants.
                 Then::Connect if b.desired == Desired::Running => b.connect(ctx, false),
-                Then::Connect | Then::Rest | Then::Release => {}
+                Then::Connect | Then::Rest => {}
+                Then::Release => unreachable!("handled above"),
             }
             b.push(Effect::AnswerInfoWaiters);
         }
@@ -238,9 +246,6 @@ pub(super) fn on_cleanup(mut b: Builder, view: &View, ctx: &Context, ok: bool) -
                 ));
             }
             b.push(Effect::FailWaiters);
-            if then == Then::Release {
-                b.push(Effect::Release);
-            }
         }
     }
     b.done()

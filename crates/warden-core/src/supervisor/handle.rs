@@ -341,7 +341,7 @@ impl Supervisor {
             .map_err(StoreError::Db)?
             .ok_or_else(|| Error::NotFound(token.clone()))?;
         let record = SessionRecord::decode(token.as_str(), &text)?;
-        self.call_on(&token.clone(), None, |reply| SupervisorMsg::Adopt {
+        self.ask(|reply| SupervisorMsg::Adopt {
             token,
             record: Box::new(record),
             reply,

@@ -306,6 +306,10 @@ impl SupervisorState {
     /// Forgets a deleted session.
     pub(super) fn removed(&mut self, token: &Token) {
         if let Some(mut entry) = self.sessions.remove(token) {
+            // Relinquished while its deletion finished: it is gone here.
+            for reply in entry.relinquished_by.drain(..) {
+                let _ = reply.send(Ok(true));
+            }
             for key in [entry.cancel_retry(), entry.cancel_stable()]
                 .into_iter()
                 .flatten()
