@@ -18,8 +18,8 @@
 //! What is here so far: the credentials and keys ([`PgDb::kv`], the wa-rs store's whole
 //! backend) and the devices' lifecycle; the session records and the event journal
 //! ([`PgDb::commit`]); the outbox ([`PgDb::outbox_insert`] and the rest); the webhooks'
-//! progress ([`PgDb::webhook_pending`] and the rest): the whole store. The daemon does not use
-//! it yet (docs/cluster.md).
+//! progress ([`PgDb::webhook_pending`] and the rest): the whole store, which `warden serve` runs
+//! on with `[cluster]` set (docs/cluster.md).
 
 mod conn;
 mod journal;
