@@ -95,6 +95,18 @@ impl SessionRecord {
         hasher.finish()
     }
 
+    /// The record of a session created now as `token`, named `name` (the token when none or
+    /// blank), connecting through `proxy`.
+    pub(crate) fn created(name: Option<String>, token: &Token, proxy: Option<ProxyUrl>) -> Self {
+        let name = name
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| token.to_string());
+        Self {
+            proxy,
+            ..Self::new(name, SystemTime::now())
+        }
+    }
+
     /// A record for a session just created.
     pub fn new(name: String, created_at: SystemTime) -> Self {
         Self {

@@ -85,15 +85,6 @@ impl Store {
         }
     }
 
-    /// Where the store is, for logs: the database file, or "PostgreSQL" (never its URL, which
-    /// may hold a password).
-    pub fn describe(&self) -> String {
-        match self {
-            Store::Local(db) => db.path().display().to_string(),
-            Store::Shared(_) => "PostgreSQL".into(),
-        }
-    }
-
     /// Every stored record (of the whole cluster, on PostgreSQL), ordered by token.
     pub async fn load_records(&self) -> Result<Vec<(String, String)>, DbError> {
         on_either!(self, db => db.load_records().await)
@@ -167,11 +158,6 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<JournalEntry>, DbError> {
         on_either!(self, db => db.journal_before(token, seq, kind, limit).await)
-    }
-
-    /// The highest entry number ever given (0 when none).
-    pub async fn journal_head(&self) -> Result<i64, DbError> {
-        on_either!(self, db => db.journal_head().await)
     }
 
     /// Accepts `message` unless its session has one with the same key; see

@@ -403,11 +403,7 @@ impl Supervisor {
         proxy: Option<ProxyUrl>,
     ) -> Result<SessionInfo, Error> {
         let token = token.unwrap_or_else(Token::generate);
-        let name = name
-            .filter(|n| !n.trim().is_empty())
-            .unwrap_or_else(|| token.to_string());
-        let mut record = SessionRecord::new(name, std::time::SystemTime::now());
-        record.proxy = proxy;
+        let record = SessionRecord::created(name, &token, proxy);
         let created = self
             .db
             .create_session(token.as_str(), &record.encode()?)

@@ -1,8 +1,6 @@
 //! The operations: each control request becomes an event of the session machine (create,
 //! `set_proxy`'s setting and `reset_reconnect` only change the record).
 
-use std::time::SystemTime;
-
 use ractor::ActorRef;
 use tokio::time::Instant;
 
@@ -94,11 +92,7 @@ impl SupervisorState {
                 }
             },
         };
-        let name = name
-            .filter(|n| !n.trim().is_empty())
-            .unwrap_or_else(|| token.to_string());
-        let mut record = SessionRecord::new(name, SystemTime::now());
-        record.proxy = proxy;
+        let record = SessionRecord::created(name, &token, proxy);
         let mut entry = Entry::new(token.clone(), record, Instant::now());
         entry.persisted = None;
         self.sessions.insert(token.clone(), entry);

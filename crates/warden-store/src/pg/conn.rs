@@ -50,6 +50,10 @@ pub(crate) struct PgConn {
     statements: HashMap<&'static str, Statement>,
     /// How long callers wait for an answer ([`PgOptions::answer_timeout`]).
     answer_timeout: Duration,
+    /// The transaction in progress holds the journal's lock (`pg::journal`): it is not asked
+    /// for again. Cleared at every `BEGIN` and every rollback (to a savepoint too, which may
+    /// give the lock back), so it errs only towards asking again.
+    pub(crate) journal_locked: bool,
 }
 
 impl PgConn {
@@ -78,6 +82,7 @@ impl PgConn {
             client: None,
             statements: HashMap::new(),
             answer_timeout: options.answer_timeout,
+            journal_locked: false,
         })
     }
 
@@ -143,6 +148,9 @@ impl Backend for PgConn {
     const AFTER_READ: &'static str = "";
 
     fn batch(&mut self, sql: &str) -> Result<(), DbError> {
+        if sql.starts_with("BEGIN") || sql.starts_with("ROLLBACK") {
+            self.journal_locked = false;
+        }
         if sql.starts_with("BEGIN") {
             // Nothing is in the transaction yet: a connection found broken here (the server
             // restarted, or ended it while it was idle) is made again, and the batch goes on.

@@ -42,12 +42,18 @@ pub(crate) fn apply(conn: &mut PgConn, change: &JournalChange) -> Result<Option<
 /// Takes the journal's lock for the rest of the transaction. It may wait for another node's
 /// commit as long as the caller waits for its answer (`PgOptions::answer_timeout`), not just
 /// the connection's `lock_timeout`: waiting for an append elsewhere is the rule, not a fault.
+/// Asked for once per transaction: the appends after the first in a group commit cost no
+/// round trip for it.
 fn lock(conn: &mut PgConn) -> Result<(), DbError> {
+    if conn.journal_locked {
+        return Ok(());
+    }
     conn.lock_timeout_for_rest(conn.answer_timeout())?;
     let (client, statement) = conn.prepared("SELECT pg_advisory_xact_lock($1)")?;
     client
         .execute(&statement, &[&JOURNAL_LOCK])
         .map_err(pg_error)?;
+    conn.journal_locked = true;
     Ok(())
 }
 
