@@ -13,6 +13,9 @@
 //! - **Fenced writes.** Every write of a session's data checks its fence in the same
 //!   transaction ([`check_fence`]): a deposed node cannot write.
 //!
+//! - **Requests.** An operation on a session another node runs reaches that node through
+//!   the database ([`requests`]).
+//!
 //! [`Node`] runs all of it for one daemon with two connections. The design and its
 //! measurements: `docs/cluster.md`.
 
@@ -22,11 +25,12 @@ mod node;
 mod pg;
 pub mod placement;
 mod reaper;
+pub mod requests;
 mod timing;
 
 pub use error::ClusterError;
 pub use lease::{Lease, Verdict};
 pub use node::{EVENTS, FenceReason, Gate, LeaseView, Node, NodeConfig, NodeEvent, Ownership};
-pub use pg::{Pg, RELEASED, SessionOwner, check_fence};
+pub use pg::{Notice, Pg, RELEASED, SessionOwner, check_fence};
 pub use reaper::{NodeKey, NodeRow, Reaper};
 pub use timing::Timing;

@@ -1,10 +1,12 @@
 //! The lease protocol's statements on PostgreSQL: about a dozen, each with its own deadline.
 //!
-//! Two tables (created by [`Pg::migrate`]):
+//! Three tables (created by [`Pg::migrate`]):
 //! - `warden_node`: one row per process start (`node_id`, `incarnation`), its heartbeat `beat`,
 //!   and `dead`, which is set once and never cleared;
 //! - `warden_session`: one row per session, its owner (`owner_node`, `owner_inc`, NULL when
-//!   released) and its `fence`, raised by one at every claim.
+//!   released) and its `fence`, raised by one at every claim;
+//! - `warden_request`: operations on the way to the node that runs a session, and their
+//!   answers (the control plane across nodes, [`crate::requests`]).
 //!
 //! Why ownership is exclusive: a session is claimed only from a released or dead owner, by a
 //! compare-and-swap on its fence; `dead` is set only by a compare-and-swap on the beat, which
@@ -18,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast};
 use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, Client, NoTls, Transaction};
 
@@ -45,6 +47,16 @@ CREATE TABLE IF NOT EXISTS warden_session (
   fence      bigint NOT NULL DEFAULT 0,
   FOREIGN KEY (owner_node, owner_inc) REFERENCES warden_node);
 CREATE INDEX IF NOT EXISTS warden_session_owner ON warden_session (owner_node, owner_inc);
+CREATE TABLE IF NOT EXISTS warden_request (
+  id       bigserial PRIMARY KEY,
+  token    text,
+  node     text,
+  op       text NOT NULL,
+  taken_by text,
+  reply    text,
+  asked_at timestamptz NOT NULL DEFAULT now(),
+  CHECK ((token IS NULL) <> (node IS NULL)));
+CREATE INDEX IF NOT EXISTS warden_request_untaken ON warden_request (id) WHERE taken_by IS NULL;
 COMMIT;";
 
 /// The notification channel that says sessions became claimable.
@@ -70,9 +82,23 @@ pub struct Pg {
     client: Client,
     driver: JoinHandle<()>,
     wake: Arc<Notify>,
+    notices: broadcast::Sender<Notice>,
     timeout: Duration,
     broken: AtomicBool,
 }
+
+/// A notification this connection received: its channel and payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// The channel.
+    pub channel: String,
+    /// The payload (empty when none).
+    pub payload: String,
+}
+
+/// How many notifications a slow listener may fall behind before it misses some (it is told
+/// it lagged, and must look at the tables itself).
+const NOTICES_BUFFERED: usize = 256;
 
 impl std::fmt::Debug for Pg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -112,11 +138,20 @@ impl Pg {
             .map_err(|_| ClusterError::Timeout(timeout))??;
         let wake = Arc::new(Notify::new());
         let woken = wake.clone();
+        let (notices, _) = broadcast::channel(NOTICES_BUFFERED);
+        let told = notices.clone();
         let driver = tokio::spawn(async move {
             let mut connection = connection;
             loop {
                 match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                    Some(Ok(AsyncMessage::Notification(_))) => woken.notify_one(),
+                    Some(Ok(AsyncMessage::Notification(n))) => {
+                        woken.notify_one();
+                        // Nobody listening is fine: the notice is for whoever subscribed.
+                        let _ = told.send(Notice {
+                            channel: n.channel().to_owned(),
+                            payload: n.payload().to_owned(),
+                        });
+                    }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "cluster database connection ended");
@@ -130,6 +165,7 @@ impl Pg {
             client,
             driver,
             wake,
+            notices,
             timeout,
             broken: AtomicBool::new(false),
         };
@@ -150,6 +186,18 @@ impl Pg {
     /// ([`Pg::listen_for_releases`]).
     pub fn wake(&self) -> Arc<Notify> {
         self.wake.clone()
+    }
+
+    /// Every notification from now on, with its channel and payload (the channels are those
+    /// this connection listens to: [`Pg::listen`]).
+    pub fn notices(&self) -> broadcast::Receiver<Notice> {
+        self.notices.subscribe()
+    }
+
+    /// Listens to `channel` (a fixed identifier of this crate's, never user input).
+    pub async fn listen(&self, channel: &str) -> Result<(), ClusterError> {
+        self.within(self.client.batch_execute(&format!("LISTEN {channel}")))
+            .await
     }
 
     /// Listens for [`RELEASED`]: sent when sessions are added, released, or left behind by a
@@ -199,7 +247,7 @@ impl Pg {
         }
     }
 
-    /// Creates the two tables if they are missing.
+    /// Creates the tables if they are missing.
     pub async fn migrate(&self) -> Result<(), ClusterError> {
         self.within(self.client.batch_execute(SCHEMA)).await
     }

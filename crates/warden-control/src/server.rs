@@ -16,10 +16,12 @@ use warden_core::{OpenOptions, OutgoingMessage, SendRequest, Supervisor};
 
 use crate::history;
 use crate::lines::{Line, LineReader};
+use crate::peers::{Peers, carried_for, merge_health, merge_lists};
 use crate::protocol::{
     DeletedView, ErrorBody, ErrorCode, EventLine, HealthView, ListView, Op, OutboxView,
     OutgoingView, ReapView, ReapedView, Reply, Request, SessionView, WatchingView, counts,
 };
+use crate::watch_elsewhere::watch_elsewhere;
 use crate::webhooks;
 use warden_webhooks::Webhooks;
 
@@ -97,6 +99,7 @@ pub struct ControlServer {
     started: Instant,
     observer: Option<RequestObserver>,
     webhooks: Option<Arc<Webhooks>>,
+    peers: Option<Arc<dyn Peers>>,
 }
 
 impl ControlServer {
@@ -145,6 +148,7 @@ impl ControlServer {
             started: Instant::now(),
             observer: None,
             webhooks: None,
+            peers: None,
         })
     }
 
@@ -157,6 +161,13 @@ impl ControlServer {
     /// Answers the webhook ops from `webhooks` (without it, there are none).
     pub fn with_webhooks(mut self, webhooks: Arc<Webhooks>) -> Self {
         self.webhooks = Some(webhooks);
+        self
+    }
+
+    /// In a cluster: carries operations on sessions other nodes run to them, and answers
+    /// `list` and `health` for the whole cluster ([`Peers`]).
+    pub fn with_peers(mut self, peers: Arc<dyn Peers>) -> Self {
+        self.peers = Some(peers);
         self
     }
 
@@ -183,6 +194,7 @@ impl ControlServer {
             started: self.started,
             observer: self.observer.clone(),
             webhooks: self.webhooks.clone(),
+            peers: self.peers.clone(),
         });
         tokio::pin!(shutdown);
         let mut trouble = AcceptTrouble::default();
@@ -324,14 +336,32 @@ impl Drop for ControlServer {
 }
 
 /// What every client task shares.
-struct Context {
-    supervisor: Supervisor,
+pub(crate) struct Context {
+    pub(crate) supervisor: Supervisor,
     max_line_bytes: usize,
-    write_timeout: Duration,
+    pub(crate) write_timeout: Duration,
     idle_timeout: Duration,
     started: Instant,
     observer: Option<RequestObserver>,
     webhooks: Option<Arc<Webhooks>>,
+    peers: Option<Arc<dyn Peers>>,
+}
+
+impl Context {
+    /// For answering operations carried here by other nodes: no clients, no peers.
+    pub(crate) fn here(supervisor: Supervisor, webhooks: Option<Arc<Webhooks>>) -> Self {
+        let defaults = ServerConfig::new("");
+        Self {
+            supervisor,
+            max_line_bytes: defaults.max_line_bytes,
+            write_timeout: defaults.write_timeout,
+            idle_timeout: defaults.idle_timeout,
+            started: Instant::now(),
+            observer: None,
+            webhooks,
+            peers: None,
+        }
+    }
 }
 
 /// Writes one JSON line, within `timeout`.
@@ -445,8 +475,51 @@ async fn serve_client(stream: UnixStream, context: Arc<Context>, cancel: Cancell
     }
 }
 
-/// Runs one operation against the supervisor.
+/// Runs one operation: here, or in a cluster on the node that runs its session (`list` and
+/// `health` on every node).
 async fn handle(context: &Context, id: Value, op: Op) -> Reply {
+    let Some(peers) = &context.peers else {
+        return handle_here(context, id, op).await;
+    };
+    if let Some(token) = carried_for(&op)
+        && context.supervisor.status(token).is_err()
+        && let Some(mut reply) = peers.on_session(token, &op).await
+    {
+        reply.id = id;
+        return reply;
+    }
+    let gather = matches!(op, Op::List {} | Op::Health {});
+    let gathered = if gather {
+        Some(peers.on_every_node(&op).await)
+    } else {
+        None
+    };
+    let mine = handle_here(context, id.clone(), op.clone()).await;
+    let Some(gathered) = gathered else {
+        return mine;
+    };
+    let gathered = match gathered {
+        Ok(gathered) => gathered,
+        Err(e) => return Reply::err(id, e),
+    };
+    let Some(result) = mine.result.clone() else {
+        return mine;
+    };
+    match op {
+        Op::List {} => match serde_json::from_value::<ListView>(result) {
+            Ok(list) => Reply::ok(id, merge_lists(peers.me(), list, &gathered)),
+            Err(_) => mine,
+        },
+        Op::Health {} => match serde_json::from_value::<HealthView>(result) {
+            Ok(health) => Reply::ok(id, merge_health(peers.me(), health, &gathered)),
+            Err(_) => mine,
+        },
+        _ => mine,
+    }
+}
+
+/// Runs one operation against this node's supervisor.
+pub(crate) async fn handle_here(context: &Context, id: Value, op: Op) -> Reply {
     let s = &context.supervisor;
     let session = |result: Result<warden_core::SessionInfo, warden_core::Error>| match result {
         Ok(info) => Reply::ok(id.clone(), SessionView::from(&info)),
@@ -527,6 +600,7 @@ async fn handle(context: &Context, id: Value, op: Op) -> Reply {
                         uptime_secs: context.started.elapsed().as_secs(),
                         sessions: list.sessions.len(),
                         counts: counts(&list),
+                        nodes: Default::default(),
                     },
                 )
             }
@@ -619,6 +693,21 @@ async fn watch<R, W>(
     if let Some(token) = &token
         && let Err(e) = supervisor.status(token)
     {
+        if let Some(peers) = &context.peers {
+            let missing = ErrorBody::from(&e);
+            watch_elsewhere(
+                reader,
+                writer,
+                context,
+                peers.as_ref(),
+                cancel,
+                id,
+                token,
+                missing,
+            )
+            .await;
+            return;
+        }
         let _ = write_line(
             writer,
             &Reply::err(id, ErrorBody::from(&e)),

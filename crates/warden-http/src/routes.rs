@@ -320,6 +320,7 @@ async fn healthz(State(app): State<Arc<AppState>>) -> Response {
             .iter()
             .map(|(state, n)| (state.as_str().to_owned(), *n))
             .collect(),
+        nodes: Default::default(),
     };
     let mut response = (status, Json(body)).into_response();
     response

@@ -108,6 +108,7 @@ impl From<&SessionInfo> for SessionView {
                 decision: last.decision.as_str().to_owned(),
                 next_retry_at: last.next_retry_at.map(time),
             }),
+            node: None,
         }
     }
 }
@@ -117,6 +118,7 @@ impl From<&SessionList> for ListView {
         Self {
             sessions: list.sessions.iter().map(SessionView::from).collect(),
             counts: counts(list),
+            unplaced: Vec::new(),
         }
     }
 }

@@ -45,7 +45,8 @@ pub use reply::{ErrorBody, ErrorCode, Reply};
 pub use request::{Request, RequestLine};
 pub use views::{
     CountersView, DeadLetterView, DeadLettersView, DeletedView, EventLine, FailedAgainView,
-    HealthView, HistoryEntryView, HistoryView, ListView, MessageView, OutboxView, OutgoingView,
-    QrView, ReapView, ReapedView, RedeliveredView, ReplayingView, SessionView, WatchingView,
-    WebhookRemovedView, WebhookTestView, WebhookView, WebhooksView, WhyView,
+    HealthView, HistoryEntryView, HistoryView, ListView, MessageView, NodeHealthView, OutboxView,
+    OutgoingView, QrView, ReapView, ReapedView, RedeliveredView, ReplayingView, SessionView,
+    UnplacedView, WatchingView, WebhookRemovedView, WebhookTestView, WebhookView, WebhooksView,
+    WhyView,
 };

@@ -69,6 +69,9 @@ pub struct SessionView {
     /// Why its last connection ended, and what followed; absent when it never had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub why: Option<WhyView>,
+    /// In a cluster, the node that runs it; absent on a single daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// Why a session's last connection ended, and what the restart policy (or the operator)
@@ -226,6 +229,19 @@ pub struct ListView {
     pub sessions: Vec<SessionView>,
     /// How many sessions are in each state.
     pub counts: BTreeMap<String, usize>,
+    /// In a cluster, the sessions no node reported: each with the node the database says
+    /// owns it (`null`: none right now, it is between nodes), or whose node did not answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unplaced: Vec<UnplacedView>,
+}
+
+/// A session of the cluster that no node reported in a `list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnplacedView {
+    /// The token.
+    pub token: String,
+    /// The node the database says owns it, if any (that node did not answer).
+    pub node: Option<String>,
 }
 
 /// The result of `delete`.
@@ -305,6 +321,20 @@ pub struct HealthView {
     pub sessions: usize,
     /// How many are in each state.
     pub counts: BTreeMap<String, usize>,
+    /// In a cluster, every live node by name: whether it answered, and how many sessions it
+    /// runs; `sessions` and `counts` above are then the whole cluster's. Absent on a single
+    /// daemon.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nodes: BTreeMap<String, NodeHealthView>,
+}
+
+/// One node of a cluster in `health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeHealthView {
+    /// `ok`, or why it did not answer.
+    pub status: String,
+    /// How many sessions it runs (0 when it did not answer).
+    pub sessions: usize,
 }
 
 /// The first reply to `watch`; events follow.

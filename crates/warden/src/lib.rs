@@ -5,3 +5,4 @@
 
 pub mod cluster;
 pub mod config;
+pub mod peers;

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use warden::cluster::{Adopted, NodeCredentials, NodeLeases, follow, hand_over};
-use warden_control::{ControlServer, ServerConfig};
+use warden_control::{ControlServer, LocalAnswers, ServerConfig};
 use warden_core::{Supervisor, SupervisorConfig};
 use warden_store::{Db, PgDb, PgOptions, Shared, Store};
 use warden_webhooks::Webhooks;
@@ -22,7 +22,9 @@ use crate::heap;
 use crate::limits;
 use crate::logging::{self, Logging};
 use crate::systemd;
+use tokio_util::sync::CancellationToken;
 use warden::config::{self, Config};
+use warden::peers::{ClusterPeers, RequestLink, answer_requests};
 
 /// `sysexits.h`'s EX_CONFIG: the configuration is wrong; systemd should not restart us.
 pub const EX_CONFIG: u8 = 78;
@@ -273,11 +275,30 @@ async fn serve(
         || heap::figures().map_or(0, |f| f.free),
     ));
     let observer_metrics = metrics.clone();
-    let server = server
+    let mut server = server
         .with_observer(Arc::new(move |op: &str, ok: bool| {
             observer_metrics.record_socket_request(op, ok)
         }))
         .with_webhooks(webhooks.clone());
+    // In a cluster, operations reach the node that runs their session, whichever node they
+    // are asked of; this node carries out those asked of it.
+    let answering = CancellationToken::new();
+    if config.cluster.enabled() {
+        let link = Arc::new(RequestLink::new(
+            &config.cluster.database_url,
+            config.cluster.answer_timeout,
+        ));
+        server = server.with_peers(Arc::new(ClusterPeers::new(
+            link.clone(),
+            &config.cluster.node,
+        )));
+        tokio::spawn(answer_requests(
+            link,
+            LocalAnswers::new(supervisor.clone(), Some(webhooks.clone())),
+            config.cluster.node.clone(),
+            answering.clone(),
+        ));
+    }
     let (stop_server, server_stopped) = oneshot::channel::<()>();
     let served = tokio::spawn(server.run(supervisor.clone(), async {
         let _ = server_stopped.await;
@@ -355,6 +376,7 @@ async fn serve(
     backstop(bound + BACKSTOP_AFTER);
     let _ = stop_server.send(());
     let _ = stop_http.send(());
+    answering.cancel();
     if let Some((node, follower, adopted)) = member {
         // Close every session here, then hand them all over at once: the other nodes claim
         // them now instead of after declaring this one dead.

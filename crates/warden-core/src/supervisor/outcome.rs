@@ -105,7 +105,17 @@ impl SupervisorState {
             self.by_actor.remove(&live.actor.get_id());
         }
         let entry = &self.sessions[token];
-        if let DisconnectReason::SessionCrashed(why) = &reason {
+        // A connection this node closed on purpose (stop, restart, reap...) did not crash.
+        let closed_here = matches!(
+            entry.phase,
+            Phase::Live {
+                closing: Some(_),
+                ..
+            }
+        );
+        if let DisconnectReason::SessionCrashed(why) = &reason
+            && !closed_here
+        {
             tracing::error!(token = %token, error = %why, "session crashed");
         }
         tracing::info!(token = %token, reason = %reason, "Client disconnected");

@@ -1,0 +1,324 @@
+//! The control plane across a cluster's nodes, through its database
+//! ([`warden_cluster::requests`]): an operation on a session another node runs is written as a
+//! request, that node carries it out and writes the answer, and the asker replies with it.
+//! `list` and `health` ask every live node for its own part.
+//!
+//! Bounds: an operation waits at most [`CARRY_WITHIN`] for its answer (long enough to outlast
+//! a failover, when its session is between nodes); `list` and `health` wait at most
+//! [`GATHER_WITHIN`] per node. A node carries out at most [`IN_FLIGHT`] requests at once;
+//! more wait in the table, untaken, and their askers give up in time saying that nothing was
+//! done. Requests whose askers are gone are deleted after [`FORGET_AFTER`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{Mutex, Semaphore, broadcast};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use warden_cluster::requests::{ANSWERED, ASKED, Addressee, Withdrawn};
+use warden_cluster::{ClusterError, Notice, Pg};
+use warden_control::peers::Answer;
+use warden_control::{ErrorBody, ErrorCode, Gathered, LocalAnswers, Op, Peers, Reply};
+
+/// How long an operation carried to another node waits for its answer.
+pub const CARRY_WITHIN: Duration = Duration::from_secs(30);
+/// How long `list` and `health` wait for each other node.
+pub const GATHER_WITHIN: Duration = Duration::from_secs(5);
+/// How many requests a node carries out at once.
+pub const IN_FLIGHT: usize = 32;
+/// How often the tables are looked at when no notification came (one may be lost while the
+/// connection is made again).
+const POLL: Duration = Duration::from_secs(1);
+/// How many waiting requests a node reads at a time.
+const BATCH: usize = 256;
+/// Requests older than this are deleted: their askers gave up long ago.
+const FORGET_AFTER: Duration = Duration::from_secs(600);
+
+/// One connection to the cluster's database for requests, listening on both channels, made
+/// again when it breaks.
+pub struct RequestLink {
+    url: String,
+    timeout: Duration,
+    conn: Mutex<Option<Arc<Pg>>>,
+}
+
+impl RequestLink {
+    /// A link to `url`; every statement answers within `timeout`. Nothing connects yet.
+    pub fn new(url: &str, timeout: Duration) -> Self {
+        Self {
+            url: url.to_owned(),
+            timeout,
+            conn: Mutex::new(None),
+        }
+    }
+
+    /// The connection, made (again) if it is missing or broken.
+    async fn get(&self) -> Result<Arc<Pg>, ClusterError> {
+        let mut conn = self.conn.lock().await;
+        if let Some(pg) = conn.as_ref().filter(|pg| !pg.is_broken()) {
+            return Ok(pg.clone());
+        }
+        *conn = None;
+        let pg = Pg::connect(&self.url, self.timeout).await?;
+        pg.listen(ASKED).await?;
+        pg.listen(ANSWERED).await?;
+        let pg = Arc::new(pg);
+        *conn = Some(pg.clone());
+        Ok(pg)
+    }
+}
+
+/// The other nodes, reached through the database: what the control socket carries operations
+/// with.
+pub struct ClusterPeers {
+    link: Arc<RequestLink>,
+    me: String,
+}
+
+impl ClusterPeers {
+    /// This node (`me`) over `link`.
+    pub fn new(link: Arc<RequestLink>, me: &str) -> Self {
+        Self {
+            link,
+            me: me.to_owned(),
+        }
+    }
+
+    /// Asks `to` for `op` and waits until `within` for the answer.
+    async fn ask(&self, to: Addressee<'_>, op: &Op, within: Duration) -> Option<Reply> {
+        let text = match serde_json::to_string(op) {
+            Ok(text) => text,
+            Err(e) => return Some(unavailable(format!("cannot encode the operation: {e}"))),
+        };
+        let pg = match self.link.get().await {
+            Ok(pg) => pg,
+            Err(e) => {
+                return Some(unavailable(format!(
+                    "the cluster's database is unreachable ({e}); nothing was done"
+                )));
+            }
+        };
+        let mut notices = pg.notices();
+        let id = match pg.ask(to, &text).await {
+            Ok(Some(id)) => id,
+            Ok(None) => return None,
+            Err(e) => {
+                return Some(unavailable(format!(
+                    "the cluster's database refused the request ({e}); nothing was done"
+                )));
+            }
+        };
+        let deadline = Instant::now() + within;
+        loop {
+            match pg.answer_to(id).await {
+                Ok(Some(answer)) => {
+                    let _ = pg.withdraw(id).await;
+                    return Some(decode(&answer));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return Some(unavailable(format!(
+                        "the cluster's database failed while the answer was awaited ({e}); \
+                         the operation may have been carried out: check the session's status"
+                    )));
+                }
+            }
+            if !answered_or_tick(&mut notices, id, deadline).await {
+                break;
+            }
+        }
+        Some(match pg.withdraw(id).await {
+            Ok(Withdrawn::Answered(answer)) => decode(&answer),
+            Ok(Withdrawn::Untaken) => unavailable(match to {
+                Addressee::Session(token) => format!(
+                    "no node runs session {token} right now (it is moving between nodes); \
+                     nothing was done, try again"
+                ),
+                Addressee::Node(node) => format!("node {node} did not answer; nothing was done"),
+            }),
+            Ok(Withdrawn::Taken(node)) => unavailable(format!(
+                "node {node} took the operation but did not answer within {} s; it may have \
+                 been carried out: check the session's status",
+                within.as_secs()
+            )),
+            Ok(Withdrawn::Gone) | Err(_) => unavailable(
+                "the answer was lost; the operation may have been carried out: check the \
+                 session's status"
+                    .to_owned(),
+            ),
+        })
+    }
+}
+
+impl Peers for ClusterPeers {
+    fn me(&self) -> &str {
+        &self.me
+    }
+
+    fn on_session<'a>(&'a self, token: &'a str, op: &'a Op) -> Answer<'a, Option<Reply>> {
+        Box::pin(self.ask(Addressee::Session(token), op, CARRY_WITHIN))
+    }
+
+    fn on_every_node<'a>(&'a self, op: &'a Op) -> Answer<'a, Result<Gathered, ErrorBody>> {
+        Box::pin(async move {
+            let unreachable = |e: ClusterError| {
+                ErrorBody::new(
+                    ErrorCode::Unavailable,
+                    format!("the cluster's database is unreachable: {e}"),
+                )
+            };
+            let pg = self.link.get().await.map_err(unreachable)?;
+            let nodes = pg.live_nodes().await.map_err(unreachable)?;
+            let placements = pg.placements().await.map_err(unreachable)?;
+            let others = nodes.iter().filter(|n| **n != self.me);
+            let asked = others.map(|node| async move {
+                let reply = self
+                    .ask(Addressee::Node(node), op, GATHER_WITHIN)
+                    .await
+                    .unwrap_or_else(|| unavailable(format!("node {node} did not answer")));
+                (node.clone(), reply)
+            });
+            let replies = futures_util::future::join_all(asked).await;
+            Ok(Gathered {
+                replies,
+                placements,
+            })
+        })
+    }
+}
+
+/// Waits for the notice that request `id` was answered, or the next poll, whichever is first;
+/// false once `deadline` passed.
+async fn answered_or_tick(
+    notices: &mut broadcast::Receiver<Notice>,
+    id: i64,
+    deadline: Instant,
+) -> bool {
+    let tick = (Instant::now() + POLL).min(deadline);
+    let wanted = id.to_string();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(tick) => return Instant::now() < deadline,
+            notice = notices.recv() => match notice {
+                Ok(n) if n.channel == ANSWERED && n.payload == wanted => return true,
+                Ok(_) => {}
+                // Missed some: look at the table now.
+                Err(broadcast::error::RecvError::Lagged(_)) => return true,
+                // The connection is gone: the poll carries on.
+                Err(broadcast::error::RecvError::Closed) => {
+                    tokio::time::sleep_until(tick).await;
+                    return Instant::now() < deadline;
+                }
+            },
+        }
+    }
+}
+
+fn decode(answer: &str) -> Reply {
+    serde_json::from_str(answer)
+        .unwrap_or_else(|e| unavailable(format!("the other node's answer did not parse: {e}")))
+}
+
+fn unavailable(message: String) -> Reply {
+    Reply::err(Value::Null, ErrorBody::new(ErrorCode::Unavailable, message))
+}
+
+/// Carries out, until `stop`, the requests other nodes write for this node (`me`): those
+/// addressed to it, and those about the sessions it runs.
+pub async fn answer_requests(
+    link: Arc<RequestLink>,
+    answers: LocalAnswers,
+    me: String,
+    stop: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut last_forget: Option<Instant> = None;
+    let mut warned = false;
+    loop {
+        let pg = match link.get().await {
+            Ok(pg) => {
+                warned = false;
+                pg
+            }
+            Err(e) => {
+                if !warned {
+                    tracing::warn!("cannot reach the cluster's database for requests: {e}");
+                    warned = true;
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(POLL) => continue,
+                }
+            }
+        };
+        let mut notices = pg.notices();
+        if last_forget.is_none_or(|at| at.elapsed() >= FORGET_AFTER / 10) {
+            last_forget = Some(Instant::now());
+            if let Err(e) = pg.forget_requests(FORGET_AFTER).await {
+                tracing::debug!("forgetting old requests failed: {e}");
+            }
+        }
+        match pg.asked_of(&me, BATCH).await {
+            Ok(asked) => {
+                for request in asked {
+                    // One this node does not run yet (just claimed, being adopted) waits for
+                    // the next look.
+                    if request.token.as_deref().is_some_and(|t| !answers.runs(t)) {
+                        continue;
+                    }
+                    let slot = tokio::select! {
+                        () = stop.cancelled() => return,
+                        slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+                    };
+                    match pg.take(&me, request.id).await {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(e) => {
+                            tracing::debug!("taking a request failed: {e}");
+                            break;
+                        }
+                    }
+                    let (pg, answers, me) = (pg.clone(), answers.clone(), me.clone());
+                    tokio::spawn(async move {
+                        let _slot = slot;
+                        let reply = match serde_json::from_str::<Op>(&request.op) {
+                            Ok(op) => answers.answer(op).await,
+                            Err(e) => Reply::err(
+                                Value::Null,
+                                ErrorBody::bad_request(format!(
+                                    "an operation that did not parse: {e}"
+                                )),
+                            ),
+                        };
+                        let text = serde_json::to_string(&reply).unwrap_or_default();
+                        if let Err(e) = pg.answer(&me, request.id, &text).await {
+                            tracing::warn!(
+                                request = request.id,
+                                "a request was carried out but its answer could not be written: {e}"
+                            );
+                        }
+                    });
+                }
+            }
+            Err(e) => tracing::debug!("reading requests failed: {e}"),
+        }
+        // Until something is asked, or the next look.
+        let tick = Instant::now() + POLL;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep_until(tick) => break,
+                notice = notices.recv() => match notice {
+                    Ok(n) if n.channel == ASKED => break,
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        tokio::time::sleep_until(tick).await;
+                        break;
+                    }
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The control plane across a cluster: two `warden serve` nodes over a real PostgreSQL
+//! (Debian's, started by the test; skipped where none is installed) and the fake WhatsApp
+//! server, driven only through each node's control socket with the CLI.
+//!
+//! What it proves:
+//! - an operation asked of the node that does not run the session reaches the node that
+//!   does, and its reply comes once that node carried it out: `start` of a session just
+//!   created (before any node claimed it: the request waits for its owner), `status`, `stop`
+//!   (the server sees the connection close), `delete`;
+//! - `watch` through the other node follows the session to `connected`, its QR code scanned;
+//! - `sessions` (the list) and `health` on either node cover the whole cluster, each session
+//!   marked with the node that runs it;
+//! - an unknown token is `not found` at once, not after the wait for an owner.
+
+#[path = "common/cluster.rs"]
+mod cluster_support;
+mod common;
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use cluster_support::{LIMIT, Postgres, phone_of, said};
+use common::{Daemon, fake_whatsapp_with, pair_any, until, workspace};
+
+/// The lease timings, five times faster than the defaults.
+const SCALE: &str = "0.2";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_node_answers_for_every_session_of_the_cluster() {
+    let Some(server) = Postgres::start() else {
+        return;
+    };
+    let whatsapp = fake_whatsapp_with(pair_any(Duration::from_millis(200))).await;
+    let recorder = whatsapp.recorder();
+    let url = server.url();
+    let mut daemons = Vec::new();
+    let mut dirs = Vec::new();
+    for name in ["a", "b"] {
+        let dir = workspace(&whatsapp.url());
+        let env = [
+            ("WARDEN_CLUSTER_DATABASE_URL", url.as_str()),
+            ("WARDEN_CLUSTER_NODE", name),
+            ("WARDEN_CLUSTER_TIMING_SCALE", SCALE),
+        ];
+        daemons.push(Daemon::start_with(dir.path(), &env).await);
+        dirs.push(dir);
+    }
+
+    // Created through a, started through a at once: whichever node claims it carries the
+    // start out, and the reply says so.
+    let (code, out, err) = daemons[0].cli(&["create", "--token", "shop1"]).await;
+    assert_eq!(code, 0, "{out} {err}");
+    let started = daemons[0].json(&["start", "shop1", "--no-wait"]).await;
+    assert_eq!(started["desired"], "running", "{started}");
+
+    // Both lists show it once, on the node that runs it.
+    let list_a = daemons[0].json(&["sessions"]).await;
+    let list_b = daemons[1].json(&["sessions"]).await;
+    for list in [&list_a, &list_b] {
+        let sessions = list["sessions"].as_array().expect("sessions");
+        assert_eq!(sessions.len(), 1, "{list}");
+        assert_eq!(sessions[0]["token"], "shop1");
+        assert!(list.get("unplaced").is_none(), "{list}");
+    }
+    let owner = list_a["sessions"][0]["node"]
+        .as_str()
+        .expect("the node that runs it")
+        .to_owned();
+    assert_eq!(list_b["sessions"][0]["node"], owner.as_str());
+    let (here, there) = if owner == "a" { (0, 1) } else { (1, 0) };
+    assert!(
+        daemons[there].json(&["status"]).await["sessions"][0]["node"] == owner.as_str(),
+        "the other node names the owner"
+    );
+
+    // Watched through the node that does not run it: the QR code is scanned, it connects.
+    let connected = until(&daemons[there].socket, "shop1", |s| s.state == "connected").await;
+    let phone = phone_of(connected.jid.as_deref().expect("linked")).to_owned();
+
+    // Status through the other node: the owner's live view.
+    let status = daemons[there].json(&["status", "shop1"]).await;
+    assert_eq!(status["state"], "connected", "{status}");
+    assert_eq!(status["jid"], connected.jid.as_deref().unwrap());
+
+    // Health through the other node covers both.
+    let health = daemons[there].json(&["health"]).await;
+    assert_eq!(health["sessions"], 1, "{health}");
+    assert_eq!(health["nodes"]["a"]["status"], "ok", "{health}");
+    assert_eq!(health["nodes"]["b"]["status"], "ok", "{health}");
+    assert_eq!(health["nodes"][owner.as_str()]["sessions"], 1, "{health}");
+
+    // Stop through the other node: answered once the owner stopped it; the server saw its
+    // connection close.
+    let stopped = daemons[there].json(&["stop", "shop1"]).await;
+    assert_eq!(stopped["desired"], "stopped", "{stopped}");
+    recorder
+        .wait_until(LIMIT, |s| {
+            let conns = s.connections_for(&phone);
+            !conns.is_empty() && conns.iter().all(|c| c.closed.is_some())
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the connection closed; {}", said(&mut daemons)));
+    let status = daemons[here].json(&["status", "shop1"]).await;
+    assert_eq!(
+        status["desired"], "stopped",
+        "the owner carried it out: {status}"
+    );
+
+    // Delete through the other node: gone everywhere.
+    let (code, out, err) = daemons[there].cli(&["--json", "delete", "shop1"]).await;
+    assert_eq!(code, 0, "{out} {err} {}", said(&mut daemons));
+    let deleted: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(deleted["deleted"], "shop1", "{deleted}");
+    for daemon in &daemons {
+        let (code, out, err) = daemon.cli(&["status", "shop1"]).await;
+        assert_ne!(code, 0, "deleted: {out}");
+        assert!(
+            err.contains("no session") || out.contains("no session"),
+            "{out} {err}"
+        );
+    }
+
+    // An unknown token is not found at once.
+    let asked = Instant::now();
+    let (code, out, err) = daemons[there].cli(&["stop", "nobody"]).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("no session") || out.contains("no session"),
+        "{out} {err}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "not found without waiting for an owner: {:?}",
+        asked.elapsed()
+    );
+}
