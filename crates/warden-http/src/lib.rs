@@ -35,6 +35,7 @@ pub mod auth;
 pub mod config;
 mod connections;
 mod dashboard;
+pub mod elsewhere;
 pub mod error;
 pub mod events;
 mod extract;
@@ -60,6 +61,7 @@ use warden_core::Supervisor;
 use warden_webhooks::Webhooks;
 
 pub use config::{ConfigError, HttpConfig};
+pub use elsewhere::{Elsewhere, HttpAnswer, HttpAsk, LocalHttp};
 pub use error::ApiError;
 pub use listener::CappedListener;
 pub use metrics::Metrics;
@@ -113,16 +115,19 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     serve_all(
-        listener, supervisor, None, config, metrics, options, shutdown,
+        listener, supervisor, None, None, config, metrics, options, shutdown,
     )
     .await
 }
 
-/// [`serve`], with the webhook routes (`/webhooks...`) and metrics answered from `webhooks`.
+/// [`serve`], with the webhook routes (`/webhooks...`) and metrics answered from `webhooks`,
+/// and in a cluster the requests about sessions other nodes run carried to them
+/// (`elsewhere`, see [`elsewhere`]).
 pub async fn serve_with_webhooks(
     listener: TcpListener,
     supervisor: Supervisor,
     webhooks: Option<Arc<Webhooks>>,
+    elsewhere: Option<Arc<dyn Elsewhere>>,
     config: HttpConfig,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -131,6 +136,7 @@ pub async fn serve_with_webhooks(
         listener,
         supervisor,
         webhooks,
+        elsewhere,
         config,
         metrics,
         ServeOptions::default(),
@@ -139,10 +145,12 @@ pub async fn serve_with_webhooks(
     .await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_all(
     listener: TcpListener,
     supervisor: Supervisor,
     webhooks: Option<Arc<Webhooks>>,
+    elsewhere: Option<Arc<dyn Elsewhere>>,
     config: HttpConfig,
     metrics: Arc<Metrics>,
     options: ServeOptions,
@@ -165,6 +173,8 @@ async fn serve_all(
         options,
         shutdown: stopping.clone(),
         started: Instant::now(),
+        elsewhere,
+        max_body_bytes: config.max_body_bytes,
     });
     tracing::info!(
         %addr,

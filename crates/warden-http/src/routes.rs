@@ -235,7 +235,40 @@ async fn track(State(app): State<Arc<AppState>>, request: Request, next: Next) -
 
 /// Builds the router over `app`.
 pub fn router(app: Arc<AppState>) -> Router {
-    let protected = Router::new()
+    let protected = protected_routes()
+        .route_layer(middleware::from_fn_with_state(
+            app.clone(),
+            crate::elsewhere::carry,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            app.clone(),
+            auth::require_key,
+        ));
+    Router::new()
+        .route("/", get(dashboard::index))
+        .route("/dashboard/app.js", get(dashboard::script))
+        .route("/dashboard/style.css", get(dashboard::style))
+        .route("/healthz", get(healthz))
+        .merge(protected)
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(app.clone(), origin::guard))
+        .layer(middleware::from_fn_with_state(app.clone(), track))
+        .with_state(app)
+}
+
+/// The routes that answer requests other nodes carry here ([`crate::elsewhere`]): those that
+/// need the key, without the check (the node that received the request did it).
+pub(crate) fn local_router(app: Arc<AppState>) -> Router {
+    protected_routes()
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(app)
+}
+
+/// Every route that needs the API key.
+fn protected_routes() -> Router<Arc<AppState>> {
+    Router::new()
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_json))
         .route("/events", get(events::events))
@@ -278,21 +311,6 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/webhooks/{hook}", delete(crate::webhooks::remove))
         .route("/session/webhook/{token}", post(crate::webhooks::set))
         .route("/reap", post(reap))
-        .route_layer(middleware::from_fn_with_state(
-            app.clone(),
-            auth::require_key,
-        ));
-    Router::new()
-        .route("/", get(dashboard::index))
-        .route("/dashboard/app.js", get(dashboard::script))
-        .route("/dashboard/style.css", get(dashboard::style))
-        .route("/healthz", get(healthz))
-        .merge(protected)
-        .fallback(no_route)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(app.clone(), origin::guard))
-        .layer(middleware::from_fn_with_state(app.clone(), track))
-        .with_state(app)
 }
 
 async fn no_route(method: Method, uri: Uri) -> ApiError {

@@ -51,4 +51,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// When the gateway started, for `/healthz`'s uptime.
     pub started: Instant,
+    /// In a cluster: carries requests about sessions other nodes run to them.
+    pub elsewhere: Option<Arc<dyn crate::elsewhere::Elsewhere>>,
+    /// The largest request body taken (`[http] max_body_bytes`).
+    pub max_body_bytes: usize,
 }

@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{Mutex, Semaphore, broadcast};
 use tokio::time::Instant;
@@ -20,9 +21,13 @@ use warden_cluster::requests::{ANSWERED, ASKED, Addressee, Withdrawn};
 use warden_cluster::{ClusterError, Notice, Pg};
 use warden_control::peers::Answer;
 use warden_control::{ErrorBody, ErrorCode, Gathered, LocalAnswers, Op, Peers, Reply};
+use warden_http::{Elsewhere, HttpAnswer, HttpAsk, LocalHttp};
 
 /// How long an operation carried to another node waits for its answer.
 pub const CARRY_WITHIN: Duration = Duration::from_secs(30);
+/// How long an HTTP request carried to another node waits for its response: longer than an
+/// operation, as `POST /session/start/{token}` itself waits up to 30 s for a QR code.
+pub const CARRY_HTTP_WITHIN: Duration = Duration::from_secs(45);
 /// How long `list` and `health` wait for each other node.
 pub const GATHER_WITHIN: Duration = Duration::from_secs(5);
 /// How many requests a node carries out at once.
@@ -85,16 +90,22 @@ impl ClusterPeers {
         }
     }
 
-    /// Asks `to` for `op` and waits until `within` for the answer.
-    async fn ask(&self, to: Addressee<'_>, op: &Op, within: Duration) -> Option<Reply> {
+    /// Asks `to` for `op` and waits until `within` for the answer: `None` when `to` is a
+    /// session the cluster does not have; `Err` with a message when no answer came.
+    async fn ask(
+        &self,
+        to: Addressee<'_>,
+        op: &Carried,
+        within: Duration,
+    ) -> Option<Result<String, String>> {
         let text = match serde_json::to_string(op) {
             Ok(text) => text,
-            Err(e) => return Some(unavailable(format!("cannot encode the operation: {e}"))),
+            Err(e) => return Some(Err(format!("cannot encode the operation: {e}"))),
         };
         let pg = match self.link.get().await {
             Ok(pg) => pg,
             Err(e) => {
-                return Some(unavailable(format!(
+                return Some(Err(format!(
                     "the cluster's database is unreachable ({e}); nothing was done"
                 )));
             }
@@ -104,7 +115,7 @@ impl ClusterPeers {
             Ok(Some(id)) => id,
             Ok(None) => return None,
             Err(e) => {
-                return Some(unavailable(format!(
+                return Some(Err(format!(
                     "the cluster's database refused the request ({e}); nothing was done"
                 )));
             }
@@ -114,11 +125,11 @@ impl ClusterPeers {
             match pg.answer_to(id).await {
                 Ok(Some(answer)) => {
                     let _ = pg.withdraw(id).await;
-                    return Some(decode(&answer));
+                    return Some(Ok(answer));
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    return Some(unavailable(format!(
+                    return Some(Err(format!(
                         "the cluster's database failed while the answer was awaited ({e}); \
                          the operation may have been carried out: check the session's status"
                     )));
@@ -129,24 +140,66 @@ impl ClusterPeers {
             }
         }
         Some(match pg.withdraw(id).await {
-            Ok(Withdrawn::Answered(answer)) => decode(&answer),
-            Ok(Withdrawn::Untaken) => unavailable(match to {
+            Ok(Withdrawn::Answered(answer)) => Ok(answer),
+            Ok(Withdrawn::Untaken) => Err(match to {
                 Addressee::Session(token) => format!(
                     "no node runs session {token} right now (it is moving between nodes); \
                      nothing was done, try again"
                 ),
                 Addressee::Node(node) => format!("node {node} did not answer; nothing was done"),
             }),
-            Ok(Withdrawn::Taken(node)) => unavailable(format!(
+            Ok(Withdrawn::Taken(node)) => Err(format!(
                 "node {node} took the operation but did not answer within {} s; it may have \
                  been carried out: check the session's status",
                 within.as_secs()
             )),
-            Ok(Withdrawn::Gone) | Err(_) => unavailable(
+            Ok(Withdrawn::Gone) | Err(_) => Err(
                 "the answer was lost; the operation may have been carried out: check the \
                  session's status"
                     .to_owned(),
             ),
+        })
+    }
+
+    /// A control operation asked of `to`: its reply.
+    async fn control(&self, to: Addressee<'_>, op: &Op, within: Duration) -> Option<Reply> {
+        let carried = Carried::Control(op.clone());
+        Some(match self.ask(to, &carried, within).await? {
+            Ok(answer) => serde_json::from_str(&answer).unwrap_or_else(|e| {
+                unavailable(format!("the other node's answer did not parse: {e}"))
+            }),
+            Err(message) => unavailable(message),
+        })
+    }
+}
+
+/// What a request carries: a control operation, or an HTTP request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Carried {
+    /// A control operation (answered with its [`Reply`]).
+    Control(Op),
+    /// An HTTP request (answered with an [`HttpAnswer`]).
+    Http {
+        /// The request.
+        http: HttpAsk,
+    },
+}
+
+impl Elsewhere for ClusterPeers {
+    fn on_session<'a>(
+        &'a self,
+        token: &'a str,
+        ask: HttpAsk,
+    ) -> warden_http::elsewhere::Carried<'a> {
+        Box::pin(async move {
+            let carried = Carried::Http { http: ask };
+            let to = Addressee::Session(token);
+            Some(match self.ask(to, &carried, CARRY_HTTP_WITHIN).await? {
+                Ok(answer) => serde_json::from_str::<HttpAnswer>(&answer)
+                    .map_err(|e| format!("the other node's answer did not parse: {e}")),
+                Err(message) => Err(message),
+            })
         })
     }
 }
@@ -157,7 +210,7 @@ impl Peers for ClusterPeers {
     }
 
     fn on_session<'a>(&'a self, token: &'a str, op: &'a Op) -> Answer<'a, Option<Reply>> {
-        Box::pin(self.ask(Addressee::Session(token), op, CARRY_WITHIN))
+        Box::pin(self.control(Addressee::Session(token), op, CARRY_WITHIN))
     }
 
     fn on_every_node<'a>(&'a self, op: &'a Op) -> Answer<'a, Result<Gathered, ErrorBody>> {
@@ -174,7 +227,7 @@ impl Peers for ClusterPeers {
             let others = nodes.iter().filter(|n| **n != self.me);
             let asked = others.map(|node| async move {
                 let reply = self
-                    .ask(Addressee::Node(node), op, GATHER_WITHIN)
+                    .control(Addressee::Node(node), op, GATHER_WITHIN)
                     .await
                     .unwrap_or_else(|| unavailable(format!("node {node} did not answer")));
                 (node.clone(), reply)
@@ -215,11 +268,6 @@ async fn answered_or_tick(
     }
 }
 
-fn decode(answer: &str) -> Reply {
-    serde_json::from_str(answer)
-        .unwrap_or_else(|e| unavailable(format!("the other node's answer did not parse: {e}")))
-}
-
 fn unavailable(message: String) -> Reply {
     Reply::err(Value::Null, ErrorBody::new(ErrorCode::Unavailable, message))
 }
@@ -229,6 +277,7 @@ fn unavailable(message: String) -> Reply {
 pub async fn answer_requests(
     link: Arc<RequestLink>,
     answers: LocalAnswers,
+    http_answers: LocalHttp,
     me: String,
     stop: CancellationToken,
 ) {
@@ -280,18 +329,24 @@ pub async fn answer_requests(
                         }
                     }
                     let (pg, answers, me) = (pg.clone(), answers.clone(), me.clone());
+                    let http_answers = http_answers.clone();
                     tokio::spawn(async move {
                         let _slot = slot;
-                        let reply = match serde_json::from_str::<Op>(&request.op) {
-                            Ok(op) => answers.answer(op).await,
-                            Err(e) => Reply::err(
+                        let text = match serde_json::from_str::<Carried>(&request.op) {
+                            Ok(Carried::Control(op)) => {
+                                serde_json::to_string(&answers.answer(op).await)
+                            }
+                            Ok(Carried::Http { http }) => {
+                                serde_json::to_string(&http_answers.answer(http).await)
+                            }
+                            Err(e) => serde_json::to_string(&Reply::err(
                                 Value::Null,
                                 ErrorBody::bad_request(format!(
                                     "an operation that did not parse: {e}"
                                 )),
-                            ),
-                        };
-                        let text = serde_json::to_string(&reply).unwrap_or_default();
+                            )),
+                        }
+                        .unwrap_or_default();
                         if let Err(e) = pg.answer(&me, request.id, &text).await {
                             tracing::warn!(
                                 request = request.id,

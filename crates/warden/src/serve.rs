@@ -280,21 +280,28 @@ async fn serve(
             observer_metrics.record_socket_request(op, ok)
         }))
         .with_webhooks(webhooks.clone());
-    // In a cluster, operations reach the node that runs their session, whichever node they
-    // are asked of; this node carries out those asked of it.
+    // In a cluster, operations and HTTP requests reach the node that runs their session,
+    // whichever node they are asked of; this node carries out those asked of it.
     let answering = CancellationToken::new();
+    let mut elsewhere: Option<Arc<dyn warden_http::Elsewhere>> = None;
     if config.cluster.enabled() {
         let link = Arc::new(RequestLink::new(
             &config.cluster.database_url,
             config.cluster.answer_timeout,
         ));
-        server = server.with_peers(Arc::new(ClusterPeers::new(
-            link.clone(),
-            &config.cluster.node,
-        )));
+        let peers = Arc::new(ClusterPeers::new(link.clone(), &config.cluster.node));
+        server = server.with_peers(peers.clone());
+        elsewhere = Some(peers);
+        let http_answers = warden_http::LocalHttp::new(
+            supervisor.clone(),
+            Some(webhooks.clone()),
+            metrics.clone(),
+            config.http.max_body_bytes,
+        );
         tokio::spawn(answer_requests(
             link,
             LocalAnswers::new(supervisor.clone(), Some(webhooks.clone())),
+            http_answers,
             config.cluster.node.clone(),
             answering.clone(),
         ));
@@ -309,6 +316,7 @@ async fn serve(
             listener,
             supervisor.clone(),
             Some(webhooks.clone()),
+            elsewhere,
             config.http.clone(),
             metrics,
             async {

@@ -10,6 +10,8 @@
 //! - `watch` through the other node follows the session to `connected`, its QR code scanned;
 //! - `sessions` (the list) and `health` on either node cover the whole cluster, each session
 //!   marked with the node that runs it;
+//! - the HTTP routes with a `{token}` work against either node: the legacy status and a stop
+//!   through the node that does not run the session answer as the owner would;
 //! - an unknown token is `not found` at once, not after the wait for an owner.
 
 #[path = "common/cluster.rs"]
@@ -21,7 +23,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use cluster_support::{LIMIT, Postgres, phone_of, said};
-use common::{Daemon, fake_whatsapp_with, pair_any, until, workspace};
+use common::{Daemon, curl, fake_whatsapp_with, pair_any, until, workspace};
 
 /// The lease timings, five times faster than the defaults.
 const SCALE: &str = "0.2";
@@ -90,10 +92,21 @@ async fn any_node_answers_for_every_session_of_the_cluster() {
     assert_eq!(health["nodes"]["b"]["status"], "ok", "{health}");
     assert_eq!(health["nodes"][owner.as_str()]["sessions"], 1, "{health}");
 
-    // Stop through the other node: answered once the owner stopped it; the server saw its
-    // connection close.
-    let stopped = daemons[there].json(&["stop", "shop1"]).await;
-    assert_eq!(stopped["desired"], "stopped", "{stopped}");
+    // HTTP through the other node: the legacy status as the owner answers it; an unknown
+    // token is the local 404.
+    let (code, legacy) = curl(daemons[there].http, "GET", "/session/status/shop1", None).await;
+    assert_eq!(code, 200, "{legacy}");
+    assert_eq!(legacy["status"], "connected", "{legacy}");
+    assert_eq!(legacy["isReady"], true, "{legacy}");
+    assert_eq!(legacy["jid"], connected.jid.as_deref().unwrap());
+    let (code, missing) = curl(daemons[there].http, "GET", "/session/status/nobody", None).await;
+    assert_eq!(code, 404, "{missing}");
+
+    // Stop through the other node (HTTP): answered once the owner stopped it; the server saw
+    // its connection close.
+    let (code, stopped) = curl(daemons[there].http, "POST", "/session/stop/shop1", None).await;
+    assert_eq!(code, 200, "{stopped}");
+    assert_eq!(stopped["session"]["desired"], "stopped", "{stopped}");
     recorder
         .wait_until(LIMIT, |s| {
             let conns = s.connections_for(&phone);
@@ -106,6 +119,13 @@ async fn any_node_answers_for_every_session_of_the_cluster() {
         status["desired"], "stopped",
         "the owner carried it out: {status}"
     );
+
+    // Started again through the other node's socket; stopped again there.
+    let started = daemons[there].json(&["start", "shop1", "--no-wait"]).await;
+    assert_eq!(started["desired"], "running", "{started}");
+    until(&daemons[there].socket, "shop1", |s| s.state == "connected").await;
+    let stopped = daemons[there].json(&["stop", "shop1"]).await;
+    assert_eq!(stopped["desired"], "stopped", "{stopped}");
 
     // Delete through the other node: gone everywhere.
     let (code, out, err) = daemons[there].cli(&["--json", "delete", "shop1"]).await;

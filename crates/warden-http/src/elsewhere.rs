@@ -1,0 +1,254 @@
+//! In a cluster, a request about a session that another node runs is carried to that node
+//! whole (method, path, query, body and content headers) and its response comes back whole:
+//! every route with a `{token}` works against any node. The node that receives a request
+//! checks its API key; the node that runs the session answers it with [`LocalHttp`] (the same
+//! routes, without the key check, which was done).
+//!
+//! What carries it is the daemon's ([`Elsewhere`], over the cluster's database); a single
+//! daemon has none, and answers every request itself.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tower_service::Service;
+use warden_core::Supervisor;
+use warden_webhooks::Webhooks;
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::state::{AppState, ServeOptions};
+
+/// The request headers carried along: what the routes read. Never the API key.
+const CARRIED: [HeaderName; 2] = [header::CONTENT_TYPE, header::ACCEPT];
+
+/// An HTTP request carried to another node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpAsk {
+    /// The method.
+    pub method: String,
+    /// The path and query.
+    pub uri: String,
+    /// The carried headers ([`CARRIED`]).
+    pub headers: Vec<(String, String)>,
+    /// The body, base64.
+    pub body: String,
+}
+
+/// The response to an [`HttpAsk`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpAnswer {
+    /// The status code.
+    pub status: u16,
+    /// The response headers.
+    pub headers: Vec<(String, String)>,
+    /// The body, base64.
+    pub body: String,
+}
+
+/// A boxed future, as [`Elsewhere`] returns.
+pub type Carried<'a> =
+    Pin<Box<dyn Future<Output = Option<Result<HttpAnswer, String>>> + Send + 'a>>;
+
+/// Carries requests to the node that runs a session.
+pub trait Elsewhere: Send + Sync {
+    /// Carries `ask`, about `token` (which this node does not run), to the node that runs it
+    /// and returns its response. `None` when the cluster has no such session (this node's
+    /// answer stands); `Err` with a message when no answer can come (saying whether the
+    /// request may have been carried out).
+    fn on_session<'a>(&'a self, token: &'a str, ask: HttpAsk) -> Carried<'a>;
+}
+
+/// The token in `path`, if the route it matched (`template`) has one.
+fn token_of<'a>(template: &str, path: &'a str) -> Option<&'a str> {
+    let at = template.split('/').position(|part| part == "{token}")?;
+    path.split('/').nth(at).filter(|t| !t.is_empty())
+}
+
+/// Middleware: a request about a session this node does not run goes to the node that runs
+/// it, when there is one.
+pub(crate) async fn carry(
+    State(app): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(elsewhere) = app.elsewhere.clone() else {
+        return next.run(request).await;
+    };
+    let token = request
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|m| token_of(m.as_str(), request.uri().path()))
+        .map(str::to_owned);
+    let Some(token) = token.filter(|t| app.supervisor.status(t).is_err()) else {
+        return next.run(request).await;
+    };
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = to_bytes(body, app.max_body_bytes).await else {
+        return ApiError::bad_request(format!(
+            "the body is larger than {} bytes",
+            app.max_body_bytes
+        ))
+        .into_response();
+    };
+    let ask = HttpAsk {
+        method: parts.method.to_string(),
+        uri: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned()),
+        headers: CARRIED
+            .iter()
+            .filter_map(|name| {
+                let value = parts.headers.get(name)?.to_str().ok()?;
+                Some((name.as_str().to_owned(), value.to_owned()))
+            })
+            .collect(),
+        body: STANDARD.encode(&bytes),
+    };
+    match elsewhere.on_session(&token, ask).await {
+        None => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Some(Ok(answer)) => response_of(answer),
+        Some(Err(message)) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message).into_response()
+        }
+    }
+}
+
+fn response_of(answer: HttpAnswer) -> Response {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let body = STANDARD.decode(answer.body).unwrap_or_default();
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.clear();
+    for (name, value) in answer.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    response
+}
+
+/// Answers the requests other nodes carry here, with this node's routes (no key check: the
+/// node that received the request did it).
+#[derive(Clone)]
+pub struct LocalHttp {
+    router: Router,
+    max_body_bytes: usize,
+}
+
+impl LocalHttp {
+    /// The routes over `supervisor` (and `webhooks`), counting into `metrics`.
+    pub fn new(
+        supervisor: Supervisor,
+        webhooks: Option<Arc<Webhooks>>,
+        metrics: Arc<Metrics>,
+        max_body_bytes: usize,
+    ) -> Self {
+        let app = Arc::new(AppState {
+            supervisor: supervisor.via("http"),
+            webhooks,
+            api_key: None,
+            metrics,
+            options: ServeOptions::default(),
+            shutdown: CancellationToken::new(),
+            started: Instant::now(),
+            elsewhere: None,
+            max_body_bytes,
+        });
+        Self {
+            router: crate::routes::local_router(app),
+            max_body_bytes,
+        }
+    }
+
+    /// Answers `ask` here.
+    pub async fn answer(&self, ask: HttpAsk) -> HttpAnswer {
+        let failed = |status: StatusCode, message: String| HttpAnswer {
+            status: status.as_u16(),
+            headers: vec![("content-type".into(), "text/plain".into())],
+            body: STANDARD.encode(message),
+        };
+        let Ok(method) = Method::from_bytes(ask.method.as_bytes()) else {
+            return failed(
+                StatusCode::BAD_REQUEST,
+                "a method that did not parse".into(),
+            );
+        };
+        let body = STANDARD.decode(ask.body).unwrap_or_default();
+        let mut builder = Request::builder().method(method).uri(ask.uri);
+        for (name, value) in &ask.headers {
+            builder = builder.header(name, value);
+        }
+        let Ok(request) = builder.body(Body::from(body)) else {
+            return failed(
+                StatusCode::BAD_REQUEST,
+                "a request that did not parse".into(),
+            );
+        };
+        let mut router = self.router.clone();
+        let Ok(response) = router.call(request).await;
+        let (parts, body) = response.into_parts();
+        let Ok(bytes) = to_bytes(body, self.max_body_bytes.max(16 << 20)).await else {
+            return failed(
+                StatusCode::BAD_GATEWAY,
+                "the response was too large to carry".into(),
+            );
+        };
+        HttpAnswer {
+            status: parts.status.as_u16(),
+            headers: parts
+                .headers
+                .iter()
+                .filter_map(|(name, value)| {
+                    Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+                })
+                .collect(),
+            body: STANDARD.encode(bytes),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_is_the_path_segment_where_the_route_has_it() {
+        let cases = [
+            (
+                "/session/status/{token}",
+                "/session/status/shop1",
+                Some("shop1"),
+            ),
+            ("/session/{token}", "/session/shop1", Some("shop1")),
+            (
+                "/session/message/{token}/{id}/retry",
+                "/session/message/shop1/m1/retry",
+                Some("shop1"),
+            ),
+            ("/sessions", "/sessions", None),
+            ("/webhooks/{hook}", "/webhooks/h1", None),
+        ];
+        for (template, path, token) in cases {
+            assert_eq!(token_of(template, path), token, "{template} {path}");
+        }
+    }
+}
