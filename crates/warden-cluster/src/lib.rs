@@ -30,7 +30,9 @@ mod timing;
 
 pub use error::ClusterError;
 pub use lease::{Lease, Verdict};
-pub use node::{EVENTS, FenceReason, Gate, LeaseView, Node, NodeConfig, NodeEvent, Ownership};
+pub use node::{
+    EVENTS, FenceReason, Gate, LeaseView, Node, NodeConfig, NodeEvent, Ownership, Releaser,
+};
 pub use pg::{Notice, Pg, RELEASED, SessionOwner, check_fence};
 pub use reaper::{NodeKey, NodeRow, Reaper};
 pub use timing::Timing;

@@ -369,8 +369,15 @@ impl Node {
     /// session is not this node's from the call on; if the database does not answer, the
     /// error says so and every poll sends the release again until it does.
     pub async fn release(&self, token: &str) -> Result<bool, ClusterError> {
-        self.ask(|reply| Command::Release(token.to_owned(), reply))
-            .await
+        self.releaser().release(token).await
+    }
+
+    /// A cloneable handle that releases sessions ([`Releaser`]), for a task of the caller's
+    /// that acts on [`NodeEvent::Rebalance`].
+    pub fn releaser(&self) -> Releaser {
+        Releaser {
+            commands: self.commands.clone(),
+        }
     }
 
     /// Leaves the cluster gracefully (every socket closed first): stops renewing, releases
@@ -383,6 +390,26 @@ impl Node {
         let released = self.ask(Command::Leave).await;
         self.owner.abort();
         released
+    }
+}
+
+/// Releases sessions of a [`Node`] from another task ([`Node::releaser`]); it fails once the
+/// node has stopped.
+#[derive(Debug, Clone)]
+pub struct Releaser {
+    commands: mpsc::Sender<Command>,
+}
+
+impl Releaser {
+    /// [`Node::release`].
+    pub async fn release(&self, token: &str) -> Result<bool, ClusterError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || ClusterError::Database("the node has stopped".to_owned());
+        self.commands
+            .send(Command::Release(token.to_owned(), reply))
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 }
 

@@ -39,7 +39,8 @@ impl Adopted {
         self.lock().insert(token.to_owned(), fence);
     }
 
-    fn unset(&self, token: &str) {
+    /// No write or dial of `token` from now on (it is being let go).
+    pub(crate) fn unset(&self, token: &str) {
         self.lock().remove(token);
     }
 

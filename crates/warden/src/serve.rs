@@ -25,6 +25,7 @@ use crate::systemd;
 use tokio_util::sync::CancellationToken;
 use warden::config::{self, Config};
 use warden::peers::{ClusterPeers, RequestLink, answer_requests};
+use warden::rebalance::rebalance;
 
 /// `sysexits.h`'s EX_CONFIG: the configuration is wrong; systemd should not restart us.
 pub const EX_CONFIG: u8 = 78;
@@ -327,13 +328,20 @@ async fn serve(
         None
     };
     // A cluster node runs what it holds: what it claims comes in, what it loses goes.
+    // It also hands sessions to a node that joined, when placement prefers it for them.
     let member = member.map(|(node, adopted)| {
         let follower = tokio::spawn(follow(
             supervisor.clone(),
             node.ownership(),
             adopted.clone(),
         ));
-        (node, follower, adopted)
+        let rebalancer = tokio::spawn(rebalance(
+            supervisor.clone(),
+            node.releaser(),
+            node.subscribe(),
+            adopted.clone(),
+        ));
+        (node, follower, rebalancer, adopted)
     });
     let summary = systemd::summary(&supervisor.list());
     tracing::info!(
@@ -385,7 +393,8 @@ async fn serve(
     let _ = stop_server.send(());
     let _ = stop_http.send(());
     answering.cancel();
-    if let Some((node, follower, adopted)) = member {
+    if let Some((node, follower, rebalancer, adopted)) = member {
+        rebalancer.abort();
         // Close every session here, then hand them all over at once: the other nodes claim
         // them now instead of after declaring this one dead.
         let leaving = hand_over(&supervisor, node, follower, &adopted);

@@ -28,6 +28,13 @@ pub fn phone_of(jid: &str) -> &str {
 
 /// Adds `count` sessions to the cluster, meant to run; returns their tokens.
 pub async fn add_sessions(server: &Postgres, count: usize) -> Vec<String> {
+    let tokens: Vec<String> = (0..count).map(|n| format!("shop{n}")).collect();
+    add_tokens(server, &tokens).await;
+    tokens
+}
+
+/// Adds the sessions `tokens` to the cluster, meant to run.
+pub async fn add_tokens(server: &Postgres, tokens: &[String]) {
     // The cluster's tables first (a node makes them too), then the store's.
     let pg = warden_cluster::Pg::connect(&server.url(), Duration::from_secs(10))
         .await
@@ -38,19 +45,15 @@ pub async fn add_sessions(server: &Postgres, count: usize) -> Vec<String> {
         .await
         .unwrap()
         .unwrap();
-    let mut tokens = Vec::new();
-    for n in 0..count {
-        let token = format!("shop{n}");
+    for token in tokens {
         let mut record = SessionRecord::new(token.clone(), SystemTime::now());
         record.desired = Desired::Running;
         assert!(
-            db.create_session(&token, &record.encode().unwrap())
+            db.create_session(token, &record.encode().unwrap())
                 .await
                 .unwrap()
         );
-        tokens.push(token);
     }
-    tokens
 }
 
 /// Waits until each of `phones` went online on a connection the server accepted after
@@ -86,14 +89,28 @@ pub fn said(daemons: &mut [Daemon]) -> String {
     out
 }
 
-/// The sessions `daemon` runs, with their account (once linked).
+/// The node name `daemon` joined the cluster as (from its startup log).
+pub fn node_of(daemon: &Daemon) -> String {
+    let line = daemon.startup_line("joined the cluster");
+    line.split("node=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no node name in {line:?}"))
+        .trim_matches('"')
+        .to_owned()
+}
+
+/// The sessions `daemon` runs, with their account (once linked): its part of the cluster's
+/// list.
 pub async fn held(daemon: &Daemon) -> BTreeMap<String, Option<String>> {
+    let me = node_of(daemon);
     let mut control = ControlClient::connect(&daemon.socket).await.unwrap();
     let list: Value = control.call(&Op::List {}).await.expect("list");
     list["sessions"]
         .as_array()
         .expect("sessions")
         .iter()
+        .filter(|s| s["node"].as_str() == Some(me.as_str()))
         .map(|s| {
             (
                 s["token"].as_str().unwrap().to_owned(),

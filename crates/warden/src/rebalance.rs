@@ -1,0 +1,78 @@
+//! Rebalancing when a node joins: the cluster layer suggests, at most once a second, a
+//! session that placement prefers on another node ([`NodeEvent::Rebalance`]); this node
+//! closes it here and releases its lease, and the preferred node claims it at once. A session
+//! being linked (a QR code or pairing code on show) is never moved: the person scanning would
+//! lose it.
+
+use tokio::sync::broadcast;
+use warden_cluster::{NodeEvent, Releaser};
+use warden_core::{SessionState, Supervisor};
+
+use crate::cluster::Adopted;
+
+/// Whether a session in `state` may be moved to another node now.
+pub fn movable(state: SessionState) -> bool {
+    !matches!(state, SessionState::WaitingForScan | SessionState::Pairing)
+}
+
+/// Acts on the node's rebalancing suggestions (`events`) until the node stops.
+pub async fn rebalance(
+    supervisor: Supervisor,
+    releaser: Releaser,
+    mut events: broadcast::Receiver<NodeEvent>,
+    adopted: Adopted,
+) {
+    loop {
+        let token = match events.recv().await {
+            Ok(NodeEvent::Rebalance { token }) => token,
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        match supervisor.status(&token) {
+            Ok(info) if movable(info.state) => {}
+            // Being linked, or not running here (yet): the next suggestion may be another.
+            _ => continue,
+        }
+        // No write of it from here on; then its connection closes; then the lease goes.
+        adopted.unset(&token);
+        if let Err(e) = supervisor.relinquish(&token).await {
+            tracing::warn!(token = %token, error = %e, "could not close a session to move it to another node");
+            continue;
+        }
+        match releaser.release(&token).await {
+            Ok(true) => {
+                tracing::info!(token = %token, "session handed to the node placement prefers (rebalancing)")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(token = %token, error = %e, "could not release a session to move it; the node sends the release again")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_session_being_linked_stays_put() {
+        let rows = [
+            (SessionState::Stopped, true),
+            (SessionState::Queued, true),
+            (SessionState::Connecting, true),
+            (SessionState::WaitingForScan, false),
+            (SessionState::Pairing, false),
+            (SessionState::Connected, true),
+            (SessionState::BackingOff, true),
+            (SessionState::Failed, true),
+            (SessionState::LoggedOut, true),
+            (SessionState::Replaced, true),
+            (SessionState::Banned, true),
+            (SessionState::QrExpired, true),
+        ];
+        for (state, expected) in rows {
+            assert_eq!(movable(state), expected, "{state:?}");
+        }
+    }
+}
