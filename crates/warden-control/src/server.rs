@@ -21,7 +21,7 @@ use crate::protocol::{
     DeletedView, ErrorBody, ErrorCode, EventLine, HealthView, ListView, Op, OutboxView,
     OutgoingView, ReapView, ReapedView, Reply, Request, SessionView, WatchingView, counts,
 };
-use crate::watch_elsewhere::watch_elsewhere;
+use crate::watch_elsewhere::{ASK_EVERY, OtherNodes, watch_elsewhere};
 use crate::webhooks;
 use warden_webhooks::Webhooks;
 
@@ -739,11 +739,23 @@ async fn watch<R, W>(
             }
         }
     }
+    // In a cluster, watching everything covers the other nodes' sessions too.
+    let peers = context.peers.as_deref().filter(|_| token.is_none());
+    let mut others = OtherNodes::default();
+    let mut look = tokio::time::interval(ASK_EVERY);
     loop {
         tokio::select! {
             ended = stream_ends(reader, cancel) => {
                 end_stream(writer, ended, timeout).await;
                 return;
+            }
+            _ = look.tick(), if peers.is_some() => {
+                let Some(peers) = peers else { continue };
+                for line in others.changes(context, peers).await {
+                    if write_line(writer, &line, timeout).await.is_err() {
+                        return;
+                    }
+                }
             }
             event = events.recv() => match event {
                 Ok(event) if wanted(event.token().as_str()) => {

@@ -1,7 +1,12 @@
-//! `watch` of one session that another node of the cluster runs: its node is asked for the
-//! session's view every [`ASK_EVERY`], and the view is sent whenever it changed (its QR code
-//! and pairing code included). Messages and other events of that session are seen on its own
-//! node's `watch`.
+//! `watch` across a cluster's nodes.
+//!
+//! - One session that another node runs ([`watch_elsewhere`]): its node is asked for the
+//!   session's view every [`ASK_EVERY`], and the view is sent whenever it changed (its QR code
+//!   and pairing code included).
+//! - Every session ([`OtherNodes`]): this node's events as they happen, and the other nodes'
+//!   sessions from their lists, every [`ASK_EVERY`], when they change.
+//!
+//! Messages and the other events of a session are seen on its own node's `watch`.
 
 use std::time::Duration;
 
@@ -117,5 +122,71 @@ pub(crate) async fn watch_elsewhere<R, W>(
             }
             last = view;
         }
+    }
+}
+
+/// `watch` of every session, in a cluster: the sessions other nodes run, as their nodes
+/// report them every [`ASK_EVERY`] (one `list` per other node), sent when they change.
+#[derive(Default)]
+pub(crate) struct OtherNodes {
+    last: std::collections::BTreeMap<String, SessionView>,
+}
+
+impl OtherNodes {
+    /// What changed on the other nodes since the last look: a `session` line for each session
+    /// new or changed there, a `removed` line for each one gone from the cluster. A session
+    /// that came to this node is left to this node's own events; a node that did not answer
+    /// changes nothing.
+    pub(crate) async fn changes(&mut self, context: &Context, peers: &dyn Peers) -> Vec<EventLine> {
+        let Ok(gathered) = peers.on_every_node(&Op::List {}).await else {
+            return Vec::new();
+        };
+        let mut lines = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for (node, reply) in &gathered.replies {
+            let Some(list) = reply
+                .result
+                .clone()
+                .and_then(|r| serde_json::from_value::<crate::protocol::ListView>(r).ok())
+            else {
+                // No answer: what it ran is kept as last seen.
+                seen.extend(
+                    self.last
+                        .iter()
+                        .filter(|(_, v)| v.node.as_deref() == Some(node.as_str()))
+                        .map(|(t, _)| t.clone()),
+                );
+                continue;
+            };
+            for mut view in list.sessions {
+                view.node.get_or_insert_with(|| node.clone());
+                seen.insert(view.token.clone());
+                if self.last.get(&view.token) != Some(&view) {
+                    lines.push(EventLine::Session {
+                        session: Box::new(view.clone()),
+                    });
+                    self.last.insert(view.token.clone(), view);
+                }
+            }
+        }
+        let in_cluster: std::collections::BTreeSet<&str> = gathered
+            .placements
+            .iter()
+            .map(|(t, _)| t.as_str())
+            .collect();
+        let gone: Vec<String> = self
+            .last
+            .keys()
+            .filter(|t| !seen.contains(*t))
+            .cloned()
+            .collect();
+        for token in gone {
+            self.last.remove(&token);
+            let here = context.supervisor.status(&token).is_ok();
+            if !here && !in_cluster.contains(token.as_str()) {
+                lines.push(EventLine::Removed { token });
+            }
+        }
+        lines
     }
 }

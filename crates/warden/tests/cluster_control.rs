@@ -8,6 +8,7 @@
 //!   created (before any node claimed it: the request waits for its owner), `status`, `stop`
 //!   (the server sees the connection close), `delete`;
 //! - `watch` through the other node follows the session to `connected`, its QR code scanned;
+//!   watching everything there shows it (with its node) and then its deletion;
 //! - `sessions` (the list) and `health` on either node cover the whole cluster, each session
 //!   marked with the node that runs it;
 //! - the HTTP routes with a `{token}` work against either node: the legacy status and a stop
@@ -24,6 +25,7 @@ use tokio::time::Instant;
 
 use cluster_support::{LIMIT, Postgres, phone_of, said};
 use common::{Daemon, curl, fake_whatsapp_with, pair_any, until, workspace};
+use warden_control::{ControlClient, EventLine, Op};
 
 /// The lease timings, five times faster than the defaults.
 const SCALE: &str = "0.2";
@@ -79,6 +81,20 @@ async fn any_node_answers_for_every_session_of_the_cluster() {
     // Watched through the node that does not run it: the QR code is scanned, it connects.
     let connected = until(&daemons[there].socket, "shop1", |s| s.state == "connected").await;
     let phone = phone_of(connected.jid.as_deref().expect("linked")).to_owned();
+
+    // Watching everything through the other node shows it too, with its node.
+    let mut watch_all = ControlClient::connect(&daemons[there].socket)
+        .await
+        .unwrap();
+    let reply = watch_all.request(&Op::Watch { token: None }).await.unwrap();
+    assert!(reply.ok, "{reply:?}");
+    let seen = next_of(&mut watch_all, |line| match line {
+        EventLine::Session { session } if session.token == "shop1" => Some(session),
+        _ => None,
+    })
+    .await;
+    assert_eq!(seen.state, "connected");
+    assert_eq!(seen.node.as_deref(), Some(owner.as_str()));
 
     // Status through the other node: the owner's live view.
     let status = daemons[there].json(&["status", "shop1"]).await;
@@ -141,6 +157,13 @@ async fn any_node_answers_for_every_session_of_the_cluster() {
         );
     }
 
+    // The watch of everything on the other node saw it go.
+    next_of(&mut watch_all, |line| match line {
+        EventLine::Removed { token } if token == "shop1" => Some(()),
+        _ => None,
+    })
+    .await;
+
     // An unknown token is not found at once.
     let asked = Instant::now();
     let (code, out, err) = daemons[there].cli(&["stop", "nobody"]).await;
@@ -154,4 +177,23 @@ async fn any_node_answers_for_every_session_of_the_cluster() {
         "not found without waiting for an owner: {:?}",
         asked.elapsed()
     );
+}
+
+/// The first line of `watch` that `pick` takes.
+async fn next_of<T>(watch: &mut ControlClient, pick: impl Fn(EventLine) -> Option<T>) -> T {
+    let wait = async {
+        loop {
+            let line = watch
+                .next_event()
+                .await
+                .unwrap()
+                .expect("the stream goes on");
+            if let Some(found) = pick(line) {
+                return found;
+            }
+        }
+    };
+    tokio::time::timeout(LIMIT, wait)
+        .await
+        .expect("seen on the watch")
 }
