@@ -19,6 +19,9 @@ pub enum ClusterError {
     /// This node's incarnation was declared dead: it must fence itself and start afresh.
     #[error("this node's incarnation was declared dead")]
     Reaped,
+    /// The TLS setup for the database cannot be used (`[cluster] ca_file`).
+    #[error("cluster database TLS: {0}")]
+    Tls(String),
     /// A write carried a fence that is no longer the session's: another node owns it now.
     #[error("stale fence {fence} for session {token}: another node owns it")]
     StaleFence {
@@ -41,7 +44,19 @@ impl From<tokio_postgres::Error> for ClusterError {
                 ClusterError::Busy(db.message().to_owned())
             }
             Some(db) => ClusterError::Database(format!("{} ({})", db.message(), db.code().code())),
-            None => ClusterError::Database(e.to_string()),
+            // With its causes: "error performing TLS handshake" alone does not say why.
+            None => ClusterError::Database(with_causes(&e)),
         }
     }
+}
+
+/// `error`'s text followed by each of its causes'.
+pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(&format!(": {e}"));
+        cause = e.source();
+    }
+    text
 }

@@ -27,6 +27,7 @@ pub mod placement;
 mod reaper;
 pub mod requests;
 mod timing;
+mod tls;
 
 pub use error::ClusterError;
 pub use lease::{Lease, Verdict};
@@ -36,3 +37,4 @@ pub use node::{
 pub use pg::{Notice, Pg, RELEASED, SessionOwner, check_fence};
 pub use reaper::{NodeKey, NodeRow, Reaper};
 pub use timing::Timing;
+pub use tls::{PgTls, PgTlsConnect, PgTlsStream};

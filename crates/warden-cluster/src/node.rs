@@ -30,6 +30,7 @@ use crate::pg::Pg;
 use crate::placement;
 use crate::reaper::{NodeKey, Reaper};
 use crate::timing::Timing;
+use crate::tls::PgTls;
 
 /// How many events a slow subscriber may fall behind before it loses the oldest
 /// ([`broadcast`]); [`Node::ownership`] and [`Node::lease`] never lose anything.
@@ -52,6 +53,20 @@ pub struct NodeConfig {
     pub cap: Option<usize>,
     /// The lease timings.
     pub timing: Timing,
+    /// TLS to the database (`None`: plain connections).
+    pub tls: Option<PgTls>,
+}
+
+impl NodeConfig {
+    /// A connection to the database, each statement under the timings' deadline.
+    async fn connect(&self) -> Result<Pg, ClusterError> {
+        Pg::connect_with(
+            &self.database_url,
+            self.timing.statement_timeout,
+            self.tls.as_ref(),
+        )
+        .await
+    }
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -61,6 +76,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("addr", &self.addr)
             .field("cap", &self.cap)
             .field("timing", &self.timing)
+            .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -244,7 +260,7 @@ impl Node {
         config: NodeConfig,
     ) -> Result<(Self, broadcast::Receiver<NodeEvent>), ClusterError> {
         config.timing.validate()?;
-        let pg = Pg::connect(&config.database_url, config.timing.statement_timeout).await?;
+        let pg = config.connect().await?;
         pg.migrate().await?;
         let incarnation = new_incarnation();
         let key = NodeKey {
@@ -527,7 +543,7 @@ async fn connected<'a>(
     pg: &'a mut Option<Pg>,
 ) -> Result<&'a Pg, ClusterError> {
     if pg.as_ref().is_none_or(Pg::is_broken) {
-        *pg = Some(Pg::connect(&config.database_url, config.timing.statement_timeout).await?);
+        *pg = Some(config.connect().await?);
     }
     Ok(pg.as_ref().expect("connected above"))
 }
@@ -600,11 +616,7 @@ impl Owner {
     async fn connect(&mut self) -> Result<&Pg, ClusterError> {
         if self.pg.as_ref().is_none_or(Pg::is_broken) {
             self.pg = None;
-            let pg = Pg::connect(
-                &self.config.database_url,
-                self.config.timing.statement_timeout,
-            )
-            .await?;
+            let pg = self.config.connect().await?;
             pg.listen_for_releases().await?;
             self.wake = pg.wake();
             self.pg = Some(pg);

@@ -26,6 +26,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls, Transaction};
 
 use crate::error::ClusterError;
 use crate::reaper::{NodeKey, NodeRow};
+use crate::tls::PgTls;
 
 /// The schema, created once under an advisory lock so that nodes starting together do not
 /// race on it.
@@ -124,6 +125,15 @@ impl Pg {
     /// write) is ended after twice it (`idle_in_transaction_session_timeout`), releasing its
     /// locks. TCP keepalives find a dead peer within seconds on both sides.
     pub async fn connect(url: &str, timeout: Duration) -> Result<Self, ClusterError> {
+        Self::connect_with(url, timeout, None).await
+    }
+
+    /// [`Pg::connect`], over TLS when `tls` is given (a server without TLS is then refused).
+    pub async fn connect_with(
+        url: &str,
+        timeout: Duration,
+        tls: Option<&PgTls>,
+    ) -> Result<Self, ClusterError> {
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e: tokio_postgres::Error| ClusterError::Database(e.to_string()))?;
@@ -133,34 +143,25 @@ impl Pg {
             .keepalives_idle(Duration::from_secs(5))
             .keepalives_interval(Duration::from_secs(2))
             .keepalives_retries(3);
-        let (client, connection) = tokio::time::timeout(timeout, config.connect(NoTls))
-            .await
-            .map_err(|_| ClusterError::Timeout(timeout))??;
         let wake = Arc::new(Notify::new());
-        let woken = wake.clone();
         let (notices, _) = broadcast::channel(NOTICES_BUFFERED);
-        let told = notices.clone();
-        let driver = tokio::spawn(async move {
-            let mut connection = connection;
-            loop {
-                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                    Some(Ok(AsyncMessage::Notification(n))) => {
-                        woken.notify_one();
-                        // Nobody listening is fine: the notice is for whoever subscribed.
-                        let _ = told.send(Notice {
-                            channel: n.channel().to_owned(),
-                            payload: n.payload().to_owned(),
-                        });
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, "cluster database connection ended");
-                        return;
-                    }
-                    None => return,
-                }
+        let late = || ClusterError::Timeout(timeout);
+        let (client, driver) = match tls {
+            None => {
+                let (client, connection) = tokio::time::timeout(timeout, config.connect(NoTls))
+                    .await
+                    .map_err(|_| late())??;
+                (client, drive(connection, wake.clone(), notices.clone()))
             }
-        });
+            Some(tls) => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                let (client, connection) =
+                    tokio::time::timeout(timeout, config.connect(tls.clone()))
+                        .await
+                        .map_err(|_| late())??;
+                (client, drive(connection, wake.clone(), notices.clone()))
+            }
+        };
         let pg = Self {
             client,
             driver,
@@ -497,6 +498,38 @@ impl Pg {
             }
         }
     }
+}
+
+/// Drives `connection` until it ends, passing its notifications on (`wake`, `notices`).
+fn drive<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    wake: Arc<Notify>,
+    notices: broadcast::Sender<Notice>,
+) -> JoinHandle<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    wake.notify_one();
+                    // Nobody listening is fine: the notice is for whoever subscribed.
+                    let _ = notices.send(Notice {
+                        channel: n.channel().to_owned(),
+                        payload: n.payload().to_owned(),
+                    });
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "cluster database connection ended");
+                    return;
+                }
+                None => return,
+            }
+        }
+    })
 }
 
 /// Checks, inside the caller's transaction, that `me` still holds `token` under `fence`, and

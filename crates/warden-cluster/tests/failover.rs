@@ -30,6 +30,7 @@ async fn start(url: &str, name: &str, cap: Option<usize>) -> Node {
         addr: None,
         cap,
         timing: support::fast(),
+        tls: None,
     })
     .await
     .unwrap()

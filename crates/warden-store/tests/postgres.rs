@@ -612,3 +612,54 @@ async fn a_frozen_server_answers_unconfirmed_at_the_deadline_not_never() {
     let keys = keys_of(&pg, device, &fence).await;
     assert_eq!(keys, vec![b"after".to_vec(), b"while frozen".to_vec()]);
 }
+
+#[tokio::test]
+async fn the_store_talks_to_postgresql_over_tls_when_asked_to() {
+    let Some((server, ca)) = Postgres::start_tls() else {
+        return;
+    };
+    let _cluster = Cluster::start(&server).await; // the cluster's tables
+    let tls = warden_cluster::PgTls::new(Some(&ca)).unwrap();
+    let db = store_with(
+        &server,
+        PgOptions {
+            connections: 1,
+            tls: Some(tls),
+            ..PgOptions::default()
+        },
+    )
+    .await;
+    assert!(db.create_session("s1", "record").await.unwrap());
+    assert_eq!(
+        db.load_records().await.unwrap(),
+        vec![("s1".to_owned(), "record".to_owned())]
+    );
+    // The store's connection, as the server sees it.
+    let watcher = Pg::connect(&server.url(), TIMEOUT).await.unwrap();
+    let row = watcher
+        .client()
+        .query_one(
+            "SELECT bool_and(s.ssl), count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a \
+             USING (pid) WHERE a.application_name = 'warden-store'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (all_encrypted, connections): (bool, i64) = (row.get(0), row.get(1));
+    assert_eq!(connections, 1);
+    assert!(all_encrypted, "the store's connection is encrypted");
+
+    // Against the web roots the test CA is unknown: the store cannot open.
+    let url = server.url();
+    let options = PgOptions {
+        tls: Some(warden_cluster::PgTls::new(None).unwrap()),
+        ..PgOptions::default()
+    };
+    let refused = tokio::task::spawn_blocking(move || PgDb::connect(&url, &options))
+        .await
+        .unwrap()
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("UnknownIssuer"), "{refused}");
+}

@@ -73,6 +73,23 @@ pub struct ClusterConfig {
     /// unconfirmed (a write) or failed (a read).
     #[serde(with = "humantime_serde")]
     pub answer_timeout: Duration,
+    /// `off` (plain connections) or `verify`: TLS required, the server's certificate verified
+    /// against `ca_file` (or the public web roots) and its name against the host.
+    pub tls: TlsMode,
+    /// The CA certificates (PEM) that `tls = "verify"` trusts (relative to the config file's
+    /// folder); empty: the public web roots.
+    pub ca_file: PathBuf,
+}
+
+/// `[cluster] tls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Plain connections.
+    #[default]
+    Off,
+    /// TLS, the server verified.
+    Verify,
 }
 
 impl Default for ClusterConfig {
@@ -84,6 +101,8 @@ impl Default for ClusterConfig {
             timing_scale: 1.0,
             connections: 4,
             answer_timeout: Duration::from_secs(10),
+            tls: TlsMode::Off,
+            ca_file: PathBuf::new(),
         }
     }
 }
@@ -100,6 +119,8 @@ impl std::fmt::Debug for ClusterConfig {
             .field("timing_scale", &self.timing_scale)
             .field("connections", &self.connections)
             .field("answer_timeout", &self.answer_timeout)
+            .field("tls", &self.tls)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -108,6 +129,16 @@ impl ClusterConfig {
     /// Whether the daemon runs as a node of a cluster.
     pub fn enabled(&self) -> bool {
         !self.database_url.is_empty()
+    }
+
+    /// The TLS connector for PostgreSQL (`None`: `tls = "off"`); fails on an unreadable CA
+    /// file.
+    pub fn pg_tls(&self) -> Result<Option<warden_cluster::PgTls>, warden_cluster::ClusterError> {
+        if self.tls == TlsMode::Off {
+            return Ok(None);
+        }
+        let ca_file = (!self.ca_file.as_os_str().is_empty()).then_some(self.ca_file.as_path());
+        warden_cluster::PgTls::new(ca_file).map(Some)
     }
 
     /// The lease timings, scaled.
@@ -132,6 +163,9 @@ impl ClusterConfig {
         }
         if self.answer_timeout.is_zero() {
             return Err("answer_timeout must be more than 0s".into());
+        }
+        if self.tls == TlsMode::Off && !self.ca_file.as_os_str().is_empty() {
+            return Err("ca_file is only used with tls = \"verify\"".into());
         }
         self.timing()
             .validate()
@@ -271,6 +305,7 @@ pub fn load(path: &Path, required: bool) -> Result<Loaded, ConfigError> {
     resolve(&mut config.daemon.sessions_dir);
     resolve(&mut config.daemon.socket);
     resolve(&mut config.daemon.log_dir);
+    resolve(&mut config.cluster.ca_file);
     Ok(Loaded {
         config,
         path: found.then(|| path.to_owned()),
@@ -457,6 +492,39 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         parse(text, &env).unwrap_err()
+    }
+
+    #[test]
+    fn cluster_tls_is_off_or_verify_and_a_ca_file_needs_verify() {
+        let base = "[cluster]\ndatabase_url = \"host=db\"\nnode = \"a\"\n";
+        let plain = ok(base, &[]);
+        assert_eq!(plain.cluster.tls, TlsMode::Off);
+        assert!(plain.cluster.pg_tls().unwrap().is_none());
+        let verify = ok(&format!("{base}tls = \"verify\"\n"), &[]);
+        assert_eq!(verify.cluster.tls, TlsMode::Verify);
+        assert!(verify.cluster.pg_tls().unwrap().is_some(), "the web roots");
+        let with_env = ok(
+            base,
+            &[
+                ("WARDEN_CLUSTER_TLS", "verify"),
+                ("WARDEN_CLUSTER_CA_FILE", "/etc/warden/pg-ca.pem"),
+            ],
+        );
+        assert_eq!(
+            with_env.cluster.ca_file,
+            PathBuf::from("/etc/warden/pg-ca.pem")
+        );
+        let e = err(&format!("{base}tls = \"maybe\"\n"), &[]);
+        assert!(e.contains("maybe"), "{e}");
+        let e = err(&format!("{base}ca_file = \"ca.pem\"\n"), &[]);
+        assert!(e.contains("ca_file is only used with tls"), "{e}");
+        assert!(e.contains("line 4"), "names the line: {e}");
+        let missing = ok(
+            &format!("{base}tls = \"verify\"\nca_file = \"/nonexistent/ca.pem\"\n"),
+            &[],
+        );
+        let e = missing.cluster.pg_tls().unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/ca.pem"), "{e}");
     }
 
     fn ok(text: &str, env: &[(&str, &str)]) -> Config {

@@ -18,7 +18,7 @@ use tokio::sync::{Mutex, Semaphore, broadcast};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use warden_cluster::requests::{ANSWERED, ASKED, Addressee, Withdrawn};
-use warden_cluster::{ClusterError, Notice, Pg};
+use warden_cluster::{ClusterError, Notice, Pg, PgTls};
 use warden_control::peers::Answer;
 use warden_control::{ErrorBody, ErrorCode, Gathered, LocalAnswers, Op, Peers, Reply};
 use warden_http::{Elsewhere, HttpAnswer, HttpAsk, LocalHttp};
@@ -45,15 +45,18 @@ const FORGET_AFTER: Duration = Duration::from_secs(600);
 pub struct RequestLink {
     url: String,
     timeout: Duration,
+    tls: Option<PgTls>,
     conn: Mutex<Option<Arc<Pg>>>,
 }
 
 impl RequestLink {
-    /// A link to `url`; every statement answers within `timeout`. Nothing connects yet.
-    pub fn new(url: &str, timeout: Duration) -> Self {
+    /// A link to `url` (over `tls` when given); every statement answers within `timeout`.
+    /// Nothing connects yet.
+    pub fn new(url: &str, timeout: Duration, tls: Option<PgTls>) -> Self {
         Self {
             url: url.to_owned(),
             timeout,
+            tls,
             conn: Mutex::new(None),
         }
     }
@@ -65,7 +68,7 @@ impl RequestLink {
             return Ok(pg.clone());
         }
         *conn = None;
-        let pg = Pg::connect(&self.url, self.timeout).await?;
+        let pg = Pg::connect_with(&self.url, self.timeout, self.tls.as_ref()).await?;
         pg.listen(ASKED).await?;
         pg.listen(ANSWERED).await?;
         let pg = Arc::new(pg);

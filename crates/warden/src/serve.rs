@@ -213,7 +213,11 @@ async fn serve(
                 adopted: adopted.clone(),
             }),
         });
-        (store, Arc::new(link), Some((joined.node, adopted)))
+        (
+            store,
+            Arc::new(link),
+            Some((joined.node, adopted, joined.tls)),
+        )
     } else {
         (Store::Local(db.clone()), Arc::new(link), None)
     };
@@ -285,10 +289,11 @@ async fn serve(
     // whichever node they are asked of; this node carries out those asked of it.
     let answering = CancellationToken::new();
     let mut elsewhere: Option<Arc<dyn warden_http::Elsewhere>> = None;
-    if config.cluster.enabled() {
+    if let Some((_, _, tls)) = &member {
         let link = Arc::new(RequestLink::new(
             &config.cluster.database_url,
             config.cluster.answer_timeout,
+            tls.clone(),
         ));
         let peers = Arc::new(ClusterPeers::new(link.clone(), &config.cluster.node));
         server = server.with_peers(peers.clone());
@@ -329,7 +334,7 @@ async fn serve(
     };
     // A cluster node runs what it holds: what it claims comes in, what it loses goes.
     // It also hands sessions to a node that joined, when placement prefers it for them.
-    let member = member.map(|(node, adopted)| {
+    let member = member.map(|(node, adopted, _)| {
         let follower = tokio::spawn(follow(
             supervisor.clone(),
             node.ownership(),
@@ -431,11 +436,13 @@ const JOIN_WITHIN: Duration = Duration::from_secs(30);
 struct Joined {
     node: warden_cluster::Node,
     db: PgDb,
+    tls: Option<warden_cluster::PgTls>,
 }
 
 /// Joins the cluster `[cluster]` describes: registers this node and opens the session store,
 /// each within [`JOIN_WITHIN`]. The database URL is never logged.
 async fn join_cluster(cluster: &config::ClusterConfig) -> anyhow::Result<Joined> {
+    let tls = cluster.pg_tls().context("[cluster] tls")?;
     let node = tokio::time::timeout(
         JOIN_WITHIN,
         warden_cluster::Node::start(warden_cluster::NodeConfig {
@@ -444,6 +451,7 @@ async fn join_cluster(cluster: &config::ClusterConfig) -> anyhow::Result<Joined>
             addr: None,
             cap: (cluster.cap > 0).then_some(cluster.cap),
             timing: cluster.timing(),
+            tls: tls.clone(),
         }),
     )
     .await
@@ -453,6 +461,7 @@ async fn join_cluster(cluster: &config::ClusterConfig) -> anyhow::Result<Joined>
     let options = PgOptions {
         connections: cluster.connections,
         answer_timeout: cluster.answer_timeout,
+        tls: tls.clone(),
         ..PgOptions::default()
     };
     let db = tokio::time::timeout(
@@ -462,8 +471,12 @@ async fn join_cluster(cluster: &config::ClusterConfig) -> anyhow::Result<Joined>
     .await
     .context("opening the session store on PostgreSQL: no answer in time")?
     .context("opening the session store on PostgreSQL")??;
-    tracing::info!(node = %cluster.node, "joined the cluster; the session store is on PostgreSQL");
-    Ok(Joined { node, db })
+    tracing::info!(
+        node = %cluster.node,
+        tls = tls.is_some(),
+        "joined the cluster; the session store is on PostgreSQL"
+    );
+    Ok(Joined { node, db, tls })
 }
 
 /// The bounded part of the shutdown: the HTTP gateway, the control socket and the supervisor

@@ -60,6 +60,7 @@ async fn member(server: &Postgres, name: &str, link: &ScriptedLink) -> Member {
         addr: None,
         cap: None,
         timing: timing(),
+        tls: None,
     })
     .await
     .unwrap();

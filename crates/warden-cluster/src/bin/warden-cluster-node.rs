@@ -70,6 +70,7 @@ async fn main() -> ExitCode {
         addr: None,
         cap: args.cap,
         timing: Timing::scaled(args.scale),
+        tls: None,
     })
     .await
     {

@@ -71,6 +71,74 @@ fn as_server_user(program: &Path) -> Command {
     }
 }
 
+/// Makes, in `dir`, a CA (`ca.pem`) and a server certificate it signed for `127.0.0.1` and
+/// `localhost` (`server.pem`, `server.key`, readable by the server only); returns the CA file.
+fn certificates(dir: &Path) -> PathBuf {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=warden test CA"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    run(&ca);
+    let mut csr = vec!["req", "-subj", "/CN=127.0.0.1"];
+    csr.extend(ec);
+    csr.extend(["-keyout", "server.key", "-out", "server.csr"]);
+    run(&csr);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.pem",
+    ]);
+    for file in ["server.key", "server.pem"] {
+        let path = dir.join(file);
+        if is_root() {
+            let status = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&path)
+                .status()
+                .unwrap();
+            assert!(status.success(), "chown of {file}");
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    dir.join("ca.pem")
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -83,6 +151,23 @@ impl Postgres {
     /// Starts a server, or `None` (with a note) if PostgreSQL is not installed and `CI` is not
     /// set. Under CI a missing server fails the test.
     pub fn start() -> Option<Self> {
+        Self::launch(false).map(|(server, _)| server)
+    }
+
+    /// A server that takes TLS connections (and plain ones), with a certificate for
+    /// `127.0.0.1` and `localhost` signed by a CA made for it: the server and the CA file
+    /// (PEM). `None` as [`Postgres::start`], or when `openssl` is not installed.
+    pub fn start_tls() -> Option<(Self, PathBuf)> {
+        if Command::new("openssl").arg("version").output().is_err() {
+            eprintln!(
+                "\n*** SKIPPED: openssl is not installed (it makes the test certificates) ***\n"
+            );
+            return None;
+        }
+        Self::launch(true).map(|(server, ca)| (server, ca.expect("made with TLS")))
+    }
+
+    fn launch(tls: bool) -> Option<(Self, Option<PathBuf>)> {
         let Some(bin) = bindir() else {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -126,8 +211,19 @@ impl Postgres {
             "initdb: {}",
             String::from_utf8_lossy(&init.stderr)
         );
+        let ca = tls.then(|| certificates(dir.path()));
         let port = free_port();
-        let mut child = as_server_user(&bin.join("postgres"))
+        let mut server = as_server_user(&bin.join("postgres"));
+        if tls {
+            let file = |name: &str| dir.path().join(name).display().to_string();
+            server
+                .args(["-c", "ssl=on"])
+                .arg("-c")
+                .arg(format!("ssl_cert_file={}", file("server.pem")))
+                .arg("-c")
+                .arg(format!("ssl_key_file={}", file("server.key")));
+        }
+        let mut child = server
             .arg("-D")
             .arg(&data)
             .arg("-p")
@@ -163,11 +259,14 @@ impl Postgres {
             Ok(Err(line)) => panic!("postgres failed: {line}"),
             Err(_) => panic!("postgres not ready within {READY_WITHIN:?}"),
         }
-        Some(Self {
-            child,
-            port,
-            _dir: dir,
-        })
+        Some((
+            Self {
+                child,
+                port,
+                _dir: dir,
+            },
+            ca,
+        ))
     }
 
     /// The server's port on 127.0.0.1.

@@ -30,6 +30,9 @@ pub struct PgOptions {
     /// thread stays blocked until the server answers or the connection breaks; jobs queued
     /// behind it get the same error at their deadline.
     pub answer_timeout: Duration,
+    /// TLS to the server (`None`: plain connections). With it, a server without TLS is
+    /// refused.
+    pub tls: Option<warden_cluster::PgTls>,
 }
 
 impl Default for PgOptions {
@@ -39,6 +42,7 @@ impl Default for PgOptions {
             connect_timeout: Duration::from_secs(5),
             connections: 4,
             answer_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -46,6 +50,7 @@ impl Default for PgOptions {
 /// The owner thread's connection and its prepared statements.
 pub(crate) struct PgConn {
     config: postgres::Config,
+    tls: Option<warden_cluster::PgTls>,
     client: Option<Client>,
     statements: HashMap<&'static str, Statement>,
     /// How long callers wait for an answer ([`PgOptions::answer_timeout`]).
@@ -77,8 +82,12 @@ impl PgConn {
             .keepalives_interval(Duration::from_secs(1))
             .keepalives_retries(3)
             .tcp_user_timeout(options.statement_timeout * 2);
+        if options.tls.is_some() {
+            config.ssl_mode(postgres::config::SslMode::Require);
+        }
         Ok(Self {
             config,
+            tls: options.tls.clone(),
             client: None,
             statements: HashMap::new(),
             answer_timeout: options.answer_timeout,
@@ -112,7 +121,11 @@ impl PgConn {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.statements.clear();
             self.client = None;
-            self.client = Some(self.config.connect(NoTls).map_err(pg_error)?);
+            let client = match &self.tls {
+                None => self.config.connect(NoTls),
+                Some(tls) => self.config.connect(tls.clone()),
+            };
+            self.client = Some(client.map_err(pg_error)?);
         }
         Ok(self.client.as_mut().expect("connected above"))
     }
@@ -197,6 +210,15 @@ fn connection_lost(e: &postgres::Error) -> bool {
 pub(crate) fn pg_error(e: postgres::Error) -> DbError {
     DbError::Postgres(match e.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => e.to_string(),
+        // With its causes: "error performing TLS handshake" alone does not say why.
+        None => {
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                text.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            text
+        }
     })
 }
