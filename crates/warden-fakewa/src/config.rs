@@ -8,6 +8,7 @@
 //! accept_unknown_devices = true
 //! first_phone = 15550000001
 //! receipts = "delivered"        # what a contact sends back: "none", "delivered" or "read"
+//! replace_older_login = false   # a login ends the device's older live login ("replaced")
 //!
 //! [[listener]]                  # optional listener timeline
 //! mode = "refuse"
@@ -94,6 +95,13 @@ pub struct ServerConfig {
     pub receipts: Receipts,
     /// The devices of some contact numbers; every other number has one, its phone (0).
     pub contact_devices: BTreeMap<String, Vec<u16>>,
+    /// Do as WhatsApp does when a device logs in while an older connection of the same
+    /// device (`phone:device`) is still logged in: the older one gets
+    /// `<stream:error><conflict type="replaced"/>` and is closed, before the new login is
+    /// accepted. Recorded as [`ServerEvent::Replaced`](crate::ServerEvent::Replaced) on the
+    /// older connection, which stops counting as live. Off by default: both stay connected
+    /// (and [`Snapshot::max_concurrent`](crate::Snapshot::max_concurrent) shows the two).
+    pub replace_older_login: bool,
 }
 
 impl Default for ServerConfig {
@@ -109,6 +117,7 @@ impl Default for ServerConfig {
             listener: Vec::new(),
             receipts: Receipts::default(),
             contact_devices: BTreeMap::new(),
+            replace_older_login: false,
         }
     }
 }
@@ -188,6 +197,7 @@ struct ServerSection {
     #[serde(with = "humantime_serde")]
     online_timeout: Duration,
     receipts: Receipts,
+    replace_older_login: bool,
 }
 
 impl Default for ServerSection {
@@ -201,6 +211,7 @@ impl Default for ServerSection {
             handshake_timeout: d.handshake_timeout,
             online_timeout: d.online_timeout,
             receipts: d.receipts,
+            replace_older_login: d.replace_older_login,
         }
     }
 }
@@ -224,6 +235,7 @@ impl ScenarioFile {
             listener: self.listener,
             receipts: s.receipts,
             contact_devices: self.contacts,
+            replace_older_login: s.replace_older_login,
         }
     }
 }
@@ -249,6 +261,7 @@ mod tests {
             accept_unknown_devices = false
             first_phone = 4900000001
             receipts = "read"
+            replace_older_login = true
 
             [contacts]
             4915550001 = [0, 3]
@@ -279,6 +292,7 @@ mod tests {
         assert!(!c.accept_unknown_devices);
         assert_eq!(c.first_phone, 4900000001);
         assert_eq!(c.receipts, Receipts::Read);
+        assert!(c.replace_older_login);
         assert_eq!(
             c.contact_devices,
             BTreeMap::from([("4915550001".to_string(), vec![0, 3])])

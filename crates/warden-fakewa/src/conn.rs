@@ -45,7 +45,12 @@ pub(crate) struct ConnOptions {
     pub handshake_timeout: Duration,
     pub online_timeout: Duration,
     pub receipts: crate::chat::Receipts,
+    pub replace_older_login: bool,
 }
+
+/// The login in force for each device, `(phone, device)`: its connection and a way to send it
+/// commands (for `replace_older_login`).
+pub(crate) type Logins = Mutex<HashMap<(String, u16), (ConnId, mpsc::UnboundedSender<Command>)>>;
 
 /// State shared by the listener and all connections.
 pub(crate) struct Shared {
@@ -56,6 +61,8 @@ pub(crate) struct Shared {
     pub seen: Mutex<std::collections::HashSet<(String, String, String)>>,
     pub script: RwLock<Script>,
     pub attempts: Mutex<HashMap<String, u32>>,
+    /// The latest login of each device (kept only with `replace_older_login`).
+    pub logins: Logins,
     pub options: ConnOptions,
     pub shutdown: watch::Receiver<bool>,
     /// Bumped by [`crate::FakeServer::drop_all`]: every session then drops its connection.
@@ -244,7 +251,13 @@ async fn session(shared: &Arc<Shared>, conn: ConnId, mut ws: Ws) -> CloseKind {
     let attempt = shared.next_attempt(attempt_key);
     let scenario = shared.scenario_for(&client, attempt);
     rec.identify(conn, client.clone(), account, attempt);
-    SocketOwner::run(shared.clone(), conn, client, session, ws, reader, scenario).await
+    let ended = SocketOwner::run(shared.clone(), conn, client, session, ws, reader, scenario).await;
+    shared
+        .logins
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|_, (login, _)| *login != conn);
+    ended
 }
 /// The socket owner's side of an established session.
 struct SocketOwner {

@@ -404,12 +404,45 @@ impl Player {
             let _ = self.cmd.send(Command::Close);
             return Flow::Stop;
         }
+        if options.replace_older_login {
+            self.replace_older(phone, *device);
+        }
         self.flags.logged_in.store(true, Ordering::Relaxed);
         self.send(nodes::success(&format!("{}:{device}@lid", lid_for(phone))));
         self.event(ServerEvent::LoginAccepted);
         let timeout = options.online_timeout;
         let _ = tokio::time::timeout(timeout, self.online.wait_for(|o| *o)).await;
         Flow::Next
+    }
+}
+
+impl Player {
+    /// `replace_older_login`: this connection becomes the login in force of `phone:device`;
+    /// an older one still live is sent `<stream:error><conflict type="replaced"/>`, stops
+    /// counting as live, and is closed (as WhatsApp ends the older session of a device that
+    /// logs in again).
+    fn replace_older(&self, phone: &str, device: u16) {
+        let older = self
+            .shared
+            .logins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((phone.to_owned(), device), (self.conn, self.cmd.clone()));
+        let Some((old, commands)) = older.filter(|(old, _)| *old != self.conn) else {
+            return;
+        };
+        let rec = &self.shared.recorder;
+        let live = rec.inspect(|s| {
+            s.connection(old)
+                .is_some_and(|c| c.closed.is_none() && c.retired.is_none())
+        });
+        if !live {
+            return;
+        }
+        let _ = commands.send(Command::Send(nodes::stream_error_conflict("replaced")));
+        rec.event(old, ServerEvent::Replaced { by: self.conn });
+        rec.retire(old);
+        let _ = commands.send(Command::Close);
     }
 }
 

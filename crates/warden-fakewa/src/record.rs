@@ -114,6 +114,13 @@ pub enum ServerEvent {
     StreamErrorSent(String),
     /// `<xmlstreamend/>` was sent.
     StreamEndSent,
+    /// The same device logged in on connection `by`: this (older) connection was sent
+    /// `<stream:error><conflict type="replaced"/>` and is being closed
+    /// ([`ServerConfig::replace_older_login`](crate::ServerConfig::replace_older_login)).
+    Replaced {
+        /// The connection of the newer login.
+        by: ConnId,
+    },
     /// An incoming message was delivered to the client.
     MessageSent {
         /// The stanza's id.

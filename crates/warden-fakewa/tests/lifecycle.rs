@@ -732,6 +732,55 @@ async fn two_clients_with_one_account_are_caught() {
 }
 
 #[tokio::test]
+async fn with_replace_older_login_a_second_login_replaces_the_first() {
+    let script = Script::default()
+        .with_registration(pairing(PHONE))
+        .with_account(PHONE, Plan::always(Scenario::login()));
+    let server = FakeServer::start(ServerConfig {
+        replace_older_login: true,
+        ..config(script)
+    })
+    .await
+    .unwrap();
+    let mut first = paired_client(&server, PHONE).await;
+    first.stop().await;
+    wait_saved(first.db()).await;
+    let mut a = TestClient::open(&server.url(), first.db(), Duration::from_secs(5)).await;
+    let mut b = TestClient::open(&server.url(), first.db(), Duration::from_secs(5)).await;
+    a.start();
+    assert_eq!(a.until(|e| *e == Ev::Connected).await, connected());
+    let rec = server.recorder();
+    let a_conn = rec.inspect(|s| s.connections().len()) as u64;
+    b.start();
+    assert_eq!(b.until(|e| *e == Ev::Connected).await, connected());
+    let b_conn = a_conn + 1;
+    // WhatsApp ends the older session: the client is told it was replaced.
+    assert_eq!(
+        a.until(|e| *e == Ev::StreamReplaced).await,
+        [Ev::StreamReplaced]
+    );
+    rec.wait_until(LIMIT, |s| {
+        s.connection(a_conn).is_some_and(|c| c.closed.is_some())
+    })
+    .await
+    .unwrap();
+    let s = rec.snapshot();
+    assert!(s.any(|r| r.conn == a_conn && r.event == ServerEvent::Replaced { by: b_conn }));
+    let (older, newer) = (s.connection(a_conn).unwrap(), s.connection(b_conn).unwrap());
+    assert!(older.retired.is_some(), "{older:?}");
+    assert_eq!((newer.closed, newer.retired), (None, None), "{newer:?}");
+    assert!(
+        !s.any(|r| r.conn == b_conn && matches!(r.event, ServerEvent::Replaced { .. })),
+        "the newer login stays"
+    );
+    // Both were live for a moment (from the second handshake to the first's replacement).
+    assert_eq!(s.max_concurrent(PHONE), 2);
+    assert_eq!(s.open_connections(), 1);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
 async fn concurrent_registrations_get_their_own_accounts() {
     // No phone in the pair step: each pairing takes the next number from the pool.
     let plan = Plan::always(Scenario::new([
