@@ -113,12 +113,14 @@ impl SupervisorState {
                 ..
             }
         );
-        if let DisconnectReason::SessionCrashed(why) = &reason
-            && !closed_here
-        {
-            tracing::error!(token = %token, error = %why, "session crashed");
+        if closed_here {
+            tracing::info!(token = %token, reason = "closed_by_this_node", "Client disconnected");
+        } else {
+            if let DisconnectReason::SessionCrashed(why) = &reason {
+                tracing::error!(token = %token, error = %why, "session crashed");
+            }
+            tracing::info!(token = %token, reason = %reason, "Client disconnected");
         }
-        tracing::info!(token = %token, reason = %reason, "Client disconnected");
         let policy = policy::decide(
             &self.policy,
             &reason,
