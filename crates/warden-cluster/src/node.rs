@@ -39,6 +39,8 @@ pub const EVENTS: usize = 1024;
 const COMMANDS: usize = 64;
 /// At most one rebalancing hand-over suggested per this interval.
 const REBALANCE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a session the embedder declined to move is left out of rebalancing.
+const DECLINED_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How a node joins the cluster.
 #[derive(Clone)]
@@ -216,6 +218,7 @@ enum Command {
     Add(String, oneshot::Sender<Result<bool, ClusterError>>),
     Remove(String, oneshot::Sender<Result<bool, ClusterError>>),
     Release(String, oneshot::Sender<Result<bool, ClusterError>>),
+    Decline(String),
     Leave(oneshot::Sender<Result<u64, ClusterError>>),
 }
 
@@ -302,6 +305,7 @@ impl Node {
                 releasing: BTreeMap::new(),
                 down: false,
                 last_rebalance: None,
+                declined: HashMap::new(),
                 wake: Arc::new(Notify::new()),
             }
             .run(commands_rx),
@@ -417,6 +421,13 @@ pub struct Releaser {
 }
 
 impl Releaser {
+    /// The embedder will not move `token` now (a QR code is on show, say): rebalancing
+    /// suggests other sessions instead, and this one again after a minute at the earliest.
+    pub async fn decline(&self, token: &str) {
+        // A stopped node suggests nothing more: nothing to tell it.
+        let _ = self.commands.send(Command::Decline(token.to_owned())).await;
+    }
+
     /// [`Node::release`].
     pub async fn release(&self, token: &str) -> Result<bool, ClusterError> {
         let (reply, answer) = oneshot::channel();
@@ -584,6 +595,9 @@ struct Owner {
     releasing: BTreeMap<String, (i64, bool)>,
     down: bool,
     last_rebalance: Option<Instant>,
+    /// Sessions the embedder declined to move, and when: not suggested again for
+    /// [`DECLINED_FOR`].
+    declined: HashMap<String, Instant>,
     /// Woken when sessions become claimable (`LISTEN`), so they are claimed before the next
     /// poll.
     wake: Arc<Notify>,
@@ -809,7 +823,16 @@ impl Owner {
             self.last_rebalance = Some(now());
             let pg = self.pg.as_ref().expect("connected above");
             let counts = pg.counts().await?;
-            let mine: Vec<String> = self.ownership.borrow().sessions.keys().cloned().collect();
+            self.declined
+                .retain(|_, at| now().duration_since(*at) < DECLINED_FOR);
+            let mine: Vec<String> = self
+                .ownership
+                .borrow()
+                .sessions
+                .keys()
+                .filter(|token| !self.declined.contains_key(*token))
+                .cloned()
+                .collect();
             if let Some(token) =
                 placement::rebalance_pick(&me.node, &mine, &counts, self.config.cap)
             {
@@ -843,6 +866,9 @@ impl Owner {
             Command::Release(token, reply) => {
                 let result = self.give_up(me.as_ref(), &token, false).await;
                 let _ = reply.send(result);
+            }
+            Command::Decline(token) => {
+                self.declined.insert(token, now());
             }
             Command::Leave(reply) => {
                 let key = NodeKey {

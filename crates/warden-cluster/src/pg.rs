@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS warden_request (
   taken_by text,
   reply    text,
   asked_at timestamptz NOT NULL DEFAULT now(),
+  expires  timestamptz NOT NULL,
   CHECK ((token IS NULL) <> (node IS NULL)));
 CREATE INDEX IF NOT EXISTS warden_request_untaken ON warden_request (id) WHERE taken_by IS NULL;
 COMMIT;";
@@ -138,6 +139,7 @@ impl Pg {
             .parse()
             .map_err(|e: tokio_postgres::Error| ClusterError::Database(e.to_string()))?;
         config
+            .application_name("warden-cluster")
             .connect_timeout(timeout)
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(5))

@@ -8,8 +8,10 @@
 //! itself). Operations and answers are opaque text here (the control protocol's JSON).
 //!
 //! Nothing is lost or done twice: a request is taken by one node at most (a compare-and-swap
-//! on `taken_by`), and an asker that gives up withdraws it in one statement that says whether
-//! it had been taken, so its caller learns whether the operation may have happened.
+//! on `taken_by`), and only until it expires (the asker's deadline, on the database's clock):
+//! an asker that gives up, or dies, leaves nothing that could still be carried out later. It
+//! withdraws the request in one statement that says whether it had been taken, so its caller
+//! learns whether the operation may have happened.
 
 use std::time::Duration;
 
@@ -54,23 +56,40 @@ pub enum Withdrawn {
     Gone,
 }
 
+impl Withdrawn {
+    /// What a withdrawn row's `taken_by` and `reply` say.
+    pub fn of(taken_by: Option<String>, reply: Option<String>) -> Self {
+        match (reply, taken_by) {
+            (Some(reply), _) => Withdrawn::Answered(reply),
+            (None, Some(node)) => Withdrawn::Taken(node),
+            (None, None) => Withdrawn::Untaken,
+        }
+    }
+}
+
 impl Pg {
-    /// Writes a request and announces it. `None` when it is addressed to a session that is
-    /// not in the cluster (nothing is written then).
-    pub async fn ask(&self, to: Addressee<'_>, op: &str) -> Result<Option<i64>, ClusterError> {
+    /// Writes a request, to be taken within `expires` at most, and announces it. `None` when
+    /// it is addressed to a session that is not in the cluster (nothing is written then).
+    pub async fn ask(
+        &self,
+        to: Addressee<'_>,
+        op: &str,
+        expires: Duration,
+    ) -> Result<Option<i64>, ClusterError> {
         let (token, node) = match to {
             Addressee::Session(token) => (Some(token), None),
             Addressee::Node(node) => (None, Some(node)),
         };
+        let secs = expires.as_secs_f64();
         // One statement: the row and its announcement commit together.
         let rows = self
             .within(self.client().query(
-                "WITH asked AS (INSERT INTO warden_request (token, node, op) \
-                   SELECT $1, $2, $3 WHERE $1::text IS NULL \
+                "WITH asked AS (INSERT INTO warden_request (token, node, op, expires) \
+                   SELECT $1, $2, $3, now() + make_interval(secs => $5) WHERE $1::text IS NULL \
                      OR EXISTS (SELECT 1 FROM warden_session WHERE token = $1) \
                    RETURNING id) \
                  SELECT id, pg_notify($4, '') FROM asked",
-                &[&token, &node, &op, &ASKED],
+                &[&token, &node, &op, &ASKED, &secs],
             ))
             .await?;
         Ok(rows.first().map(|r| r.get(0)))
@@ -95,15 +114,9 @@ impl Pg {
                 &[&id],
             ))
             .await?;
-        let Some(row) = rows.first() else {
-            return Ok(Withdrawn::Gone);
-        };
-        let taken_by: Option<String> = row.get(0);
-        let reply: Option<String> = row.get(1);
-        Ok(match (reply, taken_by) {
-            (Some(reply), _) => Withdrawn::Answered(reply),
-            (None, Some(node)) => Withdrawn::Taken(node),
-            (None, None) => Withdrawn::Untaken,
+        Ok(match rows.first() {
+            None => Withdrawn::Gone,
+            Some(row) => Withdrawn::of(row.get(0), row.get(1)),
         })
     }
 
@@ -114,8 +127,8 @@ impl Pg {
         let rows = self
             .within(self.client().query(
                 "SELECT r.id, r.token, r.op FROM warden_request r \
-                 WHERE r.taken_by IS NULL AND (r.node = $1 OR EXISTS (SELECT 1 \
-                   FROM warden_session s WHERE s.token = r.token AND s.owner_node = $1)) \
+                 WHERE r.taken_by IS NULL AND r.expires > now() AND (r.node = $1 OR EXISTS \
+                   (SELECT 1 FROM warden_session s WHERE s.token = r.token AND s.owner_node = $1)) \
                  ORDER BY r.id LIMIT $2",
                 &[&node, &limit],
             ))
@@ -130,15 +143,31 @@ impl Pg {
             .collect())
     }
 
-    /// Takes request `id` for `node`; false if another node took it or its asker withdrew it.
+    /// Takes request `id` for `node`; false if another node took it, its asker withdrew it,
+    /// or it expired.
     pub async fn take(&self, node: &str, id: i64) -> Result<bool, ClusterError> {
         let n = self
             .within(self.client().execute(
-                "UPDATE warden_request SET taken_by = $1 WHERE id = $2 AND taken_by IS NULL",
+                "UPDATE warden_request SET taken_by = $1 \
+                 WHERE id = $2 AND taken_by IS NULL AND expires > now()",
                 &[&node, &id],
             ))
             .await?;
         Ok(n == 1)
+    }
+
+    /// Gives request `id` back untaken (its session left `node` before it was carried out),
+    /// for the next node that runs the session; false if it was answered or is gone.
+    pub async fn untake(&self, node: &str, id: i64) -> Result<bool, ClusterError> {
+        let rows = self
+            .within(self.client().query(
+                "WITH back AS (UPDATE warden_request SET taken_by = NULL \
+                   WHERE id = $2 AND taken_by = $1 AND reply IS NULL RETURNING 1) \
+                 SELECT pg_notify($3, '') FROM back",
+                &[&node, &id, &ASKED],
+            ))
+            .await?;
+        Ok(rows.len() == 1)
     }
 
     /// Answers request `id` (taken by `node`) and announces it; false if its asker gave up.
@@ -154,11 +183,11 @@ impl Pg {
         Ok(rows.len() == 1)
     }
 
-    /// Deletes requests older than `age` (their askers are gone); how many.
+    /// Deletes requests expired for longer than `age` (their askers are gone); how many.
     pub async fn forget_requests(&self, age: Duration) -> Result<u64, ClusterError> {
         let secs = age.as_secs_f64();
         self.within(self.client().execute(
-            "DELETE FROM warden_request WHERE asked_at < now() - make_interval(secs => $1)",
+            "DELETE FROM warden_request WHERE expires < now() - make_interval(secs => $1)",
             &[&secs],
         ))
         .await
@@ -187,5 +216,29 @@ impl Pg {
             ))
             .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Withdrawn;
+
+    #[test]
+    fn a_withdrawn_request_says_whether_it_may_have_happened() {
+        let some = |s: &str| Some(s.to_owned());
+        let rows = [
+            // (taken_by, reply) -> what it was
+            (None, None, Withdrawn::Untaken),
+            (some("b"), None, Withdrawn::Taken("b".into())),
+            (some("b"), some("{}"), Withdrawn::Answered("{}".into())),
+            (None, some("{}"), Withdrawn::Answered("{}".into())),
+        ];
+        for (taken_by, reply, expected) in rows {
+            assert_eq!(
+                Withdrawn::of(taken_by.clone(), reply.clone()),
+                expected,
+                "{taken_by:?} {reply:?}"
+            );
+        }
     }
 }

@@ -132,6 +132,7 @@ pub(crate) fn merge_lists(me: &str, mine: ListView, gathered: &Gathered) -> List
         sessions,
         counts,
         unplaced,
+        incomplete: None,
     }
 }
 
@@ -207,6 +208,7 @@ mod tests {
             sessions,
             counts: BTreeMap::new(),
             unplaced: Vec::new(),
+            incomplete: None,
         }
     }
 
@@ -266,6 +268,7 @@ mod tests {
             sessions,
             counts: BTreeMap::from([("connected".to_owned(), sessions)]),
             nodes: BTreeMap::new(),
+            incomplete: None,
         };
         let gathered = Gathered {
             replies: vec![

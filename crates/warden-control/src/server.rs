@@ -16,12 +16,12 @@ use warden_core::{OpenOptions, OutgoingMessage, SendRequest, Supervisor};
 
 use crate::history;
 use crate::lines::{Line, LineReader};
-use crate::peers::{Peers, carried_for, merge_health, merge_lists};
+use crate::peers::{Gathered, Peers, carried_for, merge_health, merge_lists};
 use crate::protocol::{
     DeletedView, ErrorBody, ErrorCode, EventLine, HealthView, ListView, Op, OutboxView,
     OutgoingView, ReapView, ReapedView, Reply, Request, SessionView, WatchingView, counts,
 };
-use crate::watch_elsewhere::{ASK_EVERY, OtherNodes, watch_elsewhere};
+use crate::watch_elsewhere::{OtherNodes, watch_elsewhere};
 use crate::webhooks;
 use warden_webhooks::Webhooks;
 
@@ -335,6 +335,15 @@ impl Drop for ControlServer {
     }
 }
 
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What every client task shares.
 pub(crate) struct Context {
     pub(crate) supervisor: Supervisor,
@@ -498,20 +507,32 @@ async fn handle(context: &Context, id: Value, op: Op) -> Reply {
     let Some(gathered) = gathered else {
         return mine;
     };
-    let gathered = match gathered {
-        Ok(gathered) => gathered,
-        Err(e) => return Reply::err(id, e),
+    // The database unreachable: this node's part, saying so.
+    let (gathered, incomplete) = match gathered {
+        Ok(gathered) => (gathered, None),
+        Err(e) => (
+            Gathered::default(),
+            Some(format!("{}: only this node's sessions", e.message)),
+        ),
     };
     let Some(result) = mine.result.clone() else {
         return mine;
     };
     match op {
         Op::List {} => match serde_json::from_value::<ListView>(result) {
-            Ok(list) => Reply::ok(id, merge_lists(peers.me(), list, &gathered)),
+            Ok(list) => {
+                let mut merged = merge_lists(peers.me(), list, &gathered);
+                merged.incomplete = incomplete;
+                Reply::ok(id, merged)
+            }
             Err(_) => mine,
         },
         Op::Health {} => match serde_json::from_value::<HealthView>(result) {
-            Ok(health) => Reply::ok(id, merge_health(peers.me(), health, &gathered)),
+            Ok(health) => {
+                let mut merged = merge_health(peers.me(), health, &gathered);
+                merged.incomplete = incomplete;
+                Reply::ok(id, merged)
+            }
             Err(_) => mine,
         },
         _ => mine,
@@ -601,6 +622,7 @@ pub(crate) async fn handle_here(context: &Context, id: Value, op: Op) -> Reply {
                         sessions: list.sessions.len(),
                         counts: counts(&list),
                         nodes: Default::default(),
+                        incomplete: None,
                     },
                 )
             }
@@ -739,19 +761,28 @@ async fn watch<R, W>(
             }
         }
     }
-    // In a cluster, watching everything covers the other nodes' sessions too.
-    let peers = context.peers.as_deref().filter(|_| token.is_none());
-    let mut others = OtherNodes::default();
-    let mut look = tokio::time::interval(ASK_EVERY);
+    // In a cluster, watching everything covers the other nodes' sessions too, gathered apart
+    // (one look at a time) so that this node's events never wait for the other nodes.
+    let (others_tx, mut others) = tokio::sync::mpsc::channel(1);
+    let gathering = context
+        .peers
+        .clone()
+        .filter(|_| token.is_none())
+        .map(|peers| {
+            AbortOnDrop(tokio::spawn(OtherNodes::follow(
+                supervisor.clone(),
+                peers,
+                others_tx,
+            )))
+        });
     loop {
         tokio::select! {
             ended = stream_ends(reader, cancel) => {
                 end_stream(writer, ended, timeout).await;
                 return;
             }
-            _ = look.tick(), if peers.is_some() => {
-                let Some(peers) = peers else { continue };
-                for line in others.changes(context, peers).await {
+            lines = others.recv(), if gathering.is_some() => {
+                for line in lines.unwrap_or_default() {
                     if write_line(writer, &line, timeout).await.is_err() {
                         return;
                     }

@@ -137,7 +137,30 @@ impl OtherNodes {
     /// new or changed there, a `removed` line for each one gone from the cluster. A session
     /// that came to this node is left to this node's own events; a node that did not answer
     /// changes nothing.
-    pub(crate) async fn changes(&mut self, context: &Context, peers: &dyn Peers) -> Vec<EventLine> {
+    /// Looks every [`ASK_EVERY`] (a slow look delays the next, never piles up) and sends
+    /// what changed to `lines`, until its receiver is gone.
+    pub(crate) async fn follow(
+        supervisor: warden_core::Supervisor,
+        peers: std::sync::Arc<dyn Peers>,
+        lines: tokio::sync::mpsc::Sender<Vec<EventLine>>,
+    ) {
+        let mut others = Self::default();
+        let mut look = tokio::time::interval(ASK_EVERY);
+        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            look.tick().await;
+            let changed = others.changes(&supervisor, peers.as_ref()).await;
+            if !changed.is_empty() && lines.send(changed).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn changes(
+        &mut self,
+        supervisor: &warden_core::Supervisor,
+        peers: &dyn Peers,
+    ) -> Vec<EventLine> {
         let Ok(gathered) = peers.on_every_node(&Op::List {}).await else {
             return Vec::new();
         };
@@ -182,7 +205,7 @@ impl OtherNodes {
             .collect();
         for token in gone {
             self.last.remove(&token);
-            let here = context.supervisor.status(&token).is_ok();
+            let here = supervisor.status(&token).is_ok();
             if !here && !in_cluster.contains(token.as_str()) {
                 lines.push(EventLine::Removed { token });
             }

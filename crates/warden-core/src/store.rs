@@ -379,14 +379,7 @@ impl StoreWriter {
     /// Queues a journal entry of `token`, committed with (or after) the record changes
     /// marked before it.
     pub(crate) fn journal(&self, token: &Token, entry: crate::journal::Entry) {
-        let new = NewJournalEntry {
-            token: token.to_string(),
-            kind: entry.kind.to_string(),
-            key: entry.key,
-            data: entry.data.to_string(),
-            at: unix_millis(entry.at),
-            keep: self.shared.journal.keep,
-        };
+        let new = self.new_entry(token, entry);
         let mut queued = self.queued();
         if queued.journal.len() >= JOURNAL_QUEUE {
             drop(queued);
@@ -415,10 +408,42 @@ impl StoreWriter {
         self.shared.journal_dropped.load(Ordering::Relaxed)
     }
 
-    /// Removes the session's record, credentials and keys; resolves once committed (or with
-    /// the error while writes are failing, or the refusal when this node no longer holds it).
-    pub(crate) async fn remove(&self, token: &Token) -> Result<(), StoreError> {
-        let seq = self.mark(token, Pending::Remove);
+    fn new_entry(&self, token: &Token, entry: crate::journal::Entry) -> NewJournalEntry {
+        NewJournalEntry {
+            token: token.to_string(),
+            kind: entry.kind.to_string(),
+            key: entry.key,
+            data: entry.data.to_string(),
+            at: unix_millis(entry.at),
+            keep: self.shared.journal.keep,
+        }
+    }
+
+    /// Removes the session's record, credentials and keys, with `entry` (its deletion's own
+    /// journal entry) in the same commit: the removal takes the session's journal, and the
+    /// entry stays. Resolves once committed (or with the error while writes are failing, or
+    /// the refusal when this node no longer holds it).
+    pub(crate) async fn remove(
+        &self,
+        token: &Token,
+        entry: Option<crate::journal::Entry>,
+    ) -> Result<(), StoreError> {
+        let seq = {
+            // One lock: the writer takes both in one batch.
+            let mut queued = self.queued();
+            let seq = queued.next;
+            queued.next += 1;
+            queued.records.insert(token.clone(), Pending::Remove(seq));
+            if let Some(entry) = entry {
+                let seq = queued.next;
+                queued.next += 1;
+                queued
+                    .journal
+                    .push_back((seq, self.new_entry(token, entry)));
+            }
+            seq
+        };
+        self.shared.wake.notify_one();
         self.wait_for(seq).await?;
         match self.refusal_since(token, seq - 1) {
             Some(refusal) => Err(StoreError::NotSaved(refusal)),
@@ -738,7 +763,7 @@ mod tests {
         assert_eq!(loaded.records, vec![(token("shop1"), record)]);
 
         db.open_device("shop1").await.unwrap();
-        writer.remove(&token("shop1")).await.unwrap();
+        writer.remove(&token("shop1"), None).await.unwrap();
         assert_eq!(db.rows_of("shop1").await.unwrap(), 0);
         assert!(
             load_all(&db.clone().into())

@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, to_bytes};
@@ -70,10 +70,34 @@ pub trait Elsewhere: Send + Sync {
     fn on_session<'a>(&'a self, token: &'a str, ask: HttpAsk) -> Carried<'a>;
 }
 
-/// The token in `path`, if the route it matched (`template`) has one.
+/// Routes with a `{token}` that any node answers itself: they read and write the shared
+/// database (and a followed history streams for as long as the client listens).
+const ANSWERED_HERE: [&str; 2] = ["/session/history/{token}", "/session/webhook/{token}"];
+
+/// The token in `path`, if the route it matched (`template`) has one and must be answered by
+/// the node that runs the session.
 fn token_of<'a>(template: &str, path: &'a str) -> Option<&'a str> {
+    if ANSWERED_HERE.contains(&template) {
+        return None;
+    }
     let at = template.split('/').position(|part| part == "{token}")?;
     path.split('/').nth(at).filter(|t| !t.is_empty())
+}
+
+/// The path and query to carry: the query without `api_key` (the key is checked where the
+/// request arrived, and is never written anywhere).
+fn carried_uri(path: &str, query: Option<&str>) -> String {
+    let kept: Vec<&str> = query
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| pair.split('=').next() != Some("api_key"))
+        .collect();
+    if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    }
 }
 
 /// Middleware: a request about a session this node does not run goes to the node that runs
@@ -96,18 +120,16 @@ pub(crate) async fn carry(
     };
     let (parts, body) = request.into_parts();
     let Ok(bytes) = to_bytes(body, app.max_body_bytes).await else {
-        return ApiError::bad_request(format!(
-            "the body is larger than {} bytes",
-            app.max_body_bytes
-        ))
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than {} bytes", app.max_body_bytes),
+        )
         .into_response();
     };
     let ask = HttpAsk {
         method: parts.method.to_string(),
-        uri: parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned()),
+        uri: carried_uri(parts.uri.path(), parts.uri.query()),
         headers: CARRIED
             .iter()
             .filter_map(|name| {
@@ -131,7 +153,14 @@ pub(crate) async fn carry(
 
 fn response_of(answer: HttpAnswer) -> Response {
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let body = STANDARD.decode(answer.body).unwrap_or_default();
+    let Ok(body) = STANDARD.decode(answer.body) else {
+        return ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "bad_gateway",
+            "the other node's answer did not decode; the request may have been carried out",
+        )
+        .into_response();
+    };
     let mut response = (status, body).into_response();
     let headers = response.headers_mut();
     headers.clear();
@@ -152,15 +181,18 @@ fn response_of(answer: HttpAnswer) -> Response {
 pub struct LocalHttp {
     router: Router,
     max_body_bytes: usize,
+    within: Duration,
 }
 
 impl LocalHttp {
-    /// The routes over `supervisor` (and `webhooks`), counting into `metrics`.
+    /// The routes over `supervisor` (and `webhooks`), counting into `metrics`; an answer that
+    /// takes longer than `within` is given up (a gateway timeout).
     pub fn new(
         supervisor: Supervisor,
         webhooks: Option<Arc<Webhooks>>,
         metrics: Arc<Metrics>,
         max_body_bytes: usize,
+        within: Duration,
     ) -> Self {
         let app = Arc::new(AppState {
             supervisor: supervisor.via("http"),
@@ -176,6 +208,7 @@ impl LocalHttp {
         Self {
             router: crate::routes::local_router(app),
             max_body_bytes,
+            within,
         }
     }
 
@@ -204,9 +237,26 @@ impl LocalHttp {
             );
         };
         let mut router = self.router.clone();
-        let Ok(response) = router.call(request).await;
-        let (parts, body) = response.into_parts();
-        let Ok(bytes) = to_bytes(body, self.max_body_bytes.max(16 << 20)).await else {
+        // Bounded: a response that does not end in time (none should) frees its slot.
+        let answered = async {
+            let Ok(response) = router.call(request).await;
+            let (parts, body) = response.into_parts();
+            (
+                parts,
+                to_bytes(body, self.max_body_bytes.max(16 << 20)).await,
+            )
+        };
+        let Ok((parts, body)) = tokio::time::timeout(self.within, answered).await else {
+            return failed(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "the node that runs the session did not finish within {} s; the request \
+                     may have been carried out",
+                    self.within.as_secs()
+                ),
+            );
+        };
+        let Ok(bytes) = body else {
             return failed(
                 StatusCode::BAD_GATEWAY,
                 "the response was too large to carry".into(),
@@ -246,9 +296,39 @@ mod tests {
             ),
             ("/sessions", "/sessions", None),
             ("/webhooks/{hook}", "/webhooks/h1", None),
+            // The shared database answers these anywhere.
+            ("/session/history/{token}", "/session/history/shop1", None),
+            ("/session/webhook/{token}", "/session/webhook/shop1", None),
         ];
         for (template, path, token) in cases {
             assert_eq!(token_of(template, path), token, "{template} {path}");
+        }
+    }
+
+    #[test]
+    fn the_api_key_is_never_carried() {
+        let cases = [
+            ("/session/qr/s1", None, "/session/qr/s1"),
+            ("/session/qr/s1", Some("api_key=k3y"), "/session/qr/s1"),
+            (
+                "/session/qr/s1",
+                Some("format=png&api_key=k3y"),
+                "/session/qr/s1?format=png",
+            ),
+            (
+                "/session/qr/s1",
+                Some("api_key=k3y&format=svg"),
+                "/session/qr/s1?format=svg",
+            ),
+            (
+                "/session/outbox/s1",
+                Some("limit=5"),
+                "/session/outbox/s1?limit=5",
+            ),
+            ("/session/qr/s1", Some("api_key"), "/session/qr/s1"),
+        ];
+        for (path, query, carried) in cases {
+            assert_eq!(carried_uri(path, query), carried, "{path} {query:?}");
         }
     }
 }

@@ -339,6 +339,7 @@ async fn healthz(State(app): State<Arc<AppState>>) -> Response {
             .map(|(state, n)| (state.as_str().to_owned(), *n))
             .collect(),
         nodes: Default::default(),
+        incomplete: None,
     };
     let mut response = (status, Json(body)).into_response();
     response

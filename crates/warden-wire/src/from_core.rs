@@ -119,6 +119,7 @@ impl From<&SessionList> for ListView {
             sessions: list.sessions.iter().map(SessionView::from).collect(),
             counts: counts(list),
             unplaced: Vec::new(),
+            incomplete: None,
         }
     }
 }

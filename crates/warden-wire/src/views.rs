@@ -233,6 +233,10 @@ pub struct ListView {
     /// owns it (`null`: none right now, it is between nodes), or whose node did not answer.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unplaced: Vec<UnplacedView>,
+    /// In a cluster, why this list is only this node's part (the cluster's database could not
+    /// be reached); absent when it is whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incomplete: Option<String>,
 }
 
 /// A session of the cluster that no node reported in a `list`.
@@ -326,6 +330,10 @@ pub struct HealthView {
     /// daemon.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub nodes: BTreeMap<String, NodeHealthView>,
+    /// In a cluster, why this report covers this node only (the cluster's database could not
+    /// be reached); absent when it is whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incomplete: Option<String>,
 }
 
 /// One node of a cluster in `health`.

@@ -18,7 +18,7 @@ use tokio::sync::{Mutex, Semaphore, broadcast};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use warden_cluster::requests::{ANSWERED, ASKED, Addressee, Withdrawn};
-use warden_cluster::{ClusterError, Notice, Pg, PgTls};
+use warden_cluster::{ClusterError, Gate, Notice, Pg, PgTls};
 use warden_control::peers::Answer;
 use warden_control::{ErrorBody, ErrorCode, Gathered, LocalAnswers, Op, Peers, Reply};
 use warden_http::{Elsewhere, HttpAnswer, HttpAsk, LocalHttp};
@@ -114,7 +114,7 @@ impl ClusterPeers {
             }
         };
         let mut notices = pg.notices();
-        let id = match pg.ask(to, &text).await {
+        let id = match pg.ask(to, &text, within).await {
             Ok(Some(id)) => id,
             Ok(None) => return None,
             Err(e) => {
@@ -281,9 +281,15 @@ pub async fn answer_requests(
     link: Arc<RequestLink>,
     answers: LocalAnswers,
     http_answers: LocalHttp,
-    me: String,
+    gate: Gate,
     stop: CancellationToken,
 ) {
+    let me = gate.name().to_owned();
+    // Runs `token` here now: the supervisor has it, and this node holds its lease (a node
+    // whose lease lapsed takes nothing, even before it closed its sessions).
+    let runs = move |answers: &LocalAnswers, token: &str| {
+        answers.runs(token) && gate.held(token).is_some()
+    };
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut last_forget: Option<Instant> = None;
     let mut warned = false;
@@ -316,7 +322,7 @@ pub async fn answer_requests(
                 for request in asked {
                     // One this node does not run yet (just claimed, being adopted) waits for
                     // the next look.
-                    if request.token.as_deref().is_some_and(|t| !answers.runs(t)) {
+                    if request.token.as_deref().is_some_and(|t| !runs(&answers, t)) {
                         continue;
                     }
                     let slot = tokio::select! {
@@ -332,9 +338,16 @@ pub async fn answer_requests(
                         }
                     }
                     let (pg, answers, me) = (pg.clone(), answers.clone(), me.clone());
-                    let http_answers = http_answers.clone();
+                    let (http_answers, runs) = (http_answers.clone(), runs.clone());
                     tokio::spawn(async move {
                         let _slot = slot;
+                        // Moved away since it was taken: back for the session's next node.
+                        if request.token.as_deref().is_some_and(|t| !runs(&answers, t)) {
+                            if let Err(e) = pg.untake(&me, request.id).await {
+                                tracing::debug!("giving a request back failed: {e}");
+                            }
+                            return;
+                        }
                         let text = match serde_json::from_str::<Carried>(&request.op) {
                             Ok(Carried::Control(op)) => {
                                 serde_json::to_string(&answers.answer(op).await)

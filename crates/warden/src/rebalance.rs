@@ -2,13 +2,16 @@
 //! session that placement prefers on another node ([`NodeEvent::Rebalance`]); this node
 //! closes it here and releases its lease, and the preferred node claims it at once. A session
 //! being linked (a QR code or pairing code on show) is never moved: the person scanning would
-//! lose it.
+//! lose it; the node is told, and suggests other sessions meanwhile.
 
 use tokio::sync::broadcast;
 use warden_cluster::{NodeEvent, Releaser};
 use warden_core::{SessionState, Supervisor};
 
 use crate::cluster::Adopted;
+
+/// How long to wait before asking the supervisor again to close a session being moved.
+const RETRY_CLOSE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Whether a session in `state` may be moved to another node now.
 pub fn movable(state: SessionState) -> bool {
@@ -30,14 +33,22 @@ pub async fn rebalance(
         };
         match supervisor.status(&token) {
             Ok(info) if movable(info.state) => {}
-            // Being linked, or not running here (yet): the next suggestion may be another.
-            _ => continue,
+            // Being linked, or not running here (yet): the node suggests others meanwhile.
+            _ => {
+                releaser.decline(&token).await;
+                continue;
+            }
         }
-        // No write of it from here on; then its connection closes; then the lease goes.
+        // No write of it from here on; then its connection closes (insisting: a session
+        // left unwritable but held would run nowhere); then the lease goes.
         adopted.unset(&token);
-        if let Err(e) = supervisor.relinquish(&token).await {
-            tracing::warn!(token = %token, error = %e, "could not close a session to move it to another node");
-            continue;
+        let mut warned = false;
+        while let Err(e) = supervisor.relinquish(&token).await {
+            if !warned {
+                tracing::warn!(token = %token, error = %e, "could not close a session to move it to another node; trying again");
+                warned = true;
+            }
+            tokio::time::sleep(RETRY_CLOSE).await;
         }
         match releaser.release(&token).await {
             Ok(true) => {

@@ -289,7 +289,7 @@ async fn serve(
     // whichever node they are asked of; this node carries out those asked of it.
     let answering = CancellationToken::new();
     let mut elsewhere: Option<Arc<dyn warden_http::Elsewhere>> = None;
-    if let Some((_, _, tls)) = &member {
+    if let Some((node, _, tls)) = &member {
         let link = Arc::new(RequestLink::new(
             &config.cluster.database_url,
             config.cluster.answer_timeout,
@@ -303,12 +303,13 @@ async fn serve(
             Some(webhooks.clone()),
             metrics.clone(),
             config.http.max_body_bytes,
+            warden::peers::CARRY_HTTP_WITHIN,
         );
         tokio::spawn(answer_requests(
             link,
             LocalAnswers::new(supervisor.clone(), Some(webhooks.clone())),
             http_answers,
-            config.cluster.node.clone(),
+            node.gate(),
             answering.clone(),
         ));
     }

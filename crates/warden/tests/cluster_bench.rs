@@ -122,3 +122,89 @@ async fn takeover_times_after_kill_9_of_a_node() {
     );
     assert_eq!(doubles, 1, "never two live connections of one account");
 }
+
+/// The control plane's cost: `status` answered by the node that runs the session, and the
+/// same `status` asked of the other node (carried through PostgreSQL and back), then `list`
+/// of the whole cluster; two nodes, every session linked and online.
+///
+/// `cargo test --release -p warden --test cluster_bench latency -- --ignored --nocapture`,
+/// with `WARDEN_BENCH_SESSIONS` (100) and `WARDEN_BENCH_ASKS` (500).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run it on its own, in release"]
+async fn latency_of_operations_carried_to_another_node() {
+    use warden_control::{ControlClient, Op};
+
+    let sessions: usize = setting("WARDEN_BENCH_SESSIONS", "100").parse().unwrap();
+    let asks: usize = setting("WARDEN_BENCH_ASKS", "500").parse().unwrap();
+    let server = Postgres::start().expect("PostgreSQL's server binaries are installed");
+    let whatsapp = fake_whatsapp_with(pair_any(Duration::from_millis(200))).await;
+    let recorder = whatsapp.recorder();
+    let url = server.url();
+    let mut daemons = Vec::new();
+    let mut dirs = Vec::new();
+    for name in ["a", "b"] {
+        let dir = workspace(&whatsapp.url());
+        let env = [
+            ("WARDEN_CLUSTER_DATABASE_URL", url.as_str()),
+            ("WARDEN_CLUSTER_NODE", name),
+        ];
+        daemons.push(Daemon::start_with(dir.path(), &env).await);
+        dirs.push(dir);
+    }
+    let tokens = add_sessions(&server, sessions).await;
+    recorder
+        .wait_until(Duration::from_secs(600), |s| {
+            let online: BTreeSet<&str> = s
+                .records()
+                .iter()
+                .filter(|r| r.event == warden_fakewa::ServerEvent::Online)
+                .filter_map(|r| r.account.as_deref())
+                .collect();
+            online.len() == sessions
+        })
+        .await
+        .unwrap_or_else(|_| panic!("every session online; {}", said(&mut daemons)));
+    let on_a: BTreeSet<String> = held(&daemons[0]).await.into_keys().collect();
+    let mut clients = Vec::new();
+    for daemon in &daemons {
+        clients.push(ControlClient::connect(&daemon.socket).await.unwrap());
+    }
+    let mut here = Vec::new();
+    let mut carried = Vec::new();
+    for i in 0..asks {
+        let token = &tokens[i % tokens.len()];
+        let (owner, other) = if on_a.contains(token) { (0, 1) } else { (1, 0) };
+        for (node, times) in [(owner, &mut here), (other, &mut carried)] {
+            let op = Op::Status {
+                token: token.clone(),
+            };
+            let asked = Instant::now();
+            let view: serde_json::Value = clients[node].call(&op).await.expect("status");
+            times.push(asked.elapsed());
+            assert_eq!(view["token"], token.as_str());
+        }
+    }
+    let mut lists = Vec::new();
+    for i in 0..50 {
+        let asked = Instant::now();
+        let list: serde_json::Value = clients[i % 2].call(&Op::List {}).await.expect("list");
+        lists.push(asked.elapsed());
+        assert_eq!(list["sessions"].as_array().unwrap().len(), sessions);
+    }
+    let figures = |name: &str, times: &mut Vec<Duration>| {
+        times.sort();
+        let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize];
+        eprintln!(
+            "{name}: {} asks, p50 {:.2?}, p90 {:.2?}, p99 {:.2?}, max {:.2?}",
+            times.len(),
+            at(0.5),
+            at(0.9),
+            at(0.99),
+            at(1.0)
+        );
+    };
+    eprintln!("{sessions} sessions over two nodes ({} on a)", on_a.len());
+    figures("status on the node that runs the session", &mut here);
+    figures("status carried from the other node", &mut carried);
+    figures("list of the whole cluster", &mut lists);
+}

@@ -12,7 +12,9 @@
 //! - `sessions` (the list) and `health` on either node cover the whole cluster, each session
 //!   marked with the node that runs it;
 //! - the HTTP routes with a `{token}` work against either node: the legacy status and a stop
-//!   through the node that does not run the session answer as the owner would;
+//!   through the node that does not run the session answer as the owner would, and the node
+//!   asked checks the API key;
+//! - a deletion's own journal entry is kept (in the removal's commit), read on either node;
 //! - an unknown token is `not found` at once, not after the wait for an owner.
 
 #[path = "common/cluster.rs"]
@@ -24,11 +26,13 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use cluster_support::{LIMIT, Postgres, phone_of, said};
-use common::{Daemon, curl, fake_whatsapp_with, pair_any, until, workspace};
+use common::{Daemon, curl, curl_with, fake_whatsapp_with, pair_any, until, workspace};
 use warden_control::{ControlClient, EventLine, Op};
 
 /// The lease timings, five times faster than the defaults.
 const SCALE: &str = "0.2";
+/// The HTTP gateways' API key.
+const KEY: &str = "cluster-control-test-key";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_node_answers_for_every_session_of_the_cluster() {
@@ -46,6 +50,7 @@ async fn any_node_answers_for_every_session_of_the_cluster() {
             ("WARDEN_CLUSTER_DATABASE_URL", url.as_str()),
             ("WARDEN_CLUSTER_NODE", name),
             ("WARDEN_CLUSTER_TIMING_SCALE", SCALE),
+            ("WARDEN_HTTP_API_KEY", KEY),
         ];
         daemons.push(Daemon::start_with(dir.path(), &env).await);
         dirs.push(dir);
@@ -110,17 +115,41 @@ async fn any_node_answers_for_every_session_of_the_cluster() {
 
     // HTTP through the other node: the legacy status as the owner answers it; an unknown
     // token is the local 404.
-    let (code, legacy) = curl(daemons[there].http, "GET", "/session/status/shop1", None).await;
+    let key = format!("X-Api-Key: {KEY}\r\n");
+    let (code, refused) = curl(daemons[there].http, "GET", "/session/status/shop1", None).await;
+    assert_eq!(code, 401, "the node asked checks the key: {refused}");
+    let (code, legacy) = curl_with(
+        daemons[there].http,
+        "GET",
+        "/session/status/shop1",
+        None,
+        &key,
+    )
+    .await;
     assert_eq!(code, 200, "{legacy}");
     assert_eq!(legacy["status"], "connected", "{legacy}");
     assert_eq!(legacy["isReady"], true, "{legacy}");
     assert_eq!(legacy["jid"], connected.jid.as_deref().unwrap());
-    let (code, missing) = curl(daemons[there].http, "GET", "/session/status/nobody", None).await;
+    let (code, missing) = curl_with(
+        daemons[there].http,
+        "GET",
+        "/session/status/nobody",
+        None,
+        &key,
+    )
+    .await;
     assert_eq!(code, 404, "{missing}");
 
     // Stop through the other node (HTTP): answered once the owner stopped it; the server saw
     // its connection close.
-    let (code, stopped) = curl(daemons[there].http, "POST", "/session/stop/shop1", None).await;
+    let (code, stopped) = curl_with(
+        daemons[there].http,
+        "POST",
+        "/session/stop/shop1",
+        None,
+        &key,
+    )
+    .await;
     assert_eq!(code, 200, "{stopped}");
     assert_eq!(stopped["session"]["desired"], "stopped", "{stopped}");
     recorder
@@ -156,6 +185,12 @@ async fn any_node_answers_for_every_session_of_the_cluster() {
             "{out} {err}"
         );
     }
+
+    // Its deletion's own entry is in the cluster's journal, read on either node.
+    let history = daemons[there].json(&["history", "shop1"]).await;
+    let entries = history["entries"].as_array().expect("entries");
+    assert_eq!(entries.len(), 1, "the deletion took the rest: {history}");
+    assert_eq!(entries[0]["data"]["to"], "deleted", "{history}");
 
     // The watch of everything on the other node saw it go.
     next_of(&mut watch_all, |line| match line {

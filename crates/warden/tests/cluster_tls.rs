@@ -41,23 +41,33 @@ async fn a_node_reaches_postgresql_only_over_verified_tls() {
     let list = daemon.json(&["sessions"]).await;
     assert_eq!(list["sessions"][0]["token"], "shop1", "{list}");
 
-    // Every connection but this one, as the server sees them.
+    // The node's connections, as the server sees them: its heartbeat's, its ownership's and
+    // its requests' (`warden-cluster`), and the store's (`warden-store`, made on first use).
     let watcher = warden_cluster::Pg::connect(&url, Duration::from_secs(5))
         .await
         .unwrap();
-    let row = watcher
+    let rows = watcher
         .client()
-        .query_one(
-            "SELECT bool_and(s.ssl), count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a \
-             USING (pid) WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid()",
+        .query(
+            "SELECT a.application_name, bool_and(s.ssl), count(*) FROM pg_stat_ssl s \
+             JOIN pg_stat_activity a USING (pid) \
+             WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid() \
+             GROUP BY a.application_name ORDER BY 1",
             &[],
         )
         .await
         .unwrap();
-    let (all_encrypted, connections): (bool, i64) = (row.get(0), row.get(1));
+    let seen: Vec<(String, bool, i64)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0].0, "warden-cluster", "{seen:?}");
+    assert_eq!(seen[0].2, 3, "{seen:?}");
+    assert_eq!(seen[1].0, "warden-store", "{seen:?}");
+    assert!((1..=4).contains(&seen[1].2), "{seen:?}");
     assert!(
-        connections >= 3,
-        "the node's own two, the store's and the requests': {connections}"
+        seen.iter().all(|(_, encrypted, _)| *encrypted),
+        "every connection of the node is encrypted: {seen:?}"
     );
-    assert!(all_encrypted, "every connection of the node is encrypted");
 }

@@ -121,7 +121,10 @@ impl Bus {
 
     /// Journals `event` (when it is one that goes in) and tells subscribers.
     pub fn send(&self, event: SessionEvent) {
-        if let Some(entry) = entry::event(&event, SystemTime::now()) {
+        // A deletion's entry was committed with the removal itself (a later one could not be:
+        // in a cluster, the session's lease is gone with it).
+        let journaled_already = matches!(event, SessionEvent::Removed { .. });
+        if !journaled_already && let Some(entry) = entry::event(&event, SystemTime::now()) {
             self.store.journal(event.token(), entry);
         }
         let _ = self.events.send(event);

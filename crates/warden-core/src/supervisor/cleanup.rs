@@ -102,7 +102,12 @@ impl SupervisorState {
                 token: t.token.clone(),
                 source,
             });
-            let removed = t.store.remove(&t.token).await.map_err(Error::from);
+            // Its deletion's journal entry goes with the removal, in one commit.
+            let gone = crate::SessionEvent::Removed {
+                token: t.token.clone(),
+            };
+            let entry = crate::journal::entry::event(&gone, std::time::SystemTime::now());
+            let removed = t.store.remove(&t.token, entry).await.map_err(Error::from);
             forgotten.and(removed)
         });
     }

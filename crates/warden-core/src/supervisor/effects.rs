@@ -22,6 +22,9 @@ use super::entry::Live;
 use super::messages::{SupervisorMsg, Waiter};
 use super::texts::{log, reason_text, refusal_error};
 
+/// The reason a session actor is stopped with when the supervisor closes it on purpose.
+pub(super) const CLOSED_BY_SUPERVISOR: &str = "closed by the supervisor";
+
 /// What an event brings besides itself: the caller to answer, and the data the effects use.
 #[derive(Default)]
 pub(super) struct Carry {
@@ -182,7 +185,7 @@ impl SupervisorState {
             Effect::Spawn => self.spawn_session(myself, token).await,
             Effect::Close => {
                 if let Some(live) = &entry.live {
-                    live.actor.stop(Some("closed by the supervisor".into()));
+                    live.actor.stop(Some(CLOSED_BY_SUPERVISOR.into()));
                 }
                 return false;
             }

@@ -16,6 +16,7 @@ use crate::token::Token;
 
 use super::SupervisorState;
 use super::deadlines::{Due, TimerKey};
+use super::effects::CLOSED_BY_SUPERVISOR;
 use super::effects::Carry;
 use super::messages::SupervisorMsg;
 
@@ -113,11 +114,18 @@ impl SupervisorState {
                 ..
             }
         );
-        if closed_here {
+        // Ended without a reason of its own after the supervisor stopped it: the close itself.
+        let just_closed = closed_here
+            && matches!(&reason, DisconnectReason::SessionCrashed(why) if why.contains(CLOSED_BY_SUPERVISOR));
+        if just_closed {
             tracing::info!(token = %token, reason = "closed_by_this_node", "Client disconnected");
         } else {
             if let DisconnectReason::SessionCrashed(why) = &reason {
-                tracing::error!(token = %token, error = %why, "session crashed");
+                if closed_here {
+                    tracing::warn!(token = %token, error = %why, "session crashed while closing");
+                } else {
+                    tracing::error!(token = %token, error = %why, "session crashed");
+                }
             }
             tracing::info!(token = %token, reason = %reason, "Client disconnected");
         }

@@ -92,8 +92,7 @@ impl PgDb {
     /// [`DbError::StaleFence`] (another node owns it now, or it was removed) or
     /// [`DbError::NotHeld`] (the caller gave no fence for it). Removing a session takes its record,
     /// credentials, keys, outbox, journal and lease row; its removal's own entries, appended in
-    /// this commit or a later one, stay: journal entries of a session that is no longer in the
-    /// cluster need no fence. A prune of the journal needs no fence.
+    /// the same commit, stay (a later commit cannot write of it: its lease row is gone). A prune of the journal needs no fence.
     pub async fn commit(
         &self,
         fences: HashMap<String, Fence>,
@@ -104,19 +103,10 @@ impl PgDb {
             true,
             self.of_writes().call(move |conn| {
                 for token in touched(&changes, &journal) {
-                    // Only history of a session no longer in the cluster (its removal's own
-                    // entries, written after it): kept, there is no owner to contradict.
-                    let history_only = !changes.iter().any(|c| c.token() == token);
-                    let checked = match fences.get(token) {
-                        Some(fence) => kv::check_fence(conn, token, fence),
-                        None => Err(DbError::NotHeld(token.to_owned())),
-                    };
-                    match checked {
-                        Ok(()) => {}
-                        Err(DbError::StaleFence { .. } | DbError::NotHeld(_))
-                            if history_only && removed(conn, token)? => {}
-                        Err(e) => return Err(e),
-                    }
+                    let fence = fences
+                        .get(token)
+                        .ok_or_else(|| DbError::NotHeld(token.to_owned()))?;
+                    kv::check_fence(conn, token, fence)?;
                 }
                 for change in &changes {
                     apply(conn, change)?;
@@ -130,13 +120,6 @@ impl PgDb {
         )
         .await
     }
-}
-
-/// Whether `token` is not in the cluster (its lease row is gone: removed, or never added).
-fn removed(conn: &mut PgConn, token: &str) -> Result<bool, DbError> {
-    let (client, statement) = conn.prepared("SELECT 1 FROM warden_session WHERE token = $1")?;
-    let rows = client.query(&statement, &[&token]).map_err(pg_error)?;
-    Ok(rows.is_empty())
 }
 
 /// Every session `changes` and `journal` write, each once, in a fixed order (so that two
