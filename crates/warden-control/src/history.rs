@@ -20,6 +20,9 @@ pub(crate) struct Ask {
     pub token: String,
     pub since: Option<i64>,
     pub limit: Option<usize>,
+    /// When following in a cluster: other nodes commit too, unseen here, so the journal is
+    /// also looked at this often.
+    pub look_every: Option<Duration>,
 }
 
 fn views(entries: &[HistoryEntry]) -> Vec<HistoryEntryView> {
@@ -85,30 +88,39 @@ pub(crate) async fn follow<R, W>(
                 end_stream(writer, ended, timeout).await;
                 return;
             }
+            // In a cluster other nodes commit too, unseen here: look every so often as well.
+            () = tokio::time::sleep(ask.look_every.unwrap_or_default()), if ask.look_every.is_some() => {}
             changed = head.changed() => {
                 if changed.is_err() {
                     return;
                 }
-                loop {
-                    let entries = match s.history(&ask.token, Some(last), MAX_READ).await {
-                        Ok(entries) => entries,
-                        Err(e) => {
-                            let closed = EventLine::Closed { reason: e.to_string() };
-                            let _ = write_line(writer, &closed, timeout).await;
-                            return;
-                        }
+            }
+        }
+        loop {
+            let entries = match s.history(&ask.token, Some(last), MAX_READ).await {
+                Ok(entries) => entries,
+                Err(e) => {
+                    let closed = EventLine::Closed {
+                        reason: e.to_string(),
                     };
-                    let Some(newest) = entries.last().map(|e| e.seq) else { break };
-                    last = newest;
-                    let line = EventLine::History { token: ask.token.clone(), entries: views(&entries) };
-                    if write_line(writer, &line, timeout).await.is_err() {
-                        tracing::info!("disconnecting a history follower that does not keep up");
-                        return;
-                    }
-                    if entries.len() < MAX_READ {
-                        break;
-                    }
+                    let _ = write_line(writer, &closed, timeout).await;
+                    return;
                 }
+            };
+            let Some(newest) = entries.last().map(|e| e.seq) else {
+                break;
+            };
+            last = newest;
+            let line = EventLine::History {
+                token: ask.token.clone(),
+                entries: views(&entries),
+            };
+            if write_line(writer, &line, timeout).await.is_err() {
+                tracing::info!("disconnecting a history follower that does not keep up");
+                return;
+            }
+            if entries.len() < MAX_READ {
+                break;
             }
         }
     }

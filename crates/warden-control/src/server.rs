@@ -444,6 +444,10 @@ async fn serve_client(stream: UnixStream, context: Arc<Context>, cancel: Cancell
                         token,
                         since,
                         limit,
+                        look_every: context
+                            .peers
+                            .as_ref()
+                            .map(|_| crate::watch_elsewhere::ASK_EVERY),
                     };
                     history::follow(
                         &context.supervisor,
@@ -638,6 +642,7 @@ pub(crate) async fn handle_here(context: &Context, id: Value, op: Op) -> Reply {
                 token,
                 since,
                 limit,
+                look_every: None,
             };
             history::once(s, id, ask).await
         }

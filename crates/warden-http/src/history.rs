@@ -72,6 +72,10 @@ pub async fn history(
         first: Some(first),
         shutdown: app.shutdown.clone(),
         ended: false,
+        look_every: app
+            .elsewhere
+            .as_ref()
+            .map(|_| std::time::Duration::from_secs(1)),
     };
     let stream = futures_util::stream::unfold(feed, Follow::next);
     Ok(Sse::new(stream)
@@ -88,6 +92,8 @@ struct Follow {
     first: Option<EventLine>,
     shutdown: CancellationToken,
     ended: bool,
+    /// In a cluster, other nodes commit too, unseen here: looked at this often as well.
+    look_every: Option<std::time::Duration>,
 }
 
 fn event(line: &EventLine) -> Event {
@@ -136,6 +142,8 @@ impl Follow {
                 () = self.shutdown.cancelled() => {
                     return self.close("the daemon is stopping".into());
                 }
+                () = tokio::time::sleep(self.look_every.unwrap_or_default()),
+                    if self.look_every.is_some() => {}
                 changed = self.head.changed() => {
                     if changed.is_err() {
                         return self.close("the supervisor has stopped".into());

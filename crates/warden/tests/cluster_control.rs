@@ -15,6 +15,7 @@
 //!   through the node that does not run the session answer as the owner would, and the node
 //!   asked checks the API key;
 //! - a deletion's own journal entry is kept (in the removal's commit), read on either node;
+//!   a history followed on the node that does not run the session sees the owner's commits;
 //! - an unknown token is `not found` at once, not after the wait for an owner.
 
 #[path = "common/cluster.rs"]
@@ -140,6 +141,21 @@ async fn any_node_answers_for_every_session_of_the_cluster() {
     .await;
     assert_eq!(code, 404, "{missing}");
 
+    // The session's history, followed on the other node: the owner's commits reach it.
+    let mut follow = ControlClient::connect(&daemons[there].socket)
+        .await
+        .unwrap();
+    let reply = follow
+        .request(&Op::History {
+            token: "shop1".into(),
+            since: None,
+            limit: Some(1),
+            follow: true,
+        })
+        .await
+        .unwrap();
+    assert!(reply.ok, "{reply:?}");
+
     // Stop through the other node (HTTP): answered once the owner stopped it; the server saw
     // its connection close.
     let (code, stopped) = curl_with(
@@ -159,6 +175,13 @@ async fn any_node_answers_for_every_session_of_the_cluster() {
         })
         .await
         .unwrap_or_else(|_| panic!("the connection closed; {}", said(&mut daemons)));
+    next_of(&mut follow, |line| match line {
+        EventLine::History { entries, .. } if entries.iter().any(|e| e.data["to"] == "stopped") => {
+            Some(())
+        }
+        _ => None,
+    })
+    .await;
     let status = daemons[here].json(&["status", "shop1"]).await;
     assert_eq!(
         status["desired"], "stopped",
