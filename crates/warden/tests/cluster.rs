@@ -20,10 +20,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use warden_fakewa::{ClientKind, ServerEvent};
 
-use cluster_support::{LIMIT, Postgres, add_sessions, held, phone_of, said, until_online_after};
-use common::{Daemon, fake_whatsapp_with, pair_any, workspace};
+use cluster_support::{
+    LIMIT, Postgres, add_sessions, held, links_after, phone_of, start_node, until_online,
+    until_online_after,
+};
+use common::{fake_whatsapp_with, pair_any};
 
 /// Sessions in the cluster.
 const SESSIONS: usize = 9;
@@ -41,13 +43,9 @@ async fn a_killed_node_s_sessions_log_in_on_the_others_and_no_account_ever_runs_
     let mut daemons = Vec::new();
     let mut dirs = Vec::new();
     for name in ["a", "b", "c"] {
-        let dir = workspace(&whatsapp.url());
-        let env = [
-            ("WARDEN_CLUSTER_DATABASE_URL", url.as_str()),
-            ("WARDEN_CLUSTER_NODE", name),
-            ("WARDEN_CLUSTER_TIMING_SCALE", SCALE),
-        ];
-        daemons.push(Daemon::start_with(dir.path(), &env).await);
+        let scale = [("WARDEN_CLUSTER_TIMING_SCALE", SCALE)];
+        let (daemon, dir) = start_node(&whatsapp.url(), &url, name, &scale).await;
+        daemons.push(daemon);
         dirs.push(dir);
     }
     assert!(
@@ -58,18 +56,7 @@ async fn a_killed_node_s_sessions_log_in_on_the_others_and_no_account_ever_runs_
     let tokens = add_sessions(&server, SESSIONS).await;
 
     // Every session is linked and online, each on one node.
-    recorder
-        .wait_until(LIMIT, |s| {
-            let online: BTreeSet<&str> = s
-                .records()
-                .iter()
-                .filter(|r| r.event == ServerEvent::Online)
-                .filter_map(|r| r.account.as_deref())
-                .collect();
-            online.len() == SESSIONS
-        })
-        .await
-        .unwrap_or_else(|_| panic!("every session linked and online; {}", said(&mut daemons)));
+    until_online(recorder, SESSIONS, LIMIT, &mut daemons).await;
     let mut shares = Vec::new();
     for daemon in &daemons {
         shares.push(held(daemon).await);
@@ -106,26 +93,7 @@ async fn a_killed_node_s_sessions_log_in_on_the_others_and_no_account_ever_runs_
 
     until_online_after(recorder, boundary, &phones, "the killed node's").await;
     let took_over = killed.elapsed();
-    let (registrations, pairings) = recorder.inspect(|s| {
-        let registrations = s
-            .connections()
-            .iter()
-            .filter(|c| c.id > boundary)
-            .filter(|c| {
-                matches!(
-                    c.client.as_ref().map(|c| &c.kind),
-                    Some(ClientKind::Registration { .. })
-                )
-            })
-            .count();
-        let pairings = s
-            .records()
-            .iter()
-            .filter(|r| r.conn > boundary)
-            .filter(|r| matches!(r.event, ServerEvent::Paired { .. }))
-            .count();
-        (registrations, pairings)
-    });
+    let (registrations, pairings) = links_after(recorder, boundary);
     assert_eq!(
         (registrations, pairings),
         (0, 0),

@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use cluster_support::{Postgres, add_sessions, held, phone_of, said, until_online_after};
+use cluster_support::{
+    Postgres, add_sessions, held, phone_of, said, start_node, until_online, until_online_after,
+};
 use common::{Daemon, fake_whatsapp_with, pair_any, workspace};
 
 fn setting(name: &str, default: &str) -> String {
@@ -143,27 +145,12 @@ async fn latency_of_operations_carried_to_another_node() {
     let mut daemons = Vec::new();
     let mut dirs = Vec::new();
     for name in ["a", "b"] {
-        let dir = workspace(&whatsapp.url());
-        let env = [
-            ("WARDEN_CLUSTER_DATABASE_URL", url.as_str()),
-            ("WARDEN_CLUSTER_NODE", name),
-        ];
-        daemons.push(Daemon::start_with(dir.path(), &env).await);
+        let (daemon, dir) = start_node(&whatsapp.url(), &url, name, &[]).await;
+        daemons.push(daemon);
         dirs.push(dir);
     }
     let tokens = add_sessions(&server, sessions).await;
-    recorder
-        .wait_until(Duration::from_secs(600), |s| {
-            let online: BTreeSet<&str> = s
-                .records()
-                .iter()
-                .filter(|r| r.event == warden_fakewa::ServerEvent::Online)
-                .filter_map(|r| r.account.as_deref())
-                .collect();
-            online.len() == sessions
-        })
-        .await
-        .unwrap_or_else(|_| panic!("every session online; {}", said(&mut daemons)));
+    until_online(recorder, sessions, Duration::from_secs(600), &mut daemons).await;
     let on_a: BTreeSet<String> = held(&daemons[0]).await.into_keys().collect();
     let mut clients = Vec::new();
     for daemon in &daemons {

@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use cluster_support::{LIMIT, Postgres, phone_of, said};
-use common::{Daemon, curl, curl_with, fake_whatsapp_with, pair_any, until, workspace};
+use cluster_support::{LIMIT, Postgres, phone_of, said, start_node};
+use common::{curl, curl_with, fake_whatsapp_with, pair_any, until};
 use warden_control::{ControlClient, EventLine, Op};
 
 /// The lease timings, five times faster than the defaults.
@@ -46,14 +46,12 @@ async fn any_node_answers_for_every_session_of_the_cluster() {
     let mut daemons = Vec::new();
     let mut dirs = Vec::new();
     for name in ["a", "b"] {
-        let dir = workspace(&whatsapp.url());
-        let env = [
-            ("WARDEN_CLUSTER_DATABASE_URL", url.as_str()),
-            ("WARDEN_CLUSTER_NODE", name),
+        let extra = [
             ("WARDEN_CLUSTER_TIMING_SCALE", SCALE),
             ("WARDEN_HTTP_API_KEY", KEY),
         ];
-        daemons.push(Daemon::start_with(dir.path(), &env).await);
+        let (daemon, dir) = start_node(&whatsapp.url(), &url, name, &extra).await;
+        daemons.push(daemon);
         dirs.push(dir);
     }
 

@@ -15,10 +15,12 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use warden_cluster::placement::preferred;
-use warden_fakewa::{ClientKind, ServerEvent};
 
-use cluster_support::{LIMIT, Postgres, add_sessions, held, phone_of, said, until_online_after};
-use common::{Daemon, fake_whatsapp_with, pair_any, workspace};
+use cluster_support::{
+    LIMIT, Postgres, add_sessions, held, links_after, phone_of, start_node, until_online,
+    until_online_after,
+};
+use common::{fake_whatsapp_with, pair_any};
 
 /// Sessions in the cluster.
 const SESSIONS: usize = 6;
@@ -30,40 +32,13 @@ async fn a_node_that_joins_gets_the_sessions_placement_prefers_there() {
     };
     let whatsapp = fake_whatsapp_with(pair_any(Duration::from_millis(200))).await;
     let recorder = whatsapp.recorder();
-    let url = server.url();
-    let start = |name: &'static str| {
-        let dir = workspace(&whatsapp.url());
-        let url = url.clone();
-        async move {
-            let env = [
-                ("WARDEN_CLUSTER_DATABASE_URL", url.as_str()),
-                ("WARDEN_CLUSTER_NODE", name),
-                ("WARDEN_CLUSTER_TIMING_SCALE", "0.2"),
-            ];
-            let daemon = Daemon::start_with(dir.path(), &env).await;
-            (daemon, dir)
-        }
-    };
+    let (url, whatsapp_url) = (server.url(), whatsapp.url());
+    let scale = [("WARDEN_CLUSTER_TIMING_SCALE", "0.2")];
+    let start = |name: &'static str| start_node(&whatsapp_url, &url, name, &scale);
     let (a, _a_dir) = start("a").await;
     let tokens = add_sessions(&server, SESSIONS).await;
     let mut daemons = vec![a];
-    recorder
-        .wait_until(LIMIT, |s| {
-            let online: BTreeSet<&str> = s
-                .records()
-                .iter()
-                .filter(|r| r.event == ServerEvent::Online)
-                .filter_map(|r| r.account.as_deref())
-                .collect();
-            online.len() == SESSIONS
-        })
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "every session linked and online on a; {}",
-                said(&mut daemons)
-            )
-        });
+    until_online(recorder, SESSIONS, LIMIT, &mut daemons).await;
     let on_a = held(&daemons[0]).await;
     assert_eq!(on_a.len(), SESSIONS, "{on_a:?}");
 
@@ -91,26 +66,7 @@ async fn a_node_that_joins_gets_the_sessions_placement_prefers_there() {
     assert_eq!(on_a.len() + on_b.len(), SESSIONS, "{on_a:?} {on_b:?}");
     assert!(on_a.is_disjoint(&on_b));
 
-    let (registrations, pairings) = recorder.inspect(|s| {
-        let registrations = s
-            .connections()
-            .iter()
-            .filter(|c| c.id > boundary)
-            .filter(|c| {
-                matches!(
-                    c.client.as_ref().map(|c| &c.kind),
-                    Some(ClientKind::Registration { .. })
-                )
-            })
-            .count();
-        let pairings = s
-            .records()
-            .iter()
-            .filter(|r| r.conn > boundary)
-            .filter(|r| matches!(r.event, ServerEvent::Paired { .. }))
-            .count();
-        (registrations, pairings)
-    });
+    let (registrations, pairings) = links_after(recorder, boundary);
     assert_eq!(
         (registrations, pairings),
         (0, 0),

@@ -119,3 +119,69 @@ pub async fn held(daemon: &Daemon) -> BTreeMap<String, Option<String>> {
         })
         .collect()
 }
+
+/// Starts `warden serve` as node `name` of the cluster on `database_url`, dialing WhatsApp at
+/// `whatsapp_url`, with `extra` environment (`WARDEN_CLUSTER_TIMING_SCALE`, ...); the daemon
+/// and its folder.
+pub async fn start_node(
+    whatsapp_url: &str,
+    database_url: &str,
+    name: &str,
+    extra: &[(&str, &str)],
+) -> (Daemon, tempfile::TempDir) {
+    let dir = crate::common::workspace(whatsapp_url);
+    let mut env = vec![
+        ("WARDEN_CLUSTER_DATABASE_URL", database_url),
+        ("WARDEN_CLUSTER_NODE", name),
+    ];
+    env.extend_from_slice(extra);
+    let daemon = Daemon::start_with(dir.path(), &env).await;
+    (daemon, dir)
+}
+
+/// Waits until `count` accounts went online at the server (each session linked and logged
+/// in), within `within`; a failure's message has what the daemons said.
+pub async fn until_online(
+    recorder: &warden_fakewa::Recorder,
+    count: usize,
+    within: Duration,
+    daemons: &mut [Daemon],
+) {
+    recorder
+        .wait_until(within, |s| {
+            let online: BTreeSet<&str> = s
+                .records()
+                .iter()
+                .filter(|r| r.event == ServerEvent::Online)
+                .filter_map(|r| r.account.as_deref())
+                .collect();
+            online.len() == count
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{count} sessions linked and online; {}", said(daemons)));
+}
+
+/// The registrations (QR linking) and pairings the server saw on connections after
+/// `boundary`: `(0, 0)` when every session logged in from its credentials.
+pub fn links_after(recorder: &warden_fakewa::Recorder, boundary: u64) -> (usize, usize) {
+    recorder.inspect(|s| {
+        let registrations = s
+            .connections()
+            .iter()
+            .filter(|c| c.id > boundary)
+            .filter(|c| {
+                matches!(
+                    c.client.as_ref().map(|c| &c.kind),
+                    Some(warden_fakewa::ClientKind::Registration { .. })
+                )
+            })
+            .count();
+        let pairings = s
+            .records()
+            .iter()
+            .filter(|r| r.conn > boundary)
+            .filter(|r| matches!(r.event, ServerEvent::Paired { .. }))
+            .count();
+        (registrations, pairings)
+    })
+}
