@@ -61,13 +61,50 @@ pub struct HttpAnswer {
 pub type Carried<'a> =
     Pin<Box<dyn Future<Output = Option<Result<HttpAnswer, String>>> + Send + 'a>>;
 
-/// Carries requests to the node that runs a session.
+/// Each other live node's answer to one request (`Err`: why it gave none), by node name; or
+/// why no node could be asked.
+pub type NodeAnswers = Result<Vec<(String, Result<HttpAnswer, String>)>, String>;
+
+/// A boxed future of [`NodeAnswers`], as [`Elsewhere::on_every_node`] returns.
+pub type FromEveryNode<'a> = Pin<Box<dyn Future<Output = NodeAnswers> + Send + 'a>>;
+
+/// Carries requests to the node that runs a session, or to every node.
 pub trait Elsewhere: Send + Sync {
+    /// This node's name.
+    fn me(&self) -> &str;
+
     /// Carries `ask`, about `token` (which this node does not run), to the node that runs it
     /// and returns its response. `None` when the cluster has no such session (this node's
     /// answer stands); `Err` with a message when no answer can come (saying whether the
     /// request may have been carried out).
     fn on_session<'a>(&'a self, token: &'a str, ask: HttpAsk) -> Carried<'a>;
+
+    /// Asks every other live node `ask` (a read, such as `GET /sessions`), each answering
+    /// for itself.
+    fn on_every_node(&self, ask: HttpAsk) -> FromEveryNode<'_>;
+}
+
+impl HttpAsk {
+    /// A `GET` of `uri`, with nothing else.
+    pub fn get(uri: &str) -> Self {
+        Self {
+            method: "GET".into(),
+            uri: uri.into(),
+            headers: Vec::new(),
+            body: String::new(),
+        }
+    }
+}
+
+impl HttpAnswer {
+    /// The body as JSON, when the answer is a success.
+    pub fn json(&self) -> Option<serde_json::Value> {
+        if !(200..300).contains(&self.status) {
+            return None;
+        }
+        let body = STANDARD.decode(&self.body).ok()?;
+        serde_json::from_slice(&body).ok()
+    }
 }
 
 /// Routes with a `{token}` that any node answers itself: they read and write the shared
@@ -276,6 +313,69 @@ impl LocalHttp {
     }
 }
 
+/// `GET /sessions` across the cluster: this node's list (`mine`) and every other node's
+/// answer, each session with its `node` (at the top and in `session`), ordered by token, the
+/// totals recounted; `unanswered` names the nodes that did not answer (and why), and
+/// `incomplete` says why the list is only this node's when no other could be asked.
+pub(crate) fn merge_session_lists(
+    me: &str,
+    mine: serde_json::Value,
+    gathered: NodeAnswers,
+) -> serde_json::Value {
+    use serde_json::{Value, json};
+    let mark = |mut session: Value, node: &str| {
+        session["node"] = json!(node);
+        if session.get("session").is_some() {
+            session["session"]["node"] = json!(node);
+        }
+        session
+    };
+    let sessions_of = |list: &Value| list["sessions"].as_array().cloned().unwrap_or_default();
+    let mut sessions: Vec<Value> = sessions_of(&mine)
+        .into_iter()
+        .map(|s| mark(s, me))
+        .collect();
+    let mut unanswered = serde_json::Map::new();
+    let mut incomplete = None;
+    match gathered {
+        Ok(answers) => {
+            for (node, answer) in answers {
+                match answer.map(|a| a.json()) {
+                    Ok(Some(list)) => {
+                        sessions.extend(sessions_of(&list).into_iter().map(|s| mark(s, &node)))
+                    }
+                    Ok(None) => {
+                        unanswered.insert(node, json!("an answer that is not a list"));
+                    }
+                    Err(why) => {
+                        unanswered.insert(node, json!(why));
+                    }
+                }
+            }
+        }
+        Err(why) => incomplete = Some(format!("{why}: only this node's sessions")),
+    }
+    sessions.sort_by(|a, b| a["token"].as_str().cmp(&b["token"].as_str()));
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for s in &sessions {
+        let state = s["connectionStatus"].as_str().unwrap_or("unknown");
+        *counts.entry(state.to_owned()).or_default() += 1;
+    }
+    let mut merged = json!({
+        "success": true,
+        "total": sessions.len(),
+        "counts": counts,
+        "sessions": sessions,
+    });
+    if !unanswered.is_empty() {
+        merged["unanswered"] = Value::Object(unanswered);
+    }
+    if let Some(why) = incomplete {
+        merged["incomplete"] = json!(why);
+    }
+    merged
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,5 +430,57 @@ mod tests {
         for (path, query, carried) in cases {
             assert_eq!(carried_uri(path, query), carried, "{path} {query:?}");
         }
+    }
+
+    #[test]
+    fn a_cluster_list_has_every_node_s_sessions_each_with_its_node() {
+        use serde_json::json;
+        let list = |tokens: &[(&str, &str)]| {
+            json!({
+                "success": true,
+                "total": tokens.len(),
+                "counts": {},
+                "sessions": tokens.iter().map(|(t, state)| json!({
+                    "token": t, "connectionStatus": state, "session": {"token": t}
+                })).collect::<Vec<_>>(),
+            })
+        };
+        let answer = |value: serde_json::Value| HttpAnswer {
+            status: 200,
+            headers: Vec::new(),
+            body: STANDARD.encode(value.to_string()),
+        };
+        let merged = merge_session_lists(
+            "a",
+            list(&[("s3", "connected")]),
+            Ok(vec![
+                (
+                    "b".into(),
+                    Ok(answer(list(&[("s1", "connected"), ("s2", "stopped")]))),
+                ),
+                ("c".into(), Err("node c did not answer".into())),
+            ]),
+        );
+        let seen: Vec<(&str, &str, &str)> = merged["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["token"].as_str().unwrap(),
+                    s["node"].as_str().unwrap(),
+                    s["session"]["node"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(seen, [("s1", "b", "b"), ("s2", "b", "b"), ("s3", "a", "a")]);
+        assert_eq!(merged["total"], 3);
+        assert_eq!(merged["counts"]["connected"], 2);
+        assert_eq!(merged["unanswered"]["c"], "node c did not answer");
+        assert!(merged.get("incomplete").is_none());
+
+        let alone = merge_session_lists("a", list(&[("s3", "connected")]), Err("down".into()));
+        assert_eq!(alone["total"], 1);
+        assert_eq!(alone["incomplete"], "down: only this node's sessions");
     }
 }

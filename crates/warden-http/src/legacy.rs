@@ -223,15 +223,27 @@ pub async fn status(
     Ok(reply(&app.supervisor.status(&token)?, None))
 }
 
-/// `GET /sessions`.
-pub async fn list(State(app): State<Arc<AppState>>) -> Json<ListReply> {
+/// `GET /sessions`: in a cluster, every node's sessions, each with its `node`.
+pub async fn list(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
     let list = app.supervisor.list();
-    Json(ListReply {
+    let mine = ListReply {
         success: true,
         total: list.sessions.len(),
         counts: counts(&list),
         sessions: list.sessions.iter().map(LegacySession::from).collect(),
-    })
+    };
+    let mine = serde_json::to_value(&mine).unwrap_or_default();
+    let Some(elsewhere) = &app.elsewhere else {
+        return Json(mine);
+    };
+    let gathered = elsewhere
+        .on_every_node(crate::elsewhere::HttpAsk::get("/sessions"))
+        .await;
+    Json(crate::elsewhere::merge_session_lists(
+        elsewhere.me(),
+        mine,
+        gathered,
+    ))
 }
 
 /// `POST /session/start/{token}`: starts the session and answers with the first QR code, the

@@ -164,6 +164,27 @@ impl ClusterPeers {
         })
     }
 
+    /// Asks every other live node `carried`, each within [`GATHER_WITHIN`]: each node's
+    /// answer, or why it gave none; `Err` when the database cannot say which nodes live.
+    async fn every_node(
+        &self,
+        carried: &Carried,
+    ) -> Result<Vec<(String, Result<String, String>)>, String> {
+        let pg = self.link.get().await.map_err(unreachable)?;
+        let nodes = pg.live_nodes().await.map_err(unreachable)?;
+        let asked = nodes
+            .iter()
+            .filter(|n| **n != self.me)
+            .map(|node| async move {
+                let answer = self
+                    .ask(Addressee::Node(node), carried, GATHER_WITHIN)
+                    .await
+                    .unwrap_or_else(|| Err(format!("node {node} did not answer")));
+                (node.clone(), answer)
+            });
+        Ok(futures_util::future::join_all(asked).await)
+    }
+
     /// A control operation asked of `to`: its reply.
     async fn control(&self, to: Addressee<'_>, op: &Op, within: Duration) -> Option<Reply> {
         let carried = Carried::Control(op.clone());
@@ -190,6 +211,26 @@ enum Carried {
 }
 
 impl Elsewhere for ClusterPeers {
+    fn me(&self) -> &str {
+        &self.me
+    }
+
+    fn on_every_node(&self, ask: HttpAsk) -> warden_http::elsewhere::FromEveryNode<'_> {
+        Box::pin(async move {
+            let answers = self.every_node(&Carried::Http { http: ask }).await?;
+            Ok(answers
+                .into_iter()
+                .map(|(node, answer)| {
+                    let answer = answer.and_then(|a| {
+                        serde_json::from_str::<HttpAnswer>(&a)
+                            .map_err(|e| format!("node {node}'s answer did not parse: {e}"))
+                    });
+                    (node, answer)
+                })
+                .collect())
+        })
+    }
+
     fn on_session<'a>(
         &'a self,
         token: &'a str,
@@ -218,24 +259,30 @@ impl Peers for ClusterPeers {
 
     fn on_every_node<'a>(&'a self, op: &'a Op) -> Answer<'a, Result<Gathered, ErrorBody>> {
         Box::pin(async move {
-            let unreachable = |e: ClusterError| {
-                ErrorBody::new(
-                    ErrorCode::Unavailable,
-                    format!("the cluster's database is unreachable: {e}"),
-                )
-            };
-            let pg = self.link.get().await.map_err(unreachable)?;
-            let nodes = pg.live_nodes().await.map_err(unreachable)?;
-            let placements = pg.placements().await.map_err(unreachable)?;
-            let others = nodes.iter().filter(|n| **n != self.me);
-            let asked = others.map(|node| async move {
-                let reply = self
-                    .control(Addressee::Node(node), op, GATHER_WITHIN)
-                    .await
-                    .unwrap_or_else(|| unavailable(format!("node {node} did not answer")));
-                (node.clone(), reply)
-            });
-            let replies = futures_util::future::join_all(asked).await;
+            let unavailable_body = |e: String| ErrorBody::new(ErrorCode::Unavailable, e);
+            let pg = self
+                .link
+                .get()
+                .await
+                .map_err(|e| unavailable_body(unreachable(e)))?;
+            let placements = pg
+                .placements()
+                .await
+                .map_err(|e| unavailable_body(unreachable(e)))?;
+            let carried = Carried::Control(op.clone());
+            let answers = self.every_node(&carried).await.map_err(unavailable_body)?;
+            let replies = answers
+                .into_iter()
+                .map(|(node, answer)| {
+                    let reply = answer
+                        .and_then(|a| {
+                            serde_json::from_str::<Reply>(&a)
+                                .map_err(|e| format!("node {node}'s answer did not parse: {e}"))
+                        })
+                        .unwrap_or_else(unavailable);
+                    (node, reply)
+                })
+                .collect();
             Ok(Gathered {
                 replies,
                 placements,
@@ -269,6 +316,10 @@ async fn answered_or_tick(
             },
         }
     }
+}
+
+fn unreachable(e: ClusterError) -> String {
+    format!("the cluster's database is unreachable: {e}")
 }
 
 fn unavailable(message: String) -> Reply {

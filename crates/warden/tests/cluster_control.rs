@@ -12,8 +12,8 @@
 //! - `sessions` (the list) and `health` on either node cover the whole cluster, each session
 //!   marked with the node that runs it;
 //! - the HTTP routes with a `{token}` work against either node: the legacy status and a stop
-//!   through the node that does not run the session answer as the owner would, and the node
-//!   asked checks the API key;
+//!   through the node that does not run the session answer as the owner would, the legacy
+//!   list has every node's sessions, and the node asked checks the API key;
 //! - a deletion's own journal entry is kept (in the removal's commit), read on either node;
 //!   a history followed on the node that does not run the session sees the owner's commits;
 //! - an unknown token is `not found` at once, not after the wait for an owner.
@@ -138,6 +138,17 @@ async fn any_node_answers_for_every_session_of_the_cluster() {
     )
     .await;
     assert_eq!(code, 404, "{missing}");
+
+    // The legacy list through the other node has it, with its node.
+    let (code, sessions) = curl_with(daemons[there].http, "GET", "/sessions", None, &key).await;
+    assert_eq!(code, 200, "{sessions}");
+    assert_eq!(sessions["total"], 1, "{sessions}");
+    assert_eq!(sessions["sessions"][0]["token"], "shop1");
+    assert_eq!(
+        sessions["sessions"][0]["node"],
+        owner.as_str(),
+        "{sessions}"
+    );
 
     // The session's history, followed on the other node: the owner's commits reach it.
     let mut follow = ControlClient::connect(&daemons[there].socket)
