@@ -1,13 +1,13 @@
 //! Issue #16's benchmark: three `warden serve` nodes over a real PostgreSQL and the fake
 //! WhatsApp server, every session linked and online; then, repeatedly, SIGKILL to a random
 //! node holding sessions, the time until every one of its sessions is online again on the
-//! others (its accounts' logins seen by the server), and the node started again. It records
-//! the distribution of those takeover times and the most live connections any one account
-//! ever had at the server (which must be 1).
+//! others (its accounts' logins seen by the server), and the node started again; then the
+//! same with SIGTERM (a graceful hand-over). It records the distribution of those times and
+//! the most live connections any one account ever had at the server (which must be 1).
 //!
 //! `cargo test --release -p warden --test cluster_bench -- --ignored --nocapture`, with
-//! `WARDEN_BENCH_SESSIONS` (300), `WARDEN_BENCH_KILLS` (20) and `WARDEN_BENCH_SCALE` (1.0:
-//! the default lease timings, dead after 15 s).
+//! `WARDEN_BENCH_SESSIONS` (300), `WARDEN_BENCH_KILLS` (20), `WARDEN_BENCH_STOPS` (5) and
+//! `WARDEN_BENCH_SCALE` (1.0: the default lease timings, dead after 15 s).
 
 #[path = "common/cluster.rs"]
 mod cluster_support;
@@ -32,6 +32,7 @@ fn setting(name: &str, default: &str) -> String {
 async fn takeover_times_after_kill_9_of_a_node() {
     let sessions: usize = setting("WARDEN_BENCH_SESSIONS", "300").parse().unwrap();
     let kills: usize = setting("WARDEN_BENCH_KILLS", "20").parse().unwrap();
+    let stops: usize = setting("WARDEN_BENCH_STOPS", "5").parse().unwrap();
     let scale = setting("WARDEN_BENCH_SCALE", "1.0");
     let server = Postgres::start().expect("PostgreSQL's server binaries are installed");
     let whatsapp = fake_whatsapp_with(pair_any(Duration::from_millis(200))).await;
@@ -57,29 +58,19 @@ async fn takeover_times_after_kill_9_of_a_node() {
     }
     add_sessions(&server, sessions).await;
     let linked = Instant::now();
-    let all_online = recorder
-        .wait_until(Duration::from_secs(600), |s| {
-            let online: BTreeSet<&str> = s
-                .records()
-                .iter()
-                .filter(|r| r.event == warden_fakewa::ServerEvent::Online)
-                .filter_map(|r| r.account.as_deref())
-                .collect();
-            online.len() == sessions
-        })
-        .await;
-    if all_online.is_err() {
-        panic!("every session linked and online; {}", said(&mut daemons));
-    }
+    until_online(recorder, sessions, Duration::from_secs(600), &mut daemons).await;
     eprintln!(
         "{sessions} sessions linked and online in {:.1?}",
         linked.elapsed()
     );
 
-    // A fixed sequence of victims, so that runs compare (xorshift).
+    // A fixed sequence of victims, so that runs compare (xorshift): `kills` SIGKILLs, then
+    // `stops` SIGTERMs (graceful hand-overs).
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut takeovers = Vec::new();
-    for kill in 0..kills {
+    let mut handovers = Vec::new();
+    let rounds = (0..kills).map(|_| false).chain((0..stops).map(|_| true));
+    for (round, graceful) in rounds.enumerate() {
         let mut shares = Vec::new();
         for daemon in &daemons {
             shares.push(held(daemon).await);
@@ -96,32 +87,57 @@ async fn takeover_times_after_kill_9_of_a_node() {
             .map(|jid| phone_of(jid.as_deref().expect("linked")).to_owned())
             .collect();
         let boundary = recorder.inspect(|s| s.connections().len()) as u64;
-        let killed = Instant::now();
-        daemons[victim].child.start_kill().unwrap();
+        let stopped = Instant::now();
+        if graceful {
+            let pid = daemons[victim].child.id().expect("running").to_string();
+            let term = tokio::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .await
+                .unwrap();
+            assert!(term.success());
+        } else {
+            daemons[victim].child.start_kill().unwrap();
+        }
+        until_online_after(recorder, boundary, &phones, "the stopped node's").await;
+        let took = stopped.elapsed();
         let _ = daemons[victim].child.wait().await;
-        until_online_after(recorder, boundary, &phones, "the killed node's").await;
-        let took = killed.elapsed();
         eprintln!(
-            "kill {}: node {} with {} sessions; all online again on the others after {took:.2?}",
-            kill + 1,
+            "{} {}: node {} with {} sessions; all online again on the others after {took:.2?}",
+            if graceful { "SIGTERM" } else { "kill" },
+            round + 1,
             names[victim],
             phones.len()
         );
-        takeovers.push(took);
+        if graceful {
+            handovers.push(took);
+        } else {
+            takeovers.push(took);
+        }
         daemons[victim] = start(victim).await;
     }
 
-    takeovers.sort();
-    let at = |q: f64| takeovers[((takeovers.len() - 1) as f64 * q).round() as usize];
     let doubles = recorder.inspect(|s| s.max_concurrent_any());
-    eprintln!(
-        "takeover after kill -9 ({kills} kills, {sessions} sessions, 3 nodes, timing scale {scale}): \
-         min {:.2?}, median {:.2?}, p90 {:.2?}, max {:.2?}; most live connections of one account: {doubles}",
-        at(0.0),
-        at(0.5),
-        at(0.9),
-        at(1.0)
-    );
+    for (what, times) in [
+        ("takeover after kill -9", &mut takeovers),
+        ("hand-over after SIGTERM", &mut handovers),
+    ] {
+        if times.is_empty() {
+            continue;
+        }
+        times.sort();
+        let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+        eprintln!(
+            "{what} ({} times, {sessions} sessions, 3 nodes, timing scale {scale}): min {:.2?}, \
+             median {:.2?}, p90 {:.2?}, max {:.2?}",
+            times.len(),
+            at(0.0),
+            at(0.5),
+            at(0.9),
+            at(1.0)
+        );
+    }
+    eprintln!("most live connections of one account: {doubles}");
     assert_eq!(doubles, 1, "never two live connections of one account");
 }
 
