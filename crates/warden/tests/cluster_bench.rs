@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use cluster_support::{
-    Postgres, add_sessions, held, phone_of, said, start_node, until_online, until_online_after,
+    Postgres, add_sessions, held, phone_of, start_node, until_online, until_online_after,
 };
 use common::{Daemon, fake_whatsapp_with, pair_any, workspace};
 
