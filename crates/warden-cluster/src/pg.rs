@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS warden_request (
   asked_at timestamptz NOT NULL DEFAULT now(),
   expires  timestamptz NOT NULL,
   CHECK ((token IS NULL) <> (node IS NULL)));
+ALTER TABLE warden_request ADD COLUMN IF NOT EXISTS expires timestamptz NOT NULL DEFAULT now();
 CREATE INDEX IF NOT EXISTS warden_request_untaken ON warden_request (id) WHERE taken_by IS NULL;
 COMMIT;";
 

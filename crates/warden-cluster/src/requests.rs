@@ -41,6 +41,8 @@ pub struct Asked {
     pub token: Option<String>,
     /// The operation.
     pub op: String,
+    /// How long until its asker gives up (the work is bounded by it).
+    pub remaining: Duration,
 }
 
 /// What withdrawing a request found.
@@ -126,7 +128,9 @@ impl Pg {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
             .within(self.client().query(
-                "SELECT r.id, r.token, r.op FROM warden_request r \
+                "SELECT r.id, r.token, r.op, \
+                   greatest(extract(epoch FROM r.expires - now()), 0)::float8 \
+                 FROM warden_request r \
                  WHERE r.taken_by IS NULL AND r.expires > now() AND (r.node = $1 OR EXISTS \
                    (SELECT 1 FROM warden_session s WHERE s.token = r.token AND s.owner_node = $1)) \
                  ORDER BY r.id LIMIT $2",
@@ -139,6 +143,7 @@ impl Pg {
                 id: r.get(0),
                 token: r.get(1),
                 op: r.get(2),
+                remaining: Duration::try_from_secs_f64(r.get(3)).unwrap_or_default(),
             })
             .collect())
     }

@@ -350,3 +350,33 @@ async fn a_joining_node_gets_its_share_through_gentle_rebalancing() {
         "{suggested} hand-overs suggested in {took:?}"
     );
 }
+
+#[tokio::test]
+async fn a_session_the_embedder_declines_to_move_is_passed_over_for_others() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let Some(server) = Postgres::start() else {
+        return;
+    };
+    let url = server.url();
+    let n1 = start(&url, "n1", None).await;
+    add_sessions(&n1, 20).await;
+    until(&[&n1], "n1 owns all 20", |o| total(o) == 20).await;
+    let mut events = n1.subscribe();
+    let releaser = n1.releaser();
+    let _n2 = start(&url, "n2", None).await;
+    // The embedder declines every suggestion (a QR code on show, say): each is a new session,
+    // and nothing moves.
+    let mut suggested = std::collections::BTreeSet::new();
+    let wait = async {
+        while suggested.len() < 3 {
+            if let Ok(NodeEvent::Rebalance { token }) = events.recv().await {
+                assert!(suggested.insert(token.clone()), "{token} suggested again");
+                releaser.decline(&token).await;
+            }
+        }
+    };
+    tokio::time::timeout(WITHIN, wait)
+        .await
+        .expect("three different suggestions");
+    assert_eq!(n1.ownership().borrow().sessions.len(), 20, "nothing moved");
+}

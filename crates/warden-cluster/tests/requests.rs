@@ -63,6 +63,11 @@ async fn a_request_reaches_the_owner_once_and_its_answer_comes_back() {
     assert_eq!(ids(&asked), [id]);
     assert_eq!(asked[0].token.as_deref(), Some("s1"));
     assert_eq!(asked[0].op, "stop");
+    assert!(
+        asked[0].remaining > LONG / 2 && asked[0].remaining <= LONG,
+        "{:?} left",
+        asked[0].remaining
+    );
 
     assert!(db.take("a", id).await.unwrap());
     assert!(!db.take("a", id).await.unwrap(), "taken once");

@@ -99,6 +99,8 @@ pub(crate) async fn follow<R, W>(
         loop {
             let entries = match s.history(&ask.token, Some(last), MAX_READ).await {
                 Ok(entries) => entries,
+                // Nothing new of a session this node does not run (in a cluster): not an end.
+                Err(Error::NotFound(_)) if ask.look_every.is_some() => break,
                 Err(e) => {
                     let closed = EventLine::Closed {
                         reason: e.to_string(),

@@ -769,7 +769,7 @@ async fn watch<R, W>(
     // In a cluster, watching everything covers the other nodes' sessions too, gathered apart
     // (one look at a time) so that this node's events never wait for the other nodes.
     let (others_tx, mut others) = tokio::sync::mpsc::channel(1);
-    let gathering = context
+    let mut gathering = context
         .peers
         .clone()
         .filter(|_| token.is_none())
@@ -787,7 +787,12 @@ async fn watch<R, W>(
                 return;
             }
             lines = others.recv(), if gathering.is_some() => {
-                for line in lines.unwrap_or_default() {
+                let Some(lines) = lines else {
+                    // The gathering ended (it cannot, short of a panic): this node's own go on.
+                    gathering = None;
+                    continue;
+                };
+                for line in lines {
                     if write_line(writer, &line, timeout).await.is_err() {
                         return;
                     }

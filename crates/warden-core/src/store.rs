@@ -243,13 +243,15 @@ async fn import_one(db: &Store, dir: &Path, name: &str) -> Result<Token, StoreEr
 /// One pending change of one session, with the order it was made in.
 enum Pending {
     Put(u64, Box<SessionRecord>),
-    Remove(u64),
+    /// A removal, with its own journal entry: appended in the commit that applies it, and
+    /// dropped with it (a removal replaced by a newer record never reports a deletion).
+    Remove(u64, Option<Box<NewJournalEntry>>),
 }
 
 impl Pending {
     fn seq(&self) -> u64 {
         match self {
-            Pending::Put(seq, _) | Pending::Remove(seq) => *seq,
+            Pending::Put(seq, _) | Pending::Remove(seq, _) => *seq,
         }
     }
 }
@@ -420,30 +422,16 @@ impl StoreWriter {
     }
 
     /// Removes the session's record, credentials and keys, with `entry` (its deletion's own
-    /// journal entry) in the same commit: the removal takes the session's journal, and the
-    /// entry stays. Resolves once committed (or with the error while writes are failing, or
+    /// journal entry) in the commit that applies the removal: the removal takes the session's
+    /// journal, and the entry stays; a removal that does not happen writes no entry. Resolves once committed (or with the error while writes are failing, or
     /// the refusal when this node no longer holds it).
     pub(crate) async fn remove(
         &self,
         token: &Token,
         entry: Option<crate::journal::Entry>,
     ) -> Result<(), StoreError> {
-        let seq = {
-            // One lock: the writer takes both in one batch.
-            let mut queued = self.queued();
-            let seq = queued.next;
-            queued.next += 1;
-            queued.records.insert(token.clone(), Pending::Remove(seq));
-            if let Some(entry) = entry {
-                let seq = queued.next;
-                queued.next += 1;
-                queued
-                    .journal
-                    .push_back((seq, self.new_entry(token, entry)));
-            }
-            seq
-        };
-        self.shared.wake.notify_one();
+        let entry = entry.map(|entry| Box::new(self.new_entry(token, entry)));
+        let seq = self.mark(token, |seq| Pending::Remove(seq, entry));
         self.wait_for(seq).await?;
         match self.refusal_since(token, seq - 1) {
             Some(refusal) => Err(StoreError::NotSaved(refusal)),
@@ -573,15 +561,21 @@ async fn run_writer(db: Store, shared: Arc<Shared>) {
                         token: token.to_string(),
                         text: record.encode()?,
                     },
-                    Pending::Remove(_) => RecordChange::Remove {
+                    Pending::Remove(..) => RecordChange::Remove {
                         token: token.to_string(),
                     },
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>();
+        // A removal's own entry comes after the removal (which takes the session's journal).
+        let removals = taken.iter().filter_map(|(_, change)| match change {
+            Pending::Remove(_, Some(entry)) => Some(JournalChange::Append((**entry).clone())),
+            _ => None,
+        });
         let mut journal_changes: Vec<JournalChange> = journal
             .iter()
             .map(|(_, new)| JournalChange::Append(new.clone()))
+            .chain(removals)
             .collect();
         let now = tokio::time::Instant::now();
         let prune = last_prune.is_none_or(|at| now.duration_since(at) >= PRUNE_EVERY);

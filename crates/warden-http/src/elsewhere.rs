@@ -121,6 +121,31 @@ fn token_of<'a>(template: &str, path: &'a str) -> Option<&'a str> {
     path.split('/').nth(at).filter(|t| !t.is_empty())
 }
 
+/// A query name as the server reads it: `+` is a space, `%XX` a byte.
+fn decoded(name: &str) -> String {
+    let bytes = name.as_bytes();
+    let hex = |at: usize| bytes.get(at).and_then(|b| char::from(*b).to_digit(16));
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], hex(i + 1), hex(i + 2)) {
+            (b'%', Some(high), Some(low)) => {
+                out.push(u8::try_from(high * 16 + low).unwrap_or(b'?'));
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The path and query to carry: the query without `api_key` (the key is checked where the
 /// request arrived, and is never written anywhere).
 fn carried_uri(path: &str, query: Option<&str>) -> String {
@@ -128,7 +153,7 @@ fn carried_uri(path: &str, query: Option<&str>) -> String {
         .unwrap_or("")
         .split('&')
         .filter(|pair| !pair.is_empty())
-        .filter(|pair| pair.split('=').next() != Some("api_key"))
+        .filter(|pair| decoded(pair.split('=').next().unwrap_or_default()) != "api_key")
         .collect();
     if kept.is_empty() {
         path.to_owned()
@@ -355,7 +380,10 @@ pub(crate) fn merge_session_lists(
         }
         Err(why) => incomplete = Some(format!("{why}: only this node's sessions")),
     }
+    // Stable: a session seen twice (it moved while the lists were gathered) keeps one entry,
+    // this node's first.
     sessions.sort_by(|a, b| a["token"].as_str().cmp(&b["token"].as_str()));
+    sessions.dedup_by(|later, first| later["token"] == first["token"]);
     let mut counts = std::collections::BTreeMap::<String, usize>::new();
     for s in &sessions {
         let state = s["connectionStatus"].as_str().unwrap_or("unknown");
@@ -426,6 +454,19 @@ mod tests {
                 "/session/outbox/s1?limit=5",
             ),
             ("/session/qr/s1", Some("api_key"), "/session/qr/s1"),
+            // Encoded, as the server decodes it.
+            (
+                "/session/qr/s1",
+                Some("api%5Fkey=k3y&format=png"),
+                "/session/qr/s1?format=png",
+            ),
+            ("/session/qr/s1", Some("api%5fkey=k3y"), "/session/qr/s1"),
+            ("/session/qr/s1", Some("%61pi_key=k3y"), "/session/qr/s1"),
+            (
+                "/session/qr/s1",
+                Some("bad%zz=1"),
+                "/session/qr/s1?bad%zz=1",
+            ),
         ];
         for (path, query, carried) in cases {
             assert_eq!(carried_uri(path, query), carried, "{path} {query:?}");

@@ -9,6 +9,9 @@
 //! data: {"event":"session","session":{"token":"shop1","state":"connected",...}}
 //! ```
 //!
+//! In a cluster, the stream is this node's sessions' (the control socket's `watch` covers the
+//! whole cluster).
+//!
 //! The stream starts with `watching`, then the current state of every watched session (and
 //! its QR or pairing code, when one is on show), then changes: `session`, `qr`, `pair_code`,
 //! `message`, `removed`. A client that falls behind gets `closed` and the stream ends; an
@@ -182,7 +185,23 @@ pub async fn events(
     );
     let filter = match &query.token {
         Some(token) => {
-            let info = app.supervisor.status(token)?;
+            let info = match app.supervisor.status(token) {
+                Ok(info) => info,
+                // In a cluster the session may run on another node: say where to look.
+                Err(warden_core::Error::NotFound(_)) if app.elsewhere.is_some() => {
+                    return Err(ApiError::new(
+                        axum::http::StatusCode::NOT_FOUND,
+                        "not_found",
+                        format!(
+                            "this node does not run session {token}: its events are on the node \
+                             that runs it (see GET /sessions), its state on any node \
+                             (GET /session/status/{token}), and the control socket's watch \
+                             follows it from any node"
+                        ),
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            };
             current(&info, &mut pending);
             Some(info.token)
         }

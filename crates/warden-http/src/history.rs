@@ -128,6 +128,8 @@ impl Follow {
                 .await
             {
                 Ok(entries) => entries,
+                // Nothing new of a session this node does not run (in a cluster): not an end.
+                Err(warden_core::Error::NotFound(_)) if self.look_every.is_some() => Vec::new(),
                 Err(e) => return self.close(e.to_string()),
             };
             if let Some(newest) = entries.last().map(|e| e.seq) {

@@ -399,21 +399,31 @@ pub async fn answer_requests(
                             }
                             return;
                         }
-                        let text = match serde_json::from_str::<Carried>(&request.op) {
-                            Ok(Carried::Control(op)) => {
-                                serde_json::to_string(&answers.answer(op).await)
-                            }
-                            Ok(Carried::Http { http }) => {
-                                serde_json::to_string(&http_answers.answer(http).await)
-                            }
-                            Err(e) => serde_json::to_string(&Reply::err(
-                                Value::Null,
-                                ErrorBody::bad_request(format!(
-                                    "an operation that did not parse: {e}"
+                        let work = async {
+                            match serde_json::from_str::<Carried>(&request.op) {
+                                Ok(Carried::Control(op)) => {
+                                    serde_json::to_string(&answers.answer(op).await)
+                                }
+                                Ok(Carried::Http { http }) => {
+                                    serde_json::to_string(&http_answers.answer(http).await)
+                                }
+                                Err(e) => serde_json::to_string(&Reply::err(
+                                    Value::Null,
+                                    ErrorBody::bad_request(format!(
+                                        "an operation that did not parse: {e}"
+                                    )),
                                 )),
-                            )),
-                        }
-                        .unwrap_or_default();
+                            }
+                            .unwrap_or_default()
+                        };
+                        // Bounded by its asker's patience: past it, nobody reads the answer.
+                        let Ok(text) = tokio::time::timeout(request.remaining, work).await else {
+                            tracing::debug!(
+                                request = request.id,
+                                "a request outlasted its asker's deadline; its answer is not written"
+                            );
+                            return;
+                        };
                         if let Err(e) = pg.answer(&me, request.id, &text).await {
                             tracing::warn!(
                                 request = request.id,

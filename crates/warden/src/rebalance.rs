@@ -43,7 +43,13 @@ pub async fn rebalance(
         // left unwritable but held would run nowhere); then the lease goes.
         adopted.unset(&token);
         let mut warned = false;
-        while let Err(e) = supervisor.relinquish(&token).await {
+        loop {
+            let result = tokio::select! {
+                // The daemon is ending: nothing more to move.
+                () = supervisor.stopped() => return,
+                result = supervisor.relinquish(&token) => result,
+            };
+            let Err(e) = result else { break };
             if !warned {
                 tracing::warn!(token = %token, error = %e, "could not close a session to move it to another node; trying again");
                 warned = true;

@@ -139,6 +139,22 @@ async fn any_node_answers_for_every_session_of_the_cluster() {
     .await;
     assert_eq!(code, 404, "{missing}");
 
+    // Its event stream is on the node that runs it: the other node says where to look.
+    let (code, elsewhere) = curl_with(
+        daemons[there].http,
+        "GET",
+        "/events?token=shop1",
+        None,
+        &key,
+    )
+    .await;
+    assert_eq!(code, 404, "{elsewhere}");
+    let message = elsewhere["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("does not run session shop1"),
+        "{elsewhere}"
+    );
+
     // The legacy list through the other node has it, with its node.
     let (code, sessions) = curl_with(daemons[there].http, "GET", "/sessions", None, &key).await;
     assert_eq!(code, 200, "{sessions}");
@@ -164,6 +180,12 @@ async fn any_node_answers_for_every_session_of_the_cluster() {
         .await
         .unwrap();
     assert!(reply.ok, "{reply:?}");
+    // Quiet for longer than its look every second: the follow goes on (no `closed`).
+    let quiet = tokio::time::timeout(Duration::from_millis(2500), follow.next_event()).await;
+    assert!(
+        quiet.is_err(),
+        "nothing new, and the follow still open: {quiet:?}"
+    );
 
     // Stop through the other node (HTTP): answered once the owner stopped it; the server saw
     // its connection close.
@@ -188,6 +210,7 @@ async fn any_node_answers_for_every_session_of_the_cluster() {
         EventLine::History { entries, .. } if entries.iter().any(|e| e.data["to"] == "stopped") => {
             Some(())
         }
+        EventLine::Closed { reason } => panic!("the follow ended: {reason}"),
         _ => None,
     })
     .await;

@@ -102,11 +102,15 @@ impl SupervisorState {
                 token: t.token.clone(),
                 source,
             });
-            // Its deletion's journal entry goes with the removal, in one commit.
+            // Its deletion's journal entry goes with the removal, in one commit (none when the
+            // link could not forget it: the deletion is then reported failed).
             let gone = crate::SessionEvent::Removed {
                 token: t.token.clone(),
             };
-            let entry = crate::journal::entry::event(&gone, std::time::SystemTime::now());
+            let entry = forgotten
+                .is_ok()
+                .then(|| crate::journal::entry::event(&gone, std::time::SystemTime::now()))
+                .flatten();
             let removed = t.store.remove(&t.token, entry).await.map_err(Error::from);
             forgotten.and(removed)
         });
