@@ -7,7 +7,8 @@
 //! a failover, when its session is between nodes); `list` and `health` wait at most
 //! [`GATHER_WITHIN`] per node. A node carries out at most [`IN_FLIGHT`] requests at once;
 //! more wait in the table, untaken, and their askers give up in time saying that nothing was
-//! done. Requests whose askers are gone are deleted after [`FORGET_AFTER`].
+//! done. A request expires at its asker's deadline (then no node takes it), and is deleted
+//! [`FORGET_AFTER`] later if its asker did not delete it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +38,7 @@ pub const IN_FLIGHT: usize = 32;
 const POLL: Duration = Duration::from_secs(1);
 /// How many waiting requests a node reads at a time.
 const BATCH: usize = 256;
-/// Requests older than this are deleted: their askers gave up long ago.
+/// Requests expired for this long are deleted: their askers are gone.
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 
 /// One connection to the cluster's database for requests, listening on both channels, made
