@@ -423,8 +423,9 @@ impl StoreWriter {
 
     /// Removes the session's record, credentials and keys, with `entry` (its deletion's own
     /// journal entry) in the commit that applies the removal: the removal takes the session's
-    /// journal, and the entry stays; a removal that does not happen writes no entry. Resolves once committed (or with the error while writes are failing, or
-    /// the refusal when this node no longer holds it).
+    /// journal, and the entry stays; a removal that does not happen writes no entry. Resolves
+    /// once committed (or with the error while writes are failing, or the refusal when this
+    /// node no longer holds it).
     pub(crate) async fn remove(
         &self,
         token: &Token,
