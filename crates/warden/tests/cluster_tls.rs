@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use cluster_support::Postgres;
-use common::{Daemon, fake_whatsapp, workspace};
+use common::{Daemon, fake_whatsapp, until, workspace};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_reaches_postgresql_only_over_verified_tls() {
@@ -38,6 +38,8 @@ async fn a_node_reaches_postgresql_only_over_verified_tls() {
     );
     let (code, out, err) = daemon.cli(&["create", "--token", "shop1"]).await;
     assert_eq!(code, 0, "{out} {err}");
+    // Once the node claimed and adopted it (its status answers), the list has it.
+    until(&daemon.socket, "shop1", |s| s.state == "stopped").await;
     let list = daemon.json(&["sessions"]).await;
     assert_eq!(list["sessions"][0]["token"], "shop1", "{list}");
 
