@@ -1,0 +1,180 @@
+//! The control socket in a cluster, against a stand-in for the other nodes (the daemon's real
+//! `Peers` is tested end to end in `crates/warden/tests/cluster_control.rs`): operations on a
+//! session this node does not run go to the peers, a session nobody has is this node's
+//! `not found`, and `list` and `health` still answer this node's part, saying so, when the
+//! peers cannot be asked.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use warden_control::peers::Answer;
+use warden_control::protocol::{ErrorBody, ErrorCode, HealthView, ListView, SessionView};
+use warden_control::{ControlClient, ControlServer, Gathered, Op, Peers, Reply, ServerConfig};
+use warden_core::scripted::{Script, ScriptedLink};
+use warden_core::{Supervisor, SupervisorConfig};
+
+/// The other nodes: node `b` runs `theirs` (as the view given), and answers `list` with it;
+/// or, `down`, the database cannot be reached.
+struct OtherNodes {
+    theirs: Mutex<Option<SessionView>>,
+    down: bool,
+    carried: Mutex<Vec<String>>,
+}
+
+impl Peers for OtherNodes {
+    fn me(&self) -> &str {
+        "a"
+    }
+
+    fn on_session<'a>(&'a self, token: &'a str, op: &'a Op) -> Answer<'a, Option<Reply>> {
+        Box::pin(async move {
+            let theirs = self.theirs.lock().unwrap().clone()?;
+            if theirs.token != token {
+                return None;
+            }
+            self.carried.lock().unwrap().push(op.name().to_owned());
+            Some(Reply::ok(Value::Null, theirs))
+        })
+    }
+
+    fn on_every_node<'a>(&'a self, _op: &'a Op) -> Answer<'a, Result<Gathered, ErrorBody>> {
+        Box::pin(async move {
+            if self.down {
+                return Err(ErrorBody::new(
+                    ErrorCode::Unavailable,
+                    "the cluster's database is unreachable",
+                ));
+            }
+            let theirs: Vec<SessionView> =
+                self.theirs.lock().unwrap().clone().into_iter().collect();
+            let list = json!({"sessions": theirs, "counts": {}});
+            Ok(Gathered {
+                replies: vec![("b".into(), Reply::ok(Value::Null, list))],
+                placements: Vec::new(),
+            })
+        })
+    }
+}
+
+/// A node over a scripted link, its socket served with `peers`; returns a client of it.
+async fn node(peers: Arc<OtherNodes>) -> (ControlClient, oneshot::Sender<()>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SupervisorConfig::new(dir.path().join("sessions"));
+    let link = ScriptedLink::new(Script::new());
+    let (supervisor, _) = Supervisor::start(config, Arc::new(link)).await.unwrap();
+    let socket = dir.path().join("warden.sock");
+    let server = ControlServer::bind(ServerConfig::new(&socket))
+        .await
+        .unwrap()
+        .with_peers(peers);
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.run(supervisor, async {
+        let _ = stopped.await;
+    }));
+    let client = ControlClient::connect(&socket).await.unwrap();
+    (client, stop, dir)
+}
+
+#[tokio::test]
+async fn an_operation_on_a_session_run_elsewhere_goes_to_the_peers_and_lists_merge() {
+    let peers = Arc::new(OtherNodes {
+        theirs: Mutex::new(None),
+        down: false,
+        carried: Mutex::new(Vec::new()),
+    });
+    let (mut client, _stop, _dir) = node(peers.clone()).await;
+    let mine: SessionView = client
+        .call(&Op::Create {
+            name: None,
+            token: Some("mine".into()),
+            proxy: None,
+        })
+        .await
+        .unwrap();
+    let mut theirs = mine.clone();
+    theirs.token = "theirs".into();
+    *peers.theirs.lock().unwrap() = Some(theirs);
+
+    let status: SessionView = client
+        .call(&Op::Status {
+            token: "theirs".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(status.token, "theirs");
+    let stopped: SessionView = client
+        .call(&Op::Stop {
+            token: "theirs".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(stopped.token, "theirs");
+    assert_eq!(*peers.carried.lock().unwrap(), ["status", "stop"]);
+    // Its own sessions are answered here.
+    let _: SessionView = client
+        .call(&Op::Status {
+            token: "mine".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(peers.carried.lock().unwrap().len(), 2, "not carried");
+    // A session nobody has: this node's answer.
+    let missing = client
+        .request(&Op::Status {
+            token: "nobody".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(missing.error.unwrap().code, ErrorCode::NotFound);
+
+    let list: ListView = client.call(&Op::List {}).await.unwrap();
+    let nodes: Vec<(&str, Option<&str>)> = list
+        .sessions
+        .iter()
+        .map(|s| (s.token.as_str(), s.node.as_deref()))
+        .collect();
+    assert_eq!(nodes, [("mine", Some("a")), ("theirs", Some("b"))]);
+    assert_eq!(list.incomplete, None);
+    let health: HealthView = client.call(&Op::Health {}).await.unwrap();
+    // The stand-in answers every gather with its list: not a health report, so b counts 0.
+    assert_eq!(health.sessions, 1);
+    assert_eq!(health.nodes["a"].sessions, 1);
+    assert_eq!(
+        health.nodes["b"].status,
+        "an answer that is not a health report"
+    );
+}
+
+#[tokio::test]
+async fn with_the_database_unreachable_list_and_health_answer_this_node_s_part() {
+    let peers = Arc::new(OtherNodes {
+        theirs: Mutex::new(None),
+        down: true,
+        carried: Mutex::new(Vec::new()),
+    });
+    let (mut client, _stop, _dir) = node(peers).await;
+    let _: SessionView = client
+        .call(&Op::Create {
+            name: None,
+            token: Some("mine".into()),
+            proxy: None,
+        })
+        .await
+        .unwrap();
+    let list: ListView = tokio::time::timeout(Duration::from_secs(10), client.call(&Op::List {}))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(list.sessions.len(), 1);
+    assert_eq!(list.sessions[0].node.as_deref(), Some("a"));
+    let why = list.incomplete.expect("says it is only this node's");
+    assert!(
+        why.contains("unreachable") && why.contains("only this node"),
+        "{why}"
+    );
+    let health: HealthView = client.call(&Op::Health {}).await.unwrap();
+    assert_eq!(health.sessions, 1);
+    assert!(health.incomplete.is_some());
+}
