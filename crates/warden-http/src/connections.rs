@@ -1,7 +1,8 @@
 //! [`serve`]: the gateway's accept loop. Each accepted connection is served by hyper's HTTP/1
 //! server in its own task, with a header-read timeout: a client must send a request's whole
 //! head within `header_read_timeout` or its connection is closed, so a slow-headers client
-//! (slowloris) holds a connection slot that long at most. On shutdown the loop stops
+//! (slowloris) holds a connection slot that long at most. A client that shuts its writing
+//! side after its request still gets the answer (half-close). On shutdown the loop stops
 //! accepting, each connection finishes the request it is in (then closes), and [`serve`]
 //! returns once every connection is gone.
 
@@ -39,9 +40,13 @@ pub async fn serve(
         let stopping = stopping.clone();
         connections.spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
+            // A client may shut its writing side once its request is sent (`nc -N`, scripts):
+            // it still gets its answer. Without this, hyper closes the connection unanswered
+            // as soon as it reads that end while a handler is still at work.
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout);
+                .header_read_timeout(header_read_timeout)
+                .half_close(true);
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             tokio::select! {

@@ -708,6 +708,41 @@ async fn start_answers_with_whatever_comes_first() {
     gw.stop().await;
 }
 
+/// A client that shuts its writing side once its request is sent (as `nc -N` does) still
+/// gets the answer of a route that takes its time: the gateway does not take that end for a
+/// client gone away.
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
+    let gw = Gateway::start(Setup {
+        options: warden_http::ServeOptions {
+            start_wait: Duration::from_millis(300),
+            ..Setup::default().options
+        },
+        ..Setup::default()
+    })
+    .await;
+    // Never logs in: the start answers after its whole wait.
+    gw.link.script("slow", [Script::new()]);
+    gw.supervisor.create(None, Some("slow")).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /session/start/slow HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    stream.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(common::PATIENCE, stream.read_to_end(&mut answer))
+        .await
+        .expect("the gateway never closed the connection")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(answer.contains(r#""status":"connecting""#), "{answer:?}");
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn a_network_bind_without_a_key_is_refused() {
     let (supervisor, listener, _dir) = common::bare_supervisor_and_listener().await;
