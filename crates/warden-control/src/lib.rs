@@ -12,10 +12,11 @@ mod lines;
 pub mod peers;
 pub mod protocol;
 pub mod server;
-mod watch_elsewhere;
+pub mod watch_elsewhere;
 pub mod webhooks;
 
 pub use peers::{Gathered, LocalAnswers, Peers};
 pub use protocol::{ErrorBody, ErrorCode, EventLine, Op, Reply, Request};
 pub use server::{BindError, ControlServer, RequestObserver, ServerConfig};
 pub use warden_wire::{ClientError, ControlClient};
+pub use watch_elsewhere::{ElsewhereFeed, view_in_cluster};

@@ -21,7 +21,7 @@ use crate::protocol::{
     DeletedView, ErrorBody, ErrorCode, EventLine, HealthView, ListView, Op, OutboxView,
     OutgoingView, ReapView, ReapedView, Reply, Request, SessionView, WatchingView, counts,
 };
-use crate::watch_elsewhere::{OtherNodes, watch_elsewhere};
+use crate::watch_elsewhere::{ElsewhereFeed, watch_elsewhere};
 use crate::webhooks;
 use warden_webhooks::Webhooks;
 
@@ -332,15 +332,6 @@ fn refuse(stream: &UnixStream) {
 impl Drop for ControlServer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.config.path);
-    }
-}
-
-/// Aborts its task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -726,7 +717,7 @@ async fn watch<R, W>(
                 reader,
                 writer,
                 context,
-                peers.as_ref(),
+                peers.clone(),
                 cancel,
                 id,
                 token,
@@ -768,25 +759,18 @@ async fn watch<R, W>(
     }
     // In a cluster, watching everything covers the other nodes' sessions too, gathered apart
     // (one look at a time) so that this node's events never wait for the other nodes.
-    let (others_tx, mut others) = tokio::sync::mpsc::channel(1);
     let mut gathering = context
         .peers
         .clone()
         .filter(|_| token.is_none())
-        .map(|peers| {
-            AbortOnDrop(tokio::spawn(OtherNodes::follow(
-                supervisor.clone(),
-                peers,
-                others_tx,
-            )))
-        });
+        .map(|peers| ElsewhereFeed::every_session(supervisor.clone(), peers));
     loop {
         tokio::select! {
             ended = stream_ends(reader, cancel) => {
                 end_stream(writer, ended, timeout).await;
                 return;
             }
-            lines = others.recv(), if gathering.is_some() => {
+            lines = next_from(&mut gathering) => {
                 let Some(lines) = lines else {
                     // The gathering ended (it cannot, short of a panic): this node's own go on.
                     gathering = None;
@@ -823,6 +807,14 @@ async fn watch<R, W>(
                 Err(broadcast::error::RecvError::Closed) => return,
             }
         }
+    }
+}
+
+/// The next lines of `feed`; never, when there is none.
+async fn next_from(feed: &mut Option<ElsewhereFeed>) -> Option<Vec<EventLine>> {
+    match feed {
+        Some(feed) => feed.next().await,
+        None => std::future::pending().await,
     }
 }
 

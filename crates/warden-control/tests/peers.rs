@@ -1,8 +1,9 @@
 //! The control socket in a cluster, against a stand-in for the other nodes (the daemon's real
 //! `Peers` is tested end to end in `crates/warden/tests/cluster_control.rs`): operations on a
 //! session this node does not run go to the peers, a session nobody has is this node's
-//! `not found`, and `list` and `health` still answer this node's part, saying so, when the
-//! peers cannot be asked.
+//! `not found`, `list` and `health` still answer this node's part, saying so, when the
+//! peers cannot be asked, and the feeds of other nodes' sessions (behind `watch` and
+//! `GET /events`) report changes and removals only.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,7 +12,10 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use warden_control::peers::Answer;
 use warden_control::protocol::{ErrorBody, ErrorCode, HealthView, ListView, SessionView};
-use warden_control::{ControlClient, ControlServer, Gathered, Op, Peers, Reply, ServerConfig};
+use warden_control::{
+    ControlClient, ControlServer, ElsewhereFeed, EventLine, Gathered, Op, Peers, Reply,
+    ServerConfig,
+};
 use warden_core::scripted::{Script, ScriptedLink};
 use warden_core::{Supervisor, SupervisorConfig};
 
@@ -177,4 +181,83 @@ async fn with_the_database_unreachable_list_and_health_answer_this_node_s_part()
     let health: HealthView = client.call(&Op::Health {}).await.unwrap();
     assert_eq!(health.sessions, 1);
     assert!(health.incomplete.is_some());
+}
+
+/// What other nodes' sessions do, as the feeds behind `watch` and `GET /events` report it:
+/// a view when it is new or changed (never again when it is not), `removed` once the cluster
+/// no longer has the session, and a session's own feed then ends.
+#[tokio::test(start_paused = true)]
+async fn the_feeds_of_other_nodes_report_changes_and_removals_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SupervisorConfig::new(dir.path().join("sessions"));
+    let link = ScriptedLink::new(Script::new());
+    let (supervisor, _) = Supervisor::start(config, Arc::new(link)).await.unwrap();
+    let mine = supervisor.create(None, Some("mine")).await.unwrap();
+    let mut theirs = SessionView::from(&mine);
+    theirs.token = "theirs".into();
+    theirs.state = "connected".into();
+    let peers = Arc::new(OtherNodes {
+        theirs: Mutex::new(Some(theirs.clone())),
+        down: false,
+        carried: Mutex::new(Vec::new()),
+    });
+    let within = Duration::from_secs(5);
+    let session_lines = |lines: Vec<EventLine>| -> Vec<(String, String)> {
+        lines
+            .into_iter()
+            .map(|line| match line {
+                EventLine::Session { session } => (session.token, session.state),
+                EventLine::Removed { token } => (token, "removed".into()),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    };
+    let mut every = ElsewhereFeed::every_session(supervisor.clone(), peers.clone());
+    let mut one = ElsewhereFeed::one_session(
+        supervisor.clone(),
+        peers.clone(),
+        "theirs".into(),
+        theirs.clone(),
+    );
+    // The first look reports what the other nodes run; the session's own feed had it already.
+    let first = tokio::time::timeout(within, every.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        session_lines(first),
+        [("theirs".into(), "connected".into())]
+    );
+    // Unchanged: nothing, however many looks.
+    assert!(tokio::time::timeout(within, every.next()).await.is_err());
+    assert!(tokio::time::timeout(within, one.next()).await.is_err());
+    // Changed: both report it once.
+    peers.theirs.lock().unwrap().as_mut().unwrap().state = "stopped".into();
+    for feed in [&mut every, &mut one] {
+        let changed = tokio::time::timeout(within, feed.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            session_lines(changed),
+            [("theirs".into(), "stopped".into())]
+        );
+        assert!(tokio::time::timeout(within, feed.next()).await.is_err());
+    }
+    // Gone from the cluster: `removed`; the session's own feed then ends.
+    *peers.theirs.lock().unwrap() = None;
+    for feed in [&mut every, &mut one] {
+        let gone = tokio::time::timeout(within, feed.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(session_lines(gone), [("theirs".into(), "removed".into())]);
+    }
+    assert!(
+        tokio::time::timeout(within, one.next())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(tokio::time::timeout(within, every.next()).await.is_err());
 }

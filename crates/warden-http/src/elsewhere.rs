@@ -82,6 +82,10 @@ pub trait Elsewhere: Send + Sync {
     /// Asks every other live node `ask` (a read, such as `GET /sessions`), each answering
     /// for itself.
     fn on_every_node(&self, ask: HttpAsk) -> FromEveryNode<'_>;
+
+    /// The same nodes as the control socket reaches them: what `GET /events` follows the
+    /// other nodes' sessions with.
+    fn control(&self) -> Arc<dyn warden_control::Peers>;
 }
 
 impl HttpAsk {

@@ -55,6 +55,16 @@ impl ApiError {
         }
     }
 
+    /// A control-protocol error, such as another node's answer: its status, code and
+    /// message.
+    pub fn from_body(body: &ErrorBody) -> Self {
+        Self::new(
+            status_of(body.code),
+            &code_name(body.code),
+            body.message.clone(),
+        )
+    }
+
     /// A malformed request: 400.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
@@ -92,6 +102,14 @@ impl ApiError {
     }
 }
 
+/// A control-protocol error code as it is written (`not_found`).
+fn code_name(code: ErrorCode) -> String {
+    serde_json::to_value(code)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "internal".into())
+}
+
 /// The status a control-protocol error code maps to.
 pub fn status_of(code: ErrorCode) -> StatusCode {
     match code {
@@ -107,10 +125,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
 impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
         let body = ErrorBody::from(&error);
-        let code = serde_json::to_value(body.code)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_else(|| "internal".into());
+        let code = code_name(body.code);
         // The core speaks the CLI's words; over HTTP the override is a query parameter.
         let message = body
             .message

@@ -9,8 +9,10 @@
 //! data: {"event":"session","session":{"token":"shop1","state":"connected",...}}
 //! ```
 //!
-//! In a cluster, the stream is this node's sessions' (the control socket's `watch` covers the
-//! whole cluster).
+//! In a cluster, the stream covers every node, like the control socket's `watch`: this node's
+//! events as they happen, and the other nodes' sessions as they change, looked up once a
+//! second (their `session` and `removed` events; their messages are on their own node's
+//! stream). `?token=` of a session another node runs follows its state the same way.
 //!
 //! The stream starts with `watching`, then the current state of every watched session (and
 //! its QR or pairing code, when one is on show), then changes: `session`, `qr`, `pair_code`,
@@ -28,6 +30,7 @@ use futures_util::Stream;
 use serde::Deserialize;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
+use warden_control::ElsewhereFeed;
 use warden_control::protocol::{EventLine, WatchingView};
 use warden_core::{SessionEvent, SessionInfo, Token};
 
@@ -101,6 +104,9 @@ struct Feed {
     shutdown: tokio_util::sync::CancellationToken,
     /// Set once `closed` is queued: the stream ends after sending it.
     ending: bool,
+    /// In a cluster, what the other nodes' sessions do (or the one session's, when it runs
+    /// on another node).
+    elsewhere: Option<ElsewhereFeed>,
     /// Keeps the open-streams gauge right however the stream ends.
     guard: StreamGuard,
 }
@@ -139,6 +145,18 @@ impl Feed {
                     continue;
                 }
                 received = self.events.recv() => received,
+                lines = next_from(&mut self.elsewhere) => {
+                    match lines {
+                        Some(lines) => self.pending.extend(lines.iter().map(event)),
+                        None => {
+                            // Only a session's feed ends: the cluster no longer has it (its
+                            // `removed` was the last line).
+                            self.elsewhere = None;
+                            self.close("the session was deleted");
+                        }
+                    }
+                    continue;
+                }
             };
             match received {
                 Ok(event) => {
@@ -183,33 +201,45 @@ pub async fn events(
             .retry(RETRY)
             .data(serde_json::to_string(&watching).unwrap_or_else(|_| "{}".into())),
     );
-    let filter = match &query.token {
-        Some(token) => {
-            let info = match app.supervisor.status(token) {
-                Ok(info) => info,
-                // In a cluster the session may run on another node: say where to look.
-                Err(warden_core::Error::NotFound(_)) if app.elsewhere.is_some() => {
-                    return Err(ApiError::new(
-                        axum::http::StatusCode::NOT_FOUND,
-                        "not_found",
-                        format!(
-                            "this node does not run session {token}: its events are on the node \
-                             that runs it (see GET /sessions), its state on any node \
-                             (GET /session/status/{token}), and the control socket's watch \
-                             follows it from any node"
-                        ),
-                    ));
-                }
-                Err(e) => return Err(e.into()),
-            };
-            current(&info, &mut pending);
-            Some(info.token)
-        }
+    let peers = app.elsewhere.as_ref().map(|e| e.control());
+    let (filter, elsewhere) = match &query.token {
+        Some(token) => match (app.supervisor.status(token), peers) {
+            (Ok(info), _) => {
+                current(&info, &mut pending);
+                (Some(info.token), None)
+            }
+            // In a cluster the session may run on another node: follow it there.
+            (Err(warden_core::Error::NotFound(token)), Some(peers)) => {
+                let view = warden_control::view_in_cluster(
+                    &app.supervisor,
+                    peers.as_ref(),
+                    token.as_str(),
+                )
+                .await
+                .map_err(|reply| match reply.and_then(|r| r.error) {
+                    Some(error) => ApiError::from_body(&error),
+                    None => warden_core::Error::NotFound(token.clone()).into(),
+                })?;
+                pending.push_back(event(&EventLine::Session {
+                    session: Box::new(view.clone()),
+                }));
+                let feed = ElsewhereFeed::one_session(
+                    app.supervisor.clone(),
+                    peers,
+                    token.to_string(),
+                    view,
+                );
+                (Some(token), Some(feed))
+            }
+            (Err(e), _) => return Err(e.into()),
+        },
         None => {
             for info in &app.supervisor.list().sessions {
                 current(info, &mut pending);
             }
-            None
+            let feed =
+                peers.map(|peers| ElsewhereFeed::every_session(app.supervisor.clone(), peers));
+            (None, feed)
         }
     };
     app.metrics.event_stream_opened();
@@ -219,6 +249,7 @@ pub async fn events(
         filter,
         shutdown: app.shutdown.clone(),
         ending: false,
+        elsewhere,
         guard: StreamGuard {
             metrics: app.metrics.clone(),
             lagged: false,
@@ -226,4 +257,12 @@ pub async fn events(
     };
     let stream = futures_util::stream::unfold(feed, Feed::next);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(app.options.keep_alive)))
+}
+
+/// The next lines of `feed`; never, when there is none.
+async fn next_from(feed: &mut Option<ElsewhereFeed>) -> Option<Vec<EventLine>> {
+    match feed {
+        Some(feed) => feed.next().await,
+        None => std::future::pending().await,
+    }
 }

@@ -80,6 +80,7 @@ impl RequestLink {
 
 /// The other nodes, reached through the database: what the control socket carries operations
 /// with.
+#[derive(Clone)]
 pub struct ClusterPeers {
     link: Arc<RequestLink>,
     me: String,
@@ -230,6 +231,10 @@ impl Elsewhere for ClusterPeers {
                 })
                 .collect())
         })
+    }
+
+    fn control(&self) -> Arc<dyn Peers> {
+        Arc::new(self.clone())
     }
 
     fn on_session<'a>(

@@ -14,6 +14,9 @@
 //! - the HTTP routes with a `{token}` work against either node: the legacy status and a stop
 //!   through the node that does not run the session answer as the owner would, the legacy
 //!   list has every node's sessions, and the node asked checks the API key;
+//! - `GET /events` on the node that does not run the session, of that session and of
+//!   everything, shows it with its node, sees it stop and sees it deleted (the session's own
+//!   stream then ends); of a token the cluster does not have, it is a 404;
 //! - a deletion's own journal entry is kept (in the removal's commit), read on either node;
 //!   a history followed on the node that does not run the session sees the owner's commits;
 //! - an unknown token is `not found` at once, not after the wait for an owner.
@@ -139,21 +142,32 @@ async fn any_node_answers_for_every_session_of_the_cluster() {
     .await;
     assert_eq!(code, 404, "{missing}");
 
-    // Its event stream is on the node that runs it: the other node says where to look.
-    let (code, elsewhere) = curl_with(
-        daemons[there].http,
-        "GET",
-        "/events?token=shop1",
-        None,
-        &key,
-    )
-    .await;
-    assert_eq!(code, 404, "{elsewhere}");
-    let message = elsewhere["message"].as_str().unwrap_or_default();
-    assert!(
-        message.contains("does not run session shop1"),
-        "{elsewhere}"
-    );
+    // Its event stream, through the other node: its state as the owner reports it, followed
+    // there. The stream of everything there has it too, with its node. An unknown token is
+    // the local 404.
+    let mut one_stream = common::event_stream(daemons[there].http, "/events?token=shop1", &key)
+        .await
+        .unwrap_or_else(|(code, body)| panic!("{code}: {body}"));
+    let watching = one_stream
+        .until(LIMIT, |name, data| {
+            (name == "watching").then(|| data.clone())
+        })
+        .await;
+    assert_eq!(watching["watching"], "shop1", "{watching}");
+    let first = one_stream.until(LIMIT, session_of("shop1")).await;
+    assert_eq!(first["state"], "connected", "{first}");
+    let mut all_stream = common::event_stream(daemons[there].http, "/events", &key)
+        .await
+        .unwrap_or_else(|(code, body)| panic!("{code}: {body}"));
+    let seen = all_stream.until(LIMIT, session_of("shop1")).await;
+    assert_eq!(seen["state"], "connected", "{seen}");
+    assert_eq!(seen["node"], owner.as_str(), "{seen}");
+    let missing = common::event_stream(daemons[there].http, "/events?token=nobody", &key).await;
+    let Err((code, body)) = missing else {
+        panic!("a stream of a session the cluster does not have");
+    };
+    assert_eq!(code, 404, "{body}");
+    assert_eq!(body["code"], "not_found", "{body}");
 
     // The legacy list through the other node has it, with its node.
     let (code, sessions) = curl_with(daemons[there].http, "GET", "/sessions", None, &key).await;
@@ -219,6 +233,16 @@ async fn any_node_answers_for_every_session_of_the_cluster() {
         status["desired"], "stopped",
         "the owner carried it out: {status}"
     );
+    // Both event streams of the other node saw it stop.
+    for stream in [&mut one_stream, &mut all_stream] {
+        let stopped = stream
+            .until(LIMIT, |name, data| {
+                let session = session_of("shop1")(name, data)?;
+                (session["state"] == "stopped").then_some(session)
+            })
+            .await;
+        assert_eq!(stopped["desired"], "stopped", "{stopped}");
+    }
 
     // Started again through the other node's socket; stopped again there.
     let started = daemons[there].json(&["start", "shop1", "--no-wait"]).await;
@@ -253,6 +277,19 @@ async fn any_node_answers_for_every_session_of_the_cluster() {
         _ => None,
     })
     .await;
+    // So did both event streams there; the session's own stream then ends.
+    for stream in [&mut one_stream, &mut all_stream] {
+        stream
+            .until(LIMIT, |name, data| {
+                (name == "removed" && data["token"] == "shop1").then_some(())
+            })
+            .await;
+    }
+    let closed = one_stream
+        .until(LIMIT, |name, data| (name == "closed").then(|| data.clone()))
+        .await;
+    assert_eq!(closed["reason"], "the session was deleted", "{closed}");
+    assert!(one_stream.next().await.is_none(), "the stream ended");
 
     // An unknown token is not found at once.
     let asked = Instant::now();
@@ -267,6 +304,13 @@ async fn any_node_answers_for_every_session_of_the_cluster() {
         "not found without waiting for an owner: {:?}",
         asked.elapsed()
     );
+}
+
+/// Picks a `session` event of `token`: its session.
+fn session_of(token: &str) -> impl Fn(&str, &serde_json::Value) -> Option<serde_json::Value> + '_ {
+    move |name, data| {
+        (name == "session" && data["session"]["token"] == token).then(|| data["session"].clone())
+    }
 }
 
 /// The first line of `watch` that `pick` takes.

@@ -347,3 +347,83 @@ pub async fn curl_with(
         .unwrap_or(Value::Null);
     (status, json)
 }
+
+/// An HTTP event stream (`GET /events`), read as it comes.
+pub struct EventStream {
+    lines: tokio::io::Lines<BufReader<tokio::net::TcpStream>>,
+}
+
+/// Opens `path` as an event stream with extra header lines (each ending in `\r\n`): its
+/// status, and the stream when it is 200 (else the JSON error body).
+pub async fn event_stream(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &str,
+) -> Result<EventStream, (u16, Value)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // HTTP/1.0: the body is not chunked, it ends with the connection.
+    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost:3000\r\n{headers}\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut lines = BufReader::new(stream).lines();
+    let status_line = lines.next_line().await.unwrap().expect("a status line");
+    let status: u16 = status_line[9..12].parse().unwrap();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        if line.is_empty() {
+            break;
+        }
+    }
+    if status != 200 {
+        let mut body = String::new();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            body.push_str(&line);
+        }
+        return Err((status, serde_json::from_str(&body).unwrap_or(Value::Null)));
+    }
+    Ok(EventStream { lines })
+}
+
+impl EventStream {
+    /// The next event's name and data (keep-alives skipped); `None` once the stream ended.
+    pub async fn next(&mut self) -> Option<(String, Value)> {
+        let mut name = String::from("message");
+        let mut data = String::new();
+        loop {
+            let line = self.lines.next_line().await.unwrap()?;
+            if line.is_empty() {
+                if !data.is_empty() {
+                    let data = serde_json::from_str(&data).expect("event data is JSON");
+                    return Some((name, data));
+                }
+                name = String::from("message");
+            } else if let Some(value) = line.strip_prefix("event:") {
+                name = value.trim().to_owned();
+            } else if let Some(value) = line.strip_prefix("data:") {
+                data.push_str(value.trim_start());
+            }
+        }
+    }
+
+    /// The first event that `pick` takes, within `within`; panics with the events skipped when
+    /// none came or the stream ended.
+    pub async fn until<T>(
+        &mut self,
+        within: Duration,
+        pick: impl Fn(&str, &Value) -> Option<T>,
+    ) -> T {
+        let mut skipped = Vec::new();
+        let wait = async {
+            while let Some((name, data)) = self.next().await {
+                if let Some(found) = pick(&name, &data) {
+                    return Ok(found);
+                }
+                skipped.push(format!("{name}: {data}"));
+            }
+            Err("the stream ended")
+        };
+        match tokio::time::timeout(within, wait).await {
+            Ok(Ok(found)) => found,
+            Ok(Err(why)) => panic!("{why}; skipped {skipped:?}"),
+            Err(_) => panic!("not seen in time; skipped {skipped:?}"),
+        }
+    }
+}
