@@ -20,10 +20,12 @@ use warden_core::scripted::{Script, ScriptedLink};
 use warden_core::{Supervisor, SupervisorConfig};
 
 /// The other nodes: node `b` runs `theirs` (as the view given), and answers `list` with it;
-/// or, `down`, the database cannot be reached.
+/// or, `down`, the database cannot be reached; or, `stuck`, a gathering never ends.
+#[derive(Default)]
 struct OtherNodes {
     theirs: Mutex<Option<SessionView>>,
     down: bool,
+    stuck: bool,
     carried: Mutex<Vec<String>>,
 }
 
@@ -45,6 +47,9 @@ impl Peers for OtherNodes {
 
     fn on_every_node<'a>(&'a self, _op: &'a Op) -> Answer<'a, Result<Gathered, ErrorBody>> {
         Box::pin(async move {
+            if self.stuck {
+                std::future::pending::<()>().await;
+            }
             if self.down {
                 return Err(ErrorBody::new(
                     ErrorCode::Unavailable,
@@ -83,11 +88,7 @@ async fn node(peers: Arc<OtherNodes>) -> (ControlClient, oneshot::Sender<()>, te
 
 #[tokio::test]
 async fn an_operation_on_a_session_run_elsewhere_goes_to_the_peers_and_lists_merge() {
-    let peers = Arc::new(OtherNodes {
-        theirs: Mutex::new(None),
-        down: false,
-        carried: Mutex::new(Vec::new()),
-    });
+    let peers = Arc::new(OtherNodes::default());
     let (mut client, _stop, _dir) = node(peers.clone()).await;
     let mine: SessionView = client
         .call(&Op::Create {
@@ -154,9 +155,8 @@ async fn an_operation_on_a_session_run_elsewhere_goes_to_the_peers_and_lists_mer
 #[tokio::test]
 async fn with_the_database_unreachable_list_and_health_answer_this_node_s_part() {
     let peers = Arc::new(OtherNodes {
-        theirs: Mutex::new(None),
         down: true,
-        carried: Mutex::new(Vec::new()),
+        ..OtherNodes::default()
     });
     let (mut client, _stop, _dir) = node(peers).await;
     let _: SessionView = client
@@ -198,8 +198,7 @@ async fn the_feeds_of_other_nodes_report_changes_and_removals_only() {
     theirs.state = "connected".into();
     let peers = Arc::new(OtherNodes {
         theirs: Mutex::new(Some(theirs.clone())),
-        down: false,
-        carried: Mutex::new(Vec::new()),
+        ..OtherNodes::default()
     });
     let within = Duration::from_secs(5);
     let session_lines = |lines: Vec<EventLine>| -> Vec<(String, String)> {
@@ -260,4 +259,40 @@ async fn the_feeds_of_other_nodes_report_changes_and_removals_only() {
             .is_none()
     );
     assert!(tokio::time::timeout(within, every.next()).await.is_err());
+}
+
+/// Watching everything while the other nodes never answer: this node's own events still come
+/// as they happen, the gathering apart.
+#[tokio::test]
+async fn a_watch_of_everything_never_waits_for_the_other_nodes() {
+    let peers = Arc::new(OtherNodes {
+        stuck: true,
+        ..OtherNodes::default()
+    });
+    let (mut client, _stop, dir) = node(peers).await;
+    let reply = client.request(&Op::Watch { token: None }).await.unwrap();
+    assert!(reply.ok, "{reply:?}");
+    let mut other = ControlClient::connect(&dir.path().join("warden.sock"))
+        .await
+        .unwrap();
+    let _: SessionView = other
+        .call(&Op::Create {
+            name: None,
+            token: Some("mine".into()),
+            proxy: None,
+        })
+        .await
+        .unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match client.next_event().await.unwrap() {
+                Some(EventLine::Session { session }) if session.token == "mine" => return session,
+                Some(_) => continue,
+                None => panic!("the watch ended"),
+            }
+        }
+    })
+    .await
+    .expect("this node's event came while the other nodes were being asked");
+    assert_eq!(seen.token, "mine");
 }

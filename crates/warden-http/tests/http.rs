@@ -708,6 +708,51 @@ async fn start_answers_with_whatever_comes_first() {
     gw.stop().await;
 }
 
+/// What another node carries here is answered by this node's own routes ([`LocalHttp`]); an
+/// answer that does not come in time is given up as a gateway timeout that says the request
+/// may have been carried out (and here it was: the start began).
+#[tokio::test]
+async fn a_carried_request_is_answered_here_or_given_up_in_time() {
+    use base64::Engine;
+    let gw = Gateway::start(Setup::default()).await;
+    // Never logs in: a start waits for its QR code far longer than the carrier waits.
+    gw.link.script("slow", [Script::new()]);
+    gw.supervisor.create(None, Some("slow")).await.unwrap();
+    let local = warden_http::LocalHttp::new(
+        gw.supervisor.clone(),
+        None,
+        std::sync::Arc::new(Metrics::new()),
+        1 << 20,
+        Duration::from_millis(300),
+    );
+    let status = local
+        .answer(warden_http::HttpAsk::get("/session/status/slow"))
+        .await;
+    assert_eq!(status.status, 200);
+    assert_eq!(status.json().unwrap()["status"], "disconnected");
+
+    let start = local
+        .answer(warden_http::HttpAsk {
+            method: "POST".into(),
+            uri: "/session/start/slow".into(),
+            headers: Vec::new(),
+            body: String::new(),
+        })
+        .await;
+    assert_eq!(start.status, 504);
+    let said = base64::engine::general_purpose::STANDARD
+        .decode(&start.body)
+        .unwrap();
+    let said = String::from_utf8(said).unwrap();
+    assert!(said.contains("may have been carried out"), "{said}");
+    assert_eq!(
+        gw.supervisor.status("slow").unwrap().desired.as_str(),
+        "running",
+        "the start was carried out"
+    );
+    gw.stop().await;
+}
+
 /// A client that shuts its writing side once its request is sent (as `nc -N` does) still
 /// gets the answer of a route that takes its time: the gateway does not take that end for a
 /// client gone away.
