@@ -15,7 +15,6 @@ mod common;
 mod proxy;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use cluster_support::{LIMIT, Postgres, add_tokens};
 use proxy::CutProxy;
