@@ -19,4 +19,4 @@ pub use peers::{Gathered, LocalAnswers, Peers};
 pub use protocol::{ErrorBody, ErrorCode, EventLine, Op, Reply, Request};
 pub use server::{BindError, ControlServer, RequestObserver, ServerConfig};
 pub use warden_wire::{ClientError, ControlClient};
-pub use watch_elsewhere::{ElsewhereFeed, view_in_cluster};
+pub use watch_elsewhere::{ElsewhereFeed, Whereabouts, whereabouts};

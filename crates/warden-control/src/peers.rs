@@ -47,6 +47,14 @@ pub trait Peers: Send + Sync {
 
     /// Asks every other live node `op` (each answers for itself, see [`LocalAnswers`]).
     fn on_every_node<'a>(&'a self, op: &'a Op) -> Answer<'a, Result<Gathered, ErrorBody>>;
+
+    /// Every other live node's `list`, and the placements: what watching the cluster looks at
+    /// (once a second per watcher). A cluster may share one gathering among the callers of
+    /// about the same second; by default, each call gathers afresh.
+    fn look(&self) -> Answer<'_, Result<Gathered, ErrorBody>> {
+        const LIST: Op = Op::List {};
+        self.on_every_node(&LIST)
+    }
 }
 
 /// The session an operation acts on, if it is one that only the node running that session

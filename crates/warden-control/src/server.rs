@@ -757,13 +757,13 @@ async fn watch<R, W>(
             }
         }
     }
-    // In a cluster, watching everything covers the other nodes' sessions too, gathered apart
-    // (one look at a time) so that this node's events never wait for the other nodes.
-    let mut gathering = context
-        .peers
-        .clone()
-        .filter(|_| token.is_none())
-        .map(|peers| ElsewhereFeed::every_session(supervisor.clone(), peers));
+    // In a cluster, watching everything covers the other nodes' sessions too, and a watched
+    // session is followed to whichever node it is handed to: gathered apart, so that this
+    // node's events never wait for the other nodes.
+    let mut gathering = context.peers.clone().map(|peers| match &token {
+        None => ElsewhereFeed::every_session(supervisor.clone(), peers),
+        Some(token) => ElsewhereFeed::one_session(supervisor.clone(), peers, token.clone(), None),
+    });
     loop {
         tokio::select! {
             ended = stream_ends(reader, cancel) => {
@@ -772,6 +772,12 @@ async fn watch<R, W>(
             }
             lines = next_from(&mut gathering) => {
                 let Some(lines) = lines else {
+                    if token.is_some() {
+                        // The session followed is gone (its `removed` was sent): say so.
+                        let closed = EventLine::Closed { reason: "the session was deleted".into() };
+                        let _ = write_line(writer, &closed, timeout).await;
+                        return;
+                    }
                     // The gathering ended (it cannot, short of a panic): this node's own go on.
                     gathering = None;
                     continue;

@@ -1,16 +1,18 @@
 //! `watch` across a cluster's nodes.
 //!
-//! - One session that another node runs ([`watch_elsewhere`]): its node is asked for the
-//!   session's view every [`ASK_EVERY`], and the view is sent whenever it changed (its QR code
-//!   and pairing code included).
-//! - Every session: this node's events as they happen, and the other nodes' sessions from
-//!   their lists, every [`ASK_EVERY`], when they change.
+//! - One session that another node runs ([`watch_elsewhere`]), or that this node runs now and
+//!   may hand over: what other nodes report of it, when it changes, until it is deleted.
+//! - Every session: this node's events as they happen, and the other nodes' sessions when
+//!   they change.
 //!
-//! Both are an [`ElsewhereFeed`]: a task of its own does the asking, so this node's own events
-//! never wait for the other nodes. The HTTP gateway's `GET /events` uses the same feeds.
+//! Both are an [`ElsewhereFeed`]: a task of its own looks at the other nodes every
+//! [`ASK_EVERY`] through [`Peers::look`] (which a cluster shares among every feed of the
+//! node: one gathering a second, however many watch), so this node's own events never wait
+//! for the other nodes. The HTTP gateway's `GET /events` uses the same feeds.
 //!
 //! Messages and the other events of a session are seen on its own node's `watch`.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,35 +23,48 @@ use tokio_util::sync::CancellationToken;
 use warden_core::Supervisor;
 
 use crate::lines::LineReader;
-use crate::peers::Peers;
-use crate::protocol::{ErrorBody, ErrorCode, EventLine, Op, Reply, SessionView, WatchingView};
+use crate::peers::{Gathered, Peers};
+use crate::protocol::{ErrorBody, EventLine, ListView, Reply, SessionView, WatchingView};
 use crate::server::{Context, end_stream, stream_ends, write_line};
 
-/// How often the other nodes are asked.
+/// How often the other nodes are looked at.
 pub const ASK_EVERY: Duration = Duration::from_secs(1);
 
-/// The session's view, here if this node runs it now, else from the node that runs it: `Err`
-/// with that node's error reply when there is none (`None`: the cluster has no such session).
-pub async fn view_in_cluster(
-    supervisor: &Supervisor,
-    peers: &dyn Peers,
-    token: &str,
-) -> Result<SessionView, Option<Reply>> {
-    if let Ok(info) = supervisor.status(token) {
-        return Ok(SessionView::from(&info));
+/// Where a session that this node does not run is, at one look at the cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Whereabouts {
+    /// Another node runs it: its view there, with its `node`.
+    Listed(Box<SessionView>),
+    /// It is in the cluster, but no node reported it: it is moving between nodes, or its node
+    /// did not answer.
+    Between,
+    /// The cluster has no such session.
+    Missing,
+}
+
+/// Where `token` (which this node does not run) is, from one look at the cluster; `Err` with
+/// why when the other nodes cannot be asked.
+pub async fn whereabouts(peers: &dyn Peers, token: &str) -> Result<Whereabouts, ErrorBody> {
+    let gathered = peers.look().await?;
+    for (node, list) in lists(&gathered) {
+        if let Some(mut view) = list.sessions.into_iter().find(|v| v.token == token) {
+            view.node.get_or_insert_with(|| node.to_owned());
+            return Ok(Whereabouts::Listed(Box::new(view)));
+        }
     }
-    let op = Op::Status {
-        token: token.to_owned(),
-    };
-    let reply = peers.on_session(token, &op).await.ok_or(None)?;
-    match reply
-        .result
-        .clone()
-        .and_then(|r| serde_json::from_value::<SessionView>(r).ok())
-    {
-        Some(view) if reply.ok => Ok(view),
-        _ => Err(Some(reply)),
-    }
+    Ok(if gathered.placements.iter().any(|(t, _)| t == token) {
+        Whereabouts::Between
+    } else {
+        Whereabouts::Missing
+    })
+}
+
+/// Each node's list in `gathered`, skipping the nodes that gave none.
+fn lists(gathered: &Gathered) -> impl Iterator<Item = (&str, ListView)> {
+    gathered.replies.iter().filter_map(|(node, reply)| {
+        let list = serde_json::from_value::<ListView>(reply.result.clone()?).ok()?;
+        Some((node.as_str(), list))
+    })
 }
 
 /// Aborts its task when dropped.
@@ -61,7 +76,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// What other nodes' sessions do, as event lines. A task of its own asks every
+/// What other nodes' sessions do, as event lines. A task of its own looks every
 /// [`ASK_EVERY`] (a slow look delays the next, never piles up); it holds one look's lines at
 /// most until they are read, and ends when the feed is dropped.
 pub struct ElsewhereFeed {
@@ -70,59 +85,43 @@ pub struct ElsewhereFeed {
 }
 
 impl ElsewhereFeed {
-    /// Every session other nodes run: a `session` line for each one new or changed there, a
-    /// `removed` line for each one gone from the cluster. A session that came to this node is
-    /// left to this node's own events; a node that did not answer changes nothing.
+    /// Every session other nodes run: a `session` line for each one new or changed there
+    /// (with its `node`), a `removed` line for each one gone from the cluster. A session that
+    /// came to this node gets one line of its view here, then this node's own events tell
+    /// the rest; a session moving between nodes, or on a node that did not answer, is kept as
+    /// last seen; a look that failed changes nothing.
     pub fn every_session(supervisor: Supervisor, peers: Arc<dyn Peers>) -> Self {
-        let (tx, lines) = mpsc::channel(1);
-        let asking = tokio::spawn(async move {
-            let mut others = OtherNodes::default();
-            let mut look = tokio::time::interval(ASK_EVERY);
-            look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                look.tick().await;
-                let changed = others.changes(&supervisor, peers.as_ref()).await;
-                if !changed.is_empty() && tx.send(changed).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Self {
-            lines,
-            _asking: AbortOnDrop(asking),
-        }
+        Self::start(OtherNodes::new(supervisor, peers, None))
     }
 
-    /// One session, last seen as `last` (which the caller sent): a `session` line whenever its
-    /// view changes, wherever it runs; a `removed` line once the cluster no longer has it, and
-    /// then the feed ends. While the session moves between nodes, or its node is slow, the
-    /// feed waits.
+    /// One session, last seen as `last` (which the caller sent, if any), whether it runs here
+    /// now or elsewhere: the same lines as [`ElsewhereFeed::every_session`] for it alone, and
+    /// the feed ends after its `removed`. While it runs here, this node's own events tell.
     pub fn one_session(
         supervisor: Supervisor,
         peers: Arc<dyn Peers>,
         token: String,
-        mut last: SessionView,
+        last: Option<SessionView>,
     ) -> Self {
+        let mut others = OtherNodes::new(supervisor, peers, Some(token.clone()));
+        if let Some(view) = last.filter(|_| others.supervisor.status(&token).is_err()) {
+            others.last.insert(token, view);
+        }
+        Self::start(others)
+    }
+
+    fn start(mut others: OtherNodes) -> Self {
         let (tx, lines) = mpsc::channel(1);
         let asking = tokio::spawn(async move {
+            let mut look = tokio::time::interval(ASK_EVERY);
+            look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tokio::time::sleep(ASK_EVERY).await;
-                let line = match view_in_cluster(&supervisor, peers.as_ref(), &token).await {
-                    Ok(view) if view == last => continue,
-                    Ok(view) => {
-                        last = view.clone();
-                        EventLine::Session {
-                            session: Box::new(view),
-                        }
-                    }
-                    Err(reply) if is_gone(reply.as_ref()) => {
-                        let _ = tx.send(vec![EventLine::Removed { token }]).await;
-                        return;
-                    }
-                    // Between nodes, or its node is slow: ask again.
-                    Err(_) => continue,
-                };
-                if tx.send(vec![line]).await.is_err() {
+                look.tick().await;
+                let (changed, ended) = others.changes().await;
+                if !changed.is_empty() && tx.send(changed).await.is_err() {
+                    return;
+                }
+                if ended {
                     return;
                 }
             }
@@ -137,15 +136,6 @@ impl ElsewhereFeed {
     pub async fn next(&mut self) -> Option<Vec<EventLine>> {
         self.lines.recv().await
     }
-}
-
-/// Whether a failed look at a session says the cluster no longer has it.
-fn is_gone(reply: Option<&Reply>) -> bool {
-    reply.is_none_or(|r| {
-        r.error
-            .as_ref()
-            .is_some_and(|e| e.code == ErrorCode::NotFound)
-    })
 }
 
 /// Streams the session's view to a client until it hangs up, the daemon stops, or the session
@@ -165,12 +155,15 @@ pub(crate) async fn watch_elsewhere<R, W>(
     W: AsyncWrite + Unpin,
 {
     let timeout = context.write_timeout;
-    let first = match view_in_cluster(&context.supervisor, peers.as_ref(), token).await {
-        Ok(view) => view,
-        Err(reply) => {
-            let mut reply = reply.unwrap_or_else(|| Reply::err(Value::Null, missing));
-            reply.id = id;
-            let _ = write_line(writer, &reply, timeout).await;
+    let first = match whereabouts(peers.as_ref(), token).await {
+        Ok(Whereabouts::Listed(view)) => Some(*view),
+        Ok(Whereabouts::Between) => None,
+        Ok(Whereabouts::Missing) => {
+            let _ = write_line(writer, &Reply::err(id, missing), timeout).await;
+            return;
+        }
+        Err(why) => {
+            let _ = write_line(writer, &Reply::err(id, why), timeout).await;
             return;
         }
     };
@@ -180,13 +173,16 @@ pub(crate) async fn watch_elsewhere<R, W>(
             watching: Some(token.to_owned()),
         },
     );
-    let first_line = EventLine::Session {
-        session: Box::new(first.clone()),
-    };
-    if write_line(writer, &watching, timeout).await.is_err()
-        || write_line(writer, &first_line, timeout).await.is_err()
-    {
+    if write_line(writer, &watching, timeout).await.is_err() {
         return;
+    }
+    if let Some(view) = &first {
+        let line = EventLine::Session {
+            session: Box::new(view.clone()),
+        };
+        if write_line(writer, &line, timeout).await.is_err() {
+            return;
+        }
     }
     let mut feed =
         ElsewhereFeed::one_session(context.supervisor.clone(), peers, token.to_owned(), first);
@@ -214,44 +210,56 @@ pub(crate) async fn watch_elsewhere<R, W>(
     }
 }
 
-/// The sessions other nodes run, as last seen in their lists (one `list` per other node and
-/// look).
-#[derive(Default)]
+/// The sessions other nodes run, as last seen at the looks (all of them, or `only` one).
 struct OtherNodes {
-    last: std::collections::BTreeMap<String, SessionView>,
+    supervisor: Supervisor,
+    peers: Arc<dyn Peers>,
+    only: Option<String>,
+    last: BTreeMap<String, SessionView>,
 }
 
 impl OtherNodes {
-    /// What changed on the other nodes since the last look (see
-    /// [`ElsewhereFeed::every_session`]).
-    async fn changes(
-        &mut self,
-        supervisor: &warden_core::Supervisor,
-        peers: &dyn Peers,
-    ) -> Vec<EventLine> {
-        let Ok(gathered) = peers.on_every_node(&Op::List {}).await else {
-            return Vec::new();
+    fn new(supervisor: Supervisor, peers: Arc<dyn Peers>, only: Option<String>) -> Self {
+        Self {
+            supervisor,
+            peers,
+            only,
+            last: BTreeMap::new(),
+        }
+    }
+
+    fn wanted(&self, token: &str) -> bool {
+        self.only.as_deref().is_none_or(|only| only == token)
+    }
+
+    /// What changed since the last look (see [`ElsewhereFeed::every_session`]), and whether
+    /// the one session followed is gone.
+    async fn changes(&mut self) -> (Vec<EventLine>, bool) {
+        let Ok(gathered) = self.peers.look().await else {
+            return (Vec::new(), false);
         };
         let mut lines = Vec::new();
-        let mut seen = std::collections::BTreeSet::new();
-        for (node, reply) in &gathered.replies {
-            let Some(list) = reply
-                .result
-                .clone()
-                .and_then(|r| serde_json::from_value::<crate::protocol::ListView>(r).ok())
-            else {
-                // No answer: what it ran is kept as last seen.
-                seen.extend(
+        let mut listed = BTreeSet::new();
+        let answered: Vec<(&str, ListView)> = lists(&gathered).collect();
+        for (node, _) in &gathered.replies {
+            if !answered.iter().any(|(n, _)| n == node) {
+                // No list from it: what it ran is kept as last seen.
+                listed.extend(
                     self.last
                         .iter()
                         .filter(|(_, v)| v.node.as_deref() == Some(node.as_str()))
                         .map(|(t, _)| t.clone()),
                 );
-                continue;
-            };
+            }
+        }
+        for (node, list) in answered {
             for mut view in list.sessions {
-                view.node.get_or_insert_with(|| node.clone());
-                seen.insert(view.token.clone());
+                // Runs here now: this node's own events tell.
+                if !self.wanted(&view.token) || self.supervisor.status(&view.token).is_ok() {
+                    continue;
+                }
+                view.node.get_or_insert_with(|| node.to_owned());
+                listed.insert(view.token.clone());
                 if self.last.get(&view.token) != Some(&view) {
                     lines.push(EventLine::Session {
                         session: Box::new(view.clone()),
@@ -260,24 +268,42 @@ impl OtherNodes {
                 }
             }
         }
-        let in_cluster: std::collections::BTreeSet<&str> = gathered
+        let placed: BTreeSet<&str> = gathered
             .placements
             .iter()
             .map(|(t, _)| t.as_str())
             .collect();
-        let gone: Vec<String> = self
+        let mut unlisted: Vec<String> = self
             .last
             .keys()
-            .filter(|t| !seen.contains(*t))
+            .filter(|t| !listed.contains(*t))
             .cloned()
             .collect();
-        for token in gone {
-            self.last.remove(&token);
-            let here = supervisor.status(&token).is_ok();
-            if !here && !in_cluster.contains(token.as_str()) {
+        // The one session followed, even never seen elsewhere: its deletion ends the feed.
+        if let Some(only) = &self.only
+            && !listed.contains(only)
+            && !unlisted.contains(only)
+        {
+            unlisted.push(only.clone());
+        }
+        let mut ended = false;
+        for token in unlisted {
+            if let Ok(info) = self.supervisor.status(&token) {
+                // Came here: its view here once, then this node's own events.
+                if self.last.remove(&token).is_some() {
+                    let mut view = SessionView::from(&info);
+                    view.node = Some(self.peers.me().to_owned());
+                    lines.push(EventLine::Session {
+                        session: Box::new(view),
+                    });
+                }
+            } else if !placed.contains(token.as_str()) {
+                self.last.remove(&token);
+                ended = self.only.is_some();
                 lines.push(EventLine::Removed { token });
             }
+            // Else moving between nodes: kept as last seen, so that its deletion is seen.
         }
-        lines
+        (lines, ended)
     }
 }

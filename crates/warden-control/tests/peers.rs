@@ -5,6 +5,7 @@
 //! peers cannot be asked, and the feeds of other nodes' sessions (behind `watch` and
 //! `GET /events`) report changes and removals only.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,14 +20,20 @@ use warden_control::{
 use warden_core::scripted::{Script, ScriptedLink};
 use warden_core::{Supervisor, SupervisorConfig};
 
-/// The other nodes: node `b` runs `theirs` (as the view given), and answers `list` with it;
-/// or, `down`, the database cannot be reached; or, `stuck`, a gathering never ends.
+/// The other nodes: node `b` runs `theirs` (as the view given), and answers `list` with it
+/// and `also_listed`, unless `b_silent` (then its reply is an error); the database places the
+/// sessions as `placements` says. Or, `down`, the database cannot be reached; or, `stuck`, a
+/// gathering never ends. `gathered` counts the gatherings.
 #[derive(Default)]
 struct OtherNodes {
     theirs: Mutex<Option<SessionView>>,
+    also_listed: Mutex<Vec<SessionView>>,
+    b_silent: AtomicBool,
+    placements: Mutex<Vec<(String, Option<String>)>>,
     down: bool,
     stuck: bool,
     carried: Mutex<Vec<String>>,
+    gathered: AtomicUsize,
 }
 
 impl Peers for OtherNodes {
@@ -56,12 +63,22 @@ impl Peers for OtherNodes {
                     "the cluster's database is unreachable",
                 ));
             }
-            let theirs: Vec<SessionView> =
+            self.gathered.fetch_add(1, Ordering::SeqCst);
+            let mut theirs: Vec<SessionView> =
                 self.theirs.lock().unwrap().clone().into_iter().collect();
+            theirs.extend(self.also_listed.lock().unwrap().iter().cloned());
             let list = json!({"sessions": theirs, "counts": {}});
+            let reply = if self.b_silent.load(Ordering::SeqCst) {
+                Reply::err(
+                    Value::Null,
+                    ErrorBody::new(ErrorCode::Unavailable, "node b did not answer"),
+                )
+            } else {
+                Reply::ok(Value::Null, list)
+            };
             Ok(Gathered {
-                replies: vec![("b".into(), Reply::ok(Value::Null, list))],
-                placements: Vec::new(),
+                replies: vec![("b".into(), reply)],
+                placements: self.placements.lock().unwrap().clone(),
             })
         })
     }
@@ -184,8 +201,10 @@ async fn with_the_database_unreachable_list_and_health_answer_this_node_s_part()
 }
 
 /// What other nodes' sessions do, as the feeds behind `watch` and `GET /events` report it:
-/// a view when it is new or changed (never again when it is not), `removed` once the cluster
-/// no longer has the session, and a session's own feed then ends.
+/// a view when it is new or changed (never again when it is not); nothing while its node does
+/// not answer or while it moves between nodes; `removed` once the cluster no longer has it,
+/// and a session's own feed then ends. A session this node runs is left to this node's own
+/// events, however stale another node's list. A dropped feed looks no more.
 #[tokio::test(start_paused = true)]
 async fn the_feeds_of_other_nodes_report_changes_and_removals_only() {
     let dir = tempfile::tempdir().unwrap();
@@ -198,10 +217,16 @@ async fn the_feeds_of_other_nodes_report_changes_and_removals_only() {
     theirs.state = "connected".into();
     let peers = Arc::new(OtherNodes {
         theirs: Mutex::new(Some(theirs.clone())),
+        // b still lists a session that runs here now (a list from before it was handed over).
+        also_listed: Mutex::new(vec![SessionView::from(&mine)]),
+        placements: Mutex::new(vec![
+            ("theirs".into(), Some("b".into())),
+            ("mine".into(), Some("a".into())),
+        ]),
         ..OtherNodes::default()
     });
     let within = Duration::from_secs(5);
-    let session_lines = |lines: Vec<EventLine>| -> Vec<(String, String)> {
+    let lines_of = |lines: Vec<EventLine>| -> Vec<(String, String)> {
         lines
             .into_iter()
             .map(|line| match line {
@@ -216,17 +241,18 @@ async fn the_feeds_of_other_nodes_report_changes_and_removals_only() {
         supervisor.clone(),
         peers.clone(),
         "theirs".into(),
-        theirs.clone(),
+        Some(SessionView {
+            node: Some("b".into()),
+            ..theirs.clone()
+        }),
     );
-    // The first look reports what the other nodes run; the session's own feed had it already.
+    // The first look reports what the other nodes run (not what runs here); the session's own
+    // feed had it already.
     let first = tokio::time::timeout(within, every.next())
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(
-        session_lines(first),
-        [("theirs".into(), "connected".into())]
-    );
+    assert_eq!(lines_of(first), [("theirs".into(), "connected".into())]);
     // Unchanged: nothing, however many looks.
     assert!(tokio::time::timeout(within, every.next()).await.is_err());
     assert!(tokio::time::timeout(within, one.next()).await.is_err());
@@ -237,20 +263,29 @@ async fn the_feeds_of_other_nodes_report_changes_and_removals_only() {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(
-            session_lines(changed),
-            [("theirs".into(), "stopped".into())]
-        );
+        assert_eq!(lines_of(changed), [("theirs".into(), "stopped".into())]);
         assert!(tokio::time::timeout(within, feed.next()).await.is_err());
     }
-    // Gone from the cluster: `removed`; the session's own feed then ends.
+    // Its node does not answer: kept as last seen, not removed.
+    peers.b_silent.store(true, Ordering::SeqCst);
+    for feed in [&mut every, &mut one] {
+        assert!(tokio::time::timeout(within, feed.next()).await.is_err());
+    }
+    peers.b_silent.store(false, Ordering::SeqCst);
+    // Moving between nodes (no node lists it, the database still has it): not removed.
     *peers.theirs.lock().unwrap() = None;
+    peers.placements.lock().unwrap()[0].1 = None;
+    for feed in [&mut every, &mut one] {
+        assert!(tokio::time::timeout(within, feed.next()).await.is_err());
+    }
+    // Deleted meanwhile: `removed`; the session's own feed then ends.
+    peers.placements.lock().unwrap().remove(0);
     for feed in [&mut every, &mut one] {
         let gone = tokio::time::timeout(within, feed.next())
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(session_lines(gone), [("theirs".into(), "removed".into())]);
+        assert_eq!(lines_of(gone), [("theirs".into(), "removed".into())]);
     }
     assert!(
         tokio::time::timeout(within, one.next())
@@ -259,6 +294,12 @@ async fn the_feeds_of_other_nodes_report_changes_and_removals_only() {
             .is_none()
     );
     assert!(tokio::time::timeout(within, every.next()).await.is_err());
+    // Dropped: no more looks.
+    drop(every);
+    tokio::task::yield_now().await;
+    let looks = peers.gathered.load(Ordering::SeqCst);
+    tokio::time::sleep(within).await;
+    assert_eq!(peers.gathered.load(Ordering::SeqCst), looks);
 }
 
 /// Watching everything while the other nodes never answer: this node's own events still come

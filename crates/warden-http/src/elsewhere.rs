@@ -85,7 +85,7 @@ pub trait Elsewhere: Send + Sync {
 
     /// The same nodes as the control socket reaches them: what `GET /events` follows the
     /// other nodes' sessions with.
-    fn control(&self) -> Arc<dyn warden_control::Peers>;
+    fn as_peers(&self) -> Arc<dyn warden_control::Peers>;
 }
 
 impl HttpAsk {

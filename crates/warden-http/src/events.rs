@@ -10,9 +10,9 @@
 //! ```
 //!
 //! In a cluster, the stream covers every node, like the control socket's `watch`: this node's
-//! events as they happen, and the other nodes' sessions as they change, looked up once a
+//! events as they happen, and the other nodes' sessions as they change, looked at once a
 //! second (their `session` and `removed` events; their messages are on their own node's
-//! stream). `?token=` of a session another node runs follows its state the same way.
+//! stream). `?token=` follows its session the same way while another node runs it.
 //!
 //! The stream starts with `watching`, then the current state of every watched session (and
 //! its QR or pairing code, when one is on show), then changes: `session`, `qr`, `pair_code`,
@@ -30,8 +30,8 @@ use futures_util::Stream;
 use serde::Deserialize;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
-use warden_control::ElsewhereFeed;
 use warden_control::protocol::{EventLine, WatchingView};
+use warden_control::{ElsewhereFeed, Whereabouts, whereabouts};
 use warden_core::{SessionEvent, SessionInfo, Token};
 
 use crate::error::ApiError;
@@ -149,10 +149,13 @@ impl Feed {
                     match lines {
                         Some(lines) => self.pending.extend(lines.iter().map(event)),
                         None => {
-                            // Only a session's feed ends: the cluster no longer has it (its
-                            // `removed` was the last line).
                             self.elsewhere = None;
-                            self.close("the session was deleted");
+                            // A session's feed ends once the cluster no longer has it (its
+                            // `removed` was the last line); the feed of every session does not
+                            // end, short of a panic, and this node's events go on.
+                            if self.filter.is_some() {
+                                self.close("the session was deleted");
+                            }
                         }
                     }
                     continue;
@@ -201,33 +204,43 @@ pub async fn events(
             .retry(RETRY)
             .data(serde_json::to_string(&watching).unwrap_or_else(|_| "{}".into())),
     );
-    let peers = app.elsewhere.as_ref().map(|e| e.control());
+    let peers = app.elsewhere.as_ref().map(|e| e.as_peers());
     let (filter, elsewhere) = match &query.token {
         Some(token) => match (app.supervisor.status(token), peers) {
-            (Ok(info), _) => {
+            (Ok(info), peers) => {
                 current(&info, &mut pending);
-                (Some(info.token), None)
+                // In a cluster it may be handed to another node: followed there too.
+                let feed = peers.map(|peers| {
+                    ElsewhereFeed::one_session(
+                        app.supervisor.clone(),
+                        peers,
+                        info.token.to_string(),
+                        None,
+                    )
+                });
+                (Some(info.token), feed)
             }
             // In a cluster the session may run on another node: follow it there.
             (Err(warden_core::Error::NotFound(token)), Some(peers)) => {
-                let view = warden_control::view_in_cluster(
-                    &app.supervisor,
-                    peers.as_ref(),
-                    token.as_str(),
-                )
-                .await
-                .map_err(|reply| match reply.and_then(|r| r.error) {
-                    Some(error) => ApiError::from_body(&error),
-                    None => warden_core::Error::NotFound(token.clone()).into(),
-                })?;
-                pending.push_back(event(&EventLine::Session {
-                    session: Box::new(view.clone()),
-                }));
+                let first = match whereabouts(peers.as_ref(), token.as_str()).await {
+                    Ok(Whereabouts::Listed(view)) => Some(*view),
+                    // Moving between nodes: its view comes once a node runs it.
+                    Ok(Whereabouts::Between) => None,
+                    Ok(Whereabouts::Missing) => {
+                        return Err(warden_core::Error::NotFound(token).into());
+                    }
+                    Err(why) => return Err(ApiError::from_body(&why)),
+                };
+                if let Some(view) = &first {
+                    pending.push_back(event(&EventLine::Session {
+                        session: Box::new(view.clone()),
+                    }));
+                }
                 let feed = ElsewhereFeed::one_session(
                     app.supervisor.clone(),
                     peers,
                     token.to_string(),
-                    view,
+                    first,
                 );
                 (Some(token), Some(feed))
             }

@@ -40,6 +40,13 @@ const POLL: Duration = Duration::from_secs(1);
 const BATCH: usize = 256;
 /// Requests expired for this long are deleted: their askers are gone.
 const FORGET_AFTER: Duration = Duration::from_secs(600);
+/// A look at the cluster ([`Peers::look`]) this recent is shared: the node's watchers (every
+/// socket `watch` and `GET /events`, each looking once a second) cost one gathering a
+/// second together.
+const LOOK_FRESH: Duration = Duration::from_millis(900);
+
+/// The last look at the cluster, and when it was made.
+type LastLook = Option<(Instant, Result<Gathered, ErrorBody>)>;
 
 /// One connection to the cluster's database for requests, listening on both channels, made
 /// again when it breaks.
@@ -84,6 +91,9 @@ impl RequestLink {
 pub struct ClusterPeers {
     link: Arc<RequestLink>,
     me: String,
+    /// Shared by every watcher; held while a look is made, so that looks of about the same
+    /// time wait for it rather than make their own.
+    last_look: Arc<Mutex<LastLook>>,
 }
 
 impl ClusterPeers {
@@ -92,6 +102,7 @@ impl ClusterPeers {
         Self {
             link,
             me: me.to_owned(),
+            last_look: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -233,7 +244,7 @@ impl Elsewhere for ClusterPeers {
         })
     }
 
-    fn control(&self) -> Arc<dyn Peers> {
+    fn as_peers(&self) -> Arc<dyn Peers> {
         Arc::new(self.clone())
     }
 
@@ -266,6 +277,10 @@ impl Peers for ClusterPeers {
     fn on_every_node<'a>(&'a self, op: &'a Op) -> Answer<'a, Result<Gathered, ErrorBody>> {
         Box::pin(async move {
             let unavailable_body = |e: String| ErrorBody::new(ErrorCode::Unavailable, e);
+            let carried = Carried::Control(op.clone());
+            let answers = self.every_node(&carried).await.map_err(unavailable_body)?;
+            // Read after the answers: a session deleted meanwhile is in neither, never in the
+            // placements alone (which would make it look as if it moved between nodes).
             let pg = self
                 .link
                 .get()
@@ -275,8 +290,6 @@ impl Peers for ClusterPeers {
                 .placements()
                 .await
                 .map_err(|e| unavailable_body(unreachable(e)))?;
-            let carried = Carried::Control(op.clone());
-            let answers = self.every_node(&carried).await.map_err(unavailable_body)?;
             let replies = answers
                 .into_iter()
                 .map(|(node, answer)| {
@@ -293,6 +306,21 @@ impl Peers for ClusterPeers {
                 replies,
                 placements,
             })
+        })
+    }
+
+    fn look(&self) -> Answer<'_, Result<Gathered, ErrorBody>> {
+        Box::pin(async move {
+            let mut last = self.last_look.lock().await;
+            if let Some((at, looked)) = last.as_ref()
+                && at.elapsed() < LOOK_FRESH
+            {
+                return looked.clone();
+            }
+            const LIST: Op = Op::List {};
+            let looked = Peers::on_every_node(self, &LIST).await;
+            *last = Some((Instant::now(), looked.clone()));
+            looked
         })
     }
 }

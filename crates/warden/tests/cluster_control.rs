@@ -156,6 +156,7 @@ async fn any_node_answers_for_every_session_of_the_cluster() {
     assert_eq!(watching["watching"], "shop1", "{watching}");
     let first = one_stream.until(LIMIT, session_of("shop1")).await;
     assert_eq!(first["state"], "connected", "{first}");
+    assert_eq!(first["node"], owner.as_str(), "{first}");
     let mut all_stream = common::event_stream(daemons[there].http, "/events", &key)
         .await
         .unwrap_or_else(|(code, body)| panic!("{code}: {body}"));

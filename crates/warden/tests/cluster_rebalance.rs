@@ -5,7 +5,8 @@
 //! What it proves: the first node hands the second the sessions placement prefers there, one
 //! at a time, until the two are balanced; each moved session logs in on the new node from the
 //! credentials on PostgreSQL (no registration, no pairing), and no account ever has two live
-//! connections.
+//! connections. An event stream of a moving session, opened on the first node, follows it to
+//! the second.
 
 #[path = "common/cluster.rs"]
 mod cluster_support;
@@ -55,6 +56,13 @@ async fn a_node_that_joins_gets_the_sessions_placement_prefers_there() {
         .map(|t| phone_of(on_a[*t].as_deref().expect("linked")).to_owned())
         .collect();
 
+    // A moving session's event stream, opened on a while it runs there, follows it to b.
+    let followed = moving[0].clone();
+    let mut stream =
+        common::event_stream(daemons[0].http, &format!("/events?token={followed}"), "")
+            .await
+            .unwrap_or_else(|(code, body)| panic!("{code}: {body}"));
+
     let boundary = recorder.inspect(|s| s.connections().len()) as u64;
     let (b, _b_dir) = start("b").await;
     daemons.push(b);
@@ -65,6 +73,14 @@ async fn a_node_that_joins_gets_the_sessions_placement_prefers_there() {
     let on_a: BTreeSet<String> = held(&daemons[0]).await.into_keys().collect();
     assert_eq!(on_a.len() + on_b.len(), SESSIONS, "{on_a:?} {on_b:?}");
     assert!(on_a.is_disjoint(&on_b));
+
+    stream
+        .until(LIMIT, |name, data| {
+            let session = &data["session"];
+            (name == "session" && session["node"] == "b" && session["state"] == "connected")
+                .then_some(())
+        })
+        .await;
 
     let (registrations, pairings) = links_after(recorder, boundary);
     assert_eq!(

@@ -23,6 +23,11 @@ const cards = new Map(); // token -> <article>
 let apiKey = sessionStorage.getItem(KEY_STORAGE) || "";
 let events = null;
 let retryTimer = null;
+// After `watching`: the sessions not mentioned yet, and the timer that drops them.
+let unconfirmed = null;
+let unconfirmedTimer = null;
+// In a cluster, other nodes' sessions come at the stream's first look at the cluster.
+const CONFIRM_WITHIN_MS = 3000;
 let stateFilter = null;
 
 const $ = (id) => document.getElementById(id);
@@ -388,11 +393,23 @@ function listen() {
   events = new EventSource(withKey("/events"));
   const data = (e) => JSON.parse(e.data);
   events.addEventListener("watching", () => {
-    sessions.clear();
+    // The stream starts again from the current state: a session it does not mention soon
+    // (other nodes' come within a second or so) is gone.
+    unconfirmed = new Set(sessions.keys());
+    clearTimeout(unconfirmedTimer);
+    unconfirmedTimer = setTimeout(() => {
+      for (const token of unconfirmed) sessions.delete(token);
+      unconfirmed = null;
+      scheduleRender();
+    }, CONFIRM_WITHIN_MS);
     setLive(true, "live");
     scheduleRender();
   });
-  events.addEventListener("session", (e) => upsert(data(e).session));
+  events.addEventListener("session", (e) => {
+    const view = data(e).session;
+    if (unconfirmed) unconfirmed.delete(view.token);
+    upsert(view);
+  });
   events.addEventListener("qr", (e) => {
     const { token, code, expires_in_secs: secs } = data(e);
     const s = sessions.get(token);
