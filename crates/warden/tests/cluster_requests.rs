@@ -7,6 +7,9 @@
 //!   it `shop1`'s owner (no other node declared it dead) and its supervisor still runs the
 //!   session; yet a request about `shop1` is left for the session's next owner, untaken,
 //!   while a request addressed to `a` itself is still answered.
+//! - Many watchers of the cluster on node `b` (each a feed that looks once a second, as every
+//!   socket `watch` and `GET /events` has) share its looks: their first looks together ask
+//!   node `a` for its list once, not once each.
 
 #[path = "common/cluster.rs"]
 mod cluster_support;
@@ -20,10 +23,10 @@ use cluster_support::{LIMIT, Postgres, add_tokens};
 use proxy::CutProxy;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-use warden::peers::{RequestLink, answer_requests};
+use warden::peers::{ClusterPeers, RequestLink, answer_requests};
 use warden_cluster::requests::{ANSWERED, Addressee, Withdrawn};
 use warden_cluster::{Node, NodeConfig, NodeEvent, Pg, Timing};
-use warden_control::{LocalAnswers, Op, Reply};
+use warden_control::{ElsewhereFeed, EventLine, LocalAnswers, Op, Peers, Reply};
 use warden_core::scripted::{Script, ScriptedLink};
 use warden_core::{Supervisor, SupervisorConfig};
 
@@ -75,14 +78,18 @@ async fn answered(pg: &Pg, to: Addressee<'_>, op: &Op) -> Reply {
     serde_json::from_str(&answer).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_whose_lease_lapsed_takes_no_request_about_its_sessions() {
-    let Some(server) = Postgres::start() else {
-        return;
-    };
-    add_tokens(&server, &["shop1".to_owned()]).await;
-    // Node a reaches the database through a proxy the test can cut; its requests do not.
-    let proxy = CutProxy::start(server.port()).await;
+/// Node `a`, reaching the database through `proxy` for its leases, holding `shop1` (added to
+/// the cluster) and running it in its supervisor, answering requests until `stop`.
+struct NodeA {
+    node: Node,
+    events: broadcast::Receiver<NodeEvent>,
+    supervisor: Supervisor,
+    stop: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+async fn node_a(server: &Postgres, proxy: &CutProxy) -> NodeA {
+    add_tokens(server, &["shop1".to_owned()]).await;
     let (node, mut events) = Node::start_with_events(NodeConfig {
         database_url: server.url_via(proxy.port()),
         node: "a".into(),
@@ -99,11 +106,7 @@ async fn a_node_whose_lease_lapsed_takes_no_request_about_its_sessions() {
     })
     .await;
     // Its supervisor runs the session (never connecting: the link's script is empty).
-    let dir = tempfile::tempdir().unwrap();
-    let link = ScriptedLink::new(Script::new());
-    let (supervisor, _) = Supervisor::start(SupervisorConfig::new(dir.path()), Arc::new(link))
-        .await
-        .unwrap();
+    let (supervisor, dir) = supervisor().await;
     supervisor.create(None, Some("shop1")).await.unwrap();
     let stop = CancellationToken::new();
     let http = warden_http::LocalHttp::new(
@@ -120,6 +123,39 @@ async fn a_node_whose_lease_lapsed_takes_no_request_about_its_sessions() {
         node.gate(),
         stop.clone(),
     ));
+    NodeA {
+        node,
+        events,
+        supervisor,
+        stop,
+        _dir: dir,
+    }
+}
+
+/// A supervisor on a scripted link that never connects, in its own folder.
+async fn supervisor() -> (Supervisor, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let link = ScriptedLink::new(Script::new());
+    let (supervisor, _) = Supervisor::start(SupervisorConfig::new(dir.path()), Arc::new(link))
+        .await
+        .unwrap();
+    (supervisor, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_lease_lapsed_takes_no_request_about_its_sessions() {
+    let Some(server) = Postgres::start() else {
+        return;
+    };
+    // Node a reaches the database through a proxy the test can cut; its requests do not.
+    let proxy = CutProxy::start(server.port()).await;
+    let NodeA {
+        node,
+        mut events,
+        supervisor,
+        stop,
+        _dir,
+    } = node_a(&server, &proxy).await;
 
     let asker = Pg::connect(&server.url(), LIMIT).await.unwrap();
     asker.listen(ANSWERED).await.unwrap();
@@ -164,4 +200,52 @@ async fn a_node_whose_lease_lapsed_takes_no_request_about_its_sessions() {
     );
     stop.cancel();
     proxy.heal();
+}
+
+/// How many requests the cluster's table was ever given (its id sequence; one more is used).
+async fn requests_so_far(pg: &Pg) -> i64 {
+    pg.client()
+        .query_one("SELECT nextval('warden_request_id_seq')", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchers_of_a_node_share_its_looks_at_the_cluster() {
+    /// Watchers on node b.
+    const WATCHERS: usize = 20;
+    let Some(server) = Postgres::start() else {
+        return;
+    };
+    let proxy = CutProxy::start(server.port()).await;
+    let a = node_a(&server, &proxy).await;
+    let (supervisor_b, _dir_b) = supervisor().await;
+    let peers: Arc<dyn Peers> = Arc::new(ClusterPeers::new(
+        Arc::new(RequestLink::new(&server.url(), LIMIT, None)),
+        "b",
+    ));
+    let pg = Pg::connect(&server.url(), LIMIT).await.unwrap();
+    let before = requests_so_far(&pg).await;
+    let mut feeds: Vec<ElsewhereFeed> = (0..WATCHERS)
+        .map(|_| ElsewhereFeed::every_session(supervisor_b.clone(), peers.clone()))
+        .collect();
+    for feed in &mut feeds {
+        let lines = tokio::time::timeout(LIMIT, feed.next())
+            .await
+            .expect("a first look in time")
+            .expect("the feed goes on");
+        let [EventLine::Session { session }] = lines.as_slice() else {
+            panic!("one session: {lines:?}");
+        };
+        assert_eq!(session.token, "shop1");
+        assert_eq!(session.node.as_deref(), Some("a"));
+    }
+    // The requests since `before`, less the one `requests_so_far` uses itself.
+    let asked = requests_so_far(&pg).await - before - 1;
+    assert!(
+        (1..=2).contains(&asked),
+        "{WATCHERS} watchers' first looks asked node a for its list {asked} times"
+    );
+    a.stop.cancel();
 }
