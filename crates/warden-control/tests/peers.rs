@@ -84,6 +84,18 @@ impl Peers for OtherNodes {
     }
 }
 
+/// Creates session `token` through `client`.
+async fn create(client: &mut ControlClient, token: &str) -> SessionView {
+    client
+        .call(&Op::Create {
+            name: None,
+            token: Some(token.into()),
+            proxy: None,
+        })
+        .await
+        .unwrap()
+}
+
 /// A node over a scripted link, its socket served with `peers`; returns a client of it.
 async fn node(peers: Arc<OtherNodes>) -> (ControlClient, oneshot::Sender<()>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -107,14 +119,7 @@ async fn node(peers: Arc<OtherNodes>) -> (ControlClient, oneshot::Sender<()>, te
 async fn an_operation_on_a_session_run_elsewhere_goes_to_the_peers_and_lists_merge() {
     let peers = Arc::new(OtherNodes::default());
     let (mut client, _stop, _dir) = node(peers.clone()).await;
-    let mine: SessionView = client
-        .call(&Op::Create {
-            name: None,
-            token: Some("mine".into()),
-            proxy: None,
-        })
-        .await
-        .unwrap();
+    let mine: SessionView = create(&mut client, "mine").await;
     let mut theirs = mine.clone();
     theirs.token = "theirs".into();
     *peers.theirs.lock().unwrap() = Some(theirs);
@@ -176,14 +181,7 @@ async fn with_the_database_unreachable_list_and_health_answer_this_node_s_part()
         ..OtherNodes::default()
     });
     let (mut client, _stop, _dir) = node(peers).await;
-    let _: SessionView = client
-        .call(&Op::Create {
-            name: None,
-            token: Some("mine".into()),
-            proxy: None,
-        })
-        .await
-        .unwrap();
+    let _: SessionView = create(&mut client, "mine").await;
     let list: ListView = tokio::time::timeout(Duration::from_secs(10), client.call(&Op::List {}))
         .await
         .unwrap()
@@ -316,14 +314,7 @@ async fn a_watch_of_everything_never_waits_for_the_other_nodes() {
     let mut other = ControlClient::connect(&dir.path().join("warden.sock"))
         .await
         .unwrap();
-    let _: SessionView = other
-        .call(&Op::Create {
-            name: None,
-            token: Some("mine".into()),
-            proxy: None,
-        })
-        .await
-        .unwrap();
+    let _: SessionView = create(&mut other, "mine").await;
     let seen = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match client.next_event().await.unwrap() {

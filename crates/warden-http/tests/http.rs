@@ -660,16 +660,21 @@ async fn bad_requests_answer_json_never_500() {
     gw.stop().await;
 }
 
-#[tokio::test]
-async fn start_answers_with_whatever_comes_first() {
-    let gw = Gateway::start(Setup {
+/// A gateway whose starts wait 300 ms at most for their outcome.
+async fn gateway_with_short_starts() -> Gateway {
+    Gateway::start(Setup {
         options: warden_http::ServeOptions {
             start_wait: Duration::from_millis(300),
             ..Setup::default().options
         },
         ..Setup::default()
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn start_answers_with_whatever_comes_first() {
+    let gw = gateway_with_short_starts().await;
     gw.link.script("slow", [Script::new()]);
     gw.link.script(
         "gone",
@@ -758,14 +763,7 @@ async fn a_carried_request_is_answered_here_or_given_up_in_time() {
 /// client gone away.
 #[tokio::test]
 async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
-    let gw = Gateway::start(Setup {
-        options: warden_http::ServeOptions {
-            start_wait: Duration::from_millis(300),
-            ..Setup::default().options
-        },
-        ..Setup::default()
-    })
-    .await;
+    let gw = gateway_with_short_starts().await;
     // Never logs in: the start answers after its whole wait.
     gw.link.script("slow", [Script::new()]);
     gw.supervisor.create(None, Some("slow")).await.unwrap();
