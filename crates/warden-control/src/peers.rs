@@ -33,6 +33,40 @@ pub struct Gathered {
     pub placements: Vec<(String, Option<String>)>,
 }
 
+/// `list`, as [`Peers::look`] asks it of every node.
+pub const LIST: Op = Op::List {};
+
+/// One look at the cluster, for watching it.
+#[derive(Debug, Clone, Default)]
+pub struct Look {
+    /// Each other live node's list, by node name (`None`: it gave none).
+    pub lists: Vec<(String, Option<ListView>)>,
+    /// Every session of the cluster, with the node that owns it (`None`: none right now).
+    pub placements: Vec<(String, Option<String>)>,
+}
+
+impl Look {
+    /// The look that the answers to [`LIST`] make.
+    pub fn of(gathered: &Gathered) -> Self {
+        let lists = gathered
+            .replies
+            .iter()
+            .map(|(node, reply)| {
+                let list = reply
+                    .result
+                    .clone()
+                    .filter(|_| reply.ok)
+                    .and_then(|r| serde_json::from_value::<ListView>(r).ok());
+                (node.clone(), list)
+            })
+            .collect();
+        Self {
+            lists,
+            placements: gathered.placements.clone(),
+        }
+    }
+}
+
 /// The rest of the cluster.
 pub trait Peers: Send + Sync {
     /// This node's name.
@@ -49,11 +83,13 @@ pub trait Peers: Send + Sync {
     fn on_every_node<'a>(&'a self, op: &'a Op) -> Answer<'a, Result<Gathered, ErrorBody>>;
 
     /// Every other live node's `list`, and the placements: what watching the cluster looks at
-    /// (once a second per watcher). A cluster may share one gathering among the callers of
-    /// about the same second; by default, each call gathers afresh.
-    fn look(&self) -> Answer<'_, Result<Gathered, ErrorBody>> {
-        const LIST: Op = Op::List {};
-        self.on_every_node(&LIST)
+    /// (once a second per watcher). A cluster may share one look among the callers of about
+    /// the same second; by default, each call gathers afresh.
+    fn look(&self) -> Answer<'_, Result<Arc<Look>, ErrorBody>> {
+        Box::pin(async move {
+            let gathered = self.on_every_node(&LIST).await?;
+            Ok(Arc::new(Look::of(&gathered)))
+        })
     }
 }
 

@@ -21,7 +21,7 @@ use crate::protocol::{
     DeletedView, ErrorBody, ErrorCode, EventLine, HealthView, ListView, Op, OutboxView,
     OutgoingView, ReapView, ReapedView, Reply, Request, SessionView, WatchingView, counts,
 };
-use crate::watch_elsewhere::{ElsewhereFeed, watch_elsewhere};
+use crate::watch_elsewhere::{ElsewhereFeed, Whereabouts, whereabouts};
 use crate::webhooks;
 use warden_webhooks::Webhooks;
 
@@ -708,35 +708,33 @@ async fn watch<R, W>(
     W: AsyncWrite + Unpin,
 {
     let supervisor = &context.supervisor;
+    let timeout = context.write_timeout;
+    // Subscribe before reading the snapshot, so no change falls between the two (and a
+    // session watched elsewhere that comes here is seen from its first event here).
+    let mut events = supervisor.subscribe();
+    // A session this node does not run: its view elsewhere, if a node runs it (`None`: it is
+    // moving between nodes).
+    let mut elsewhere_first = None;
     if let Some(token) = &token
         && let Err(e) = supervisor.status(token)
     {
-        if let Some(peers) = &context.peers {
-            let missing = ErrorBody::from(&e);
-            watch_elsewhere(
-                reader,
-                writer,
-                context,
-                peers.clone(),
-                cancel,
-                id,
-                token,
-                missing,
-            )
-            .await;
+        let Some(peers) = &context.peers else {
+            let _ = write_line(writer, &Reply::err(id, ErrorBody::from(&e)), timeout).await;
             return;
+        };
+        match whereabouts(peers.as_ref(), token).await {
+            Ok(Whereabouts::Listed(view)) => elsewhere_first = Some(*view),
+            Ok(Whereabouts::Between) => {}
+            Ok(Whereabouts::Missing) => {
+                let _ = write_line(writer, &Reply::err(id, ErrorBody::from(&e)), timeout).await;
+                return;
+            }
+            Err(why) => {
+                let _ = write_line(writer, &Reply::err(id, why), timeout).await;
+                return;
+            }
         }
-        let _ = write_line(
-            writer,
-            &Reply::err(id, ErrorBody::from(&e)),
-            context.write_timeout,
-        )
-        .await;
-        return;
     }
-    // Subscribe before reading the snapshot, so no change falls between the two.
-    let mut events = supervisor.subscribe();
-    let timeout = context.write_timeout;
     let watching = Reply::ok(
         id,
         WatchingView {
@@ -757,12 +755,22 @@ async fn watch<R, W>(
             }
         }
     }
+    if let Some(view) = &elsewhere_first {
+        let line = EventLine::Session {
+            session: Box::new(view.clone()),
+        };
+        if write_line(writer, &line, timeout).await.is_err() {
+            return;
+        }
+    }
     // In a cluster, watching everything covers the other nodes' sessions too, and a watched
     // session is followed to whichever node it is handed to: gathered apart, so that this
     // node's events never wait for the other nodes.
     let mut gathering = context.peers.clone().map(|peers| match &token {
         None => ElsewhereFeed::every_session(supervisor.clone(), peers),
-        Some(token) => ElsewhereFeed::one_session(supervisor.clone(), peers, token.clone(), None),
+        Some(token) => {
+            ElsewhereFeed::one_session(supervisor.clone(), peers, token.clone(), elsewhere_first)
+        }
     });
     loop {
         tokio::select! {

@@ -1,31 +1,23 @@
-//! `watch` across a cluster's nodes.
+//! Watching sessions that other nodes of a cluster run.
 //!
-//! - One session that another node runs ([`watch_elsewhere`]), or that this node runs now and
-//!   may hand over: what other nodes report of it, when it changes, until it is deleted.
-//! - Every session: this node's events as they happen, and the other nodes' sessions when
-//!   they change.
+//! [`ElsewhereFeed`] follows what other nodes' sessions do: every session of the other nodes
+//! (for `watch` of everything), or one session wherever it runs or moves (for `watch` of one).
+//! A task of its own looks at the cluster every [`ASK_EVERY`] through [`Peers::look`] (which
+//! a cluster shares among every feed of the node: one look a second, however many watch), so
+//! this node's own events never wait for the other nodes. The control socket's `watch` and
+//! the HTTP gateway's `GET /events` use the same feeds, beside this node's own events.
 //!
-//! Both are an [`ElsewhereFeed`]: a task of its own looks at the other nodes every
-//! [`ASK_EVERY`] through [`Peers::look`] (which a cluster shares among every feed of the
-//! node: one gathering a second, however many watch), so this node's own events never wait
-//! for the other nodes. The HTTP gateway's `GET /events` uses the same feeds.
-//!
-//! Messages and the other events of a session are seen on its own node's `watch`.
+//! Messages and the other events of a session are seen on its own node's streams.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
-use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use warden_core::Supervisor;
 
-use crate::lines::LineReader;
-use crate::peers::{Gathered, Peers};
-use crate::protocol::{ErrorBody, EventLine, ListView, Reply, SessionView, WatchingView};
-use crate::server::{Context, end_stream, stream_ends, write_line};
+use crate::peers::{LIST, Look, Peers};
+use crate::protocol::{ErrorBody, EventLine, SessionView};
 
 /// How often the other nodes are looked at.
 pub const ASK_EVERY: Duration = Duration::from_secs(1);
@@ -42,28 +34,25 @@ pub enum Whereabouts {
     Missing,
 }
 
-/// Where `token` (which this node does not run) is, from one look at the cluster; `Err` with
-/// why when the other nodes cannot be asked.
+/// Where `token` (which this node does not run) is, from a fresh look at the cluster (never
+/// a shared one, which may predate a session just created); `Err` with why when the other
+/// nodes cannot be asked.
 pub async fn whereabouts(peers: &dyn Peers, token: &str) -> Result<Whereabouts, ErrorBody> {
-    let gathered = peers.look().await?;
-    for (node, list) in lists(&gathered) {
-        if let Some(mut view) = list.sessions.into_iter().find(|v| v.token == token) {
-            view.node.get_or_insert_with(|| node.to_owned());
+    let look = Look::of(&peers.on_every_node(&LIST).await?);
+    for (node, list) in &look.lists {
+        let found = list
+            .as_ref()
+            .and_then(|list| list.sessions.iter().find(|v| v.token == token));
+        if let Some(view) = found {
+            let mut view = view.clone();
+            view.node.get_or_insert_with(|| node.clone());
             return Ok(Whereabouts::Listed(Box::new(view)));
         }
     }
-    Ok(if gathered.placements.iter().any(|(t, _)| t == token) {
+    Ok(if look.placements.iter().any(|(t, _)| t == token) {
         Whereabouts::Between
     } else {
         Whereabouts::Missing
-    })
-}
-
-/// Each node's list in `gathered`, skipping the nodes that gave none.
-fn lists(gathered: &Gathered) -> impl Iterator<Item = (&str, ListView)> {
-    gathered.replies.iter().filter_map(|(node, reply)| {
-        let list = serde_json::from_value::<ListView>(reply.result.clone()?).ok()?;
-        Some((node.as_str(), list))
     })
 }
 
@@ -81,22 +70,24 @@ impl Drop for AbortOnDrop {
 /// most until they are read, and ends when the feed is dropped.
 pub struct ElsewhereFeed {
     lines: mpsc::Receiver<Vec<EventLine>>,
+    supervisor: Supervisor,
+    me: String,
     _asking: AbortOnDrop,
 }
 
 impl ElsewhereFeed {
     /// Every session other nodes run: a `session` line for each one new or changed there
-    /// (with its `node`), a `removed` line for each one gone from the cluster. A session that
-    /// came to this node gets one line of its view here, then this node's own events tell
-    /// the rest; a session moving between nodes, or on a node that did not answer, is kept as
-    /// last seen; a look that failed changes nothing.
+    /// (with its `node`), a `removed` line for each one gone from the cluster. A session moving
+    /// between nodes, or on a node that did not answer, is kept as last seen (until the
+    /// cluster no longer has it); a look that failed changes nothing. A session that came to
+    /// this node gets one line of its view here; this node's own events tell the rest.
     pub fn every_session(supervisor: Supervisor, peers: Arc<dyn Peers>) -> Self {
         Self::start(OtherNodes::new(supervisor, peers, None))
     }
 
-    /// One session, last seen as `last` (which the caller sent, if any), whether it runs here
-    /// now or elsewhere: the same lines as [`ElsewhereFeed::every_session`] for it alone, and
-    /// the feed ends after its `removed`. While it runs here, this node's own events tell.
+    /// One session, last seen as `last` (which the caller sent, if any), wherever it runs:
+    /// the same lines as [`ElsewhereFeed::every_session`] for it alone, and the feed ends
+    /// after its `removed`.
     pub fn one_session(
         supervisor: Supervisor,
         peers: Arc<dyn Peers>,
@@ -111,6 +102,8 @@ impl ElsewhereFeed {
     }
 
     fn start(mut others: OtherNodes) -> Self {
+        let supervisor = others.supervisor.clone();
+        let me = others.peers.me().to_owned();
         let (tx, lines) = mpsc::channel(1);
         let asking = tokio::spawn(async move {
             let mut look = tokio::time::interval(ASK_EVERY);
@@ -128,85 +121,27 @@ impl ElsewhereFeed {
         });
         Self {
             lines,
+            supervisor,
+            me,
             _asking: AbortOnDrop(asking),
         }
     }
 
-    /// The next lines; `None` once the feed has ended.
+    /// The next lines; `None` once the feed has ended. The view of a session that runs here
+    /// is read as the lines are handed over, so it is never older than this node's events
+    /// already sent.
     pub async fn next(&mut self) -> Option<Vec<EventLine>> {
-        self.lines.recv().await
-    }
-}
-
-/// Streams the session's view to a client until it hangs up, the daemon stops, or the session
-/// is deleted. `missing` is this node's answer when the cluster has no such session.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn watch_elsewhere<R, W>(
-    reader: &mut LineReader<R>,
-    writer: &mut W,
-    context: &Context,
-    peers: Arc<dyn Peers>,
-    cancel: &CancellationToken,
-    id: Value,
-    token: &str,
-    missing: ErrorBody,
-) where
-    R: tokio::io::AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let timeout = context.write_timeout;
-    let first = match whereabouts(peers.as_ref(), token).await {
-        Ok(Whereabouts::Listed(view)) => Some(*view),
-        Ok(Whereabouts::Between) => None,
-        Ok(Whereabouts::Missing) => {
-            let _ = write_line(writer, &Reply::err(id, missing), timeout).await;
-            return;
-        }
-        Err(why) => {
-            let _ = write_line(writer, &Reply::err(id, why), timeout).await;
-            return;
-        }
-    };
-    let watching = Reply::ok(
-        id,
-        WatchingView {
-            watching: Some(token.to_owned()),
-        },
-    );
-    if write_line(writer, &watching, timeout).await.is_err() {
-        return;
-    }
-    if let Some(view) = &first {
-        let line = EventLine::Session {
-            session: Box::new(view.clone()),
-        };
-        if write_line(writer, &line, timeout).await.is_err() {
-            return;
-        }
-    }
-    let mut feed =
-        ElsewhereFeed::one_session(context.supervisor.clone(), peers, token.to_owned(), first);
-    loop {
-        let lines = tokio::select! {
-            ended = stream_ends(reader, cancel) => {
-                end_stream(writer, ended, timeout).await;
-                return;
-            }
-            lines = feed.next() => lines,
-        };
-        let Some(lines) = lines else {
-            // The session is gone (its `removed` line was sent): say so and end.
-            let closed = EventLine::Closed {
-                reason: "the session was deleted".into(),
-            };
-            let _ = write_line(writer, &closed, timeout).await;
-            return;
-        };
-        for line in lines {
-            if write_line(writer, &line, timeout).await.is_err() {
-                return;
+        let mut lines = self.lines.recv().await?;
+        for line in &mut lines {
+            if let EventLine::Session { session } = line
+                && let Ok(info) = self.supervisor.status(&session.token)
+            {
+                let mut view = SessionView::from(&info);
+                view.node = Some(self.me.clone());
+                **session = view;
             }
         }
+        Some(lines)
     }
 }
 
@@ -216,6 +151,10 @@ struct OtherNodes {
     peers: Arc<dyn Peers>,
     only: Option<String>,
     last: BTreeMap<String, SessionView>,
+    /// Watching everything: the sessions this node held at the last look, or that left it
+    /// and no look has seen elsewhere yet. One of them deleted before any node listed it is
+    /// reported gone (this node's events said nothing when it left).
+    held_here: BTreeSet<String>,
 }
 
 impl OtherNodes {
@@ -225,6 +164,7 @@ impl OtherNodes {
             peers,
             only,
             last: BTreeMap::new(),
+            held_here: BTreeSet::new(),
         }
     }
 
@@ -235,31 +175,34 @@ impl OtherNodes {
     /// What changed since the last look (see [`ElsewhereFeed::every_session`]), and whether
     /// the one session followed is gone.
     async fn changes(&mut self) -> (Vec<EventLine>, bool) {
-        let Ok(gathered) = self.peers.look().await else {
+        let Ok(look) = self.peers.look().await else {
             return (Vec::new(), false);
         };
+        let placed: BTreeSet<&str> = look.placements.iter().map(|(t, _)| t.as_str()).collect();
         let mut lines = Vec::new();
-        let mut listed = BTreeSet::new();
-        let answered: Vec<(&str, ListView)> = lists(&gathered).collect();
-        for (node, _) in &gathered.replies {
-            if !answered.iter().any(|(n, _)| n == node) {
-                // No list from it: what it ran is kept as last seen.
-                listed.extend(
+        // Seen in a list at this look, or kept as last seen (on a node that gave none, and
+        // still in the cluster).
+        let mut current = BTreeSet::new();
+        for (node, list) in &look.lists {
+            let Some(list) = list else {
+                current.extend(
                     self.last
                         .iter()
-                        .filter(|(_, v)| v.node.as_deref() == Some(node.as_str()))
+                        .filter(|(t, v)| {
+                            v.node.as_deref() == Some(node.as_str()) && placed.contains(t.as_str())
+                        })
                         .map(|(t, _)| t.clone()),
                 );
-            }
-        }
-        for (node, list) in answered {
-            for mut view in list.sessions {
+                continue;
+            };
+            for view in &list.sessions {
                 // Runs here now: this node's own events tell.
                 if !self.wanted(&view.token) || self.supervisor.status(&view.token).is_ok() {
                     continue;
                 }
-                view.node.get_or_insert_with(|| node.to_owned());
-                listed.insert(view.token.clone());
+                let mut view = view.clone();
+                view.node.get_or_insert_with(|| node.clone());
+                current.insert(view.token.clone());
                 if self.last.get(&view.token) != Some(&view) {
                     lines.push(EventLine::Session {
                         session: Box::new(view.clone()),
@@ -268,31 +211,50 @@ impl OtherNodes {
                 }
             }
         }
-        let placed: BTreeSet<&str> = gathered
-            .placements
-            .iter()
-            .map(|(t, _)| t.as_str())
-            .collect();
         let mut unlisted: Vec<String> = self
             .last
             .keys()
-            .filter(|t| !listed.contains(*t))
+            .filter(|t| !current.contains(*t))
             .cloned()
             .collect();
         // The one session followed, even never seen elsewhere: its deletion ends the feed.
         if let Some(only) = &self.only
-            && !listed.contains(only)
+            && !current.contains(only)
             && !unlisted.contains(only)
         {
             unlisted.push(only.clone());
         }
+        if self.only.is_none() {
+            let me = self.peers.me();
+            let mut held_here: BTreeSet<String> = look
+                .placements
+                .iter()
+                .filter(|(_, owner)| owner.as_deref() == Some(me))
+                .map(|(t, _)| t.clone())
+                .collect();
+            for token in std::mem::take(&mut self.held_here) {
+                if held_here.contains(&token)
+                    || current.contains(&token)
+                    || self.last.contains_key(&token)
+                    || self.supervisor.status(&token).is_ok()
+                {
+                    continue;
+                }
+                if placed.contains(token.as_str()) {
+                    // Between nodes still: watched for its deletion.
+                    held_here.insert(token);
+                } else {
+                    lines.push(EventLine::Removed { token });
+                }
+            }
+            self.held_here = held_here;
+        }
         let mut ended = false;
         for token in unlisted {
-            if let Ok(info) = self.supervisor.status(&token) {
-                // Came here: its view here once, then this node's own events.
-                if self.last.remove(&token).is_some() {
-                    let mut view = SessionView::from(&info);
-                    view.node = Some(self.peers.me().to_owned());
+            if self.supervisor.status(&token).is_ok() {
+                // Came here: its view here once (read as it is handed over), then this
+                // node's own events.
+                if let Some(view) = self.last.remove(&token) {
                     lines.push(EventLine::Session {
                         session: Box::new(view),
                     });

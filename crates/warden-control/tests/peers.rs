@@ -328,3 +328,104 @@ async fn a_watch_of_everything_never_waits_for_the_other_nodes() {
     .expect("this node's event came while the other nodes were being asked");
     assert_eq!(seen.token, "mine");
 }
+
+/// `watch` of a session another node runs, which then comes to this node (here: created in
+/// its supervisor, as an adoption does): this node's own events about it are sent.
+#[tokio::test]
+async fn a_watched_session_that_comes_here_is_followed_by_this_node_s_events() {
+    let peers = Arc::new(OtherNodes::default());
+    let (mut client, _stop, dir) = node(peers.clone()).await;
+    let mut other = ControlClient::connect(&dir.path().join("warden.sock"))
+        .await
+        .unwrap();
+    // Node b runs it (a view made from a session of this node's, deleted again).
+    let mut theirs = create(&mut other, "moving").await;
+    let _: Value = other
+        .call(&Op::Delete {
+            token: "moving".into(),
+        })
+        .await
+        .unwrap();
+    theirs.state = "connected".into();
+    *peers.theirs.lock().unwrap() = Some(theirs);
+    peers
+        .placements
+        .lock()
+        .unwrap()
+        .push(("moving".into(), Some("b".into())));
+
+    let reply = client
+        .request(&Op::Watch {
+            token: Some("moving".into()),
+        })
+        .await
+        .unwrap();
+    assert!(reply.ok, "{reply:?}");
+    let first = client.next_event().await.unwrap();
+    let Some(EventLine::Session { session }) = first else {
+        panic!("its view at b first: {first:?}");
+    };
+    assert_eq!(
+        (session.state.as_str(), session.node.as_deref()),
+        ("connected", Some("b"))
+    );
+    // It comes here; b no longer lists it.
+    *peers.theirs.lock().unwrap() = None;
+    let here = create(&mut other, "moving").await;
+    assert_eq!(here.state, "stopped");
+    // Started here: only this node's events can tell (the feed has left it to them).
+    let _: Value = other
+        .call(&Op::Start {
+            token: "moving".into(),
+            phone: None,
+        })
+        .await
+        .unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match client.next_event().await.unwrap() {
+                Some(EventLine::Session { session })
+                    if session.state != "stopped" && session.state != "connected" =>
+                {
+                    return session;
+                }
+                Some(_) => continue,
+                None => panic!("the watch ended"),
+            }
+        }
+    })
+    .await
+    .expect("this node's view of it came");
+    assert_eq!(seen.token, "moving");
+}
+
+/// Watching everything: a session this node held, handed away (this node's events say
+/// nothing then) and deleted before any other node listed it, is reported gone.
+#[tokio::test(start_paused = true)]
+async fn a_session_handed_away_and_deleted_unseen_is_reported_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SupervisorConfig::new(dir.path().join("sessions"));
+    let link = ScriptedLink::new(Script::new());
+    let (supervisor, _) = Supervisor::start(config, Arc::new(link)).await.unwrap();
+    let peers = Arc::new(OtherNodes {
+        placements: Mutex::new(vec![("left".into(), Some("a".into()))]),
+        ..OtherNodes::default()
+    });
+    let within = Duration::from_secs(5);
+    let mut every = ElsewhereFeed::every_session(supervisor, peers.clone());
+    // Held here, then between nodes: nothing to say.
+    assert!(tokio::time::timeout(within, every.next()).await.is_err());
+    peers.placements.lock().unwrap()[0].1 = None;
+    assert!(tokio::time::timeout(within, every.next()).await.is_err());
+    // Deleted: gone.
+    peers.placements.lock().unwrap().clear();
+    let gone = tokio::time::timeout(within, every.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(gone.as_slice(), [EventLine::Removed { token }] if token == "left"),
+        "{gone:?}"
+    );
+    assert!(tokio::time::timeout(within, every.next()).await.is_err());
+}

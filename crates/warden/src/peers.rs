@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use warden_cluster::requests::{ANSWERED, ASKED, Addressee, Withdrawn};
 use warden_cluster::{ClusterError, Gate, Notice, Pg, PgTls};
 use warden_control::peers::Answer;
+use warden_control::peers::{LIST, Look};
 use warden_control::{ErrorBody, ErrorCode, Gathered, LocalAnswers, Op, Peers, Reply};
 use warden_http::{Elsewhere, HttpAnswer, HttpAsk, LocalHttp};
 
@@ -46,7 +47,7 @@ const FORGET_AFTER: Duration = Duration::from_secs(600);
 const LOOK_FRESH: Duration = Duration::from_millis(900);
 
 /// The last look at the cluster, and when it was made.
-type LastLook = Option<(Instant, Result<Gathered, ErrorBody>)>;
+type LastLook = Option<(Instant, Result<Arc<Look>, ErrorBody>)>;
 
 /// One connection to the cluster's database for requests, listening on both channels, made
 /// again when it breaks.
@@ -309,18 +310,32 @@ impl Peers for ClusterPeers {
         })
     }
 
-    fn look(&self) -> Answer<'_, Result<Gathered, ErrorBody>> {
+    fn look(&self) -> Answer<'_, Result<Arc<Look>, ErrorBody>> {
         Box::pin(async move {
-            let mut last = self.last_look.lock().await;
-            if let Some((at, looked)) = last.as_ref()
+            // One look at a time: callers of about the same time wait for it and share it.
+            let turn = self.last_look.clone().lock_owned().await;
+            if let Some((at, looked)) = turn.as_ref()
                 && at.elapsed() < LOOK_FRESH
             {
                 return looked.clone();
             }
-            const LIST: Op = Op::List {};
-            let looked = Peers::on_every_node(self, &LIST).await;
-            *last = Some((Instant::now(), looked.clone()));
-            looked
+            // Made apart, holding the turn: a caller that goes away (its stream closed) leaves
+            // the look to finish for the others, and its requests answered and withdrawn.
+            let peers = self.clone();
+            let looking = tokio::spawn(async move {
+                let mut turn = turn;
+                let looked = Peers::on_every_node(&peers, &LIST)
+                    .await
+                    .map(|gathered| Arc::new(Look::of(&gathered)));
+                *turn = Some((Instant::now(), looked.clone()));
+                looked
+            });
+            looking.await.unwrap_or_else(|e| {
+                Err(ErrorBody::new(
+                    ErrorCode::Internal,
+                    format!("the look at the cluster failed: {e}"),
+                ))
+            })
         })
     }
 }

@@ -16,7 +16,9 @@
 //!   list has every node's sessions, and the node asked checks the API key;
 //! - `GET /events` on the node that does not run the session, of that session and of
 //!   everything, shows it with its node, sees it stop and sees it deleted (the session's own
-//!   stream then ends); of a token the cluster does not have, it is a 404;
+//!   stream then ends); of a token the cluster does not have, it is a 404; of a session just
+//!   created on the other node (a stream of everything open), it is found at once, on HTTP
+//!   and on the socket, then seen connected once the watching node runs it, then deleted;
 //! - a deletion's own journal entry is kept (in the removal's commit), read on either node;
 //!   a history followed on the node that does not run the session sees the owner's commits;
 //! - an unknown token is `not found` at once, not after the wait for an owner.
@@ -291,6 +293,71 @@ async fn any_node_answers_for_every_session_of_the_cluster() {
         .await;
     assert_eq!(closed["reason"], "the session was deleted", "{closed}");
     assert!(one_stream.next().await.is_none(), "the stream ended");
+
+    // A session just created on one node, watched at once on the other (whose watchers share
+    // a look at the cluster that may predate it): found, though no node runs it yet. Started,
+    // it is claimed by the watching node (placement prefers it there), whose own events then
+    // tell: both streams see it connected. Deleted, both see it go.
+    let other_name = if there == 0 { "a" } else { "b" };
+    let live = ["a".to_owned(), "b".to_owned()];
+    let new_token = (2..)
+        .map(|n| format!("shop{n}"))
+        .find(|t| warden_cluster::placement::preferred(t, &live) == Some(other_name))
+        .unwrap();
+    let (code, out, err) = daemons[here].cli(&["create", "--token", &new_token]).await;
+    assert_eq!(code, 0, "{out} {err}");
+    let path = format!("/events?token={new_token}");
+    let mut new_stream = common::event_stream(daemons[there].http, &path, &key)
+        .await
+        .unwrap_or_else(|(code, body)| panic!("a session just created: {code}: {body}"));
+    let watching = new_stream
+        .until(LIMIT, |name, data| {
+            (name == "watching").then(|| data.clone())
+        })
+        .await;
+    assert_eq!(watching["watching"], new_token.as_str(), "{watching}");
+    let mut watch_new = ControlClient::connect(&daemons[there].socket)
+        .await
+        .unwrap();
+    let reply = watch_new
+        .request(&Op::Watch {
+            token: Some(new_token.clone()),
+        })
+        .await
+        .unwrap();
+    assert!(reply.ok, "a session just created: {reply:?}");
+    let started = daemons[here]
+        .json(&["start", &new_token, "--no-wait"])
+        .await;
+    assert_eq!(started["desired"], "running", "{started}");
+    next_of(&mut watch_new, |line| match line {
+        EventLine::Session { session } if session.state == "connected" => Some(()),
+        _ => None,
+    })
+    .await;
+    new_stream
+        .until(LIMIT, |name, data| {
+            (name == "session" && data["session"]["state"] == "connected").then_some(())
+        })
+        .await;
+    assert!(
+        cluster_support::held(&daemons[there])
+            .await
+            .contains_key(&new_token),
+        "claimed by the watching node"
+    );
+    let (code, out, err) = daemons[here].cli(&["delete", &new_token]).await;
+    assert_eq!(code, 0, "{out} {err}");
+    new_stream
+        .until(LIMIT, |name, data| {
+            (name == "removed" && data["token"] == new_token.as_str()).then_some(())
+        })
+        .await;
+    next_of(&mut watch_new, |line| match line {
+        EventLine::Closed { reason } => Some(reason),
+        _ => None,
+    })
+    .await;
 
     // An unknown token is not found at once.
     let asked = Instant::now();

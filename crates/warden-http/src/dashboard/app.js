@@ -26,8 +26,9 @@ let retryTimer = null;
 // After `watching`: the sessions not mentioned yet, and the timer that drops them.
 let unconfirmed = null;
 let unconfirmedTimer = null;
-// In a cluster, other nodes' sessions come at the stream's first look at the cluster.
-const CONFIRM_WITHIN_MS = 3000;
+// In a cluster, other nodes' sessions come at the stream's first look at the cluster: about
+// a second, up to 5 s when a node is slow to answer.
+const CONFIRM_WITHIN_MS = 10000;
 let stateFilter = null;
 
 const $ = (id) => document.getElementById(id);
@@ -390,6 +391,8 @@ function setLive(on, text) {
 function listen() {
   if (events) events.close();
   clearTimeout(retryTimer);
+  clearTimeout(unconfirmedTimer);
+  unconfirmed = null;
   events = new EventSource(withKey("/events"));
   const data = (e) => JSON.parse(e.data);
   events.addEventListener("watching", () => {
