@@ -37,8 +37,10 @@ pub struct Gathered {
 pub const LIST: Op = Op::List {};
 
 /// One look at the cluster, for watching it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Look {
+    /// When its gathering started: nothing created after it is in it.
+    pub started: tokio::time::Instant,
     /// Each other live node's list, by node name (`None`: it gave none).
     pub lists: Vec<(String, Option<ListView>)>,
     /// Every session of the cluster, with the node that owns it (`None`: none right now).
@@ -46,8 +48,8 @@ pub struct Look {
 }
 
 impl Look {
-    /// The look that the answers to [`LIST`] make.
-    pub fn of(gathered: &Gathered) -> Self {
+    /// The look that the answers to [`LIST`], gathered from `started` on, make.
+    pub fn of(gathered: &Gathered, started: tokio::time::Instant) -> Self {
         let lists = gathered
             .replies
             .iter()
@@ -61,6 +63,7 @@ impl Look {
             })
             .collect();
         Self {
+            started,
             lists,
             placements: gathered.placements.clone(),
         }
@@ -87,8 +90,9 @@ pub trait Peers: Send + Sync {
     /// the same second; by default, each call gathers afresh.
     fn look(&self) -> Answer<'_, Result<Arc<Look>, ErrorBody>> {
         Box::pin(async move {
+            let started = tokio::time::Instant::now();
             let gathered = self.on_every_node(&LIST).await?;
-            Ok(Arc::new(Look::of(&gathered)))
+            Ok(Arc::new(Look::of(&gathered, started)))
         })
     }
 }

@@ -709,9 +709,6 @@ async fn watch<R, W>(
 {
     let supervisor = &context.supervisor;
     let timeout = context.write_timeout;
-    // Subscribe before reading the snapshot, so no change falls between the two (and a
-    // session watched elsewhere that comes here is seen from its first event here).
-    let mut events = supervisor.subscribe();
     // A session this node does not run: its view elsewhere, if a node runs it (`None`: it is
     // moving between nodes).
     let mut elsewhere_first = None;
@@ -735,6 +732,9 @@ async fn watch<R, W>(
             }
         }
     }
+    // Subscribe before reading the snapshot, so no change falls between the two (and a
+    // session watched elsewhere that comes here is seen from its first event here).
+    let mut events = supervisor.subscribe();
     let watching = Reply::ok(
         id,
         WatchingView {
@@ -747,6 +747,8 @@ async fn watch<R, W>(
     let wanted = |t: &str| token.as_deref().is_none_or(|w| w == t);
     for info in supervisor.list().sessions {
         if wanted(info.token.as_str()) {
+            // Came here meanwhile: this view is newer than the one from elsewhere.
+            elsewhere_first = None;
             let line = EventLine::Session {
                 session: Box::new(SessionView::from(&info)),
             };

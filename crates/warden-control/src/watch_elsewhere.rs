@@ -38,7 +38,8 @@ pub enum Whereabouts {
 /// a shared one, which may predate a session just created); `Err` with why when the other
 /// nodes cannot be asked.
 pub async fn whereabouts(peers: &dyn Peers, token: &str) -> Result<Whereabouts, ErrorBody> {
-    let look = Look::of(&peers.on_every_node(&LIST).await?);
+    let started = tokio::time::Instant::now();
+    let look = Look::of(&peers.on_every_node(&LIST).await?, started);
     for (node, list) in &look.lists {
         let found = list
             .as_ref()
@@ -151,6 +152,10 @@ struct OtherNodes {
     peers: Arc<dyn Peers>,
     only: Option<String>,
     last: BTreeMap<String, SessionView>,
+    /// Following one session: looks that started before this (shared ones, made before the
+    /// caller found the session) are passed over, so that a session just created is never
+    /// taken for one deleted.
+    since: Option<tokio::time::Instant>,
     /// Watching everything: the sessions this node held at the last look, or that left it
     /// and no look has seen elsewhere yet. One of them deleted before any node listed it is
     /// reported gone (this node's events said nothing when it left).
@@ -160,11 +165,23 @@ struct OtherNodes {
 impl OtherNodes {
     fn new(supervisor: Supervisor, peers: Arc<dyn Peers>, only: Option<String>) -> Self {
         Self {
+            since: only.as_ref().map(|_| tokio::time::Instant::now()),
+            // What runs here as the watch starts: one handed away before the first look is
+            // still followed.
+            held_here: if only.is_none() {
+                supervisor
+                    .list()
+                    .sessions
+                    .iter()
+                    .map(|info| info.token.to_string())
+                    .collect()
+            } else {
+                BTreeSet::new()
+            },
             supervisor,
             peers,
             only,
             last: BTreeMap::new(),
-            held_here: BTreeSet::new(),
         }
     }
 
@@ -178,6 +195,9 @@ impl OtherNodes {
         let Ok(look) = self.peers.look().await else {
             return (Vec::new(), false);
         };
+        if self.since.is_some_and(|since| look.started < since) {
+            return (Vec::new(), false);
+        }
         let placed: BTreeSet<&str> = look.placements.iter().map(|(t, _)| t.as_str()).collect();
         let mut lines = Vec::new();
         // Seen in a list at this look, or kept as last seen (on a node that gave none, and
@@ -236,11 +256,12 @@ impl OtherNodes {
                 if held_here.contains(&token)
                     || current.contains(&token)
                     || self.last.contains_key(&token)
-                    || self.supervisor.status(&token).is_ok()
                 {
                     continue;
                 }
-                if placed.contains(token.as_str()) {
+                if self.supervisor.status(&token).is_ok() || placed.contains(token.as_str()) {
+                    // Still here (being handed away), or between nodes: watched for its
+                    // deletion.
                     // Between nodes still: watched for its deletion.
                     held_here.insert(token);
                 } else {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
-use warden_control::peers::Answer;
+use warden_control::peers::{Answer, LIST, Look};
 use warden_control::protocol::{ErrorBody, ErrorCode, HealthView, ListView, SessionView};
 use warden_control::{
     ControlClient, ControlServer, ElsewhereFeed, EventLine, Gathered, Op, Peers, Reply,
@@ -34,6 +34,8 @@ struct OtherNodes {
     stuck: bool,
     carried: Mutex<Vec<String>>,
     gathered: AtomicUsize,
+    /// What the next look answers instead of gathering (a look shared from before).
+    stale_look: Mutex<Option<Arc<Look>>>,
 }
 
 impl Peers for OtherNodes {
@@ -49,6 +51,17 @@ impl Peers for OtherNodes {
             }
             self.carried.lock().unwrap().push(op.name().to_owned());
             Some(Reply::ok(Value::Null, theirs))
+        })
+    }
+
+    fn look(&self) -> Answer<'_, Result<Arc<Look>, ErrorBody>> {
+        Box::pin(async move {
+            if let Some(stale) = self.stale_look.lock().unwrap().take() {
+                return Ok(stale);
+            }
+            let started = tokio::time::Instant::now();
+            let gathered = self.on_every_node(&LIST).await?;
+            Ok(Arc::new(Look::of(&gathered, started)))
         })
     }
 
@@ -399,22 +412,28 @@ async fn a_watched_session_that_comes_here_is_followed_by_this_node_s_events() {
     assert_eq!(seen.token, "moving");
 }
 
-/// Watching everything: a session this node held, handed away (this node's events say
-/// nothing then) and deleted before any other node listed it, is reported gone.
+/// Watching everything: a session this node held, taken over while it is still being closed
+/// here, handed away (this node's events say nothing then) and deleted before any other node
+/// listed it, is reported gone.
 #[tokio::test(start_paused = true)]
 async fn a_session_handed_away_and_deleted_unseen_is_reported_gone() {
     let dir = tempfile::tempdir().unwrap();
     let config = SupervisorConfig::new(dir.path().join("sessions"));
     let link = ScriptedLink::new(Script::new());
     let (supervisor, _) = Supervisor::start(config, Arc::new(link)).await.unwrap();
+    supervisor.create(None, Some("left")).await.unwrap();
     let peers = Arc::new(OtherNodes {
         placements: Mutex::new(vec![("left".into(), Some("a".into()))]),
         ..OtherNodes::default()
     });
     let within = Duration::from_secs(5);
-    let mut every = ElsewhereFeed::every_session(supervisor, peers.clone());
-    // Held here, then between nodes: nothing to say.
+    let mut every = ElsewhereFeed::every_session(supervisor.clone(), peers.clone());
+    // Held here: nothing to say (this node's own events tell).
     assert!(tokio::time::timeout(within, every.next()).await.is_err());
+    // Taken over by b while still here, then closed here, then between nodes: nothing.
+    peers.placements.lock().unwrap()[0].1 = Some("b".into());
+    assert!(tokio::time::timeout(within, every.next()).await.is_err());
+    supervisor.relinquish("left").await.unwrap();
     peers.placements.lock().unwrap()[0].1 = None;
     assert!(tokio::time::timeout(within, every.next()).await.is_err());
     // Deleted: gone.
@@ -428,4 +447,45 @@ async fn a_session_handed_away_and_deleted_unseen_is_reported_gone() {
         "{gone:?}"
     );
     assert!(tokio::time::timeout(within, every.next()).await.is_err());
+}
+
+/// Following one session just found (asked of the cluster afresh), when the node's shared look
+/// predates it: that look, which has no such session, is passed over; the session is never
+/// taken for one deleted.
+#[tokio::test(start_paused = true)]
+async fn a_look_older_than_the_watch_never_says_its_session_was_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SupervisorConfig::new(dir.path().join("sessions"));
+    let link = ScriptedLink::new(Script::new());
+    let (supervisor, _) = Supervisor::start(config, Arc::new(link)).await.unwrap();
+    let made = supervisor.create(None, Some("mine")).await.unwrap();
+    let stale = Look {
+        started: tokio::time::Instant::now(),
+        lists: vec![("b".into(), None)],
+        placements: Vec::new(),
+    };
+    tokio::time::advance(Duration::from_millis(10)).await;
+    // Node b runs it now.
+    let mut view = SessionView::from(&made);
+    view.token = "new".into();
+    view.node = Some("b".into());
+    let peers = Arc::new(OtherNodes {
+        theirs: Mutex::new(Some(SessionView {
+            node: None,
+            ..view.clone()
+        })),
+        placements: Mutex::new(vec![("new".into(), Some("b".into()))]),
+        stale_look: Mutex::new(Some(Arc::new(stale))),
+        ..OtherNodes::default()
+    });
+    let mut one = ElsewhereFeed::one_session(supervisor, peers.clone(), "new".into(), Some(view));
+    let within = Duration::from_secs(5);
+    assert!(
+        tokio::time::timeout(within, one.next()).await.is_err(),
+        "nothing to say: it is unchanged"
+    );
+    assert!(
+        peers.stale_look.lock().unwrap().is_none(),
+        "the old look was offered"
+    );
 }

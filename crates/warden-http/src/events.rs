@@ -191,8 +191,23 @@ pub async fn events(
     State(app): State<Arc<AppState>>,
     QueryOf(query): QueryOf<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    // Subscribe first: a change made while the current state is read is sent twice at worst,
-    // never missed.
+    let peers = app.elsewhere.as_ref().map(|e| e.as_peers());
+    // A session another node runs: where it is, asked before subscribing (the look may take
+    // seconds, and this node's events meanwhile are not this stream's).
+    let mut elsewhere_first = None;
+    if let (Some(token), Some(peers)) = (&query.token, &peers)
+        && let Err(warden_core::Error::NotFound(token)) = app.supervisor.status(token)
+    {
+        match whereabouts(peers.as_ref(), token.as_str()).await {
+            Ok(Whereabouts::Listed(view)) => elsewhere_first = Some(*view),
+            // Moving between nodes: its view comes once a node runs it.
+            Ok(Whereabouts::Between) => {}
+            Ok(Whereabouts::Missing) => return Err(warden_core::Error::NotFound(token).into()),
+            Err(why) => return Err(ApiError::from_body(&why)),
+        }
+    }
+    // Subscribe before the current state is read: a change made meanwhile is sent twice at
+    // worst, never missed.
     let events = app.supervisor.subscribe();
     let mut pending = VecDeque::new();
     let watching = WatchingView {
@@ -204,9 +219,9 @@ pub async fn events(
             .retry(RETRY)
             .data(serde_json::to_string(&watching).unwrap_or_else(|_| "{}".into())),
     );
-    let peers = app.elsewhere.as_ref().map(|e| e.as_peers());
     let (filter, elsewhere) = match &query.token {
         Some(token) => match (app.supervisor.status(token), peers) {
+            // Here (perhaps come here since it was looked for: this view is the newer).
             (Ok(info), peers) => {
                 current(&info, &mut pending);
                 // In a cluster it may be handed to another node: followed there too.
@@ -222,16 +237,7 @@ pub async fn events(
             }
             // In a cluster the session may run on another node: follow it there.
             (Err(warden_core::Error::NotFound(token)), Some(peers)) => {
-                let first = match whereabouts(peers.as_ref(), token.as_str()).await {
-                    Ok(Whereabouts::Listed(view)) => Some(*view),
-                    // Moving between nodes: its view comes once a node runs it.
-                    Ok(Whereabouts::Between) => None,
-                    Ok(Whereabouts::Missing) => {
-                        return Err(warden_core::Error::NotFound(token).into());
-                    }
-                    Err(why) => return Err(ApiError::from_body(&why)),
-                };
-                if let Some(view) = &first {
+                if let Some(view) = &elsewhere_first {
                     pending.push_back(event(&EventLine::Session {
                         session: Box::new(view.clone()),
                     }));
@@ -240,7 +246,7 @@ pub async fn events(
                     app.supervisor.clone(),
                     peers,
                     token.to_string(),
-                    first,
+                    elsewhere_first,
                 );
                 (Some(token), Some(feed))
             }

@@ -324,9 +324,10 @@ impl Peers for ClusterPeers {
             let peers = self.clone();
             let looking = tokio::spawn(async move {
                 let mut turn = turn;
+                let started = Instant::now();
                 let looked = Peers::on_every_node(&peers, &LIST)
                     .await
-                    .map(|gathered| Arc::new(Look::of(&gathered)));
+                    .map(|gathered| Arc::new(Look::of(&gathered, started)));
                 *turn = Some((Instant::now(), looked.clone()));
                 looked
             });
