@@ -97,6 +97,15 @@ impl Peers for OtherNodes {
     }
 }
 
+/// A supervisor on a scripted link that never connects, in a folder of its own.
+async fn supervisor() -> (Supervisor, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SupervisorConfig::new(dir.path().join("sessions"));
+    let link = ScriptedLink::new(Script::new());
+    let (supervisor, _) = Supervisor::start(config, Arc::new(link)).await.unwrap();
+    (supervisor, dir)
+}
+
 /// Creates session `token` through `client`.
 async fn create(client: &mut ControlClient, token: &str) -> SessionView {
     client
@@ -111,10 +120,7 @@ async fn create(client: &mut ControlClient, token: &str) -> SessionView {
 
 /// A node over a scripted link, its socket served with `peers`; returns a client of it.
 async fn node(peers: Arc<OtherNodes>) -> (ControlClient, oneshot::Sender<()>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = SupervisorConfig::new(dir.path().join("sessions"));
-    let link = ScriptedLink::new(Script::new());
-    let (supervisor, _) = Supervisor::start(config, Arc::new(link)).await.unwrap();
+    let (supervisor, dir) = supervisor().await;
     let socket = dir.path().join("warden.sock");
     let server = ControlServer::bind(ServerConfig::new(&socket))
         .await
@@ -218,10 +224,7 @@ async fn with_the_database_unreachable_list_and_health_answer_this_node_s_part()
 /// events, however stale another node's list. A dropped feed looks no more.
 #[tokio::test(start_paused = true)]
 async fn the_feeds_of_other_nodes_report_changes_and_removals_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = SupervisorConfig::new(dir.path().join("sessions"));
-    let link = ScriptedLink::new(Script::new());
-    let (supervisor, _) = Supervisor::start(config, Arc::new(link)).await.unwrap();
+    let (supervisor, _dir) = supervisor().await;
     let mine = supervisor.create(None, Some("mine")).await.unwrap();
     let mut theirs = SessionView::from(&mine);
     theirs.token = "theirs".into();
@@ -417,10 +420,7 @@ async fn a_watched_session_that_comes_here_is_followed_by_this_node_s_events() {
 /// listed it, is reported gone.
 #[tokio::test(start_paused = true)]
 async fn a_session_handed_away_and_deleted_unseen_is_reported_gone() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = SupervisorConfig::new(dir.path().join("sessions"));
-    let link = ScriptedLink::new(Script::new());
-    let (supervisor, _) = Supervisor::start(config, Arc::new(link)).await.unwrap();
+    let (supervisor, _dir) = supervisor().await;
     supervisor.create(None, Some("left")).await.unwrap();
     let peers = Arc::new(OtherNodes {
         placements: Mutex::new(vec![("left".into(), Some("a".into()))]),
@@ -454,10 +454,7 @@ async fn a_session_handed_away_and_deleted_unseen_is_reported_gone() {
 /// taken for one deleted.
 #[tokio::test(start_paused = true)]
 async fn a_look_older_than_the_watch_never_says_its_session_was_deleted() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = SupervisorConfig::new(dir.path().join("sessions"));
-    let link = ScriptedLink::new(Script::new());
-    let (supervisor, _) = Supervisor::start(config, Arc::new(link)).await.unwrap();
+    let (supervisor, _dir) = supervisor().await;
     let made = supervisor.create(None, Some("mine")).await.unwrap();
     let stale = Look {
         started: tokio::time::Instant::now(),
