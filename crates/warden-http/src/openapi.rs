@@ -94,10 +94,18 @@ fn details(route: &Route) -> (Vec<Value>, Option<Value>, Vec<(&'static str, Valu
                 ),
             ],
             None,
-            vec![(
-                "200",
-                json!({"description": "Server-sent events named watching, session, qr, pair_code, message, removed, closed; each data is a JSON EventLine", "content": {"text/event-stream": {"schema": schema_ref("EventLine")}}}),
-            )],
+            vec![
+                (
+                    "200",
+                    json!({"description": "Server-sent events named watching, session, qr, pair_code, message, removed, closed; each data is a JSON EventLine", "content": {"text/event-stream": {"schema": schema_ref("EventLine")}}}),
+                ),
+                ("400", error("Invalid token")),
+                ("404", error("No such session (in a cluster: on no node)")),
+                (
+                    "503",
+                    error("In a cluster: the other nodes cannot be asked where the session is"),
+                ),
+            ],
         ),
         ("POST", "/session") => (vec![], Some(body("CreateBody", false)), session()),
         ("GET", "/sessions") => (
