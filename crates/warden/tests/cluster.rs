@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use cluster_support::{
-    LIMIT, Postgres, add_sessions, held, links_after, phone_of, start_node, until_online,
+    LIMIT, Postgres, add_sessions, held, links_after, phone_of, start_nodes, until_online,
     until_online_after,
 };
 use common::{fake_whatsapp_with, pair_any};
@@ -40,14 +40,8 @@ async fn a_killed_node_s_sessions_log_in_on_the_others_and_no_account_ever_runs_
     let whatsapp = fake_whatsapp_with(pair_any(Duration::from_millis(200))).await;
     let recorder = whatsapp.recorder();
     let url = server.url();
-    let mut daemons = Vec::new();
-    let mut dirs = Vec::new();
-    for name in ["a", "b", "c"] {
-        let scale = [("WARDEN_CLUSTER_TIMING_SCALE", SCALE)];
-        let (daemon, dir) = start_node(&whatsapp.url(), &url, name, &scale).await;
-        daemons.push(daemon);
-        dirs.push(dir);
-    }
+    let scale = [("WARDEN_CLUSTER_TIMING_SCALE", SCALE)];
+    let (mut daemons, _dirs) = start_nodes(&whatsapp.url(), &url, &["a", "b", "c"], &scale).await;
     assert!(
         !daemons[0].startup.join("\n").contains(&url),
         "the database URL is never logged"

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use cluster_support::{
-    Postgres, add_sessions, held, phone_of, start_node, until_online, until_online_after,
+    Postgres, add_sessions, held, phone_of, start_nodes, until_online, until_online_after,
 };
 use common::{Daemon, fake_whatsapp_with, pair_any, workspace};
 
@@ -158,13 +158,7 @@ async fn latency_of_operations_carried_to_another_node() {
     let whatsapp = fake_whatsapp_with(pair_any(Duration::from_millis(200))).await;
     let recorder = whatsapp.recorder();
     let url = server.url();
-    let mut daemons = Vec::new();
-    let mut dirs = Vec::new();
-    for name in ["a", "b"] {
-        let (daemon, dir) = start_node(&whatsapp.url(), &url, name, &[]).await;
-        daemons.push(daemon);
-        dirs.push(dir);
-    }
+    let (mut daemons, _dirs) = start_nodes(&whatsapp.url(), &url, &["a", "b"], &[]).await;
     let tokens = add_sessions(&server, sessions).await;
     until_online(recorder, sessions, Duration::from_secs(600), &mut daemons).await;
     let on_a: BTreeSet<String> = held(&daemons[0]).await.into_keys().collect();

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use cluster_support::{LIMIT, Postgres, phone_of, said, start_node};
+use cluster_support::{LIMIT, Postgres, phone_of, said, start_nodes};
 use common::{curl, curl_with, fake_whatsapp_with, pair_any, until};
 use warden_control::{ControlClient, EventLine, Op};
 
@@ -48,17 +48,11 @@ async fn any_node_answers_for_every_session_of_the_cluster() {
     let whatsapp = fake_whatsapp_with(pair_any(Duration::from_millis(200))).await;
     let recorder = whatsapp.recorder();
     let url = server.url();
-    let mut daemons = Vec::new();
-    let mut dirs = Vec::new();
-    for name in ["a", "b"] {
-        let extra = [
-            ("WARDEN_CLUSTER_TIMING_SCALE", SCALE),
-            ("WARDEN_HTTP_API_KEY", KEY),
-        ];
-        let (daemon, dir) = start_node(&whatsapp.url(), &url, name, &extra).await;
-        daemons.push(daemon);
-        dirs.push(dir);
-    }
+    let extra = [
+        ("WARDEN_CLUSTER_TIMING_SCALE", SCALE),
+        ("WARDEN_HTTP_API_KEY", KEY),
+    ];
+    let (mut daemons, _dirs) = start_nodes(&whatsapp.url(), &url, &["a", "b"], &extra).await;
 
     // Created through a, started through a at once: whichever node claims it carries the
     // start out, and the reply says so.

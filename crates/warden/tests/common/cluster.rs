@@ -139,6 +139,24 @@ pub async fn start_node(
     (daemon, dir)
 }
 
+/// Starts one node per name in `names`, as [`start_node`] does, one after the other; the
+/// daemons and their folders (kept alive by the caller), in the same order.
+pub async fn start_nodes(
+    whatsapp_url: &str,
+    database_url: &str,
+    names: &[&str],
+    extra: &[(&str, &str)],
+) -> (Vec<Daemon>, Vec<tempfile::TempDir>) {
+    let mut daemons = Vec::new();
+    let mut dirs = Vec::new();
+    for name in names {
+        let (daemon, dir) = start_node(whatsapp_url, database_url, name, extra).await;
+        daemons.push(daemon);
+        dirs.push(dir);
+    }
+    (daemons, dirs)
+}
+
 /// Waits until `count` accounts went online at the server (each session linked and logged
 /// in), within `within`; a failure's message has what the daemons said.
 pub async fn until_online(
