@@ -44,7 +44,7 @@ pub struct Look {
     /// Each other live node's list, by node name (`None`: it gave none).
     pub lists: Vec<(String, Option<ListView>)>,
     /// Every session of the cluster, with the node that owns it (`None`: none right now).
-    pub placements: Vec<(String, Option<String>)>,
+    pub placements: BTreeMap<String, Option<String>>,
 }
 
 impl Look {
@@ -65,7 +65,7 @@ impl Look {
         Self {
             started,
             lists,
-            placements: gathered.placements.clone(),
+            placements: gathered.placements.iter().cloned().collect(),
         }
     }
 }

@@ -715,7 +715,8 @@ async fn watch<R, W>(
     if let Some(token) = &token
         && let Err(e) = supervisor.status(token)
     {
-        let Some(peers) = &context.peers else {
+        // Not here: in a cluster it may run elsewhere (a malformed token runs nowhere).
+        let (Some(peers), warden_core::Error::NotFound(_)) = (&context.peers, &e) else {
             let _ = write_line(writer, &Reply::err(id, ErrorBody::from(&e)), timeout).await;
             return;
         };

@@ -50,7 +50,7 @@ pub async fn whereabouts(peers: &dyn Peers, token: &str) -> Result<Whereabouts, 
             return Ok(Whereabouts::Listed(Box::new(view)));
         }
     }
-    Ok(if look.placements.iter().any(|(t, _)| t == token) {
+    Ok(if look.placements.contains_key(token) {
         Whereabouts::Between
     } else {
         Whereabouts::Missing
@@ -198,7 +198,7 @@ impl OtherNodes {
         if self.since.is_some_and(|since| look.started < since) {
             return (Vec::new(), false);
         }
-        let placed: BTreeSet<&str> = look.placements.iter().map(|(t, _)| t.as_str()).collect();
+        let placed = &look.placements;
         let mut lines = Vec::new();
         // Seen in a list at this look, or kept as last seen (on a node that gave none, and
         // still in the cluster).
@@ -209,7 +209,8 @@ impl OtherNodes {
                     self.last
                         .iter()
                         .filter(|(t, v)| {
-                            v.node.as_deref() == Some(node.as_str()) && placed.contains(t.as_str())
+                            v.node.as_deref() == Some(node.as_str())
+                                && placed.contains_key(t.as_str())
                         })
                         .map(|(t, _)| t.clone()),
                 );
@@ -259,7 +260,7 @@ impl OtherNodes {
                 {
                     continue;
                 }
-                if self.supervisor.status(&token).is_ok() || placed.contains(token.as_str()) {
+                if self.supervisor.status(&token).is_ok() || placed.contains_key(token.as_str()) {
                     // Still here (being handed away), or between nodes: watched for its
                     // deletion.
                     // Between nodes still: watched for its deletion.
@@ -280,7 +281,7 @@ impl OtherNodes {
                         session: Box::new(view),
                     });
                 }
-            } else if !placed.contains(token.as_str()) {
+            } else if !placed.contains_key(token.as_str()) {
                 self.last.remove(&token);
                 ended = self.only.is_some();
                 lines.push(EventLine::Removed { token });

@@ -459,7 +459,7 @@ async fn a_look_older_than_the_watch_never_says_its_session_was_deleted() {
     let stale = Look {
         started: tokio::time::Instant::now(),
         lists: vec![("b".into(), None)],
-        placements: Vec::new(),
+        placements: Default::default(),
     };
     tokio::time::advance(Duration::from_millis(10)).await;
     // Node b runs it now.
